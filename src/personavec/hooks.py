@@ -1,0 +1,248 @@
+"""Read and edit the residual stream with context managers.
+
+    with capture(model, layers=[10, 20]) as cap:
+        model(**batch)
+    cap[20]                                  # [batch, tokens, hidden]
+
+    with steer(model, {20: v}, coef=-1.5, positions="response"):
+        model.generate(**batch)
+
+Layer ℓ is the output of block ℓ (1-based); layer 0 is the input of the first block (see layers.py).
+Pad positions (attention mask 0) are never edited. `positions` chooses the other ones:
+
+- ``"all"``: every non-pad token;
+- ``"prompt"``: tokens of the first forward pass over a sequence (the prompt, in ``generate``), i.e.
+  absolute positions below the length seen when the KV cache was empty; in a plain forward pass that
+  is every token;
+- ``"response"``: the tokens after it (the generated ones, in ``generate`` with a KV cache);
+- a boolean tensor ``[batch, seq]`` over absolute positions (``True`` = edit), for a plain forward
+  pass over prompt + response; positions beyond it are not edited.
+
+Hooks are removed on exit, also after an exception. Interventions nest and compose: each adds its
+own hooks, which run in the order they were entered (a capture entered after a steer sees the edit).
+Edits are out of place, so gradients flow through them in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from personavec.errors import PersonavecError
+from personavec.layers import Blocks, check_layer, find_blocks, unwrap
+
+Positions = Literal["all", "prompt", "response"] | Tensor
+_NAMED_POSITIONS = ("all", "prompt", "response")
+
+
+class _CallState:
+    """What the backbone was called with: which tokens are real, and where they sit in the sequence."""
+
+    def __init__(self) -> None:
+        self.real: Tensor | None = None  # [batch, tokens] bool, False on pad tokens
+        self.offset = 0  # tokens already in the KV cache
+        self.prompt_len = 0  # length of the sequence when the cache was empty
+
+    def observe(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        inputs = ids if ids is not None else embeds
+        if inputs is None:
+            raise PersonavecError("personavec hooks need the model called with input_ids or inputs_embeds")
+        batch, tokens = inputs.shape[0], inputs.shape[1]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        get_len = getattr(cache, "get_seq_length", None)
+        self.offset = int(get_len()) if callable(get_len) else 0
+        if self.offset == 0:
+            self.prompt_len = tokens
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.dim() == 2:
+            self.real = mask[:, -tokens:].bool()
+        else:
+            self.real = torch.ones(batch, tokens, dtype=torch.bool, device=inputs.device)
+
+    def select(self, positions: Positions) -> Tensor:
+        """Boolean [batch, tokens] of the current call's tokens that `positions` selects."""
+        assert self.real is not None, "backbone pre-hook did not run"
+        real = self.real
+        if isinstance(positions, Tensor):
+            batch, tokens = real.shape
+            chosen = torch.zeros_like(real)
+            window = positions[:, self.offset : self.offset + tokens].to(real.device).bool()
+            chosen[: window.shape[0], : window.shape[1]] = window[:batch]
+            return real & chosen
+        if positions == "all":
+            return real
+        absolute = torch.arange(real.shape[1], device=real.device) + self.offset
+        in_prompt = absolute < self.prompt_len
+        return real & (in_prompt if positions == "prompt" else ~in_prompt)
+
+
+def _check_positions(positions: Positions) -> None:
+    if isinstance(positions, Tensor):
+        if positions.dim() != 2:
+            raise PersonavecError(f"a positions mask must be [batch, seq], got shape {tuple(positions.shape)}")
+    elif positions not in _NAMED_POSITIONS:
+        raise PersonavecError(f"unknown positions {positions!r}; use one of {_NAMED_POSITIONS} or a bool mask")
+
+
+class ResidualHooks:
+    """Base context manager: calls `self.edit(layer, hidden)` on the residual stream at `layers`.
+
+    `edit` returns a replacement tensor or None (read only). Subclasses override it.
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[int]):
+        self.blocks: Blocks = find_blocks(model)
+        self.layers = sorted({check_layer(layer, self.blocks.n_layers) for layer in layers})
+        self.state = _CallState()
+        self._handles: list[RemovableHandle] = []
+
+    def edit(self, layer: int, hidden: Tensor) -> Tensor | None:
+        raise NotImplementedError
+
+    def __enter__(self) -> ResidualHooks:
+        if self._handles:
+            raise RuntimeError("these hooks are already active")
+        try:
+            self._register()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _register(self) -> None:
+        def observe(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self.state.observe(args, kwargs)
+
+        self._handles.append(self.blocks.backbone.register_forward_pre_hook(observe, with_kwargs=True))
+        for layer in self.layers:
+            if layer == 0:
+                hook = self.blocks.layers[0].register_forward_pre_hook(self._input_hook(), with_kwargs=True)
+            else:
+                hook = self.blocks.layers[layer - 1].register_forward_hook(self._output_hook(layer))
+            self._handles.append(hook)
+
+    def _input_hook(self) -> Callable[..., Any]:
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if args:
+                new = self.edit(0, args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+            new = self.edit(0, kwargs["hidden_states"])
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+        return hook
+
+    def _output_hook(self, layer: int) -> Callable[..., Any]:
+        def hook(_m: nn.Module, _args: Any, output: Any) -> Any:
+            if isinstance(output, Tensor):
+                return self.edit(layer, output)
+            new = self.edit(layer, output[0])
+            return None if new is None else (new, *output[1:])
+
+        return hook
+
+
+class Capture(ResidualHooks):
+    """Records the residual stream at chosen layers, one tensor per forward call (detached)."""
+
+    def __init__(self, model: nn.Module, layers: Iterable[int], to_cpu: bool = False):
+        super().__init__(model, layers)
+        self.to_cpu = to_cpu
+        self.calls: dict[int, list[Tensor]] = {layer: [] for layer in self.layers}
+
+    def edit(self, layer: int, hidden: Tensor) -> None:
+        kept = hidden.detach()
+        self.calls[layer].append(kept.cpu() if self.to_cpu else kept)
+
+    def __getitem__(self, layer: int) -> Tensor:
+        """All tokens seen at `layer`, calls joined along the sequence (prefill + each decode step)."""
+        if layer not in self.calls:
+            raise PersonavecError(f"layer {layer} was not captured; captured layers: {self.layers}")
+        return torch.cat(self.calls[layer], dim=1)
+
+    def __enter__(self) -> Capture:
+        super().__enter__()
+        return self
+
+
+class Intervention(ResidualHooks):
+    """Adds coef·v (steer) or removes the component along v̂ (ablate) at each layer's vector."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vectors: Mapping[int, Tensor],
+        op: Literal["steer", "ablate"],
+        coef: float = 1.0,
+        positions: Positions = "all",
+    ):
+        super().__init__(model, vectors)
+        _check_positions(positions)
+        hidden_size = _hidden_size(model)
+        self.vectors = {layer: _check_vector(vectors[layer], hidden_size, layer) for layer in self.layers}
+        self.op, self.coef, self.positions = op, float(coef), positions
+        self.calls = 0  # forward calls the intervention has edited (counted at its first layer)
+
+    def edit(self, layer: int, hidden: Tensor) -> Tensor:
+        if layer == self.layers[0]:
+            self.calls += 1
+        mask = self.state.select(self.positions).to(hidden.device).unsqueeze(-1)
+        if self.op == "steer":
+            vector = self.vectors[layer].to(device=hidden.device, dtype=hidden.dtype)
+            return hidden + self.coef * vector * mask.to(hidden.dtype)
+        vector = self.vectors[layer].to(device=hidden.device)
+        unit = vector / vector.norm()
+        along = (hidden.float() @ unit).unsqueeze(-1) * unit
+        return hidden - (along * mask).to(hidden.dtype)
+
+    def __enter__(self) -> Intervention:
+        super().__enter__()
+        return self
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = unwrap(model).config
+    text = getattr(config, "text_config", None) or config
+    return int(text.hidden_size)
+
+
+def _check_vector(vector: Tensor, hidden_size: int, layer: int) -> Tensor:
+    if not isinstance(vector, Tensor):
+        vector = torch.as_tensor(vector)
+    if vector.dim() != 1 or vector.shape[0] != hidden_size:
+        raise PersonavecError(
+            f"vector for layer {layer} has shape {tuple(vector.shape)}; this model needs ({hidden_size},)"
+        )
+    if not torch.isfinite(vector).all():
+        raise PersonavecError(f"vector for layer {layer} contains NaN or inf")
+    return vector.detach().float()
+
+
+def capture(model: nn.Module, layers: Iterable[int], to_cpu: bool = False) -> Capture:
+    """Record the residual stream at `layers` while the block runs."""
+    return Capture(model, layers, to_cpu=to_cpu)
+
+
+def steer(
+    model: nn.Module, vectors: Mapping[int, Tensor], coef: float = 1.0, positions: Positions = "all"
+) -> Intervention:
+    """Add ``coef * vectors[ℓ]`` to the residual stream at each layer ℓ (coef < 0 suppresses)."""
+    return Intervention(model, vectors, "steer", coef=coef, positions=positions)
+
+
+def ablate(model: nn.Module, vectors: Mapping[int, Tensor], positions: Positions = "all") -> Intervention:
+    """Project the direction of ``vectors[ℓ]`` out of the residual stream: h ← h − (h·v̂)v̂."""
+    return Intervention(model, vectors, "ablate", positions=positions)
