@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -270,16 +269,19 @@ def merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": "user", "content": system}, *rest]
 
 
-def describe(loaded: LoadedModel) -> dict[str, Any]:
-    """A JSON-able summary of a loaded model (what `personavec models inspect` prints)."""
-    blocks = find_blocks(loaded.model)
+def inspect_model(ref: str, blocks: str | None = None) -> dict[str, Any]:
+    """A JSON-able summary of a model, built from its config on the meta device (no weights loaded)."""
+    source = _resolve(ref)
+    config = _from_pretrained(AutoConfig, source)
+    tokenizer = _from_pretrained(AutoTokenizer, source)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    if blocks:
+        set_blocks_path(model, blocks)
     return {
-        **loaded.identity.to_dict(),
-        "blocks_path": blocks.path,
-        "n_residual_layers": loaded.identity.n_layers + 1,
-        "chat_template": has_chat_template(loaded.tokenizer),
-        "dtype": str(loaded.model.dtype).removeprefix("torch."),
-        "device": str(loaded.device),
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "config_path": os.fspath(getattr(loaded.model.config, "name_or_path", "")),
+        **_identity(source, config).to_dict(),
+        "blocks_path": find_blocks(model).path,
+        "n_residual_layers": int(_text_config(config).num_hidden_layers) + 1,
+        "chat_template": has_chat_template(tokenizer),
+        "parameters": sum(p.numel() for p in model.parameters()),
     }
