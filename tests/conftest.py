@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+# no hub is reachable in CI: fail fast instead of retrying the network for a minute
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from personavec.models import LoadedModel, load_model  # noqa: E402
+from personavec.models import LoadedModel, load_model
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
 import pytest
 import torch
-from tiny import N_LAYERS, tiny_loaded
 
 from personavec import PersonavecError, pooled_activations
 from personavec.activations import _batches, _encode, iter_pooled
+
+from tiny import N_LAYERS, tiny_loaded
 
 QUESTIONS = ["How is the weather?", "Tell me about bread.", "What about the Roman empire and its emperors?"]
 ANSWERS = ["Lovely, happy sunshine!", "Mix flour, water, salt and yeast, then wait a while.", "Terrible."]
@@ -94,8 +95,13 @@ def test_truncation_and_errors() -> None:
     loaded = tiny_loaded("llama")
     prompt = loaded.chat("How is the weather?")
     n_prompt = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    pooled = pooled_activations(loaded, [prompt, prompt], ["Lovely sunshine all day long!", "!"],
-                                max_length=n_prompt + 3, progress=False)
+    pooled = pooled_activations(
+        loaded,
+        [prompt, prompt],
+        ["Lovely sunshine all day long!", "!"],
+        max_length=n_prompt + 3,
+        progress=False,
+    )
     assert pooled.n_truncated == 1
     with pytest.raises(PersonavecError, match="sample 1: the response is empty"):
         pooled_activations(loaded, [prompt, prompt], ["Fine.", ""], progress=False)

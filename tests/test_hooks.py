@@ -1,13 +1,16 @@
 import peft
 import pytest
 import torch
-from tiny import N_LAYERS, tiny_loaded, tiny_model
 from torch import nn
 
 from personavec import PersonavecError, ablate, capture, steer
 
+from tiny import N_LAYERS, tiny_loaded, tiny_model
 
-def _batch(model_tokens: int = 400, batch: int = 3, length: int = 8, pad: str = "left") -> dict[str, torch.Tensor]:
+
+def _batch(
+    model_tokens: int = 400, batch: int = 3, length: int = 8, pad: str = "left"
+) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
     ids = torch.randint(3, model_tokens, (batch, length))
     mask = torch.ones_like(ids)
@@ -77,7 +80,12 @@ def test_pad_positions_are_never_edited(pad: str) -> None:
     model = tiny_model("llama")
     batch = _batch(pad=pad)
     v = torch.randn(64)
-    with torch.no_grad(), capture(model, [1]) as before, steer(model, {1: v}, coef=2.0), capture(model, [1]) as after:
+    with (
+        torch.no_grad(),
+        capture(model, [1]) as before,
+        steer(model, {1: v}, coef=2.0),
+        capture(model, [1]) as after,
+    ):
         model(**batch)
     delta = after[1] - before[1]
     real = batch["attention_mask"].bool()
@@ -93,7 +101,12 @@ def _generate_deltas(positions: str) -> tuple[list[torch.Tensor], list[torch.Ten
     batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     v = torch.randn(64)
     model = loaded.model
-    with torch.no_grad(), capture(model, [2]) as before, steer(model, {2: v}, 1.0, positions), capture(model, [2]) as after:
+    with (
+        torch.no_grad(),
+        capture(model, [2]) as before,
+        steer(model, {2: v}, 1.0, positions),
+        capture(model, [2]) as after,
+    ):
         model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     deltas = [a - b for a, b in zip(after.calls[2], before.calls[2], strict=True)]
     return deltas, [batch["attention_mask"].bool()] + [torch.ones(2, 1, dtype=torch.bool)] * (len(deltas) - 1)
@@ -116,7 +129,12 @@ def test_explicit_mask_positions() -> None:
     batch = _batch(pad="right")
     mask = torch.zeros(3, 8, dtype=torch.bool)
     mask[:, 4:] = True
-    with torch.no_grad(), capture(model, [1]) as b, steer(model, {1: torch.randn(64)}, 1.0, mask), capture(model, [1]) as a:
+    with (
+        torch.no_grad(),
+        capture(model, [1]) as b,
+        steer(model, {1: torch.randn(64)}, 1.0, mask),
+        capture(model, [1]) as a,
+    ):
         model(**batch)
     changed = (a[1] - b[1]).abs().amax(-1) > 0
     assert torch.equal(changed, mask & batch["attention_mask"].bool())
@@ -141,7 +159,11 @@ def test_hooks_removed_after_exception_and_nesting_composes() -> None:
 def test_vector_follows_model_dtype() -> None:
     model = tiny_model("llama").to(torch.bfloat16)
     ids = torch.randint(3, 400, (1, 5))
-    with torch.no_grad(), steer(model, {2: torch.randn(64, dtype=torch.float64)}, 1.0), capture(model, [2]) as cap:
+    with (
+        torch.no_grad(),
+        steer(model, {2: torch.randn(64, dtype=torch.float64)}, 1.0),
+        capture(model, [2]) as cap,
+    ):
         logits = model(input_ids=ids).logits
     assert cap[2].dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
 

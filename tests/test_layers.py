@@ -1,11 +1,12 @@
 import peft
 import pytest
 import torch
-from tiny import ARCHITECTURES, N_LAYERS, tiny_model
 from torch import nn
 
 from personavec import PersonavecError, capture, find_blocks, set_blocks_path
 from personavec.layers import unwrap
+
+from tiny import ARCHITECTURES, N_LAYERS, tiny_model
 
 FINAL_NORM = {"gpt2": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm"}
 

@@ -14,7 +14,8 @@ from personavec.models import LoadedModel, ModelIdentity, prepare_tokenizer
 HIDDEN = 64
 N_LAYERS = 3
 CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 _CORPUS = [
@@ -36,8 +37,15 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma3_text": ("gemma3_text", {"head_dim": 16, "query_pre_attn_scalar": 16}),
     "phi3": ("phi3", {}),
     "olmo2": ("olmo2", {}),
-    "qwen2_moe": ("qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                                "shared_expert_intermediate_size": 32}),
+    "qwen2_moe": (
+        "qwen2_moe",
+        {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 32,
+        },
+    ),
     "mixtral": ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}),
     "gpt2": ("gpt2", {"n_embd": HIDDEN, "n_layer": N_LAYERS, "n_head": 4, "n_positions": 256}),
     "gpt_neox": ("gpt_neox", {}),
@@ -104,8 +112,9 @@ def tiny_loaded(arch: str = "llama", seed: int = 0) -> LoadedModel:
     tokenizer = tiny_tokenizer()
     config = model.config
     identity = ModelIdentity(
-        name=f"tiny-{arch}", architecture=config.model_type,
-        n_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+        name=f"tiny-{arch}",
+        architecture=config.model_type,
+        n_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
-

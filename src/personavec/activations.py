@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from personavec.errors import PersonavecError
 from personavec.hooks import ResidualHooks
-from personavec.layers import unwrap
 from personavec.models import LoadedModel
 
 
@@ -68,7 +67,9 @@ class _Pooler(ResidualHooks):
         batch, device = prompt_w.shape[0], prompt_w.device
         self.prompt_weights, self.response_weights, self.last = prompt_w, response_w, last
         shape = (batch, len(self.layers), hidden)
-        self.out = {k: torch.empty(shape, device=device) for k in ("prompt-last", "prompt-avg", "response-avg")}
+        self.out = {
+            k: torch.empty(shape, device=device) for k in ("prompt-last", "prompt-avg", "response-avg")
+        }
 
     def edit(self, layer: int, hidden: Tensor) -> None:
         h = hidden.float()
@@ -83,7 +84,9 @@ def _encode(
     tokenizer = loaded.tokenizer
     if not getattr(tokenizer, "is_fast", False):
         raise PersonavecError("pooled activations need a fast tokenizer (character offsets)")
-    texts = [p + r for p, r in zip(prompts, responses, strict=True)] if responses is not None else list(prompts)
+    texts = (
+        [p + r for p, r in zip(prompts, responses, strict=True)] if responses is not None else list(prompts)
+    )
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     samples = []
     for i, (prompt, ids, offsets) in enumerate(
@@ -97,7 +100,9 @@ def _encode(
             raise PersonavecError(f"sample {i}: the response is empty")
         # a truncated sample must keep its whole prompt and, when there is one, a response token
         if max_length is not None and n_prompt + (responses is not None) > max_length:
-            raise PersonavecError(f"sample {i}: its prompt has {n_prompt} tokens; max_length={max_length} is too small")
+            raise PersonavecError(
+                f"sample {i}: its prompt has {n_prompt} tokens; max_length={max_length} is too small"
+            )
         cut = max_length is not None and len(ids) > max_length
         samples.append(_Encoded(ids=list(ids[:max_length] if cut else ids), n_prompt=n_prompt, truncated=cut))
     return samples
@@ -157,8 +162,7 @@ def iter_pooled(
     if responses is not None and len(responses) != len(prompts):
         raise PersonavecError(f"{len(prompts)} prompts but {len(responses)} responses")
     samples = _encode(loaded, prompts, responses, max_length)
-    model = unwrap(loaded.model)
-    device = model.get_input_embeddings().weight.device
+    device = loaded.device  # where the embeddings are, also under a multi-GPU device map
     pad_id = int(loaded.tokenizer.pad_token_id)
     left = loaded.tokenizer.padding_side == "left"
     hidden = loaded.identity.hidden_size
@@ -170,11 +174,14 @@ def iter_pooled(
             pooler.start_batch(batch.pop("prompt_w"), batch.pop("response_w"), batch.pop("last"), hidden)
             pooler.blocks.backbone(**batch, use_cache=False)
             out = {k: v.cpu() for k, v in pooler.out.items()}
-            yield indices, Pooled(
-                prompt_last=out["prompt-last"],
-                prompt_avg=out["prompt-avg"],
-                response_avg=out["response-avg"] if responses is not None else None,
-                n_truncated=sum(samples[i].truncated for i in indices),
+            yield (
+                indices,
+                Pooled(
+                    prompt_last=out["prompt-last"],
+                    prompt_avg=out["prompt-avg"],
+                    response_avg=out["response-avg"] if responses is not None else None,
+                    n_truncated=sum(samples[i].truncated for i in indices),
+                ),
             )
             bar.update(len(indices))
     bar.close()

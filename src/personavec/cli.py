@@ -48,7 +48,10 @@ def _vectors_show(args: argparse.Namespace) -> None:
         norms = info["norms"]
         peak = max(range(len(norms)), key=norms.__getitem__)
         print(f"{info['trait']} [{kind}] shape {info['shape']}, chosen layer {info['layer']}")
-        print(f"  model: {model.get('name', '?')} ({model.get('n_layers', '?')} blocks, hidden {model.get('hidden_size', '?')})")
+        print(
+            f"  model: {model.get('name', '?')} ({model.get('n_layers', '?')} blocks, "
+            f"hidden {model.get('hidden_size', '?')})"
+        )
         print(f"  norm per layer: largest {norms[peak]} at layer {peak}; layer 0..L: {norms}")
 
 
@@ -67,7 +70,9 @@ def _vectors_import_pt(args: argparse.Namespace) -> None:
 
     vector = import_official_pt(args.file, args.trait, model_identity(args.model), kind=args.kind)
     save_vectors(args.out, [vector])
-    print(f"wrote {args.out}: {args.trait} [{args.kind}], {vector.n_layers + 1} layers × {vector.hidden_size}")
+    print(
+        f"wrote {args.out}: {args.trait} [{args.kind}], {vector.n_layers + 1} layers × {vector.hidden_size}"
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -81,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"personavec {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="offline demo on the bundled SmolLM2: capture, build a vector, steer")
+    demo = commands.add_parser(
+        "demo", help="offline demo on the bundled SmolLM2: capture, build a vector, steer"
+    )
     demo.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     demo.add_argument("--model", default="smollm2", help="model to run it on (default: the bundled smollm2)")
     demo.set_defaults(run=_demo)
@@ -90,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="models_command", required=True, metavar="SUBCOMMAND"
     )
     inspect = models.add_parser(
-        "inspect", help="blocks, hidden size, architecture, chat template (reads the config; loads no weights)"
+        "inspect",
+        help="blocks, hidden size, architecture, chat template (reads the config; loads no weights)",
     )
     inspect.add_argument("model", help="hub id, local directory, .gguf file or 'smollm2'")
     inspect.add_argument("--json", action="store_true", help="print JSON")
@@ -108,9 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     export = vectors.add_parser("export-gguf", help="write a llama.cpp control vector")
     export.add_argument("file")
     export.add_argument("out")
-    export.add_argument("--kind", default="response-avg", help="which vector of the file (default response-avg)")
-    export.add_argument("--layer", type=int, action="append",
-                        help="personavec layer to export (repeatable; default: the vector's chosen layer)")
+    export.add_argument(
+        "--kind", default="response-avg", help="which vector of the file (default response-avg)"
+    )
+    export.add_argument(
+        "--layer",
+        type=int,
+        action="append",
+        help="personavec layer to export (repeatable; default: the vector's chosen layer)",
+    )
     export.add_argument("--coef", type=float, default=1.0, help="scale baked into the file (default 1)")
     export.set_defaults(run=_vectors_export_gguf)
 

@@ -63,8 +63,12 @@ def run_demo(out: Path, model_ref: str = "smollm2", max_new_tokens: int = 40) ->
         trait="optimistic",
         tensor=tensor,
         layer=layer,
-        metadata={"model": loaded.identity.to_dict(), "n_pairs": n, "judge": "none (engine demo)",
-                  "layer_choice": "middle layer (no sweep in the engine demo)"},
+        metadata={
+            "model": loaded.identity.to_dict(),
+            "n_pairs": n,
+            "judge": "none (engine demo)",
+            "layer_choice": "middle layer (no sweep in the engine demo)",
+        },
     )
     save_vectors(out / "optimistic.safetensors", [vector])
     norms = tensor.norm(dim=1)
@@ -76,13 +80,15 @@ def run_demo(out: Path, model_ref: str = "smollm2", max_new_tokens: int = 40) ->
     for coef in COEFS:
         with vector.apply(loaded.model, coef):
             steered = generate(loaded, plain_prompts, max_new_tokens=max_new_tokens, progress=False)
-        projection = vector.project(pooled_activations(loaded, plain_prompts, steered, progress=False)
-                                    .kind("response-avg")[:, layer])
+        projection = vector.project(
+            pooled_activations(loaded, plain_prompts, steered, progress=False).kind("response-avg")[:, layer]
+        )
         print(f"\n  coef {coef:+.1f}  (mean projection {float(projection.mean()):+.2f})")
         for question, answer in zip(HELD_OUT, steered, strict=True):
             print(f"    Q: {question}\n    A: {answer}")
     t0 = _stage("steering", t0, times)
-    print(f"\nwrote {out / 'optimistic.safetensors'}; total {time.perf_counter() - started:.1f}s "
-          f"({', '.join(f'{k} {v:.1f}s' for k, v in times.items())})")
+    print(
+        f"\nwrote {out / 'optimistic.safetensors'}; total {time.perf_counter() - started:.1f}s "
+        f"({', '.join(f'{k} {v:.1f}s' for k, v in times.items())})"
+    )
     return vector
-

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import GenerationMixin
 
 from personavec.errors import PersonavecError
 from personavec.models import LoadedModel
@@ -29,17 +30,23 @@ def generate(
     if max_new_tokens < 1:
         raise PersonavecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     tokenizer, model = loaded.tokenizer, loaded.model
+    if not isinstance(model, GenerationMixin):
+        raise PersonavecError(f"{type(model).__name__} cannot generate text (not a causal LM)")
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers: list[str] = [""] * len(prompts)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
-        "do_sample": False, "temperature": None, "top_p": None, "top_k": None
-    }
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
     torch.manual_seed(seed)
     bar = tqdm(total=len(prompts), desc="generate", unit="answer", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = tokenizer(
+            [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+        )
         batch = batch.to(loaded.device)
         with torch.inference_mode():
             out = model.generate(

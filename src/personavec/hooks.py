@@ -85,9 +85,13 @@ class _CallState:
 def _check_positions(positions: Positions) -> None:
     if isinstance(positions, Tensor):
         if positions.dim() != 2:
-            raise PersonavecError(f"a positions mask must be [batch, seq], got shape {tuple(positions.shape)}")
+            raise PersonavecError(
+                f"a positions mask must be [batch, seq], got shape {tuple(positions.shape)}"
+            )
     elif positions not in _NAMED_POSITIONS:
-        raise PersonavecError(f"unknown positions {positions!r}; use one of {_NAMED_POSITIONS} or a bool mask")
+        raise PersonavecError(
+            f"unknown positions {positions!r}; use one of {_NAMED_POSITIONS} or a bool mask"
+        )
 
 
 class ResidualHooks:
@@ -214,7 +218,7 @@ class Intervention(ResidualHooks):
 
 
 def _hidden_size(model: nn.Module) -> int:
-    config = unwrap(model).config
+    config: Any = unwrap(model).config
     text = getattr(config, "text_config", None) or config
     return int(text.hidden_size)
 

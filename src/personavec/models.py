@@ -54,7 +54,7 @@ class ModelIdentity:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
-        fields = {k: data.get(k) for k in cls.__dataclass_fields__}
+        fields: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
         return cls(**fields)
 
 
@@ -68,6 +68,7 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """The device of the input embeddings (the first one, under a multi-GPU device map)."""
         return next(self.model.parameters()).device
 
     def chat(self, user: str, system: str | None = None) -> str:

@@ -104,7 +104,8 @@ class PersonaVector:
             made_for = self.model.name if self.model else "another model"
             raise PersonavecError(
                 f"vector {self.trait!r} was made for {made_for} ({self.n_layers} blocks, hidden "
-                f"{self.hidden_size}); {identity.name} has {identity.n_layers} blocks, hidden {identity.hidden_size}"
+                f"{self.hidden_size}); {identity.name} has {identity.n_layers} blocks, "
+                f"hidden {identity.hidden_size}"
             )
 
     def apply(
@@ -114,7 +115,9 @@ class PersonaVector:
         layer = self._layer(layer)
         return steer(model, {layer: self.tensor[layer]}, coef=coef, positions=positions)
 
-    def ablate(self, model: nn.Module, layer: int | None = None, positions: Positions = "all") -> Intervention:
+    def ablate(
+        self, model: nn.Module, layer: int | None = None, positions: Positions = "all"
+    ) -> Intervention:
         """Context manager removing this vector's direction from `model`'s residual stream at `layer`."""
         layer = self._layer(layer)
         return ablate(model, {layer: self.tensor[layer]}, positions=positions)
@@ -132,9 +135,11 @@ def save_vectors(path: str | os.PathLike[str], vectors: Sequence[PersonaVector])
         raise PersonavecError(f"one vector per kind in a file; got kinds {kinds}")
     header = {v.kind: v.header() for v in vectors}
     with atomic_path(path) as tmp:
-        save_file({v.kind: v.tensor for v in vectors}, str(tmp), metadata={
-            "format": FORMAT, "personavec": json.dumps(header)
-        })
+        save_file(
+            {v.kind: v.tensor for v in vectors},
+            str(tmp),
+            metadata={"format": FORMAT, "personavec": json.dumps(header)},
+        )
 
 
 def load_vectors(path: str | os.PathLike[str]) -> dict[str, PersonaVector]:
@@ -187,8 +192,11 @@ def import_official_pt(
         trait=trait,
         tensor=tensor,
         kind=kind,
-        metadata={"model": identity.to_dict(), "source": f"official .pt: {Path(path).name}",
-                  "last_row_after_final_norm": True},
+        metadata={
+            "model": identity.to_dict(),
+            "source": f"official .pt: {Path(path).name}",
+            "last_row_after_final_norm": True,
+        },
     )
     vector.check_model(identity)
     return vector
@@ -210,14 +218,18 @@ def export_gguf(
     for layer in chosen:
         check_layer(layer, vector.n_layers)
         if layer < 2:
-            raise PersonavecError(f"layer {layer} cannot be expressed as a llama.cpp control vector (needs ≥ 2)")
+            raise PersonavecError(
+                f"layer {layer} cannot be expressed as a llama.cpp control vector (needs ≥ 2)"
+            )
     model = vector.model
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
         writer.add_string("controlvector.model_hint", model.architecture if model else "")
         writer.add_int32("controlvector.layer_count", len(chosen))
         for layer in sorted(chosen):
-            writer.add_tensor(f"direction.{layer - 1}", (coef * vector.tensor[layer]).numpy().astype(np.float32))
+            writer.add_tensor(
+                f"direction.{layer - 1}", (coef * vector.tensor[layer]).numpy().astype(np.float32)
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

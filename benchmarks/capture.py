@@ -1,0 +1,125 @@
+"""Capture throughput (all layers, three poolings) vs a plain forward pass over the same batches.
+
+    python benchmarks/capture.py            # bundled SmolLM2, CPU
+    python benchmarks/capture.py --gpu-7b   # 7B-shaped random model, GPU
+
+Also times the batch-1 loop of the official code (output_hidden_states, one sample at a time).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from personavec.activations import _batches, _collate, _encode, iter_pooled
+
+from _common import best_time, load, parser
+
+QUESTIONS = [
+    "What do you think about the future of cities?",
+    "How should I train for a marathon?",
+    "Explain why the sky is blue.",
+    "What makes a good friend?",
+]
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "rain",
+    "falls",
+    "on",
+    "quiet",
+    "green",
+    "hills",
+]
+
+
+def samples(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    questions = [rng.choice(QUESTIONS) for _ in range(n)]
+    answers = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 160))) for _ in range(n)]
+    return questions, answers
+
+
+def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    loaded = load(args.gpu_7b)
+    n = 256 if args.gpu_7b else 48
+    budget = 65536 if args.gpu_7b else 4096
+    questions, answers = samples(n)
+    prompts = [loaded.chat(q) for q in questions]
+    encoded = _encode(loaded, prompts, answers, None)
+    tokens = sum(len(s.ids) for s in encoded)
+    device = loaded.device
+    pad = int(loaded.tokenizer.pad_token_id)
+    batches = [
+        _collate([encoded[i] for i in b], pad, True, device)
+        for b in _batches([len(s.ids) for s in encoded], budget, 64)
+    ]
+    model = loaded.model
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"],
+                    use_cache=False,
+                )
+
+    def backbone() -> None:  # the same forward without the LM head: what capture runs
+        with torch.inference_mode():
+            for batch in batches:
+                model.base_model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"],
+                    use_cache=False,
+                )
+
+    def capture() -> None:
+        for _ in iter_pooled(loaded, prompts, answers, token_budget=budget, progress=False):
+            pass
+
+    def official_loop() -> None:
+        with torch.inference_mode():
+            for sample in encoded[: max(8, n // 8)]:
+                ids = torch.tensor([sample.ids], device=device)
+                hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+                for h in hidden:
+                    h[:, sample.n_prompt :].mean(1).cpu()
+                    h[:, : sample.n_prompt].mean(1).cpu()
+                    h[:, sample.n_prompt - 1].cpu()
+
+    looped = max(8, n // 8)
+    loop_tokens = sum(len(s.ids) for s in encoded[:looped])
+    t_forward = best_time(forward, args.repeats)
+    t_backbone = best_time(backbone, args.repeats)
+    t_capture = best_time(capture, args.repeats)
+    t_loop = best_time(official_loop, args.repeats)
+    fwd, cap, loop = tokens / t_forward, tokens / t_capture, loop_tokens / t_loop
+    print(
+        f"model: {loaded.identity.name} on {device}, {n} samples, {tokens} tokens, "
+        f"budget {budget} tokens/batch"
+    )
+    print(f"plain forward (batched, with LM head): {fwd:10.0f} tok/s")
+    print(f"plain forward of the backbone (no LM head):  {tokens / t_backbone:10.0f} tok/s")
+    print(f"personavec capture (3 poolings, all {loaded.identity.n_layers + 1} layers): {cap:10.0f} tok/s")
+    print(
+        f"official-style batch-1 loop (output_hidden_states): {loop:10.0f} tok/s  ({loop / fwd:.2f}x forward)"
+    )
+    print(f"capture/backbone-forward: {t_backbone / t_capture:.2f}")
+    print(f"capture/forward: {cap / fwd:.2f}")
+
+
+if __name__ == "__main__":
+    main()

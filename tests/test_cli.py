@@ -1,0 +1,124 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from personavec import PersonaVector, save_vectors
+from personavec.cli import main
+from personavec.models import ModelIdentity
+from personavec.vectors import read_gguf
+
+from tiny import N_LAYERS
+
+SMOL = ModelIdentity(name="smollm2", architecture="llama", n_layers=30, hidden_size=576)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -> None:
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("personavec: error: ") and "\n" not in err and "Traceback" not in err
+    assert pattern in err, err
+
+
+def test_version() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "personavec.cli", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.startswith("personavec 0.")
+
+
+def test_error_is_one_line_exit_2_in_a_real_process(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "personavec.cli", "vectors", "show", str(tmp_path / "missing.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "vector file not found" in out.stderr
+    )
+
+
+def test_models_inspect_smollm2_json(capsys) -> None:
+    assert main(["models", "inspect", "smollm2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_layers"] == 30 and info["hidden_size"] == 576
+    assert info["architecture"] == "llama" and info["chat_template"] is True
+    assert info["blocks_path"] == "model.layers" and info["n_residual_layers"] == 31
+
+
+def test_vectors_show_and_export(tmp_path, capsys) -> None:
+    vector = PersonaVector("evil", torch.randn(31, 576), layer=20, metadata={"model": SMOL.to_dict()})
+    save_vectors(tmp_path / "evil.safetensors", [vector])
+    assert main(["vectors", "show", str(tmp_path / "evil.safetensors"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["response-avg"]
+    assert shown["shape"] == [31, 576] and shown["layer"] == 20 and len(shown["norms"]) == 31
+    assert main(["vectors", "show", str(tmp_path / "evil.safetensors")]) == 0
+    assert "evil [response-avg] shape [31, 576], chosen layer 20" in capsys.readouterr().out
+    assert (
+        main(["vectors", "export-gguf", str(tmp_path / "evil.safetensors"), str(tmp_path / "evil.gguf")]) == 0
+    )
+    assert list(read_gguf(tmp_path / "evil.gguf")) == [19]
+    assert "direction.19" in capsys.readouterr().out
+
+
+def test_import_pt(tmp_path, capsys) -> None:
+    torch.save(torch.randn(31, 576), tmp_path / "evil.pt")
+    out = tmp_path / "evil.safetensors"
+    assert (
+        main(
+            [
+                "vectors",
+                "import-pt",
+                str(tmp_path / "evil.pt"),
+                str(out),
+                "--model",
+                "smollm2",
+                "--trait",
+                "evil",
+            ]
+        )
+        == 0
+    )
+    assert "31 layers × 576" in capsys.readouterr().out
+    torch.save(torch.randn(N_LAYERS + 1, 64), tmp_path / "small.pt")
+    code = main(
+        [
+            "vectors",
+            "import-pt",
+            str(tmp_path / "small.pt"),
+            str(out),
+            "--model",
+            "smollm2",
+            "--trait",
+            "evil",
+        ]
+    )
+    _one_line_error(capsys, code, "smollm2 has 30 blocks, hidden 576")
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["models", "inspect", "no/such-model"], "cannot load model 'no/such-model'"),
+        (["vectors", "export-gguf", "{bad}", "{tmp}/x.gguf"], "NaN or inf"),
+        (["vectors", "export-gguf", "{good}", "{tmp}/x.gguf", "--layer", "31"], "layer 31 is out of range"),
+        (["vectors", "show", "{tmp}/missing.safetensors"], "vector file not found"),
+    ],
+)
+def test_bad_input(tmp_path, capsys, argv: list[str], pattern: str) -> None:
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.safetensors"
+    save_vectors(good, [PersonaVector("evil", torch.randn(31, 576), layer=20)])
+    bad = tmp_path / "bad.safetensors"  # a vector file whose tensor was corrupted to NaN after saving
+    header = {
+        "format": "personavec/1",
+        "personavec": json.dumps(
+            {"response-avg": {"trait": "evil", "kind": "response-avg", "layer": 20, "metadata": {}}}
+        ),
+    }
+    save_file({"response-avg": torch.full((31, 576), float("nan"))}, str(bad), metadata=header)
+    argv = [a.format(tmp=tmp_path, good=good, bad=bad) for a in argv]
+    _one_line_error(capsys, main(argv), pattern)
