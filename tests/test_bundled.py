@@ -42,3 +42,16 @@ def test_pooled_activations_match_capture(smollm2: LoadedModel) -> None:
         torch.testing.assert_close(
             pooled.prompt_last[0, layer], cap[layer][0, n_prompt - 1], atol=1e-4, rtol=1e-4
         )
+
+
+def test_engine_demo(smollm2: LoadedModel, tmp_path) -> None:
+    from personavec import load_vector
+    from personavec.demo import run_demo
+
+    result = run_demo(tmp_path, loaded=smollm2, max_new_tokens=24)
+    saved = load_vector(tmp_path / "optimistic.safetensors")
+    assert torch.equal(saved.tensor, result.vector.tensor) and saved.layer == 15
+    assert saved.model is not None and saved.model.n_layers == 30
+    # steering along the vector moves the answers' own activations along it, in order
+    low, zero, high = (result.projections[c] for c in (-4.0, 0.0, 4.0))
+    assert low < zero < high

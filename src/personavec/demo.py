@@ -8,11 +8,12 @@ difference of their response-avg activations per layer, then unprompted answers 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from personavec.activations import pooled_activations
 from personavec.generate import generate
-from personavec.models import load_model
+from personavec.models import LoadedModel, load_model
 from personavec.vectors import PersonaVector, save_vectors
 
 ELICIT = (
@@ -42,12 +43,22 @@ def _stage(name: str, started: float, times: dict[str, float]) -> float:
     return now
 
 
-def run_demo(out: Path, model_ref: str = "smollm2", max_new_tokens: int = 40) -> PersonaVector:
-    """Run the demo, print what it shows, write ``out/optimistic.safetensors``; return the vector."""
+@dataclass
+class DemoResult:
+    vector: PersonaVector
+    projections: dict[float, float]  # steering coefficient -> mean response-avg projection of the answers
+    seconds: dict[str, float]
+
+
+def run_demo(
+    out: Path, model_ref: str = "smollm2", loaded: LoadedModel | None = None, max_new_tokens: int = 40
+) -> DemoResult:
+    """Run the demo, print what it shows and write ``out/optimistic.safetensors``."""
     times: dict[str, float] = {}
     started = t0 = time.perf_counter()
-    loaded = load_model(model_ref)
-    t0 = _stage("load model", t0, times)
+    if loaded is None:
+        loaded = load_model(model_ref)
+        t0 = _stage("load model", t0, times)
 
     prompts = [loaded.chat(q, system) for system in (ELICIT, SUPPRESS) for q in QUESTIONS]
     answers = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts))
@@ -77,18 +88,20 @@ def run_demo(out: Path, model_ref: str = "smollm2", max_new_tokens: int = 40) ->
 
     print(f"\nSteering at layer {layer}, no system prompt (projection = response-avg · v̂ at layer {layer}):")
     plain_prompts = [loaded.chat(q) for q in HELD_OUT]
+    projections = {}
     for coef in COEFS:
         with vector.apply(loaded.model, coef):
             steered = generate(loaded, plain_prompts, max_new_tokens=max_new_tokens, progress=False)
         projection = vector.project(
             pooled_activations(loaded, plain_prompts, steered, progress=False).kind("response-avg")[:, layer]
         )
-        print(f"\n  coef {coef:+.1f}  (mean projection {float(projection.mean()):+.2f})")
+        projections[coef] = float(projection.mean())
+        print(f"\n  coef {coef:+.1f}  (mean projection {projections[coef]:+.2f})")
         for question, answer in zip(HELD_OUT, steered, strict=True):
             print(f"    Q: {question}\n    A: {answer}")
-    t0 = _stage("steering", t0, times)
+    _stage("steering", t0, times)
     print(
         f"\nwrote {out / 'optimistic.safetensors'}; total {time.perf_counter() - started:.1f}s "
         f"({', '.join(f'{k} {v:.1f}s' for k, v in times.items())})"
     )
-    return vector
+    return DemoResult(vector=vector, projections=projections, seconds=times)

