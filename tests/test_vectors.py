@@ -73,6 +73,10 @@ def test_model_mismatch_names_both(tmp_path) -> None:
     ):
         _vector().check_model(other)
     _vector().check_model(IDENTITY)  # the right model passes
+    save_vectors(tmp_path / "v.safetensors", [_vector()])
+    assert load_vector(tmp_path / "v.safetensors", model=IDENTITY).layer == 2
+    with pytest.raises(PersonavecError, match="big-model has 28 blocks, hidden 3584"):
+        load_vector(tmp_path / "v.safetensors", model=other)
 
 
 @pytest.mark.parametrize(

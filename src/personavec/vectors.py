@@ -142,8 +142,10 @@ def save_vectors(path: str | os.PathLike[str], vectors: Sequence[PersonaVector])
         )
 
 
-def load_vectors(path: str | os.PathLike[str]) -> dict[str, PersonaVector]:
-    """Read every vector in a personavec safetensors file, by kind."""
+def load_vectors(
+    path: str | os.PathLike[str], model: ModelIdentity | None = None
+) -> dict[str, PersonaVector]:
+    """Read every vector in a personavec safetensors file, by kind; check them against `model` if given."""
     path = Path(path)
     if not path.is_file():
         raise PersonavecError(f"vector file not found: {path}")
@@ -156,17 +158,23 @@ def load_vectors(path: str | os.PathLike[str]) -> dict[str, PersonaVector]:
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as exc:
         raise PersonavecError(f"cannot read vector file {path}: {exc}") from exc
-    return {
+    vectors = {
         kind: PersonaVector(
             trait=h["trait"], tensor=tensors[kind], kind=kind, layer=h["layer"], metadata=h["metadata"]
         )
         for kind, h in header.items()
     }
+    if model is not None:
+        for vector in vectors.values():
+            vector.check_model(model)
+    return vectors
 
 
-def load_vector(path: str | os.PathLike[str], kind: str = "response-avg") -> PersonaVector:
+def load_vector(
+    path: str | os.PathLike[str], kind: str = "response-avg", model: ModelIdentity | None = None
+) -> PersonaVector:
     """Read one vector (by default the response-avg one) from a personavec safetensors file."""
-    vectors = load_vectors(path)
+    vectors = load_vectors(path, model)
     if kind not in vectors:
         raise PersonavecError(f"{path} has no {kind!r} vector; it has {', '.join(vectors)}")
     return vectors[kind]
