@@ -75,6 +75,27 @@ def _vectors_import_pt(args: argparse.Namespace) -> None:
     )
 
 
+def _traits_list(args: argparse.Namespace) -> None:
+    from personavec.traits import builtin_names, load_trait
+
+    for name in builtin_names():
+        print(f"{name:>14}: {load_trait(name).description}")
+
+
+def _traits_show(args: argparse.Namespace) -> None:
+    from personavec.traits import load_trait
+
+    _print_json(load_trait(args.trait).to_dict())
+
+
+def _traits_validate(args: argparse.Namespace) -> None:
+    from personavec.traits import validate_trait_file
+
+    for path in args.files:
+        spec = validate_trait_file(path)
+        print(f"{path}: valid trait {spec.name!r}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from personavec.demo import run_demo
 
@@ -104,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.add_argument("--blocks", help="module path of the decoder blocks, for unknown architectures")
     inspect.set_defaults(run=_models_inspect)
+
+    traits = commands.add_parser("traits", help="built-in and custom trait files").add_subparsers(
+        dest="traits_command", required=True, metavar="SUBCOMMAND"
+    )
+    traits.add_parser("list", help="the built-in traits").set_defaults(run=_traits_list)
+    show_trait = traits.add_parser("show", help="print a trait file (built-in name or path)")
+    show_trait.add_argument("trait")
+    show_trait.set_defaults(run=_traits_show)
+    validate = traits.add_parser("validate", help="check trait files: fields, counts, overlap, rubric")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(run=_traits_validate)
 
     vectors = commands.add_parser("vectors", help="show, export and import persona vectors").add_subparsers(
         dest="vectors_command", required=True, metavar="SUBCOMMAND"
