@@ -43,10 +43,12 @@ def test_pooled_equals_float64_definition() -> None:
             torch.testing.assert_close(pooled.kind(kind)[i].double(), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
-def test_alone_equals_inside_left_padded_batch(arch: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "side"), [("llama", "left"), ("gpt2", "left"), ("gemma2", "left"), ("llama", "right")]
+)
+def test_alone_equals_inside_a_padded_batch(arch: str, side: str) -> None:
     loaded = tiny_loaded(arch)
-    assert loaded.tokenizer.padding_side == "left"
+    loaded.tokenizer.padding_side = side
     prompts = [loaded.chat(q) for q in QUESTIONS]
     batched = pooled_activations(loaded, prompts, ANSWERS, progress=False)
     for i in range(3):
@@ -89,6 +91,16 @@ def test_prompt_only_and_streaming() -> None:
         torch.testing.assert_close(part.prompt_last[0], pooled.prompt_last[indices[0]], atol=1e-5, rtol=1e-5)
         seen += indices
     assert sorted(seen) == [0, 1, 2]
+
+
+def test_streaming_leaves_the_caller_alone() -> None:
+    loaded = tiny_loaded("llama")
+    prompts = [loaded.chat(q) for q in QUESTIONS]
+    for _ in iter_pooled(loaded, prompts, token_budget=1, progress=False):
+        assert not torch.is_inference_mode_enabled()
+        loaded.model(input_ids=torch.randint(3, 400, (1, 5)))  # the caller's own forward: no pooling hooks
+        break
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in loaded.model.modules())
 
 
 def test_truncation_and_errors() -> None:

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -96,6 +97,21 @@ def test_import_pt(tmp_path, capsys) -> None:
         ]
     )
     _one_line_error(capsys, code, "smollm2 has 30 blocks, hidden 576")
+
+
+def test_unwritable_output_and_repeated_layers(tmp_path, capsys) -> None:
+    save_vectors(tmp_path / "v.safetensors", [PersonaVector("evil", torch.randn(31, 576), layer=20)])
+    umask = os.umask(0o022)
+    try:
+        save_vectors(tmp_path / "v.safetensors", [PersonaVector("evil", torch.randn(31, 576), layer=20)])
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "v.safetensors").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    argv = ["vectors", "export-gguf", str(tmp_path / "v.safetensors")]
+    assert main([*argv, str(tmp_path / "cv.gguf"), "--layer", "5", "--layer", "5"]) == 0
+    assert list(read_gguf(tmp_path / "cv.gguf")) == [4]
+    capsys.readouterr()
+    _one_line_error(capsys, main([*argv, "/proc/no/such/dir/cv.gguf"]), "No such file or directory: /proc/no")
 
 
 @pytest.mark.parametrize(

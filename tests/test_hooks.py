@@ -207,3 +207,24 @@ def test_bad_layer_and_positions() -> None:
         steer(model, {4: torch.randn(64)})
     with pytest.raises(PersonavecError, match="unknown positions 'middle'"):
         steer(model, {1: torch.randn(64)}, positions="middle")  # type: ignore[arg-type]
+
+
+def test_static_cache_and_bad_arguments_fail_clearly() -> None:
+    loaded = tiny_loaded("llama")
+    tok, model = loaded.tokenizer, loaded.model
+    batch = tok([loaded.chat("Hi?"), loaded.chat("Tell me about bread.")], return_tensors="pt", padding=True)
+    with pytest.raises(PersonavecError, match="dynamic cache"), steer(model, {1: torch.randn(64)}):
+        model.generate(
+            **batch, max_new_tokens=2, pad_token_id=tok.pad_token_id, cache_implementation="static"
+        )
+    two_rows = torch.ones(2, 8, dtype=torch.bool)
+    with (
+        pytest.raises(PersonavecError, match="mask has 2 rows"),
+        steer(model, {1: torch.randn(64)}, 1.0, two_rows),
+    ):
+        model(**_batch())
+    with pytest.raises(PersonavecError, match="cannot ablate a zero vector"):
+        ablate(model, {1: torch.zeros(64)})
+    with pytest.raises(PersonavecError, match="finite number, got nan"):
+        steer(model, {1: torch.randn(64)}, coef=float("nan"))
+    assert _no_hooks_left(model)

@@ -72,10 +72,15 @@ class _Pooler(ResidualHooks):
         }
 
     def edit(self, layer: int, hidden: Tensor) -> None:
-        h = hidden.float()
-        self.out["prompt-avg"][:, layer] = torch.einsum("bt,bth->bh", self.prompt_weights, h)
-        self.out["response-avg"][:, layer] = torch.einsum("bt,bth->bh", self.response_weights, h)
-        self.out["prompt-last"][:, layer] = h[torch.arange(h.shape[0], device=h.device), self.last]
+        device = hidden.device  # under a multi-GPU device map, blocks sit on different devices
+        prompt_w, response_w = self.prompt_weights.to(device), self.response_weights.to(device)
+        # zero pad positions first: a weight of 0 does not hide a NaN or inf there
+        h = hidden.float().masked_fill(((prompt_w + response_w) == 0).unsqueeze(-1), 0.0)
+        out_device = self.out["prompt-avg"].device
+        self.out["prompt-avg"][:, layer] = torch.einsum("bt,bth->bh", prompt_w, h).to(out_device)
+        self.out["response-avg"][:, layer] = torch.einsum("bt,bth->bh", response_w, h).to(out_device)
+        last = h[torch.arange(h.shape[0], device=device), self.last.to(device)]
+        self.out["prompt-last"][:, layer] = last.to(out_device)
 
 
 def _encode(
@@ -168,22 +173,22 @@ def iter_pooled(
     hidden = loaded.identity.hidden_size
     pooler = _Pooler(loaded)
     bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
-    with torch.inference_mode(), pooler:
-        for indices in _batches([len(s.ids) for s in samples], token_budget, max_batch_size):
-            batch = _collate([samples[i] for i in indices], pad_id, left, device)
-            pooler.start_batch(batch.pop("prompt_w"), batch.pop("response_w"), batch.pop("last"), hidden)
+    for indices in _batches([len(s.ids) for s in samples], token_budget, max_batch_size):
+        batch = _collate([samples[i] for i in indices], pad_id, left, device)
+        pooler.start_batch(batch.pop("prompt_w"), batch.pop("response_w"), batch.pop("last"), hidden)
+        with torch.inference_mode(), pooler:  # hooks on only while the batch runs, not across the yield
             pooler.blocks.backbone(**batch, use_cache=False)
             out = {k: v.cpu() for k, v in pooler.out.items()}
-            yield (
-                indices,
-                Pooled(
-                    prompt_last=out["prompt-last"],
-                    prompt_avg=out["prompt-avg"],
-                    response_avg=out["response-avg"] if responses is not None else None,
-                    n_truncated=sum(samples[i].truncated for i in indices),
-                ),
-            )
-            bar.update(len(indices))
+        bar.update(len(indices))
+        yield (
+            indices,
+            Pooled(
+                prompt_last=out["prompt-last"],
+                prompt_avg=out["prompt-avg"],
+                response_avg=out["response-avg"] if responses is not None else None,
+                n_truncated=sum(samples[i].truncated for i in indices),
+            ),
+        )
     bar.close()
 
 

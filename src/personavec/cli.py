@@ -178,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PersonavecError as exc:
         print(f"personavec: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable output path, a full disk, ...
+        print(f"personavec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("personavec: interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,7 @@ Edits are out of place, so gradients flow through them in training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ class _CallState:
     """What the backbone was called with: which tokens are real, and where they sit in the sequence."""
 
     def __init__(self) -> None:
-        self.real: Tensor | None = None  # [batch, tokens] bool, False on pad tokens
+        self.real: Tensor | None = None  # [batch, tokens] bool, False on pad tokens; None if unknown
         self.offset = 0  # tokens already in the KV cache
         self.prompt_len = 0  # length of the sequence when the cache was empty
 
@@ -60,20 +61,30 @@ class _CallState:
         if self.offset == 0:
             self.prompt_len = tokens
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, Tensor) and mask.dim() == 2:
-            self.real = mask[:, -tokens:].bool()
-        else:
+        if mask is None:
             self.real = torch.ones(batch, tokens, dtype=torch.bool, device=inputs.device)
+        elif isinstance(mask, Tensor) and mask.dim() == 2:
+            self.real = mask[:, -tokens:].bool()
+        else:  # a 4-D mask (static caches build one): pad tokens cannot be told apart
+            self.real = None
 
     def select(self, positions: Positions) -> Tensor:
         """Boolean [batch, tokens] of the current call's tokens that `positions` selects."""
-        assert self.real is not None, "backbone pre-hook did not run"
+        if self.real is None:
+            raise PersonavecError(
+                "interventions need a 2-D attention mask to leave pad tokens alone; this call passed a "
+                "4-D one (a static KV cache does): use generate's default dynamic cache"
+            )
         real = self.real
         if isinstance(positions, Tensor):
             batch, tokens = real.shape
+            if positions.shape[0] not in (1, batch):
+                raise PersonavecError(
+                    f"the positions mask has {positions.shape[0]} rows; this batch has {batch}"
+                )
             chosen = torch.zeros_like(real)
             window = positions[:, self.offset : self.offset + tokens].to(real.device).bool()
-            chosen[: window.shape[0], : window.shape[1]] = window[:batch]
+            chosen[:, : window.shape[1]] = window
             return real & chosen
         if positions == "all":
             return real
@@ -195,21 +206,36 @@ class Intervention(ResidualHooks):
     ):
         super().__init__(model, vectors)
         _check_positions(positions)
+        if not math.isfinite(coef):
+            raise PersonavecError(f"the steering coefficient must be a finite number, got {coef}")
         hidden_size = _hidden_size(model)
         self.vectors = {layer: _check_vector(vectors[layer], hidden_size, layer) for layer in self.layers}
+        if op == "ablate":
+            zero = [layer for layer, v in self.vectors.items() if not v.norm() > 0]
+            if zero:
+                raise PersonavecError(f"cannot ablate a zero vector (layers {zero})")
+            self.vectors = {layer: v / v.norm() for layer, v in self.vectors.items()}
         self.op, self.coef, self.positions = op, float(coef), positions
         self.calls = 0  # forward calls the intervention has edited (counted at its first layer)
+        self._placed: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+    def _vector(self, layer: int, like: Tensor) -> Tensor:
+        """The layer's edit vector (coef·v to add, or v̂ to ablate) on `like`'s device, cached."""
+        key = (layer, like.device, like.dtype if self.op == "steer" else torch.float32)
+        if key not in self._placed:
+            with torch.inference_mode(False):  # a normal tensor, usable in training forwards too
+                vector = self.vectors[layer].to(device=like.device)
+                self._placed[key] = self.coef * vector.to(key[2]) if self.op == "steer" else vector
+        return self._placed[key]
 
     def edit(self, layer: int, hidden: Tensor) -> Tensor:
         if layer == self.layers[0]:
             self.calls += 1
         mask = self.state.select(self.positions).to(hidden.device).unsqueeze(-1)
+        vector = self._vector(layer, hidden)
         if self.op == "steer":
-            vector = self.vectors[layer].to(device=hidden.device, dtype=hidden.dtype)
-            return hidden + self.coef * vector * mask.to(hidden.dtype)
-        vector = self.vectors[layer].to(device=hidden.device)
-        unit = vector / vector.norm()
-        along = (hidden.float() @ unit).unsqueeze(-1) * unit
+            return hidden + vector * mask.to(hidden.dtype)
+        along = (hidden.float() @ vector).unsqueeze(-1) * vector
         return hidden - (along * mask).to(hidden.dtype)
 
     def __enter__(self) -> Intervention:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -56,6 +57,7 @@ class PersonaVector:
         if self.kind not in KINDS:
             raise PersonavecError(f"unknown vector kind {self.kind!r}; use one of {', '.join(KINDS)}")
         self.tensor = self.tensor.detach().float().cpu().contiguous()
+        self.metadata = dict(self.metadata)  # never change the caller's dict
         if self.layer is not None:
             check_layer(self.layer, self.n_layers)
         self.metadata.setdefault("personavec_version", __version__)
@@ -156,14 +158,14 @@ def load_vectors(
                 raise PersonavecError(f"{path} is not a personavec vector file (no {FORMAT!r} header)")
             header = json.loads(meta["personavec"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as exc:
-        raise PersonavecError(f"cannot read vector file {path}: {exc}") from exc
-    vectors = {
-        kind: PersonaVector(
-            trait=h["trait"], tensor=tensors[kind], kind=kind, layer=h["layer"], metadata=h["metadata"]
-        )
-        for kind, h in header.items()
-    }
+        vectors = {
+            kind: PersonaVector(
+                trait=h["trait"], tensor=tensors[kind], kind=kind, layer=h["layer"], metadata=h["metadata"]
+            )
+            for kind, h in header.items()
+        }
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PersonavecError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
     if model is not None:
         for vector in vectors.values():
             vector.check_model(model)
@@ -222,7 +224,9 @@ def export_gguf(
     """
     import gguf
 
-    chosen = list(layers) if layers is not None else [vector._layer(None)]
+    if not math.isfinite(coef):
+        raise PersonavecError(f"the coefficient must be a finite number, got {coef}")
+    chosen = sorted(set(layers)) if layers is not None else [vector._layer(None)]
     for layer in chosen:
         check_layer(layer, vector.n_layers)
         if layer < 2:
@@ -234,7 +238,7 @@ def export_gguf(
         writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
         writer.add_string("controlvector.model_hint", model.architecture if model else "")
         writer.add_int32("controlvector.layer_count", len(chosen))
-        for layer in sorted(chosen):
+        for layer in chosen:
             writer.add_tensor(
                 f"direction.{layer - 1}", (coef * vector.tensor[layer]).numpy().astype(np.float32)
             )
@@ -242,7 +246,7 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    return [layer - 1 for layer in sorted(chosen)]
+    return [layer - 1 for layer in chosen]
 
 
 def read_gguf(path: str | os.PathLike[str]) -> dict[int, Tensor]:
