@@ -121,3 +121,16 @@ def test_truncation_and_errors() -> None:
         pooled_activations(loaded, [prompt], ["Fine."], max_length=n_prompt, progress=False)
     with pytest.raises(PersonavecError, match="2 prompts but 1 responses"):
         pooled_activations(loaded, [prompt, prompt], ["Fine."], progress=False)
+
+
+def test_nan_at_pad_positions_does_not_leak_into_pooling() -> None:
+    loaded = tiny_loaded("llama")
+    loaded.tokenizer.pad_token = "<|endoftext|>"  # a token the chat text never uses
+    with torch.no_grad():  # pad tokens embed to NaN: layer 0 then holds NaN exactly at pad positions
+        loaded.model.get_input_embeddings().weight[loaded.tokenizer.pad_token_id] = float("nan")
+    prompts = [loaded.chat(q) for q in QUESTIONS]
+    batched = pooled_activations(loaded, prompts, ANSWERS, progress=False)
+    alone = pooled_activations(loaded, prompts[2:], ANSWERS[2:], progress=False)  # the longest: no pads
+    for kind in ("prompt-last", "prompt-avg", "response-avg"):
+        assert torch.isfinite(batched.kind(kind)[:, 0]).all()
+        torch.testing.assert_close(batched.kind(kind)[2, 0], alone.kind(kind)[0, 0], atol=1e-5, rtol=1e-5)

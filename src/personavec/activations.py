@@ -60,12 +60,13 @@ class _Pooler(ResidualHooks):
 
     def __init__(self, loaded: LoadedModel):
         super().__init__(loaded.model, range(loaded.identity.n_layers + 1))
-        self.prompt_weights = self.response_weights = self.last = torch.empty(0)
+        self.prompt_weights = self.response_weights = self.last = self.pad = torch.empty(0)
         self.out: dict[str, Tensor] = {}
 
     def start_batch(self, prompt_w: Tensor, response_w: Tensor, last: Tensor, hidden: int) -> None:
         batch, device = prompt_w.shape[0], prompt_w.device
         self.prompt_weights, self.response_weights, self.last = prompt_w, response_w, last
+        self.pad = ((prompt_w + response_w) == 0).unsqueeze(-1)  # pad tokens (and cut-off ones)
         shape = (batch, len(self.layers), hidden)
         self.out = {
             k: torch.empty(shape, device=device) for k in ("prompt-last", "prompt-avg", "response-avg")
@@ -75,7 +76,7 @@ class _Pooler(ResidualHooks):
         device = hidden.device  # under a multi-GPU device map, blocks sit on different devices
         prompt_w, response_w = self.prompt_weights.to(device), self.response_weights.to(device)
         # zero pad positions first: a weight of 0 does not hide a NaN or inf there
-        h = hidden.float().masked_fill(((prompt_w + response_w) == 0).unsqueeze(-1), 0.0)
+        h = hidden.float().masked_fill(self.pad.to(device), 0.0)
         out_device = self.out["prompt-avg"].device
         self.out["prompt-avg"][:, layer] = torch.einsum("bt,bth->bh", prompt_w, h).to(out_device)
         self.out["response-avg"][:, layer] = torch.einsum("bt,bth->bh", response_w, h).to(out_device)

@@ -47,6 +47,7 @@ class _CallState:
         self.real: Tensor | None = None  # [batch, tokens] bool, False on pad tokens; None if unknown
         self.offset = 0  # tokens already in the KV cache
         self.prompt_len = 0  # length of the sequence when the cache was empty
+        self.calls = 0  # backbone forward calls seen
 
     def observe(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -55,6 +56,7 @@ class _CallState:
         if inputs is None:
             raise PersonavecError("personavec hooks need the model called with input_ids or inputs_embeds")
         batch, tokens = inputs.shape[0], inputs.shape[1]
+        self.calls += 1
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         get_len = getattr(cache, "get_seq_length", None)
         self.offset = int(get_len()) if callable(get_len) else 0
@@ -216,8 +218,29 @@ class Intervention(ResidualHooks):
                 raise PersonavecError(f"cannot ablate a zero vector (layers {zero})")
             self.vectors = {layer: v / v.norm() for layer, v in self.vectors.items()}
         self.op, self.coef, self.positions = op, float(coef), positions
-        self.calls = 0  # forward calls the intervention has edited (counted at its first layer)
         self._placed: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+        self._masks: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._masks_call = -1
+
+    @property
+    def calls(self) -> int:
+        """Forward calls of the model while the intervention was active (each one edited)."""
+        return self.state.calls
+
+    def _mask(self, like: Tensor) -> Tensor:
+        """The positions to edit in this forward call, [batch, tokens, 1] in `like`'s dtype and device.
+
+        Worked out once per call (and device), not once per layer.
+        """
+        if self._masks_call != self.state.calls:
+            self._masks.clear()
+            self._masks_call = self.state.calls
+        dtype = like.dtype if self.op == "steer" else torch.float32
+        key = (like.device, dtype)
+        if key not in self._masks:
+            selected = self.state.select(self.positions)
+            self._masks[key] = selected.to(device=like.device, dtype=dtype).unsqueeze(-1)
+        return self._masks[key]
 
     def _vector(self, layer: int, like: Tensor) -> Tensor:
         """The layer's edit vector (coef·v to add, or v̂ to ablate) on `like`'s device, cached."""
@@ -229,12 +252,9 @@ class Intervention(ResidualHooks):
         return self._placed[key]
 
     def edit(self, layer: int, hidden: Tensor) -> Tensor:
-        if layer == self.layers[0]:
-            self.calls += 1
-        mask = self.state.select(self.positions).to(hidden.device).unsqueeze(-1)
-        vector = self._vector(layer, hidden)
+        mask, vector = self._mask(hidden), self._vector(layer, hidden)
         if self.op == "steer":
-            return hidden + vector * mask.to(hidden.dtype)
+            return hidden + vector * mask
         along = (hidden.float() @ vector).unsqueeze(-1) * vector
         return hidden - (along * mask).to(hidden.dtype)
 

@@ -173,12 +173,6 @@ def model_identity(ref: str) -> ModelIdentity:
     return _identity(source, _from_pretrained(AutoConfig, source))
 
 
-def _pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _pick_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -223,9 +217,10 @@ def load_model(
     """
     source = _resolve(ref)
     torch_dtype = _pick_dtype(dtype, device)
-    device_map = "auto" if device == "auto" and torch.cuda.is_available() else _pick_device(device)
+    if device == "auto":
+        device = "auto" if torch.cuda.is_available() else "cpu"  # "auto": accelerate spreads over the GPUs
     tokenizer = prepare_tokenizer(_from_pretrained(AutoTokenizer, source))
-    model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device_map)
+    model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device)
     model.eval()
     if blocks:
         set_blocks_path(model, blocks)
