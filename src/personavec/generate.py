@@ -1,8 +1,17 @@
-"""Batched answer generation with a Hugging Face model (greedy or sampled), prompts bucketed by length."""
+"""Batched answer generation with a Hugging Face model (greedy or sampled), prompts bucketed by length.
+
+`generate` answers a list of prompts; `generate_rows` answers many requests (questions × system prompts ×
+samples) into a JSONL file, chunk by chunk, so that a crash loses at most one chunk.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +30,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    desc: str = "generate",
 ) -> list[str]:
     """Answers to chat-formatted `prompts`, in order. ``temperature=0`` decodes greedily.
 
@@ -41,7 +51,7 @@ def generate(
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     )
     torch.manual_seed(seed)
-    bar = tqdm(total=len(prompts), desc="generate", unit="answer", disable=not progress)
+    bar = tqdm(total=len(prompts), desc=desc, unit="answer", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = tokenizer(
@@ -58,3 +68,76 @@ def generate(
         bar.update(len(chunk))
     bar.close()
     return answers
+
+
+@dataclass(frozen=True)
+class Request:
+    """One answer to produce: `id` names it in the output; `fields` are copied into its row."""
+
+    id: str
+    question: str
+    system: str | None = None
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows of a JSONL file by id (the last one wins); a torn last line from a crash is ignored."""
+    rows: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                rows[row["id"]] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return rows
+
+
+def generate_rows(
+    loaded: LoadedModel,
+    requests: Sequence[Request],
+    path: Path,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    chunk_size: int = 128,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[dict[str, Any]]:
+    """Answer `requests` into the JSONL file `path`; one row per request, in the order of `requests`.
+
+    Requests are answered in chunks of `chunk_size`, chunk k sampled with seed ``seed + k``; each chunk's
+    rows are appended and flushed once it is done. Chunks already in the file are skipped, so a rerun
+    after a crash resumes where it stopped and gives the same rows as an uninterrupted run.
+    """
+    rows = read_rows(path)
+    chunks = [requests[i : i + chunk_size] for i in range(0, len(requests), chunk_size)]
+    todo = [k for k, chunk in enumerate(chunks) if any(r.id not in rows for r in chunk)]
+    bar = tqdm(total=len(requests), desc=desc, unit="answer", disable=not progress)
+    bar.update(len(requests) - sum(len(chunks[k]) for k in todo))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as out:
+        for k in todo:
+            chunk = chunks[k]
+            prompts = [loaded.chat(r.question, r.system) for r in chunk]
+            answers = generate(
+                loaded, prompts, max_new_tokens, temperature, top_p, seed + k, batch_size, progress=False
+            )
+            for request, answer in zip(chunk, answers, strict=True):
+                row = {
+                    "id": request.id,
+                    **dict(request.fields),
+                    "system": request.system,
+                    "question": request.question,
+                    "answer": answer,
+                    "model": loaded.identity.name,
+                }
+                rows[request.id] = row
+                out.write(json.dumps(row) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(chunk))
+    bar.close()
+    return [rows[r.id] for r in requests]
