@@ -1,8 +1,10 @@
 """The bundled SmolLM2-135M-Instruct: the real-model check (loaded once per session)."""
 
+import json
+
 import torch
 
-from personavec import LoadedModel, capture, pooled_activations, steer
+from personavec import LoadedModel, capture, load_vector, pooled_activations, steer
 from personavec.generate import generate
 
 
@@ -44,14 +46,41 @@ def test_pooled_activations_match_capture(smollm2: LoadedModel) -> None:
         )
 
 
-def test_engine_demo(smollm2: LoadedModel, tmp_path) -> None:
-    from personavec import load_vector
-    from personavec.demo import run_demo
+def test_demo_end_to_end_separates_held_out_answers(smollm2: LoadedModel, tmp_path) -> None:
+    """The offline demo (lexicon judge): its vector at the chosen layer ranks held-out answers right."""
+    from personavec.demo import DEMO_CONFIG, run_demo
+    from personavec.judges.lexicon import LexiconJudge
+    from personavec.traits import load_trait
 
-    result = run_demo(tmp_path, loaded=smollm2, max_new_tokens=24)
-    saved = load_vector(tmp_path / "optimistic.safetensors")
-    assert torch.equal(saved.tensor, result.vector.tensor) and saved.layer == 15
-    assert saved.model is not None and saved.model.n_layers == 30
-    # steering along the vector moves the answers' own activations along it, in order
-    low, zero, high = (result.projections[c] for c in (-4.0, 0.0, 4.0))
-    assert low < zero < high
+    result = run_demo(tmp_path, loaded=smollm2, progress=False)
+    vector = load_vector(tmp_path / "optimistic.safetensors")
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert vector.layer == sweep["chosen"] == max(sweep["layers"], key=lambda r: r["trait"])["layer"]
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3 and "offline proxy" in report
+    assert {e.coef for e in result.examples} == {-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef}
+    assert {"generations", "judgements", "vectors", "sweep", "total"} <= set(result.seconds)
+
+    # held out: evaluation questions under the trait's system prompts (greedy), kept by the same rule as
+    # the pipeline's filter (eliciting prompt and judged ≥ 50 vs suppressing prompt and judged < 50)
+    trait = load_trait("optimistic")
+    prompts, positive = [], []
+    for pair in trait.instructions[:3]:
+        for question in trait.evaluation_questions[:10]:
+            for side in ("pos", "neg"):
+                prompts.append(smollm2.chat(question, pair[side]))
+                positive.append(side == "pos")
+    answers = generate(
+        smollm2, prompts, max_new_tokens=DEMO_CONFIG.max_new_tokens, batch_size=60, progress=False
+    )
+    scores = dict(LexiconJudge("optimistic", "positive").score("", [("", a) for a in answers]))
+    keep = [i for i in range(len(answers)) if positive[i] == (scores[i].value >= 50)]
+    pooled = pooled_activations(
+        smollm2, [prompts[i] for i in keep], [answers[i] for i in keep], progress=False
+    )
+    projection = vector.project(pooled.kind("response-avg")[:, vector.layer]).tolist()
+    pos = [p for p, i in zip(projection, keep, strict=True) if positive[i]]
+    neg = [p for p, i in zip(projection, keep, strict=True) if not positive[i]]
+    assert len(pos) >= 10 and len(neg) >= 10
+    auroc = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+    assert auroc >= 0.9, auroc

@@ -2,10 +2,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import personavec
 from personavec import PersonaVector, save_vectors
 from personavec.cli import main
 from personavec.models import ModelIdentity
@@ -121,10 +123,25 @@ def test_unwritable_output_and_repeated_layers(tmp_path, capsys) -> None:
         (["vectors", "export-gguf", "{bad}", "{tmp}/x.gguf"], "NaN or inf"),
         (["vectors", "export-gguf", "{good}", "{tmp}/x.gguf", "--layer", "31"], "layer 31 is out of range"),
         (["vectors", "show", "{tmp}/missing.safetensors"], "vector file not found"),
+        (["extract", "--trait", "evil", "--judge", "lexicon"], "lexicon judge only scores sentiment-like"),
+        (["extract", "--trait", "evil", "--judge", "openai:gpt-4.1-mini"], "set OPENAI_API_KEY"),
+        (["extract", "--trait", "evil", "--judge", "gpt"], "unknown judge 'gpt'"),
+        (
+            ["extract", "--trait", "{tmp}/broken.json", "--judge", "none"],
+            "'instructions' has 1 pairs; needs 5",
+        ),
+        (["extract", "--trait", "evil", "--judge", "none", "--questions", "30"], "between 1 and 20, got 30"),
     ],
 )
-def test_bad_input(tmp_path, capsys, argv: list[str], pattern: str) -> None:
+def test_bad_input(tmp_path, capsys, monkeypatch, argv: list[str], pattern: str) -> None:
     from safetensors.torch import save_file
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    if argv[0] == "extract":
+        argv = [*argv, "--model", "smollm2", "--out", "{tmp}/run"]
+    broken = json.loads((Path(personavec.__file__).parent / "traits/builtin/evil.json").read_text())
+    broken["instructions"] = broken["instructions"][:1]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
 
     good = tmp_path / "good.safetensors"
     save_vectors(good, [PersonaVector("evil", torch.randn(31, 576), layer=20)])

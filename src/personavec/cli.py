@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,92 @@ def _traits_validate(args: argparse.Namespace) -> None:
         print(f"{path}: valid trait {spec.name!r}")
 
 
+def _traits_generate(args: argparse.Namespace) -> None:
+    from personavec.traits.author import author_trait, chat_backend, write_trait
+
+    out = Path(args.out or f"{args.name}.json")
+    if out.exists() and not args.force:  # before paying for the model
+        raise PersonavecError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    trait = author_trait(args.name, args.description, chat_backend(args.backend, args.base_url))
+    if args.sentiment:
+        trait = replace(trait, sentiment=args.sentiment)
+    write_trait(trait, out, force=args.force)
+    print(f"wrote {out}: trait {trait.name!r} (check it, then: personavec extract --trait {out} ...)")
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    if text == "none":
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layers or 'none', got {text!r}") from None
+
+
+def _extract(args: argparse.Namespace) -> None:
+    from personavec.extract import ExtractConfig, extract
+    from personavec.judges import make_judge
+    from personavec.models import load_model, model_identity
+    from personavec.report import write_report
+    from personavec.traits import load_trait
+
+    trait = load_trait(args.trait)
+    fields = [*CONFIG_FLAGS, "pairing"]
+    config = ExtractConfig(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
+    config.check(trait, model_identity(args.model).n_layers)  # before minutes of loading
+    judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    result = extract(loaded, trait, judge, args.out, config, force=args.force)
+    report = write_report(result.dir)
+    vector = result.vectors["response-avg"]
+    filtered = result.manifest["stages"]["filter"]
+    print(
+        f"kept {filtered['kept_positive']} positive / {filtered['kept_negative']} negative answers; "
+        f"chosen layer {vector.layer}"
+    )
+    print(f"wrote {result.dir / (trait.name + '.safetensors')} and {report}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from personavec.demo import run_demo
 
     run_demo(Path(args.out), model_ref=args.model)
+
+
+# ExtractConfig fields settable from the command line (flag --samples sets field samples, ...)
+CONFIG_FLAGS = {
+    "samples": (int, "answers per question × instruction × side (default 10)"),
+    "max_new_tokens": (int, "answer length in tokens (default 256)"),
+    "temperature": (float, "sampling temperature of the contrastive answers (default 1)"),
+    "top_p": (float, "nucleus sampling (default 1)"),
+    "questions": (int, "extraction questions used, of 20 (default 20)"),
+    "instructions": (int, "instruction pairs used, of 5 (default 5)"),
+    "seed": (int, "sampling seed (default 0)"),
+    "batch_size": (int, "generation batch size (default 32)"),
+    "trait_threshold": (float, "positive answers need ≥, negative < (default 50)"),
+    "coherence_threshold": (float, "answers need coherence ≥ (default 50)"),
+    "min_pairs": (int, "fewest kept answers per side (default 10)"),
+    "layers": (_layers, "sweep candidates, e.g. 12,16,20, or 'none' (default: 8 over the middle half)"),
+    "coef": (float, "steering coefficient of the layer sweep (default 2)"),
+    "sweep_questions": (int, "evaluation questions per sweep layer, of 20 (default 20)"),
+}
+
+
+def _add_extract(commands: Any) -> None:
+    extract = commands.add_parser("extract", help="the pipeline: trait → answers → judge → vectors → layer")
+    extract.add_argument("--model", required=True, help="hub id, local directory, .gguf file or 'smollm2'")
+    extract.add_argument("--trait", required=True, help="built-in trait name or trait file")
+    extract.add_argument("--judge", required=True, help="openai:MODEL, hf:PATH, lexicon or none")
+    extract.add_argument("--out", required=True, help="run directory (rerun the command to resume)")
+    extract.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    extract.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+    extract.add_argument("--pairing", choices=("paired", "per-side"), help="filter pairs or sides (paired)")
+    for name, (kind, text) in CONFIG_FLAGS.items():
+        extract.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
+    extract.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
+    extract.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    extract.add_argument("--force", action="store_true", help="start over a run directory made otherwise")
+    extract.set_defaults(run=_extract)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="offline demo on the bundled SmolLM2: capture, build a vector, steer"
+        "demo", help="offline demo on the bundled SmolLM2: extract 'optimistic' with a lexicon judge, steer"
     )
-    demo.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
+    demo.add_argument("--out", default="demo-out", help="run directory (default: demo-out)")
     demo.add_argument("--model", default="smollm2", help="model to run it on (default: the bundled smollm2)")
     demo.set_defaults(run=_demo)
 
@@ -136,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate = traits.add_parser("validate", help="check trait files: fields, counts, overlap, rubric")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(run=_traits_validate)
+
+    generate = traits.add_parser("generate", help="write a new trait file with a chat model")
+    generate.add_argument("name", help="trait name (a lowercase slug)")
+    generate.add_argument("description", help="one sentence saying what the trait is")
+    generate.add_argument("--backend", required=True, help="openai:MODEL or hf:PATH")
+    generate.add_argument(
+        "--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or OpenAI)"
+    )
+    generate.add_argument("--sentiment", choices=("positive", "negative"), help="mark it lexicon-judgeable")
+    generate.add_argument("--out", help="trait file to write (default: NAME.json)")
+    generate.add_argument("--force", action="store_true", help="overwrite an existing file")
+    generate.set_defaults(run=_traits_generate)
+
+    _add_extract(commands)
 
     vectors = commands.add_parser("vectors", help="show, export and import persona vectors").add_subparsers(
         dest="vectors_command", required=True, metavar="SUBCOMMAND"

@@ -21,6 +21,7 @@ from personavec.traits.spec import load_trait
 DEMO_CONFIG = ExtractConfig(
     samples=2,
     max_new_tokens=48,
+    temperature=0.7,
     questions=10,
     instructions=5,
     batch_size=32,
