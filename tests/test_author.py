@@ -71,3 +71,13 @@ def test_cli_writes_a_valid_file_and_keeps_an_existing_one(key, tmp_path, capsys
 def test_unknown_backend(tmp_path, capsys) -> None:
     assert main(["traits", "generate", "x", "y", "--backend", "gpt", "--out", str(tmp_path / "x.json")]) == 2
     assert "unknown backend 'gpt'" in capsys.readouterr().err
+
+
+def test_bad_name_costs_no_request_and_api_failures_are_one_line(key) -> None:
+    with FakeOpenAI(lambda body: (reply_text(QUESTIONS), None)) as server:
+        with pytest.raises(PersonavecError, match="must be a lowercase slug"):
+            author_trait("My Trait", "x", chat_backend("openai:writer", server.url))
+        assert not server.requests
+        server.faults = ["500"] * 5
+        with pytest.raises(PersonavecError, match=r"writer at http://127\.0\.0\.1:\d+/v1/ failed: HTTP 500"):
+            author_trait("cheerful", "x", chat_backend("openai:writer", server.url, backoff=0.001))

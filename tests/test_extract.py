@@ -222,3 +222,52 @@ def test_judge_none_keeps_every_answer_and_skips_the_sweep(model_dir, tmp_path) 
     assert result.manifest["judge"] == {"name": "none"}
     assert result.manifest["stages"]["filter"]["kept_positive"] == non_empty
     assert result.vectors["response-avg"].layer is None and not (tmp_path / "run" / "sweep.json").exists()
+
+
+def test_force_keeps_foreign_files_and_the_judge_cache(model_dir, server, tmp_path) -> None:
+    out = tmp_path / "run"
+    run(model_dir, server, out)
+    (out / "notes.txt").write_text("mine")
+    cached = (out / "judge-cache.jsonl").read_text()
+    other = ExtractConfig(**{**vars(CONFIG), "seed": 1, "min_pairs": 1})
+    run(model_dir, server, out, other, force=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "judge-cache.jsonl").read_text().startswith(cached)
+    assert json.loads((out / "manifest.json").read_text())["generation"]["seed"] == 1
+
+
+def test_refuses_a_directory_with_a_foreign_manifest(model_dir, server, tmp_path) -> None:
+    (tmp_path / "manifest.json").write_text('{"name": "my web app"}')
+    for force in (False, True):
+        with pytest.raises(PersonavecError, match="not a personavec run manifest"):
+            run(model_dir, server, tmp_path, force=force)
+    assert (tmp_path / "manifest.json").read_text() == '{"name": "my web app"}'
+
+
+def test_a_crash_between_a_stage_file_and_the_manifest_is_repaired(model_dir, server, tmp_path) -> None:
+    out = tmp_path / "run"
+    first = run(model_dir, server, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for stage in ("judgements", "filter", "vectors", "sweep"):
+        del manifest["stages"][stage]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    again = run(model_dir, server, out)
+    assert (
+        again.manifest["stages"]["filter"]["kept_positive"]
+        == first.manifest["stages"]["filter"]["kept_positive"]
+    )
+    assert again.manifest["stages"]["sweep"]["chosen"] == first.manifest["stages"]["sweep"]["chosen"]
+    assert (
+        again.manifest["stages"]["judgements"]["methods"] == first.manifest["stages"]["judgements"]["methods"]
+    )
+
+
+def test_sampling_settings_are_checked() -> None:
+    trait = load_trait("evil")
+    for change, message in [
+        ({"temperature": -1.0}, "temperature must be ≥ 0"),
+        ({"top_p": 0.0}, "top_p in"),
+        ({"coef": float("nan")}, "finite and non-zero|finite non-zero"),
+    ]:
+        with pytest.raises(PersonavecError, match=message):
+            ExtractConfig(**{**vars(CONFIG), **change}).check(trait)

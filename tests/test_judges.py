@@ -210,3 +210,30 @@ def test_local_judge_matches_a_float64_recomputation() -> None:
                 mass, total = mass + p, total + p * int(text)
         assert mass >= 0.25
         assert scores[i].value == pytest.approx(total / mass, abs=1e-3)
+
+
+def test_switching_to_sampled_mode_under_concurrency_keeps_scores_right(key) -> None:
+    """Requests sent for logprobs but answered after the switch must not be read as sampled text."""
+
+    def no_logprobs(body: dict) -> tuple[str, None]:
+        return ("75" if body.get("max_tokens", 1) > 1 else "7"), None  # a 1-token reply cuts "75"
+
+    with FakeOpenAI(no_logprobs, delay=0.05) as server:
+        scores = dict(judge_for(server, concurrency=8).score(RUBRIC, ITEMS))
+    assert {s.value for s in scores.values()} == {75.0}
+
+
+def test_fail_fast_spares_a_judge_that_succeeded_before(key, tmp_path) -> None:
+    cache = JudgeCache(tmp_path / "c.jsonl")
+    with FakeOpenAI(reply) as server:
+        judge = judge_for(server, concurrency=1, retries=0)
+        cache.judge(judge, RUBRIC, ITEMS[:1], progress=False)
+        server.faults = ["500"] * 3
+        scores = JudgeCache(tmp_path / "c.jsonl").judge(judge, RUBRIC, ITEMS[1:4], progress=False)
+    assert [s.method for s in scores] == ["failed"] * 3  # recorded missing, no abort: it worked before
+
+
+def test_bad_concurrency_and_unicode_digits(key) -> None:
+    with pytest.raises(PersonavecError, match="concurrency must be at least 1"):
+        OpenAIJudge("m", base_url="http://127.0.0.1:9/v1", concurrency=0)
+    assert logprob_score([("²", 0.0), ("٣", 0.0)]) is None

@@ -35,12 +35,6 @@ def test_every_builtin_validates() -> None:
     assert all(load_trait(n).sentiment is None for n in BUILTINS if n != "optimistic")
 
 
-def test_judge_prompt_fills_placeholders() -> None:
-    spec = parse_trait(_valid())
-    text = spec.judge_prompt("Will it rain?", "Surely, and forever.")
-    assert "Surely, and forever." in text and "Will it rain?" in text and "{answer}" not in text
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [

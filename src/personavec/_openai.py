@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -60,16 +60,20 @@ def is_transient(error: Exception) -> bool:
     return isinstance(error, (openai.APIConnectionError, *unusable))
 
 
-def with_retries(call: Callable[[], T], retries: int, backoff: float) -> T:
+def with_retries(
+    call: Callable[[], T], retries: int, backoff: float, stop: threading.Event | None = None
+) -> T:
     """``call()``, retried up to `retries` times on transient failures with exponential backoff + jitter.
 
-    The last failure is raised again once the retries are spent.
+    The last failure is raised again once the retries are spent, or at once when `stop` is set.
     """
+    stop = stop or threading.Event()
     for attempt in range(retries + 1):
         try:
             return call()
         except Exception as error:  # classified just below
             if attempt == retries or not is_transient(error):
                 raise
-            time.sleep(backoff * 2**attempt * random.uniform(0.5, 1.5))
+            if stop.wait(backoff * 2**attempt * random.uniform(0.5, 1.5)):
+                raise
     raise AssertionError("unreachable")

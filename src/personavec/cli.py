@@ -122,14 +122,14 @@ def _layers(text: str) -> tuple[int, ...]:
 def _extract(args: argparse.Namespace) -> None:
     from personavec.extract import ExtractConfig, extract
     from personavec.judges import make_judge
-    from personavec.models import load_model, model_identity
+    from personavec.models import load_model
     from personavec.report import write_report
     from personavec.traits import load_trait
 
     trait = load_trait(args.trait)
     fields = [*CONFIG_FLAGS, "pairing"]
     config = ExtractConfig(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
-    config.check(trait, model_identity(args.model).n_layers)  # before minutes of loading
+    config.check(trait)  # before minutes of loading (the layers are checked against the model after)
     judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     result = extract(loaded, trait, judge, args.out, config, force=args.force)
@@ -146,7 +146,7 @@ def _extract(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from personavec.demo import run_demo
 
-    run_demo(Path(args.out), model_ref=args.model)
+    run_demo(Path(args.out), model_ref=args.model, force=args.force)
 
 
 # ExtractConfig fields settable from the command line (flag --samples sets field samples, ...)
@@ -169,10 +169,12 @@ CONFIG_FLAGS = {
 
 
 def _add_extract(commands: Any) -> None:
+    from personavec.judges import JUDGE_SPECS
+
     extract = commands.add_parser("extract", help="the pipeline: trait → answers → judge → vectors → layer")
     extract.add_argument("--model", required=True, help="hub id, local directory, .gguf file or 'smollm2'")
     extract.add_argument("--trait", required=True, help="built-in trait name or trait file")
-    extract.add_argument("--judge", required=True, help="openai:MODEL, hf:PATH, lexicon or none")
+    extract.add_argument("--judge", required=True, help=JUDGE_SPECS)
     extract.add_argument("--out", required=True, help="run directory (rerun the command to resume)")
     extract.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
     extract.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
@@ -195,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="demo-out", help="run directory (default: demo-out)")
     demo.add_argument("--model", default="smollm2", help="model to run it on (default: the bundled smollm2)")
+    demo.add_argument("--force", action="store_true", help="start over a run directory made otherwise")
     demo.set_defaults(run=_demo)
 
     models = commands.add_parser("models", help="inspect models").add_subparsers(

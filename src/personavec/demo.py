@@ -40,9 +40,16 @@ class DemoResult:
 
 
 def run_demo(
-    out: Path, model_ref: str = "smollm2", loaded: LoadedModel | None = None, progress: bool = True
+    out: Path,
+    model_ref: str = "smollm2",
+    loaded: LoadedModel | None = None,
+    progress: bool = True,
+    force: bool = False,
 ) -> DemoResult:
-    """Run the demo into the run directory `out` (resumable), print what it shows, write the report."""
+    """Run the demo into the run directory `out` (resumable), print what it shows, write the report.
+
+    `force` starts over a directory left by a run with other settings (an older version's demo).
+    """
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     if loaded is None:
@@ -51,7 +58,7 @@ def run_demo(
     trait = load_trait("optimistic")
     judge = LexiconJudge(trait.name, trait.sentiment)
     print(f"judge: {judge.proxy}", flush=True)
-    result = extract(loaded, trait, judge, out, DEMO_CONFIG, progress=progress)
+    result = extract(loaded, trait, judge, out, DEMO_CONFIG, force=force, progress=progress)
     for stage, info in result.manifest["stages"].items():
         seconds[stage] = info["seconds"]
 

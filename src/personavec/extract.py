@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from collections import Counter
@@ -51,8 +52,9 @@ GENERATION_FIELDS = (
     "seed",
     "batch_size",
 )
-# stage → the files it writes, in pipeline order (generations and the judge cache are never redone)
+# stage → the files it writes, in pipeline order (the judge cache is kept: its keys say what it holds)
 STAGE_OUTPUTS = {
+    "generations": ("generations.jsonl",),
     "judgements": ("judgements.json",),
     "filter": ("filter.json",),
     "vectors": ("{trait}.safetensors",),
@@ -62,7 +64,11 @@ STAGE_OUTPUTS = {
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything that changes a run's results (a rerun with another config needs another directory)."""
+    """Everything that changes a run's results.
+
+    A run directory is tied to its generation settings (`GENERATION_FIELDS`); changing the filter or
+    sweep settings in a rerun reuses the answers and judgements and redoes the stages after them.
+    """
 
     samples: int = 10  # answers per question × instruction × polarity (paper: 10)
     max_new_tokens: int = 256
@@ -80,8 +86,8 @@ class ExtractConfig:
     coef: float = 2.0  # steering coefficient of the sweep
     sweep_questions: int = 20  # evaluation questions answered (greedily) per candidate layer
 
-    def check(self, trait: TraitSpec, n_layers: int) -> None:
-        """Raise a clear error for sizes the trait or the model cannot satisfy."""
+    def check(self, trait: TraitSpec, n_layers: int | None = None) -> None:
+        """Raise a clear error for settings the trait (or the model, given its `n_layers`) cannot satisfy."""
         limits = {
             "samples": (self.samples, 1, None),
             "max_new_tokens": (self.max_new_tokens, 1, None),
@@ -97,10 +103,17 @@ class ExtractConfig:
                 raise PersonavecError(f"{name} must be {bound}, got {value}")
         if self.pairing not in PAIRINGS:
             raise PersonavecError(f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
+        if not self.temperature >= 0 or not 0 < self.top_p <= 1:
+            raise PersonavecError(
+                f"temperature must be ≥ 0 and top_p in (0, 1]; got {self.temperature} and {self.top_p}"
+            )
+        if not math.isfinite(self.coef) or self.coef == 0:
+            raise PersonavecError(
+                f"the sweep's coefficient must be a finite non-zero number, got {self.coef}"
+            )
         for layer in self.layers or ():
-            check_layer(layer, n_layers)
-        if self.coef == 0:
-            raise PersonavecError("the sweep's coefficient must not be 0")
+            if n_layers is not None:
+                check_layer(layer, n_layers)
 
 
 def default_layers(n_layers: int, count: int = 8) -> tuple[int, ...]:
@@ -186,6 +199,7 @@ class _Run:
     progress: bool
     token_budget: int
     manifest: dict[str, Any] = field(default_factory=dict)
+    cache: JudgeCache | None = None
 
     @property
     def vector_path(self) -> Path:
@@ -213,10 +227,13 @@ class _Run:
         if path.exists():
             try:
                 old = _read_json(path)
-            except (json.JSONDecodeError, OSError) as error:
+            except (json.JSONDecodeError, OSError, UnicodeDecodeError) as error:
+                old = {"error": str(error)}
+            if not isinstance(old, dict) or old.get("format") != MANIFEST_FORMAT:
                 raise PersonavecError(
-                    f"{path} is unreadable ({error}); pass --force to start over"
-                ) from error
+                    f"{path} is not a personavec run manifest (unreadable or foreign): choose another --out, "
+                    "or delete it if the directory is yours to reuse"
+                )
             differs = [
                 k for k in ("model", "trait", "trait_sha256", "generation") if old.get(k) != identity[k]
             ]
@@ -226,13 +243,14 @@ class _Run:
                     f"{old.get('trait', '?')} that differs in {', '.join(differs)}: use another --out, "
                     "or --force to start it over"
                 )
-            if differs:
-                shutil.rmtree(self.dir)
+            if differs:  # start over: outputs first, the manifest last (a kill meanwhile leaves it refused)
+                self._forget("generations", old["trait"])
+                path.unlink()
             else:
                 self.manifest = old
                 stale = [k for k in ("judge", "selection") if old.get(k) != identity[k]]
                 if stale:
-                    self._forget("judgements" if "judge" in stale else "filter")
+                    self._forget("judgements" if "judge" in stale else "filter", self.trait.name)
                     self.manifest.update({k: identity[k] for k in stale})
         if not self.manifest:
             self.manifest = {
@@ -249,24 +267,32 @@ class _Run:
         self._save_manifest()
         _write_json(self.dir / "trait.json", self.trait.to_dict())
 
-    def _forget(self, first: str) -> None:
-        """Delete the outputs of stage `first` and every stage after it (the judge cache stays)."""
+    def _forget(self, first: str, trait: str) -> None:
+        """Delete the outputs of stage `first`, of every stage after it, and the report."""
         stages = list(STAGE_OUTPUTS)
+        (self.dir / "report.html").unlink(missing_ok=True)
         for stage in stages[stages.index(first) :]:
             for name in STAGE_OUTPUTS[stage]:
-                target = self.dir / name.format(trait=self.trait.name)
+                target = self.dir / name.format(trait=trait)
                 if target.is_dir():
                     shutil.rmtree(target)
                 else:
                     target.unlink(missing_ok=True)
-            self.manifest["stages"].pop(stage, None)
+            self.manifest.get("stages", {}).pop(stage, None)
 
     def _save_manifest(self) -> None:
         _write_json(self.dir / "manifest.json", self.manifest)
 
-    def _stage(self, name: str, started: float, **info: Any) -> None:
-        self.manifest["stages"][name] = {"seconds": round(time.perf_counter() - started, 2), **info}
+    def _stage(self, name: str, started: float | None, **info: Any) -> None:
+        """Record a finished stage; `started` None for one found done (its time is not known)."""
+        seconds = None if started is None else round(time.perf_counter() - started, 2)
+        self.manifest["stages"][name] = {"seconds": seconds, **info}
         self._save_manifest()
+
+    def _found(self, name: str, **info: Any) -> None:
+        """Record a stage whose output exists, if a crash came between writing it and the manifest."""
+        if name not in self.manifest["stages"]:
+            self._stage(name, None, **info)
 
     def generations(self) -> list[dict[str, Any]]:
         started = time.perf_counter()
@@ -291,7 +317,9 @@ class _Run:
     def _judge(self, rows: Sequence[dict[str, Any]], desc: str) -> dict[str, list[dict[str, Any]]]:
         """Trait (and coherence) scores of `rows`, through the run's judge cache."""
         assert self.judge is not None
-        cache = JudgeCache(self.dir / "judge-cache.jsonl")
+        if self.cache is None:
+            self.cache = JudgeCache(self.dir / "judge-cache.jsonl")
+        cache = self.cache
         items = [(r["question"], r["answer"]) for r in rows]
         rubrics = {"trait": self.trait.rubric}
         if self.judge.measures_coherence:
@@ -308,20 +336,27 @@ class _Run:
         if self.judge is None:
             return None
         path = self.dir / "judgements.json"
+        started = None
         if path.exists():
-            return dict(_read_json(path))
-        started = time.perf_counter()
-        scores = self._judge(rows, "judge")
-        _write_json(path, {"ids": [r["id"] for r in rows], **scores})
-        methods = Counter(s["method"] for metric in scores.values() for s in metric)
-        self._stage("judgements", started, methods=dict(methods))
+            scores = {k: v for k, v in _read_json(path).items() if k != "ids"}
+        else:
+            started = time.perf_counter()
+            scores = self._judge(rows, "judge")
+            _write_json(path, {"ids": [r["id"] for r in rows], **scores})
+        methods = dict(Counter(s["method"] for metric in scores.values() for s in metric))
+        if started is None:
+            self._found("judgements", methods=methods)
+        else:
+            self._stage("judgements", started, methods=methods)
         return scores
 
     def filter(self, rows: list[dict[str, Any]], scores: dict[str, list[dict[str, Any]]] | None) -> list[int]:
         """Indices of the kept rows; raise when too few survive."""
         path = self.dir / "filter.json"
         if path.exists():
-            return list(_read_json(path)["kept"])
+            found = _read_json(path)
+            self._found("filter", **{k: v for k, v in found.items() if k != "kept"})
+            return list(found["kept"])
         c = self.config
         verdicts: list[str | None] = []
         for i, row in enumerate(rows):
@@ -355,7 +390,10 @@ class _Run:
     def vectors(self, rows: list[dict[str, Any]], kept: list[int]) -> dict[str, PersonaVector]:
         """Mean kept-positive minus mean kept-negative activations, per kind and layer."""
         if self.vector_path.exists():
-            return load_vectors(self.vector_path, self.loaded.identity)
+            vectors = load_vectors(self.vector_path, self.loaded.identity)
+            norms = vectors["response-avg"].tensor.norm(dim=1)
+            self._found("vectors", norms=[round(float(x), 4) for x in norms])
+            return vectors
         started = time.perf_counter()
         shape = (self.loaded.identity.n_layers + 1, self.loaded.identity.hidden_size)
         sums = {(k, p): torch.zeros(shape, dtype=torch.float64) for k in KINDS for p in ("pos", "neg")}
@@ -399,6 +437,8 @@ class _Run:
     def sweep(self, vectors: dict[str, PersonaVector]) -> dict[str, PersonaVector]:
         """Steer each candidate layer on the evaluation questions, judge, store the best layer."""
         path = self.dir / "sweep.json"
+        if path.exists():
+            self._found("sweep", chosen=_read_json(path)["chosen"])
         if self.judge is None or path.exists() or self.config.layers == ():
             return vectors
         started = time.perf_counter()
@@ -465,8 +505,9 @@ def extract(
     """Run (or resume) the pipeline into the run directory `out`; return the vectors and the manifest.
 
     `judge` None keeps every answer (no filter) and skips the layer sweep: the vectors then carry no
-    chosen layer. A directory made for another model, trait, judge or config is refused unless `force`
-    (which starts it over).
+    chosen layer. A directory made for another model, trait or generation setting is refused unless
+    `force` (which starts it over, keeping the judge cache); another judge or filter/sweep setting
+    redoes only the stages after generation.
     """
     config = config or ExtractConfig()
     config.check(trait, loaded.identity.n_layers)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationMixin
 
+from personavec._io import open_append
 from personavec.errors import PersonavecError
 from personavec.models import LoadedModel
 
@@ -117,8 +118,7 @@ def generate_rows(
     todo = [k for k, chunk in enumerate(chunks) if any(r.id not in rows for r in chunk)]
     bar = tqdm(total=len(requests), desc=desc, unit="answer", disable=not progress)
     bar.update(len(requests) - sum(len(chunks[k]) for k in todo))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as out:
+    with open_append(path) as out:
         for k in todo:
             chunk = chunks[k]
             prompts = [loaded.chat(r.question, r.system) for r in chunk]

@@ -93,14 +93,31 @@ def _plots(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
     return plots
 
 
+def sweep_examples(run: Path, n: int = 3) -> list[Example]:
+    """The first `n` sweep questions answered unsteered and steered at the chosen layer."""
+    sweep = json.loads((run / "sweep.json").read_text())
+    baseline = list(read_rows(run / "sweep" / "baseline.jsonl").values())[:n]
+    steered = list(read_rows(run / "sweep" / f"layer-{sweep['chosen']}.jsonl").values())[:n]
+    return [
+        Example(r["question"], c, r["answer"])
+        for c, rows in ((0.0, baseline), (sweep["coef"], steered))
+        for r in rows
+    ]
+
+
 def _table(rows: Sequence[tuple[str, str]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
 
 
 def render_report(run: str | Path, examples: Sequence[Example] = ()) -> str:
-    """The report of run directory `run` as one HTML page (no external files)."""
+    """The report of run directory `run` as one HTML page (no external files).
+
+    Without `examples`, it shows the first sweep questions answered unsteered and at the chosen layer.
+    """
     run = Path(run)
+    if not examples and (run / "sweep.json").exists():
+        examples = sweep_examples(run)
     manifest = json.loads((run / "manifest.json").read_text())
     judge = manifest["judge"]
     parts = [

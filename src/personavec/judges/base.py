@@ -52,7 +52,7 @@ def logprob_score(top: Iterable[tuple[str, float]]) -> float | None:
     mass = total = 0.0
     for token, logprob in top:
         text = token.strip()
-        if not text.isdigit() or int(text) > 100:
+        if not (text.isascii() and text.isdigit()) or int(text) > 100:
             continue
         p = math.exp(logprob)
         mass += p

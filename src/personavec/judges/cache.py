@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from personavec._io import open_append
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, Score
 
@@ -26,17 +27,19 @@ class JudgeCache:
     """Completed judgements by key; each is appended (and flushed) the moment it arrives.
 
     Failed judgements are not stored, so a rerun tries them again. A torn last line (a crash while
-    writing) is ignored on reading.
+    writing) is ignored on reading and cut off before the next append.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.scores: dict[str, Score] = {}
+        self.judges: set[str] = set()  # judges with at least one judgement here
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
                     entry = json.loads(line)
                     self.scores[entry["key"]] = Score(entry["value"], entry["method"])
+                    self.judges.add(entry["judge"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
 
@@ -53,17 +56,18 @@ class JudgeCache:
     ) -> list[Score]:
         """Scores for `items`: cached ones looked up, the others asked of `judge` and cached.
 
-        Raises a clear error as soon as the first `FAIL_FAST` judgements have all failed (an unreachable
-        endpoint, a wrong key) rather than recording every item as missing.
+        A judge that has never succeeded here and fails its first `FAIL_FAST` judgements (an
+        unreachable endpoint, a wrong key) stops the run with a clear error instead of recording every
+        item as missing.
         """
         keys = [cache_key(judge.name, rubric, q, a) for q, a in items]
         scores: list[Score | None] = [self.scores.get(k) for k in keys]
         todo = [i for i, s in enumerate(scores) if s is None]
         if not todo:
             return [s for s in scores if s is not None]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        succeeded = failed = 0
-        with open(self.path, "a") as out, tqdm(total=len(todo), desc=desc, disable=not progress) as bar:
+        succeeded = judge.name in self.judges
+        failed = 0
+        with open_append(self.path) as out, tqdm(total=len(todo), desc=desc, disable=not progress) as bar:
             for j, score in judge.score(rubric, [items[i] for i in todo]):
                 i = todo[j]
                 scores[i] = score
@@ -76,9 +80,14 @@ class JudgeCache:
                             f"for none: {score.error}"
                         )
                     continue
-                succeeded += 1
+                succeeded = True
+                self.judges.add(judge.name)
                 self.scores[keys[i]] = score
-                out.write(json.dumps({"key": keys[i], "value": score.value, "method": score.method}) + "\n")
+                entry = {"key": keys[i], "judge": judge.name, "value": score.value, "method": score.method}
+                out.write(json.dumps(entry) + "\n")
                 out.flush()  # survives a kill -9 of this process
             os.fsync(out.fileno())
+        missing = [i for i in todo if scores[i] is None]
+        if missing:
+            raise AssertionError(f"judge {judge.name} returned no score for items {missing[:5]}")
         return [s for s in scores if s is not None]

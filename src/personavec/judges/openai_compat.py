@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from personavec._openai import Garbage, describe, is_transient, make_client, with_retries
+from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, Score, fill, logprob_score
 
 TOP_LOGPROBS = 20
@@ -43,6 +45,8 @@ class OpenAIJudge(Judge):
         timeout: float = 60.0,
         backoff: float = 1.0,
     ) -> None:
+        if concurrency < 1:
+            raise PersonavecError(f"the judge's concurrency must be at least 1, got {concurrency}")
         self.client = make_client(base_url, timeout)
         self.model = model
         self.base_url = str(self.client.base_url)
@@ -51,42 +55,49 @@ class OpenAIJudge(Judge):
         self.sampled = False  # set once the server has answered without logprobs
 
     def _request(self, prompt: str) -> Score:
+        sampled = self.sampled  # read once: another thread may switch modes while this one waits
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
             "temperature": 0.0,
             "seed": 0,
         }
-        if not self.sampled:
-            kwargs.update(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS)
-        else:
+        if sampled:
             kwargs.update(max_tokens=SAMPLED_TOKENS)
+        else:
+            kwargs.update(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS)
         reply = self.client.chat.completions.create(**kwargs)
         try:
             choice = reply.choices[0]
         except (AttributeError, IndexError, TypeError) as error:
             raise Garbage(f"a reply without choices: {error}") from error
-        if not self.sampled:
-            content = choice.logprobs.content if choice.logprobs is not None else None
-            if content:
-                top = content[0].top_logprobs or []
-                return Score(logprob_score((t.token, t.logprob) for t in top), "logprobs")
-            self.sampled = True
-            return self._request(prompt)
-        return Score(_sampled_score(choice.message.content or ""), "sampled")
+        if sampled:
+            return Score(_sampled_score(choice.message.content or ""), "sampled")
+        content = choice.logprobs.content if choice.logprobs is not None else None
+        if content:
+            top = content[0].top_logprobs or []
+            return Score(logprob_score((t.token, t.logprob) for t in top), "logprobs")
+        self.sampled = True  # the server gives no logprobs: ask this item (and all later ones) again
+        return self._request(prompt)
 
-    def _judge_one(self, prompt: str) -> Score:
+    def _judge_one(self, prompt: str, stop: threading.Event) -> Score:
+        if stop.is_set():
+            return Score(None, "failed", "cancelled")
         try:
-            return with_retries(lambda: self._request(prompt), self.retries, self.backoff)
+            return with_retries(lambda: self._request(prompt), self.retries, self.backoff, stop)
         except Exception as error:  # recorded as a missing item: the run goes on
             retried = f" after {self.retries} retries" if is_transient(error) else ""
             return Score(None, "failed", f"{describe(error)}{retried} ({self.base_url})")
 
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> Iterator[tuple[int, Score]]:
         pool = ThreadPoolExecutor(self.concurrency)
+        stop = threading.Event()
         try:
-            futures = {pool.submit(self._judge_one, fill(rubric, q, a)): i for i, (q, a) in enumerate(items)}
+            futures = {
+                pool.submit(self._judge_one, fill(rubric, q, a), stop): i for i, (q, a) in enumerate(items)
+            }
             for future in as_completed(futures):
                 yield futures[future], future.result()
-        finally:  # a caller that stops early (an abort) does not wait for the queued requests
+        finally:  # a caller that stops early (an abort, Ctrl-C) waits for no queued request or retry
+            stop.set()
             pool.shutdown(wait=False, cancel_futures=True)

@@ -15,7 +15,14 @@ from typing import Any
 
 from personavec._io import atomic_path
 from personavec.errors import PersonavecError
-from personavec.traits.spec import N_INSTRUCTIONS, N_QUESTIONS, TraitSpec, normalise_question, parse_trait
+from personavec.traits.spec import (
+    N_INSTRUCTIONS,
+    N_QUESTIONS,
+    TraitSpec,
+    check_name,
+    normalise_question,
+    parse_trait,
+)
 
 Chat = Callable[[str], str]  # one user message in, the model's reply out
 BACKENDS = "openai:MODEL or hf:PATH"
@@ -74,6 +81,7 @@ def _candidate(reply: str, name: str, description: str) -> tuple[dict[str, Any],
 
 def author_trait(name: str, description: str, chat: Chat, attempts: int = 3) -> TraitSpec:
     """A validated TraitSpec written by the model behind `chat`."""
+    check_name(name)  # before paying for a reply
     prompt = PROMPT.format(
         name=name, description=description, n_instructions=N_INSTRUCTIONS, n_questions=2 * N_QUESTIONS
     )
@@ -92,11 +100,13 @@ def author_trait(name: str, description: str, chat: Chat, attempts: int = 3) -> 
     )
 
 
-def chat_backend(spec: str, base_url: str | None = None, temperature: float = 0.7) -> Chat:
+def chat_backend(
+    spec: str, base_url: str | None = None, temperature: float = 0.7, backoff: float = 2.0
+) -> Chat:
     """A `Chat` for ``openai:MODEL`` (any OpenAI-compatible endpoint) or ``hf:PATH`` (a local model)."""
     kind, _, target = spec.partition(":")
     if kind == "openai" and target:
-        from personavec._openai import make_client, with_retries
+        from personavec._openai import Garbage, describe, make_client, with_retries
 
         client = make_client(base_url, timeout=300.0)
 
@@ -105,9 +115,14 @@ def chat_backend(spec: str, base_url: str | None = None, temperature: float = 0.
                 reply = client.chat.completions.create(
                     model=target, messages=[{"role": "user", "content": prompt}], temperature=temperature
                 )
+                if not reply.choices:
+                    raise Garbage("a reply without choices")
                 return reply.choices[0].message.content or ""
 
-            return with_retries(call, retries=4, backoff=2.0)
+            try:
+                return with_retries(call, retries=4, backoff=backoff)
+            except Exception as error:  # any API failure: one line naming the endpoint
+                raise PersonavecError(f"{target} at {client.base_url} failed: {describe(error)}") from error
 
         return remote
     if kind == "hf" and target:

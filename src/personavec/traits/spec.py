@@ -55,9 +55,12 @@ class TraitSpec:
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-    def judge_prompt(self, question: str, answer: str) -> str:
-        """The rubric filled in for one answer."""
-        return self.rubric.replace("{question}", question).replace("{answer}", answer)
+
+def check_name(name: str) -> str:
+    """`name` if it is a valid trait name (a lowercase slug), else a clear error."""
+    if not _NAME.match(name):
+        raise PersonavecError(f"trait name {name!r} must be a lowercase slug (letters, digits, _ or -)")
+    return name
 
 
 def _problems(data: Any) -> list[str]:

@@ -1,0 +1,66 @@
+"""Answer generation: batched (length-bucketed) vs one prompt at a time, same prompts, greedy.
+
+python benchmarks/generate.py            # bundled SmolLM2, CPU: 16 prompts × up to 48 new tokens
+python benchmarks/generate.py --gpu-7b   # 7B-shaped random model, GPU: batch 128 × 128 new tokens,
+                                         # also as a fraction of the decode floor (weight bytes / bandwidth)
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from personavec.generate import generate
+from personavec.traits import load_trait
+
+from _common import load, parser
+
+
+def bandwidth_bytes_per_s() -> float:
+    """Device memory bandwidth measured by copying 2 GiB (read + write)."""
+    a = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * 10 * a.numel() / (time.perf_counter() - start)
+
+
+def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    loaded = load(args.gpu_7b)
+    trait = load_trait("optimistic")
+    questions = trait.extraction_questions + trait.evaluation_questions
+    n, new_tokens = (128, 128) if args.gpu_7b else (16, 48)
+    prompts = [loaded.chat(questions[i % len(questions)]) for i in range(n)]
+
+    def tokens(answers: list[str]) -> int:
+        return sum(len(ids) for ids in loaded.tokenizer(answers, add_special_tokens=False)["input_ids"])
+
+    def timed(batch_size: int) -> float:
+        warm_up = prompts[:batch_size]
+        generate(loaded, warm_up, max_new_tokens=4, batch_size=batch_size, progress=False)
+        start = time.perf_counter()
+        answers = generate(loaded, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return tokens(answers) / (time.perf_counter() - start)
+
+    batched = timed(n)
+    print(f"batched ({n} at once): {batched:8.1f} new tok/s", flush=True)
+    if args.gpu_7b:
+        weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        floor = n * bandwidth_bytes_per_s() / weight_bytes
+        print(f"decode floor at batch {n}: {floor:8.1f} tok/s; batched reaches {batched / floor:.0%} of it")
+    single = timed(1)
+    print(f"one at a time:        {single:8.1f} new tok/s")
+    print(f"model: {loaded.identity.name} on {loaded.device}, {n} prompts, up to {new_tokens} new tokens")
+    print(f"batched/one-at-a-time: {batched / single:.2f}")
+
+
+if __name__ == "__main__":
+    main()
