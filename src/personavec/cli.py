@@ -131,6 +131,8 @@ def _extract(args: argparse.Namespace) -> None:
     config = ExtractConfig(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
     config.check(trait)  # before minutes of loading (the layers are checked against the model after)
     judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
+    if judge is not None and judge.proxy:
+        print(f"judge: {judge.proxy}", flush=True)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     result = extract(loaded, trait, judge, args.out, config, force=args.force)
     report = write_report(result.dir)
