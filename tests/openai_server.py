@@ -7,6 +7,7 @@ failures served before answers: "429", "500", "timeout" (sleeps past the client'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -97,3 +98,12 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def judge_reply(body: dict[str, Any]) -> tuple[str, list[tuple[str, float]]]:
+    """A deterministic judge: coherence always 90; the trait 90 or 10 by a hash of the prompt."""
+    prompt = body["messages"][0]["content"]
+    if prompt.startswith("I am checking whether"):
+        return "90", [("90", 0.0)]
+    value = "90" if hashlib.sha256(prompt.encode()).digest()[0] < 128 else "10"
+    return value, [(value, -0.01), ("REF", -4.6)]

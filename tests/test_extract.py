@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from openai_server import FakeOpenAI
+from openai_server import FakeOpenAI, judge_reply
 from personavec.activations import pooled_activations
 from personavec.errors import PersonavecError
 from personavec.extract import ExtractConfig, default_layers, extract
@@ -38,15 +37,6 @@ CONFIG = ExtractConfig(
 )
 CLI_SIZES = ["--samples", "3", "--max-new-tokens", "6", "--questions", "4", "--instructions", "2"]
 CLI_SIZES += ["--batch-size", "8", "--min-pairs", "2", "--layers", "1,2,3", "--sweep-questions", "3"]
-
-
-def judge_reply(body: dict) -> tuple[str, list[tuple[str, float]]]:
-    """Coherence always 90; the trait 90 or 10, by a hash of the prompt (a judge that is deterministic)."""
-    prompt = body["messages"][0]["content"]
-    if prompt.startswith("I am checking whether"):
-        return "90", [("90", 0.0)]
-    value = "90" if hashlib.sha256(prompt.encode()).digest()[0] < 128 else "10"
-    return value, [(value, -0.01), ("REF", -4.6)]
 
 
 @pytest.fixture(scope="module")

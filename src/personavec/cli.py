@@ -145,6 +145,152 @@ def _extract(args: argparse.Namespace) -> None:
     print(f"wrote {result.dir / (trait.name + '.safetensors')} and {report}")
 
 
+def _numbers(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _steering(spec: str) -> tuple[str, float, int | None]:
+    """``FILE:COEF[:LAYER]`` → (file, coef, layer or None for the vector's chosen layer)."""
+    parts = spec.rsplit(":", 2) if spec.count(":") >= 2 else spec.rsplit(":", 1)
+    try:
+        if len(parts) == 3:
+            return parts[0], float(parts[1]), int(parts[2])
+        return parts[0], float(parts[1]), None
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected FILE:COEF or FILE:COEF:LAYER, got {spec!r}") from None
+
+
+def _model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model of --model and the vector of --vector (checked against it)."""
+    from personavec.models import load_model
+    from personavec.vectors import load_vector
+
+    vector = load_vector(args.vector, kind=args.kind)  # a bad file fails before the model loads
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    vector.check_model(loaded.identity)
+    return loaded, vector
+
+
+def _judged(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The trait of --trait and the judge of --judge (which must judge)."""
+    from personavec.judges import make_judge
+    from personavec.traits import load_trait
+
+    trait = load_trait(args.trait)
+    judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
+    if judge is None:
+        raise PersonavecError("this command needs a judge: --judge openai:MODEL, hf:PATH or lexicon")
+    if judge.proxy:
+        print(f"judge: {judge.proxy}", flush=True)
+    return trait, judge
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from personavec.evaluate import sweep
+    from personavec.report import sweep_section, write_page
+
+    trait, judge = _judged(args)
+    loaded, vector = _model_and_vector(args)
+    layers = list(args.layers) if args.layers else [vector._layer(None)]
+    sizes = {"questions": args.questions, "samples": args.samples, "max_new_tokens": args.max_new_tokens}
+    cells = sweep(loaded, trait, judge, vector, args.out, layers, args.coefs, **sizes)
+    report = write_page(
+        Path(args.out) / "report.html", f"Steering sweep: {trait.name}", [sweep_section(cells)], judge.proxy
+    )
+    print("layer  coef   trait  ±95%  coherence")
+    for c in cells:
+        scores = " ".join(_fmt(c[k]) for k in ("trait", "trait_ci95", "coherence"))
+        print(f"{c['layer'] or '-':>5} {c['coef']:+5g} {scores}")
+    print(f"wrote {Path(args.out) / 'sweep.csv'} and {report}")
+
+
+def _fmt(value: float | None) -> str:
+    return "   -  " if value is None else f"{value:6.1f}"
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from personavec.calibrate import calibrate
+    from personavec.report import calibration_section, write_page
+
+    trait, judge = _judged(args)
+    examples = _kept_examples(Path(args.examples_from)) if args.examples_from else []
+    shots = args.shots if args.examples_from else ()
+    loaded, vector = _model_and_vector(args)
+    result = calibrate(
+        loaded, trait, judge, vector, args.out, questions=args.questions, shots=shots, examples=examples,
+        max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    summary = result.summary()
+    section = calibration_section(summary, result.points)
+    report = write_page(Path(args.out) / "report.html", f"Calibration: {trait.name}", [section], judge.proxy)
+    for condition, info in summary["conditions"].items():
+        print(f"{condition}: r = {info['r']} over {info['n']} answers")
+    print(f"wrote {Path(args.out) / 'calibration.json'} and {report}")
+
+
+def _kept_examples(run: Path) -> list[tuple[str, str]]:
+    """(question, answer) of the kept positive answers of an extraction run directory."""
+    from personavec.generate import read_rows
+
+    if not (run / "filter.json").exists():
+        raise PersonavecError(f"{run} is not a filtered extraction run (no filter.json)")
+    rows = list(read_rows(run / "generations.jsonl").values())
+    kept = json.loads((run / "filter.json").read_text())["kept"]
+    return [(rows[i]["question"], rows[i]["answer"]) for i in kept if rows[i]["polarity"] == "pos"]
+
+
+def _steer(args: argparse.Namespace) -> None:
+    from contextlib import ExitStack
+
+    from personavec.generate import generate
+    from personavec.models import load_model
+    from personavec.vectors import load_vector
+
+    specs = [(load_vector(f, kind=args.kind), coef, layer) for f, coef, layer in args.vector]
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    for vector, _, _ in specs:
+        vector.check_model(loaded.identity)
+    prompts = [loaded.chat(p, args.system) for p in args.prompt]
+    if not prompts:
+        raise PersonavecError("nothing to answer: give --prompt TEXT (repeatable)")
+    sizes = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "progress": False}
+    with ExitStack() as stack:
+        for vector, coef, layer in specs:
+            stack.enter_context(vector.apply(loaded.model, coef, layer, positions=args.positions))
+        steered = generate(loaded, prompts, **sizes)
+    plain = generate(loaded, prompts, **sizes) if args.compare else [None] * len(prompts)
+    for question, answer, baseline in zip(args.prompt, steered, plain, strict=True):
+        print(f"Q: {question}\nsteered: {answer}")
+        if baseline is not None:
+            print(f"unsteered: {baseline}")
+
+
+def _monitor(args: argparse.Namespace) -> None:
+    import torch
+
+    from personavec.monitor import LiveMonitor
+
+    loaded, vector = _model_and_vector(args)
+    batch = loaded.tokenizer(
+        [loaded.chat(args.prompt, args.system)], return_tensors="pt", add_special_tokens=False
+    )
+    with LiveMonitor(loaded.model, [vector], layer=args.layer) as watch, torch.inference_mode():
+        out = loaded.model.generate(
+            **batch.to(loaded.device), max_new_tokens=args.max_new_tokens, do_sample=False,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )  # fmt: skip
+    values = watch.trace()[0, :, 0].tolist()
+    tokens = out[0, batch["input_ids"].shape[1] :].tolist()
+    print(
+        f"projection onto {vector.trait} at layer {watch.layers[0]} of the residual that produced each token:"
+    )
+    for token, value in zip(tokens, values, strict=False):
+        print(f"{value:+8.2f}  {loaded.tokenizer.decode([token])!r}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from personavec.demo import run_demo
 
@@ -187,6 +333,75 @@ def _add_extract(commands: Any) -> None:
     extract.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     extract.add_argument("--force", action="store_true", help="start over a run directory made otherwise")
     extract.set_defaults(run=_extract)
+
+
+def _model_args(parser: argparse.ArgumentParser, vector: bool = True) -> None:
+    parser.add_argument("--model", required=True, help="hub id, local directory, .gguf file or 'smollm2'")
+    parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument(
+        "--kind", default="response-avg", help="which vector of the file (default response-avg)"
+    )
+    if vector:
+        parser.add_argument("--vector", required=True, help="a personavec vector file (.safetensors)")
+
+
+def _judge_args(parser: argparse.ArgumentParser) -> None:
+    from personavec.judges import JUDGE_SPECS
+
+    parser.add_argument("--trait", required=True, help="built-in trait name or trait file")
+    parser.add_argument("--judge", required=True, help=JUDGE_SPECS)
+    parser.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    parser.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+    parser.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    parser.add_argument("--questions", type=int, default=20, help="evaluation questions, of 20 (default 20)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length (default 128)")
+
+
+def _add_deployment(commands: Any) -> None:
+    sweep = commands.add_parser("sweep", help="trait and coherence over a grid of layers × coefficients")
+    _model_args(sweep)
+    _judge_args(sweep)
+    sweep.add_argument("--layers", type=_layers, help="e.g. 12,16,20 (default: the vector's chosen layer)")
+    sweep.add_argument(
+        "--coefs", type=_numbers, default=(-2.0, -1.0, 0.0, 1.0, 2.0), help="default -2,-1,0,1,2"
+    )
+    sweep.add_argument("--samples", type=int, default=1, help="answers per question and cell (default 1)")
+    sweep.set_defaults(run=_sweep)
+
+    calibrate = commands.add_parser("calibrate", help="does the prompt-last projection predict the trait?")
+    _model_args(calibrate)
+    _judge_args(calibrate)
+    calibrate.add_argument(
+        "--examples-from", help="an extraction run directory: its kept answers make k-shot prompts"
+    )
+    calibrate.add_argument(
+        "--shots", type=_layers, default=(0, 5, 10, 15, 20), help="k of the k-shot prompts"
+    )
+    calibrate.set_defaults(run=_calibrate)
+
+    steer = commands.add_parser("steer", help="answer prompts with one or more vectors added")
+    _model_args(steer, vector=False)
+    steer.add_argument(
+        "--vector", type=_steering, action="append", required=True, help="FILE:COEF[:LAYER] (repeatable)"
+    )
+    steer.add_argument("--prompt", action="append", default=[], help="a user message (repeatable)")
+    steer.add_argument("--system", help="a system prompt for every message")
+    steer.add_argument(
+        "--positions", default="all", choices=("all", "prompt", "response"), help="where to steer"
+    )
+    steer.add_argument("--compare", action="store_true", help="also print the unsteered answer")
+    steer.add_argument("--max-new-tokens", type=int, default=128)
+    steer.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    steer.set_defaults(run=_steer)
+
+    monitor = commands.add_parser("monitor", help="generate and print each token's projection onto a vector")
+    _model_args(monitor)
+    monitor.add_argument("--prompt", required=True)
+    monitor.add_argument("--system")
+    monitor.add_argument("--layer", type=int, help="default: the vector's chosen layer")
+    monitor.add_argument("--max-new-tokens", type=int, default=64)
+    monitor.set_defaults(run=_monitor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=_traits_generate)
 
     _add_extract(commands)
+    _add_deployment(commands)
 
     vectors = commands.add_parser("vectors", help="show, export and import persona vectors").add_subparsers(
         dest="vectors_command", required=True, metavar="SUBCOMMAND"

@@ -1,7 +1,9 @@
 """The offline demo: the whole pipeline for `optimistic` on the bundled SmolLM2, judged by a lexicon.
 
-Contrastive answers → lexicon judge → filter → vectors → layer sweep, then a few evaluation questions
-answered at −coef, 0 and +coef at the chosen layer, and ``report.html``. Sized to finish in a few
+Contrastive answers → lexicon judge → filter → vectors → layer sweep; then, at the chosen layer, a
+steering sweep over coefficients, calibration over the trait's graded system prompts, multiple-choice
+capability on the smoke set (unsteered and at the coefficients that move the trait halfway), a few
+evaluation questions answered at −coef, 0 and +coef, and ``report.html``. Sized to finish in a few
 minutes on 2 CPU cores; the lexicon judge is an offline proxy for an LLM judge, and says so.
 """
 
@@ -10,12 +12,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from personavec import capability
+from personavec.calibrate import Calibration, calibrate
+from personavec.evaluate import halfway_coefs, spearman, sweep
 from personavec.extract import ExtractConfig, ExtractResult, extract
 from personavec.generate import generate
 from personavec.judges.lexicon import LexiconJudge
 from personavec.models import LoadedModel, load_model
-from personavec.report import Example, write_report
+from personavec.report import (
+    Example,
+    calibration_section,
+    capability_section,
+    sweep_section,
+    write_report,
+)
 from personavec.traits.spec import load_trait
 
 DEMO_CONFIG = ExtractConfig(
@@ -30,12 +42,19 @@ DEMO_CONFIG = ExtractConfig(
     coef=2.0,
 )
 N_EXAMPLES = 3  # evaluation questions after the sweep's, answered at −coef, 0, +coef
+SWEEP_COEFS = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+SWEEP_QUESTIONS = 10
+CALIBRATION_QUESTIONS = 10
 
 
 @dataclass
 class DemoResult:
     run: ExtractResult
     examples: list[Example]
+    sweep: list[dict[str, Any]]  # cells of the steering sweep at the chosen layer
+    calibration: Calibration
+    capability: dict[str, dict[str, Any]]  # setting → CapabilityResult.to_dict()
+    targets: dict[str, Any]  # the figures the issues set targets for
     seconds: dict[str, float]  # per stage, this invocation (stages done by an earlier one are absent)
 
 
@@ -62,10 +81,35 @@ def run_demo(
     for stage, info in result.manifest["stages"].items():
         seconds[stage] = info["seconds"]
 
-    t0 = time.perf_counter()
     vector = result.vectors["response-avg"]
+    assert vector.layer is not None
+    t0 = time.perf_counter()
+    sizes = {"questions": SWEEP_QUESTIONS, "max_new_tokens": DEMO_CONFIG.max_new_tokens, "batch_size": 32}
+    cells = sweep(
+        loaded, trait, judge, vector, out / "steering", [vector.layer], SWEEP_COEFS, progress, **sizes
+    )
+    seconds["steering sweep"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    calibration = calibrate(
+        loaded, trait, judge, vector, out / "calibration", questions=CALIBRATION_QUESTIONS, shots=(),
+        max_new_tokens=DEMO_CONFIG.max_new_tokens, progress=progress,
+    )  # fmt: skip
+    seconds["calibration"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    questions_mc = capability.load_questions(capability.SMOKE)
+    halfway = halfway_coefs(cells, vector.layer)
+    settings = {"unsteered": 0.0, **{f"halfway {k} ({c:+g})": c for k, c in halfway.items() if c is not None}}
+    scores = {}
+    for name, c in settings.items():
+        with vector.apply(loaded.model, c):
+            scores[name] = capability.score(loaded, questions_mc, progress=False).to_dict()
+    seconds["capability"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     coef = DEMO_CONFIG.coef
-    first = DEMO_CONFIG.sweep_questions
+    first = SWEEP_QUESTIONS
     questions = trait.evaluation_questions[first : first + N_EXAMPLES]
     prompts = [loaded.chat(q) for q in questions]
     examples = []
@@ -74,7 +118,21 @@ def run_demo(
             answers = generate(loaded, prompts, DEMO_CONFIG.max_new_tokens, progress=False)
         examples += [Example(q, c, a) for q, a in zip(questions, answers, strict=True)]
     seconds["steered examples"] = time.perf_counter() - t0
-    report = write_report(out, examples)
+
+    scored = [c for c in cells if c["trait"] is not None]
+    targets = {
+        "spearman_trait_vs_coef": spearman([c["coef"] for c in scored], [c["trait"] for c in scored]),
+        "calibration_r_graded": calibration.r("graded"),
+        "capability_drop_points": {
+            name: 100 * (scores["unsteered"]["accuracy"] - r["accuracy"]) for name, r in scores.items()
+        },
+    }
+    extra = [
+        sweep_section(cells),
+        calibration_section(calibration.summary(), calibration.points),
+        capability_section(scores),
+    ]
+    report = write_report(out, examples, extra)
     seconds["total"] = time.perf_counter() - started
 
     print(f"\nchosen layer {vector.layer}; steering there with coef −{coef:g} / 0 / +{coef:g}:")
@@ -83,6 +141,12 @@ def run_demo(
         for e in examples:
             if e.question == question:
                 print(f"  {e.coef:+4.1f}: {e.answer}")
+    print("\nsteering sweep at the chosen layer (coef: mean trait score):")
+    print("  " + ", ".join(f"{c['coef']:+g}: {c['trait']:.1f}" for c in scored))
+    print(f"Spearman(trait, coef) = {targets['spearman_trait_vs_coef']:.2f}")
+    print(f"calibration over the 8 graded system prompts: r = {targets['calibration_r_graded']:.2f}")
+    for name, r in scores.items():
+        print(f"smoke-set multiple choice, {name}: {100 * r['accuracy']:.1f} %")
     print(f"\nwrote {result.dir / (trait.name + '.safetensors')} and {report}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    return DemoResult(run=result, examples=examples, seconds=seconds)
+    return DemoResult(result, examples, cells, calibration, scores, targets, seconds)

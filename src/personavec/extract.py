@@ -21,7 +21,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,10 @@ from typing import Any
 import torch
 import transformers
 
-from personavec._io import atomic_path
+from personavec._io import write_json
 from personavec.activations import iter_pooled
 from personavec.errors import PersonavecError
+from personavec.evaluate import Setting, evaluate
 from personavec.generate import Request, generate_rows
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.layers import check_layer
@@ -133,11 +133,6 @@ class ExtractResult:
 
 def _sha256(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> Any:
@@ -265,7 +260,7 @@ class _Run:
             }
         self.dir.mkdir(parents=True, exist_ok=True)
         self._save_manifest()
-        _write_json(self.dir / "trait.json", self.trait.to_dict())
+        write_json(self.dir / "trait.json", self.trait.to_dict())
 
     def _forget(self, first: str, trait: str) -> None:
         """Delete the outputs of stage `first`, of every stage after it, and the report."""
@@ -281,7 +276,7 @@ class _Run:
             self.manifest.get("stages", {}).pop(stage, None)
 
     def _save_manifest(self) -> None:
-        _write_json(self.dir / "manifest.json", self.manifest)
+        write_json(self.dir / "manifest.json", self.manifest)
 
     def _stage(self, name: str, started: float | None, **info: Any) -> None:
         """Record a finished stage; `started` None for one found done (its time is not known)."""
@@ -314,12 +309,15 @@ class _Run:
             self._stage("generations", started, rows=len(rows))
         return rows
 
+    def _cache(self) -> JudgeCache:
+        if self.cache is None:
+            self.cache = JudgeCache(self.dir / "judge-cache.jsonl")
+        return self.cache
+
     def _judge(self, rows: Sequence[dict[str, Any]], desc: str) -> dict[str, list[dict[str, Any]]]:
         """Trait (and coherence) scores of `rows`, through the run's judge cache."""
         assert self.judge is not None
-        if self.cache is None:
-            self.cache = JudgeCache(self.dir / "judge-cache.jsonl")
-        cache = self.cache
+        cache = self._cache()
         items = [(r["question"], r["answer"]) for r in rows]
         rubrics = {"trait": self.trait.rubric}
         if self.judge.measures_coherence:
@@ -342,7 +340,7 @@ class _Run:
         else:
             started = time.perf_counter()
             scores = self._judge(rows, "judge")
-            _write_json(path, {"ids": [r["id"] for r in rows], **scores})
+            write_json(path, {"ids": [r["id"] for r in rows], **scores})
         methods = dict(Counter(s["method"] for metric in scores.values() for s in metric))
         if started is None:
             self._found("judgements", methods=methods)
@@ -383,7 +381,7 @@ class _Run:
                 f"only {kept_pos} positive and {kept_neg} negative answers survived the filter (need "
                 f"{c.min_pairs} each). Dropped: {why}. Raise --samples, lower --min-pairs or check the judge"
             )
-        _write_json(path, {"kept": kept, **info})
+        write_json(path, {"kept": kept, **info})
         self._stage("filter", started, **info)
         return kept
 
@@ -439,38 +437,32 @@ class _Run:
         path = self.dir / "sweep.json"
         if path.exists():
             self._found("sweep", chosen=_read_json(path)["chosen"])
-        if self.judge is None or path.exists() or self.config.layers == ():
+        judge = self.judge
+        if judge is None or path.exists() or self.config.layers == ():
             return vectors
         started = time.perf_counter()
         c = self.config
         vector = vectors["response-avg"]
         layers = c.layers or default_layers(vector.n_layers)
-        requests = [
-            Request(f"eval-q{q}", question, None, (("question_id", q),))
-            for q, question in enumerate(self.trait.evaluation_questions[: c.sweep_questions])
-        ]
+        cache = self._cache()
 
-        def judged(name: str, layer: int | None) -> dict[str, Any]:
-            steering = vector.apply(self.loaded.model, c.coef, layer) if layer is not None else nullcontext()
-            with steering:
-                rows = generate_rows(
-                    self.loaded,
-                    requests,
-                    self.dir / "sweep" / f"{name}.jsonl",
-                    max_new_tokens=c.max_new_tokens,
-                    batch_size=c.batch_size,
-                    progress=self.progress,
-                    desc=f"sweep {name}",
-                )
-            scores = self._judge(rows, f"sweep {name}")
-            means = {}
-            for metric, values in scores.items():
-                found = [s["value"] for s in values if s["value"] is not None]
-                means[metric] = sum(found) / len(found) if found else None
-            return {"layer": layer, **means, "n_scored": sum(s["value"] is not None for s in scores["trait"])}
+        def judged(name: str, setting: Setting) -> dict[str, Any]:
+            return evaluate(
+                self.loaded,
+                self.trait,
+                judge,
+                cache,
+                self.dir / "sweep" / f"{name}.jsonl",
+                vector,
+                setting,
+                questions=c.sweep_questions,
+                max_new_tokens=c.max_new_tokens,
+                batch_size=c.batch_size,
+                progress=self.progress,
+            )
 
-        baseline = judged("baseline", None)
-        results = [judged(f"layer-{layer}", layer) for layer in layers]
+        baseline = judged("baseline", Setting(None, 0.0))
+        results = [judged(f"layer-{layer}", Setting(layer, c.coef)) for layer in layers]
         sign = 1.0 if c.coef > 0 else -1.0
         scored = [r for r in results if r["trait"] is not None]
         if not scored:
@@ -487,7 +479,7 @@ class _Run:
             v.layer = chosen
             v.metadata["layer_choice"] = {"method": "sweep", "coef": c.coef, "layers": list(layers)}
         save_vectors(self.vector_path, list(vectors.values()))
-        _write_json(path, sweep)
+        write_json(path, sweep)
         self._stage("sweep", started, chosen=chosen)
         return vectors
 

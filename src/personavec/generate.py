@@ -19,7 +19,7 @@ from transformers import GenerationMixin
 
 from personavec._io import open_append
 from personavec.errors import PersonavecError
-from personavec.models import LoadedModel
+from personavec.models import LoadedModel, format_chat
 
 
 def generate(
@@ -73,12 +73,26 @@ def generate(
 
 @dataclass(frozen=True)
 class Request:
-    """One answer to produce: `id` names it in the output; `fields` are copied into its row."""
+    """One answer to produce: `id` names it in the output; `fields` are copied into its row.
+
+    `history` holds earlier (user, assistant) turns of the conversation, for many-shot prompts.
+    """
 
     id: str
     question: str
     system: str | None = None
     fields: tuple[tuple[str, Any], ...] = ()
+    history: tuple[tuple[str, str], ...] = ()
+
+    def prompt(self, loaded: LoadedModel) -> str:
+        """The chat-formatted prompt text."""
+        if not self.history:
+            return loaded.chat(self.question, self.system)
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for user, assistant in self.history:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        messages.append({"role": "user", "content": self.question})
+        return format_chat(loaded.tokenizer, messages)
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -121,7 +135,7 @@ def generate_rows(
     with open_append(path) as out:
         for k in todo:
             chunk = chunks[k]
-            prompts = [loaded.chat(r.question, r.system) for r in chunk]
+            prompts = [r.prompt(loaded) for r in chunk]
             answers = generate(
                 loaded, prompts, max_new_tokens, temperature, top_p, seed + k, batch_size, progress=False
             )

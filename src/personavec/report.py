@@ -34,12 +34,18 @@ def _png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _plots(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """Titles → base64 PNGs for whatever the run has got to."""
+def _agg() -> None:
+    """Plot without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
+
+
+def _plots(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """Titles → base64 PNGs for whatever the run has got to."""
     import matplotlib.pyplot as plt
+
+    _agg()
 
     plots = {}
     trait = manifest["trait"]
@@ -110,8 +116,127 @@ def _table(rows: Sequence[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
-def render_report(run: str | Path, examples: Sequence[Example] = ()) -> str:
-    """The report of run directory `run` as one HTML page (no external files).
+def _image(title: str, png: str) -> str:
+    alt = html.escape(title)
+    return f"<h2>{alt}</h2><img alt='{alt}' src='data:image/png;base64,{png}'>"
+
+
+def _grid(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        text = f"{value:.3g}" if isinstance(value, float) else "" if value is None else str(value)
+        return f"<td>{html.escape(text)}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def examples_section(examples: Sequence[Example], title: str) -> str:
+    """A table of answers: question, coefficient, answer."""
+    return f"<h2>{html.escape(title)}</h2>" + _grid(
+        ["question", "coef", "answer"], [(e.question, f"{e.coef:+g}", e.answer) for e in examples]
+    )
+
+
+def sweep_section(cells: Sequence[dict[str, Any]]) -> str:
+    """The steering sweep: trait (and coherence) against the coefficient, one line per layer; the table."""
+    import matplotlib.pyplot as plt
+
+    _agg()
+    unsteered = next((c for c in cells if c["coef"] == 0), None)
+    layers = sorted({c["layer"] for c in cells if c["layer"] is not None})
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for layer in layers:
+        line = sorted(
+            [c for c in cells if c["layer"] == layer] + ([unsteered] if unsteered else []),
+            key=lambda c: c["coef"],
+        )
+        for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
+            points = [(c["coef"], c[metric]) for c in line if c[metric] is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=f"layer {layer}")
+    for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
+        ax.set(xlabel="steering coefficient", ylabel=f"mean {metric} score", title=metric)
+        ax.legend(fontsize=8)
+    rows = [
+        (c["layer"], c["coef"], c["trait"], c["trait_ci95"], c["coherence"], c["n_scored"]) for c in cells
+    ]
+    table = _grid(["layer", "coef", "trait", "± 95 %", "coherence", "judged"], rows)
+    return _image("Steering sweep", _png(figure)) + table
+
+
+def calibration_section(summary: dict[str, Any], points: Sequence[dict[str, Any]]) -> str:
+    """Scatter of prompt-last projection against the judged trait, one colour per condition; the r values."""
+    import matplotlib.pyplot as plt
+
+    _agg()
+    conditions = sorted({p["condition"] for p in points})
+    figure, axes = plt.subplots(1, len(conditions), figsize=(4.5 * len(conditions), 3.2), squeeze=False)
+    for ax, condition in zip(axes[0], conditions, strict=True):
+        chosen = [p for p in points if p["condition"] == condition and p["trait"] is not None]
+        scatter = ax.scatter(
+            [p["projection"] for p in chosen],
+            [p["trait"] for p in chosen],
+            c=[p["level"] for p in chosen],
+            s=12,
+        )
+        figure.colorbar(scatter, ax=ax, label="shots" if condition == "shots" else "level")
+        r = summary["conditions"][condition]["r"]
+        ax.set(
+            xlabel="prompt-last projection",
+            ylabel="judged trait",
+            title=f"{condition}: r = {r:.2f}" if r is not None else condition,
+        )
+    rows = [
+        (
+            condition,
+            info["r"],
+            info["n"],
+            ", ".join(f"{k}: {v:.2f}" for k, v in info["r_within_level"].items() if v is not None),
+        )
+        for condition, info in summary["conditions"].items()
+    ]
+    table = _grid(["condition", "r", "points", "r within each level"], rows)
+    return _image("Calibration: projection vs judged trait", _png(figure)) + table
+
+
+def capability_section(results: dict[str, dict[str, Any]]) -> str:
+    """Multiple-choice accuracy per setting (and per subject)."""
+    subjects = sorted({s for r in results.values() for s in r["per_subject"]})
+    rows = [
+        (name, r["accuracy"], r["n"], *(r["per_subject"].get(s) for s in subjects))
+        for name, r in results.items()
+    ]
+    return "<h2>Capability (multiple choice)</h2>" + _grid(
+        ["setting", "accuracy", "questions", *subjects], rows
+    )
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;"
+    "padding:.3em;text-align:left;vertical-align:top}table{border-collapse:collapse}"
+    ".proxy{background:#fff3cd;padding:.5em}"
+)
+
+
+def page(title: str, parts: Sequence[str], proxy: str | None = None) -> str:
+    """A self-contained HTML page; `proxy` (a judge's proxy note) is shown in a box at the top."""
+    warning = f"<p class='proxy'><b>Judge is an offline proxy.</b> {html.escape(proxy)}</p>" if proxy else ""
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
+    body = f"<h1>{html.escape(title)}</h1>{warning}" + "\n".join(parts)
+    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"
+
+
+def write_page(path: str | Path, title: str, parts: Sequence[str], proxy: str | None = None) -> Path:
+    """Write `page(...)` to `path` atomically; return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(page(title, parts, proxy))
+    return path
+
+
+def write_report(run: str | Path, examples: Sequence[Example] = (), extra: Sequence[str] = ()) -> Path:
+    """Write the extraction run's ``run/report.html``, with `extra` sections at the end.
 
     Without `examples`, it shows the first sweep questions answered unsteered and at the chosen layer.
     """
@@ -119,43 +244,14 @@ def render_report(run: str | Path, examples: Sequence[Example] = ()) -> str:
     if not examples and (run / "sweep.json").exists():
         examples = sweep_examples(run)
     manifest = json.loads((run / "manifest.json").read_text())
-    judge = manifest["judge"]
-    parts = [
-        f"<h1>personavec: {html.escape(manifest['trait'])} on {html.escape(manifest['model']['name'])}</h1>",
+    facts = [
+        ("judge", manifest["judge"]["name"]),
+        *((k, json.dumps(v)) for k, v in manifest["generation"].items()),
     ]
-    if judge.get("proxy"):
-        parts.append(f"<p class='proxy'><b>Judge is an offline proxy.</b> {html.escape(judge['proxy'])}</p>")
-    stages = manifest["stages"]
-    facts = [("judge", judge["name"]), *((k, json.dumps(v)) for k, v in manifest["generation"].items())]
     facts += [(k, json.dumps(v)) for k, v in manifest["selection"].items()]
-    facts += [(f"stage {k}", json.dumps(v)) for k, v in stages.items() if k != "vectors"]
-    parts.append(_table(facts))
-    for title, png in _plots(run, manifest).items():
-        parts.append(
-            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
-        )
+    facts += [(f"stage {k}", json.dumps(v)) for k, v in manifest["stages"].items() if k != "vectors"]
+    parts = [_table(facts), *(_image(title, png) for title, png in _plots(run, manifest).items())]
     if examples:
-        parts.append("<h2>Steered answers (evaluation questions, chosen layer)</h2><table>")
-        parts.append("<tr><th>question</th><th>coef</th><th>answer</th></tr>")
-        for e in examples:
-            parts.append(
-                f"<tr><td>{html.escape(e.question)}</td><td>{e.coef:+g}</td><td>{html.escape(e.answer)}</td></tr>"
-            )
-        parts.append("</table>")
-    style = (
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;"
-        "padding:.3em;text-align:left;vertical-align:top}table{border-collapse:collapse}"
-        ".proxy{background:#fff3cd;padding:.5em}"
-    )
-    title = f"personavec report: {manifest['trait']}"
-    body = "\n".join(parts)
-    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
-    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"
-
-
-def write_report(run: str | Path, examples: Sequence[Example] = ()) -> Path:
-    """Write ``run/report.html`` atomically; return its path."""
-    path = Path(run) / "report.html"
-    with atomic_path(path) as tmp:
-        tmp.write_text(render_report(run, examples))
-    return path
+        parts.append(examples_section(examples, "Steered answers (evaluation questions, chosen layer)"))
+    title = f"personavec: {manifest['trait']} on {manifest['model']['name']}"
+    return write_page(run / "report.html", title, [*parts, *extra], manifest["judge"].get("proxy"))

@@ -1,0 +1,73 @@
+"""Guarded steering: steer a sequence away from a trait only once the monitor sees it drifting.
+
+Inside one batched ``generate``: at the end of the prompt (and, with ``per_token=True``, at every new
+token) the projection of the last position onto v̂ at the vector's layer is compared with a
+threshold; a sequence above it gets −coef·v added at that layer from that position on. Sequences that
+never cross stay untouched: their tokens are bit-identical to unsteered generation of the same batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from personavec.errors import PersonavecError
+from personavec.hooks import ResidualHooks
+from personavec.vectors import PersonaVector
+
+
+class Guard(ResidualHooks):
+    """Context manager: per-sequence steering by −coef·v, switched on when the projection > threshold.
+
+    with Guard(model, evil, threshold=4.0, coef=1.5) as guard:
+        model.generate(**batch)
+    guard.fired        # [batch] bool: which sequences were steered
+    guard.fired_at     # [batch] step at which each fired (0 = end of prompt), -1 if never
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vector: PersonaVector,
+        threshold: float,
+        coef: float,
+        layer: int | None = None,
+        per_token: bool = False,
+    ) -> None:
+        self.layer = vector._layer(layer)
+        super().__init__(model, [self.layer])
+        if coef <= 0:
+            raise PersonavecError(
+                f"the guard's coefficient is the size of the push away: use > 0, got {coef}"
+            )
+        self.unit = vector.unit(self.layer)
+        self.push = -coef * vector.at(self.layer)
+        self.threshold, self.per_token = float(threshold), per_token
+        self.fired_at = torch.empty(0, dtype=torch.long)
+        self._step = 0
+
+    @property
+    def fired(self) -> Tensor:
+        return self.fired_at >= 0
+
+    @property
+    def rate(self) -> float:
+        """Fraction of the sequences of the last generation that were steered."""
+        return float(self.fired.float().mean()) if self.fired_at.numel() else 0.0
+
+    def edit(self, layer: int, hidden: Tensor) -> Tensor | None:
+        if self.state.offset == 0:  # prefill: a new generation
+            self.fired_at = torch.full((hidden.shape[0],), -1, dtype=torch.long, device=hidden.device)
+            self._step = 0
+        else:
+            self._step += 1
+        if self._step == 0 or self.per_token:
+            projection = hidden[:, -1].float() @ self.unit.to(hidden.device)
+            crossing = (projection > self.threshold) & (self.fired_at < 0)
+            self.fired_at = torch.where(crossing, self._step, self.fired_at)
+        rows = (self.fired_at >= 0).nonzero().flatten()
+        if rows.numel() == 0:
+            return None
+        edited = hidden.clone()
+        edited[rows, -1] += self.push.to(device=hidden.device, dtype=hidden.dtype)
+        return edited

@@ -1,0 +1,121 @@
+"""Watch a persona: projections of activations onto persona vectors, batched or live during generation.
+
+`project` scores many prompts (or prompt + answer pairs) against many vectors in one pass.
+`LiveMonitor` records, during ``generate``, the projection of the residual that produced each new
+token: step 0 is the last prompt token (prompt-last, which predicts the first answer token), step i
+the i-th generated token as it is fed back. Values stay on the model's device until read, so watching
+costs one dot product per layer per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from personavec.activations import iter_pooled
+from personavec.errors import PersonavecError
+from personavec.hooks import ResidualHooks
+from personavec.models import LoadedModel
+from personavec.vectors import PersonaVector
+
+POSITIONS = ("prompt-last", "prompt-avg", "response-avg")
+
+
+def _layers(vectors: Sequence[PersonaVector], layer: int | None) -> list[int]:
+    """The layer each vector is read at: `layer` for all, or each one's chosen layer."""
+    if not vectors:
+        raise PersonavecError("no vectors given")
+    return [v._layer(layer) for v in vectors]
+
+
+def project(
+    loaded: LoadedModel,
+    vectors: Sequence[PersonaVector],
+    prompts: Sequence[str],
+    responses: Sequence[str] | None = None,
+    position: str = "prompt-last",
+    layer: int | None = None,
+    token_budget: int = 16384,
+    progress: bool = True,
+) -> Tensor:
+    """Projections ``[len(prompts), len(vectors)]`` (float32) of pooled activations onto each v̂.
+
+    `prompts` are chat-formatted; `position` is the pooling (``response-avg`` needs `responses`). Each
+    vector is read at `layer`, or at its own chosen layer. One forward pass serves every vector.
+    """
+    if not prompts:
+        raise PersonavecError("no prompts to project")
+    if position not in POSITIONS:
+        raise PersonavecError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
+    if position == "response-avg" and responses is None:
+        raise PersonavecError("response-avg projections need the responses")
+    for vector in vectors:
+        vector.check_model(loaded.identity)
+    layers = _layers(vectors, layer)
+    units = torch.stack([v.unit(layer) for v, layer in zip(vectors, layers, strict=True)])  # [k, hidden]
+    out = torch.empty(len(prompts), len(vectors))
+    for indices, pooled in iter_pooled(
+        loaded, prompts, responses, token_budget=token_budget, progress=progress
+    ):
+        acts = pooled.kind(position)[:, layers]  # [b, k, hidden]: vector j's layer in row j
+        out[torch.tensor(indices)] = (acts * units).sum(-1)
+    return out
+
+
+class LiveMonitor(ResidualHooks):
+    """Projections of each new token's residual onto persona vectors, while the model generates.
+
+        with LiveMonitor(model, [evil, sycophantic]) as watch:
+            model.generate(**batch)
+        watch.trace()     # [batch, steps, 2]: step 0 = end of prompt, step i = generated token i
+
+    `callback(step, values)` is called after each forward with ``values`` [batch, len(vectors)] on the
+    model's device (reading it, e.g. ``.tolist()``, synchronises a GPU). With left padding (the
+    default here) the last position of every row is a real token.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vectors: Sequence[PersonaVector],
+        layer: int | None = None,
+        callback: Callable[[int, Tensor], None] | None = None,
+    ) -> None:
+        layers = _layers(vectors, layer)
+        super().__init__(model, layers)
+        self.callback = callback
+        self.units = [(layer, v.unit(layer)) for v, layer in zip(vectors, layers, strict=True)]
+        self._placed: dict[tuple[int, torch.device], Tensor] = {}
+        self._values: list[Tensor] = []  # one [batch, k] per forward call
+        self._current: dict[int, Tensor] = {}  # this call's projections by vector index
+        self._call = -1
+
+    def edit(self, layer: int, hidden: Tensor) -> None:
+        if self._call != self.state.calls:  # the first watched layer of a new forward call
+            self._call, self._current = self.state.calls, {}
+            if self.state.offset == 0:  # an empty KV cache: a new generation
+                self._values.clear()
+        last = hidden[:, -1].float()
+        for j, (vector_layer, unit) in enumerate(self.units):
+            if vector_layer == layer:
+                key = (j, last.device)
+                if key not in self._placed:
+                    self._placed[key] = unit.to(last.device)
+                self._current[j] = last @ self._placed[key]
+        if len(self._current) == len(self.units):
+            values = torch.stack([self._current[j] for j in range(len(self.units))], dim=-1)
+            self._values.append(values)
+            if self.callback is not None:
+                self.callback(len(self._values) - 1, values)
+
+    def trace(self) -> Tensor:
+        """``[batch, steps, len(vectors)]`` float32 on the CPU, for the last generation."""
+        if not self._values:
+            raise PersonavecError("the monitor has seen no forward pass yet")
+        return torch.stack(self._values, dim=1).cpu()
+
+    def __enter__(self) -> LiveMonitor:
+        super().__enter__()
+        return self

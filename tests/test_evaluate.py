@@ -1,0 +1,115 @@
+import json
+import math
+
+import pytest
+import torch
+
+import personavec.evaluate as evaluate_module
+from openai_server import FakeOpenAI, judge_reply
+from personavec.errors import PersonavecError
+from personavec.evaluate import Setting, mean_ci, sweep
+from personavec.judges.openai_compat import OpenAIJudge
+from personavec.traits import load_trait
+from personavec.vectors import PersonaVector
+
+from tiny import N_LAYERS, tiny_loaded
+
+SIZES = {"questions": 3, "max_new_tokens": 5, "batch_size": 8}
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with FakeOpenAI(judge_reply) as server:
+        yield server
+
+
+def setup(server):
+    loaded = tiny_loaded("llama")
+    torch.manual_seed(1)
+    tensor = torch.randn(N_LAYERS + 1, loaded.identity.hidden_size) * 4
+    vector = PersonaVector("evil", tensor, layer=2, metadata={"model": loaded.identity.to_dict()})
+    judge = OpenAIJudge("judge", base_url=server.url, backoff=0.01, concurrency=2)
+    return loaded, vector, judge
+
+
+def test_mean_ci_by_hand() -> None:
+    values = [10.0, 20.0, None, 60.0]
+    mean, ci, n = mean_ci(values)
+    sd = math.sqrt(((10 - 30) ** 2 + (20 - 30) ** 2 + (60 - 30) ** 2) / 2)
+    assert (mean, n) == (30.0, 3) and ci == pytest.approx(1.96 * sd / math.sqrt(3))
+    assert mean_ci([None]) == (None, None, 0) and mean_ci([5.0]) == (5.0, None, 1)
+
+
+def test_sweep_covers_every_cell_once_and_resumes(server, tmp_path, monkeypatch) -> None:
+    loaded, vector, judge = setup(server)
+    trait = load_trait("evil")
+    real, calls = evaluate_module.evaluate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[6])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user stops the sweep in its third cell
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], progress=False, **SIZES)
+    before = len(server.requests)
+    assert before == 2 * 3 * 2  # two cells × three questions × (trait, coherence)
+    monkeypatch.setattr(evaluate_module, "evaluate", real)
+    cells = sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], progress=False, **SIZES)
+    settings = [(c["layer"], c["coef"]) for c in cells]
+    assert settings == [(None, 0.0), (1, -1.0), (1, 1.0), (2, -1.0), (2, 1.0)]  # each cell once
+    assert all(len(p.read_text().splitlines()) == 3 for p in (tmp_path / "cells").glob("*.jsonl"))
+    asked = [json.dumps(r["messages"]) for r in server.requests]
+    assert len(set(asked)) == len(asked)  # no judgement asked twice, across the interruption
+    pairs = {
+        (row["question"], row["answer"])
+        for path in (tmp_path / "cells").glob("*.jsonl")
+        for row in map(json.loads, path.read_text().splitlines())
+    }
+    assert len(asked) == 2 * len(pairs)  # every distinct answer judged (trait, coherence), once
+    table = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert table[0].startswith("layer,coef,trait") and len(table) == 6
+    assert json.loads((tmp_path / "sweep.json").read_text())["cells"] == cells
+    answers = {
+        c["coef"]: (tmp_path / "cells" / f"{Setting(c['layer'], c['coef']).name}.jsonl").read_text()
+        for c in cells
+        if c["layer"] in (None, 2)
+    }
+    assert answers[1.0] != answers[0.0] != answers[-1.0]  # steering changed the answers
+    # a cell's numbers are the judged scores, written out plainly
+    for cell in cells:
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / "cells" / f"{Setting(cell['layer'], cell['coef']).name}.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        scores = [
+            float(
+                judge_reply(
+                    {
+                        "messages": [
+                            {
+                                "content": trait.rubric.replace("{question}", r["question"]).replace(
+                                    "{answer}", r["answer"]
+                                )
+                            }
+                        ]
+                    }
+                )[0]
+            )
+            for r in rows
+        ]
+        assert cell["trait"] == pytest.approx(sum(scores) / len(scores), abs=0.1)
+        assert cell["coherence"] == pytest.approx(90.0)
+
+
+def test_sweep_bad_input(server, tmp_path) -> None:
+    loaded, vector, judge = setup(server)
+    with pytest.raises(PersonavecError, match="at least one layer"):
+        sweep(loaded, load_trait("evil"), judge, vector, tmp_path, [], [1.0])
+    with pytest.raises(PersonavecError, match="layer 7"):
+        sweep(loaded, load_trait("evil"), judge, vector, tmp_path, [7], [1.0])
