@@ -27,4 +27,4 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	cd benchmarks && for b in capture steering generate judge; do ../$(BIN)/python $$b.py || exit 1; done
+	cd benchmarks && for b in capture steering monitor generate judge capability; do ../$(BIN)/python $$b.py || exit 1; done

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -57,3 +59,45 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def compare_generate(
+    loaded: LoadedModel,
+    wrapper: Callable[[], AbstractContextManager[object]],
+    new_tokens: int,
+    repeats: int,
+    batch_sizes: tuple[int, ...] = (1, 16),
+) -> list[float]:
+    """Greedy `generate` plain and inside `wrapper()`, interleaved (noise hits both alike); print the
+    throughput of each per batch size and return the ratios wrapped time / plain time."""
+    model, tok = loaded.model, loaded.tokenizer
+    ratios = []
+    for batch_size in batch_sizes:
+        prompts = [loaded.chat(f"Tell me a story about the number {i}.") for i in range(batch_size)]
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
+
+        def run(batch: Any = batch) -> None:
+            with torch.inference_mode():
+                model.generate(
+                    **batch,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
+
+        def wrapped(run: Callable[[], None] = run) -> None:
+            with wrapper():
+                run()
+
+        plain_t, wrapped_t = [], []
+        for _ in range(repeats):
+            plain_t.append(best_time(run, 1))
+            wrapped_t.append(best_time(wrapped, 1))
+        ratios.append(min(wrapped_t) / min(plain_t))
+        tokens = batch_size * new_tokens
+        print(
+            f"batch {batch_size:2d}: plain {tokens / min(plain_t):8.1f} tok/s, "
+            f"with it {tokens / min(wrapped_t):8.1f} tok/s, ratio {ratios[-1]:.3f}"
+        )
+    return ratios

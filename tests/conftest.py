@@ -14,6 +14,17 @@ from personavec.models import LoadedModel, load_model
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and its tokenizer saved as a model directory (loadable by path)."""
+    from tiny import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2() -> LoadedModel:
     """The bundled SmolLM2-135M-Instruct, loaded once for the whole session (CPU, float32)."""
     return load_model("smollm2", dtype="float32", device="cpu")

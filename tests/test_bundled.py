@@ -48,7 +48,7 @@ def test_pooled_activations_match_capture(smollm2: LoadedModel) -> None:
 
 def test_demo_end_to_end_separates_held_out_answers(smollm2: LoadedModel, tmp_path) -> None:
     """The offline demo (lexicon judge): its vector at the chosen layer ranks held-out answers right."""
-    from personavec.demo import DEMO_CONFIG, run_demo
+    from personavec.demo import DEMO_CONFIG, SWEEP_COEFS, run_demo
     from personavec.judges.lexicon import LexiconJudge
     from personavec.traits import load_trait
 
@@ -57,9 +57,17 @@ def test_demo_end_to_end_separates_held_out_answers(smollm2: LoadedModel, tmp_pa
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert vector.layer == sweep["chosen"] == max(sweep["layers"], key=lambda r: r["trait"])["layer"]
     report = (tmp_path / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3 and "offline proxy" in report
+    assert (
+        report.count("data:image/png;base64,") == 5 and "offline proxy" in report and "Capability" in report
+    )
     assert {e.coef for e in result.examples} == {-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef}
-    assert {"generations", "judgements", "vectors", "sweep", "total"} <= set(result.seconds)
+    assert {"generations", "judgements", "vectors", "sweep", "calibration", "total"} <= set(result.seconds)
+
+    # the steering sweep at the chosen layer: judged trait monotone in the coefficient
+    assert sorted(c["coef"] for c in result.sweep) == list(SWEEP_COEFS)
+    assert result.targets["spearman_trait_vs_coef"] >= 0.9
+    assert len(result.calibration.points) == 8 * 10 and result.targets["calibration_r_graded"] is not None
+    assert "unsteered" in result.capability and result.capability["unsteered"]["n"] == 40
 
     # held out: evaluation questions under the trait's system prompts (greedy), kept by the same rule as
     # the pipeline's filter (eliciting prompt and judged ≥ 50 vs suppressing prompt and judged < 50)

@@ -21,8 +21,9 @@ SMOL = ModelIdentity(name="smollm2", architecture="llama", n_layers=30, hidden_s
 def _one_line_error(capsys: pytest.CaptureFixture[str], code: int, pattern: str) -> None:
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("personavec: error: ") and "\n" not in err and "Traceback" not in err
-    assert pattern in err, err
+    line = err.splitlines()[-1]  # before it, at most the progress bars of loading a model
+    assert line.startswith("personavec: error: ") and "Traceback" not in err
+    assert pattern in line, err
 
 
 def test_version() -> None:
@@ -155,3 +156,116 @@ def test_bad_input(tmp_path, capsys, monkeypatch, argv: list[str], pattern: str)
     save_file({"response-avg": torch.full((31, 576), float("nan"))}, str(bad), metadata=header)
     argv = [a.format(tmp=tmp_path, good=good, bad=bad) for a in argv]
     _one_line_error(capsys, main(argv), pattern)
+
+
+@pytest.fixture
+def tiny_vector(tiny_dir, tmp_path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "t.safetensors"
+    save_vectors(path, [PersonaVector("optimistic", torch.randn(N_LAYERS + 1, 64) * 4, layer=2)])
+    return path
+
+
+def test_steer_and_monitor(tiny_dir, tiny_vector, capsys) -> None:
+    model = ["--model", str(tiny_dir)]
+    assert (
+        main(
+            [
+                "steer",
+                *model,
+                "--vector",
+                f"{tiny_vector}:2.5",
+                "--prompt",
+                "Hi",
+                "--compare",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "Q: Hi" in out and "steered: " in out and "unsteered: " in out
+    argv = [
+        "steer",
+        *model,
+        "--vector",
+        f"{tiny_vector}:2",
+        "--prompt",
+        "Hi",
+        "--prompt",
+        "Yo",
+        "--guard=-1e9",
+    ]
+    assert main(argv) == 0
+    assert "guard at layer 2: steered 2 of 2 answers" in capsys.readouterr().out
+    assert (
+        main(["monitor", *model, "--vector", str(tiny_vector), "--prompt", "Hi", "--max-new-tokens", "4"])
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert "at layer 2" in lines[0] and len(lines) == 1 + 4
+
+
+def test_sweep_calibrate_and_capability(tiny_dir, tiny_vector, tmp_path, capsys) -> None:
+    common = [
+        "--model",
+        str(tiny_dir),
+        "--vector",
+        str(tiny_vector),
+        "--trait",
+        "optimistic",
+        "--judge",
+        "lexicon",
+    ]
+    sizes = ["--questions", "2", "--max-new-tokens", "3"]
+    argv = ["sweep", *common, *sizes, "--out", str(tmp_path / "s"), "--layers", "1,2", "--coefs=-1,0,1"]
+    assert main(argv) == 0
+    assert len((tmp_path / "s" / "sweep.csv").read_text().splitlines()) == 1 + 5
+    assert "offline proxy" in (tmp_path / "s" / "report.html").read_text()
+    assert main(["calibrate", *common, *sizes, "--out", str(tmp_path / "c")]) == 0
+    assert "graded: r = " in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "c" / "calibration.json").read_text())["points"]) == 8 * 2
+    argv = [
+        "eval",
+        "capability",
+        "--model",
+        str(tiny_dir),
+        "--vector",
+        f"{tiny_vector}",
+        "--coef",
+        "3",
+        "--compare",
+        "--json",
+    ]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert set(results) == {"unsteered", "steered +3"} and all(r["n"] == 40 for r in results.values())
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["eval", "capability", "--data", "{tmp}/nowhere"], "not found"),
+        (["eval", "capability", "--data", "{tmp}/bad.csv"], "bad.csv:2"),
+        (["steer", "--vector", "{smol}:1", "--prompt", "Hi"], "was made for"),
+        (["steer", "--vector", "{vector}:1"], "nothing to answer"),
+        (["monitor", "--vector", "{vector}", "--prompt", "Hi", "--layer", "9"], "layer 9"),
+        (
+            ["sweep", "--vector", "{vector}", "--trait", "evil", "--judge", "lexicon", "--out", "{tmp}/s"],
+            "sentiment-like",
+        ),
+        (
+            ["sweep", "--vector", "{vector}", "--trait", "optimistic", "--judge", "none", "--out", "{tmp}/s"],
+            "needs a judge",
+        ),
+    ],
+)
+def test_deployment_bad_input(tiny_dir, tiny_vector, tmp_path, capsys, argv: list[str], pattern: str) -> None:
+    smol = tmp_path / "smol.safetensors"
+    save_vectors(
+        smol, [PersonaVector("evil", torch.randn(31, 576), layer=20, metadata={"model": SMOL.to_dict()})]
+    )
+    (tmp_path / "bad.csv").write_text("What is 1+1?,1,2,3,4,B\nBroken row,1,2,3\n")
+    argv = [a.format(tmp=tmp_path, smol=smol, vector=tiny_vector) for a in argv]
+    _one_line_error(capsys, main([*argv, "--model", str(tiny_dir)]), pattern)

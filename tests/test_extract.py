@@ -23,8 +23,6 @@ from personavec.models import load_model
 from personavec.traits import load_trait
 from personavec.vectors import KINDS, load_vectors
 
-from tiny import tiny_model, tiny_tokenizer
-
 CONFIG = ExtractConfig(
     samples=3,
     max_new_tokens=6,
@@ -39,12 +37,9 @@ CLI_SIZES = ["--samples", "3", "--max-new-tokens", "6", "--questions", "4", "--i
 CLI_SIZES += ["--batch-size", "8", "--min-pairs", "2", "--layers", "1,2,3", "--sweep-questions", "3"]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+@pytest.fixture
+def model_dir(tiny_dir: Path) -> Path:
+    return tiny_dir
 
 
 @pytest.fixture

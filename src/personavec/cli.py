@@ -246,6 +246,7 @@ def _steer(args: argparse.Namespace) -> None:
     from contextlib import ExitStack
 
     from personavec.generate import generate
+    from personavec.guard import Guard
     from personavec.models import load_model
     from personavec.vectors import load_vector
 
@@ -257,10 +258,17 @@ def _steer(args: argparse.Namespace) -> None:
     if not prompts:
         raise PersonavecError("nothing to answer: give --prompt TEXT (repeatable)")
     sizes = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "progress": False}
+    guards = []
     with ExitStack() as stack:
         for vector, coef, layer in specs:
-            stack.enter_context(vector.apply(loaded.model, coef, layer, positions=args.positions))
+            if args.guard is None:
+                stack.enter_context(vector.apply(loaded.model, coef, layer, positions=args.positions))
+            else:
+                guard = Guard(loaded.model, vector, args.guard, abs(coef), layer, per_token=args.per_token)
+                guards.append(stack.enter_context(guard))
         steered = generate(loaded, prompts, **sizes)
+    for guard in guards:
+        print(f"guard at layer {guard.layer}: steered {guard.fired.sum()} of {len(prompts)} answers")
     plain = generate(loaded, prompts, **sizes) if args.compare else [None] * len(prompts)
     for question, answer, baseline in zip(args.prompt, steered, plain, strict=True):
         print(f"Q: {question}\nsteered: {answer}")
@@ -289,6 +297,35 @@ def _monitor(args: argparse.Namespace) -> None:
     )
     for token, value in zip(tokens, values, strict=False):
         print(f"{value:+8.2f}  {loaded.tokenizer.decode([token])!r}")
+
+
+def _eval_capability(args: argparse.Namespace) -> None:
+    from contextlib import nullcontext
+
+    from personavec import capability
+    from personavec.models import load_model
+    from personavec.vectors import load_vector
+
+    questions = capability.load_questions(args.data)  # bad rows fail before the model loads
+    vector = load_vector(args.vector, kind=args.kind) if args.vector else None
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    settings: dict[str, float] = {"unsteered": 0.0} if vector is None or args.compare else {}
+    if vector is not None:
+        vector.check_model(loaded.identity)
+        settings[f"steered {args.coef:+g}"] = args.coef
+    results = {}
+    for name, coef in settings.items():
+        steering = (
+            vector.apply(loaded.model, coef, args.layer) if vector is not None and coef else nullcontext()
+        )
+        with steering:
+            results[name] = capability.score(loaded, questions, batch_size=args.batch_size).to_dict()
+    if args.json:
+        _print_json({name: {k: v for k, v in r.items() if k != "questions"} for name, r in results.items()})
+        return
+    for name, r in results.items():
+        subjects = ", ".join(f"{s} {100 * a:.1f}" for s, a in r["per_subject"].items())
+        print(f"{name}: {100 * r['accuracy']:.1f} % of {r['n']} ({subjects})")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -364,7 +401,10 @@ def _add_deployment(commands: Any) -> None:
     _judge_args(sweep)
     sweep.add_argument("--layers", type=_layers, help="e.g. 12,16,20 (default: the vector's chosen layer)")
     sweep.add_argument(
-        "--coefs", type=_numbers, default=(-2.0, -1.0, 0.0, 1.0, 2.0), help="default -2,-1,0,1,2"
+        "--coefs",
+        type=_numbers,
+        default=(-2.0, -1.0, 0.0, 1.0, 2.0),
+        help="e.g. --coefs=-2,-1,0,1,2 (the default; note the =)",
     )
     sweep.add_argument("--samples", type=int, default=1, help="answers per question and cell (default 1)")
     sweep.set_defaults(run=_sweep)
@@ -391,9 +431,31 @@ def _add_deployment(commands: Any) -> None:
         "--positions", default="all", choices=("all", "prompt", "response"), help="where to steer"
     )
     steer.add_argument("--compare", action="store_true", help="also print the unsteered answer")
+    steer.add_argument(
+        "--guard", type=float, metavar="T", help="steer by −|COEF|·v only answers whose projection exceeds T"
+    )
+    steer.add_argument("--per-token", action="store_true", help="with --guard: check at every token")
     steer.add_argument("--max-new-tokens", type=int, default=128)
     steer.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
     steer.set_defaults(run=_steer)
+
+    evaluate = commands.add_parser("eval", help="evaluations").add_subparsers(
+        dest="eval_command", required=True, metavar="SUBCOMMAND"
+    )
+    mc = evaluate.add_parser(
+        "capability", help="multiple-choice accuracy (MMLU CSV layout), optionally steered"
+    )
+    _model_args(mc, vector=False)
+    mc.add_argument(
+        "--data", default="smoke", help="directory of MMLU-layout CSVs, one CSV, or 'smoke' (default)"
+    )
+    mc.add_argument("--vector", help="steer with this vector file")
+    mc.add_argument("--coef", type=float, default=1.0, help="steering coefficient (default 1)")
+    mc.add_argument("--layer", type=int, help="default: the vector's chosen layer")
+    mc.add_argument("--compare", action="store_true", help="also score the unsteered model")
+    mc.add_argument("--batch-size", type=int, default=16)
+    mc.add_argument("--json", action="store_true", help="print JSON")
+    mc.set_defaults(run=_eval_capability)
 
     monitor = commands.add_parser("monitor", help="generate and print each token's projection onto a vector")
     _model_args(monitor)

@@ -71,3 +71,7 @@ class Guard(ResidualHooks):
         edited = hidden.clone()
         edited[rows, -1] += self.push.to(device=hidden.device, dtype=hidden.dtype)
         return edited
+
+    def __enter__(self) -> Guard:
+        super().__enter__()
+        return self

@@ -157,7 +157,8 @@ def sweep_section(cells: Sequence[dict[str, Any]]) -> str:
                 ax.plot(*zip(*points, strict=True), marker="o", label=f"layer {layer}")
     for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
         ax.set(xlabel="steering coefficient", ylabel=f"mean {metric} score", title=metric)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     rows = [
         (c["layer"], c["coef"], c["trait"], c["trait_ci95"], c["coherence"], c["n_scored"]) for c in cells
     ]
