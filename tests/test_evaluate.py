@@ -113,3 +113,17 @@ def test_sweep_bad_input(server, tmp_path) -> None:
         sweep(loaded, load_trait("evil"), judge, vector, tmp_path, [], [1.0])
     with pytest.raises(PersonavecError, match="layer 7"):
         sweep(loaded, load_trait("evil"), judge, vector, tmp_path, [7], [1.0])
+
+
+def test_a_sweep_directory_is_tied_to_its_settings(server, tmp_path) -> None:
+    loaded, vector, judge = setup(server)
+    trait = load_trait("evil")
+    sweep(loaded, trait, judge, vector, tmp_path, [1], [0.0, 1.0], progress=False, **SIZES)
+    more = sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [0.0, 1.0], progress=False, **SIZES)
+    assert len(more) == 3  # adding layers or coefficients resumes the same sweep
+    with pytest.raises(PersonavecError, match=r"other settings \(differs in questions\)"):
+        sweep(loaded, trait, judge, vector, tmp_path, [1], [1.0], progress=False, **{**SIZES, "questions": 2})
+    other = PersonaVector("evil", vector.tensor * 2, layer=2, metadata=vector.metadata)
+    assert other.fingerprint() != vector.fingerprint()
+    with pytest.raises(PersonavecError, match=r"differs in vector"):
+        sweep(loaded, trait, judge, other, tmp_path, [1], [1.0], progress=False, **SIZES)

@@ -10,6 +10,8 @@ files in the output directory.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from personavec._io import write_json
+from personavec._io import claim_dir, write_json
 from personavec.errors import PersonavecError
+from personavec.evaluate import run_identity
 from personavec.generate import Request, generate_rows
 from personavec.judges import Judge, JudgeCache
 from personavec.models import LoadedModel
@@ -108,6 +111,10 @@ def calibrate(
         raise PersonavecError(f"trait {trait.name!r} has no graded_prompts and no shots were asked for")
     vector.check_model(loaded.identity)
     out = Path(out)
+    sizes = {"questions": questions, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    examples_hash = hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()
+    settings = {**run_identity(loaded, trait, judge, vector), **sizes, "examples": examples_hash}
+    claim_dir(out, settings, "calibration")
     cache = JudgeCache(out / "judge-cache.jsonl")
     result = Calibration()
     for (condition, level), requests in _requests(trait, questions, shots, examples).items():

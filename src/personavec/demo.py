@@ -84,10 +84,10 @@ def run_demo(
     vector = result.vectors["response-avg"]
     assert vector.layer is not None
     t0 = time.perf_counter()
-    sizes = {"questions": SWEEP_QUESTIONS, "max_new_tokens": DEMO_CONFIG.max_new_tokens, "batch_size": 32}
     cells = sweep(
-        loaded, trait, judge, vector, out / "steering", [vector.layer], SWEEP_COEFS, progress, **sizes
-    )
+        loaded, trait, judge, vector, out / "steering", [vector.layer], SWEEP_COEFS,
+        questions=SWEEP_QUESTIONS, max_new_tokens=DEMO_CONFIG.max_new_tokens, progress=progress,
+    )  # fmt: skip
     seconds["steering sweep"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ atomically, so a sweep resumes after an interruption and never answers or judges
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from personavec._io import atomic_path, write_json
+from personavec._io import atomic_path, claim_dir, write_json
 from personavec.errors import PersonavecError
 from personavec.generate import Request, generate_rows
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
@@ -163,13 +164,19 @@ def sweep(
     out: str | Path,
     layers: Sequence[int],
     coefs: Sequence[float],
+    questions: int = 20,
+    samples: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
     progress: bool = True,
-    **sizes: Any,
 ) -> list[dict[str, Any]]:
     """Every cell of the grid `layers` × `coefs` (coefficient 0 is one unsteered cell), resumably.
 
     Writes ``out/cells/*.jsonl`` (answers), ``out/cells/*.json`` (each finished cell), and the table
-    ``out/sweep.json`` and ``out/sweep.csv``. `sizes` go to `evaluate` (questions, samples, ...).
+    ``out/sweep.json`` and ``out/sweep.csv``. A rerun may add layers or coefficients; one with another
+    model, trait, vector, judge or size is refused (`claim_dir`).
     """
     if not layers or not coefs:
         raise PersonavecError("a sweep needs at least one layer and one coefficient")
@@ -177,6 +184,15 @@ def sweep(
     for layer in layers:
         vector._layer(layer)
     out = Path(out)
+    sizes = {
+        "questions": questions,
+        "samples": samples,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    claim_dir(out, {**run_identity(loaded, trait, judge, vector), **sizes}, "sweep")
     cache = JudgeCache(out / "judge-cache.jsonl")
     settings = [Setting(None, 0.0)] if 0 in coefs else []
     settings += [Setting(layer, float(c)) for layer in layers for c in coefs if c != 0]
@@ -187,13 +203,29 @@ def sweep(
             cells.append(json.loads(done.read_text()))
             continue
         path = out / "cells" / f"{setting.name}.jsonl"
-        cell = evaluate(loaded, trait, judge, cache, path, vector, setting, progress=progress, **sizes)
+        cell = evaluate(
+            loaded, trait, judge, cache, path, vector, setting, questions, samples, max_new_tokens,
+            temperature, seed, batch_size, progress,
+        )  # fmt: skip
         write_json(done, cell)
         cells.append(cell)
     write_json(out / "sweep.json", {"trait": trait.name, "judge": judge.describe(), "cells": cells})
     with atomic_path(out / "sweep.csv") as tmp:
         tmp.write_text(table_csv(cells))
     return cells
+
+
+def run_identity(
+    loaded: LoadedModel, trait: TraitSpec, judge: Judge, vector: PersonaVector
+) -> dict[str, Any]:
+    """What a sweep's or a calibration's results depend on, besides their sizes."""
+    trait_json = json.dumps(trait.to_dict(), sort_keys=True)
+    return {
+        "model": loaded.identity.to_dict(),
+        "trait_sha256": hashlib.sha256(trait_json.encode()).hexdigest(),
+        "judge": judge.name,
+        "vector": vector.fingerprint(),
+    }
 
 
 def table_csv(cells: Sequence[dict[str, Any]]) -> str:

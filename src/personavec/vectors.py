@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -99,6 +100,12 @@ class PersonaVector:
     def project(self, activations: Tensor, layer: int | None = None) -> Tensor:
         """Scalar projections a·v̂ of activations ``[..., hidden]`` (float32)."""
         return activations.float() @ self.unit(layer).to(activations.device)
+
+    def fingerprint(self) -> str:
+        """sha256 of the trait, kind and tensor: what outputs made with this vector depend on."""
+        digest = hashlib.sha256(f"{self.trait}/{self.kind}/".encode())
+        digest.update(self.tensor.numpy().tobytes())
+        return digest.hexdigest()
 
     def check_model(self, identity: ModelIdentity) -> None:
         """Raise a clear error if this vector's shape does not fit the model."""
