@@ -191,3 +191,10 @@ def test_steering_changes_the_loglikelihoods() -> None:
     assert [s.logliks for s in zero.questions] == [s.logliks for s in plain.questions]
     for a, b in zip(plain.questions, steered.questions, strict=True):
         assert max(abs(x - y) for x, y in zip(a.logliks, b.logliks, strict=True)) > 1e-3
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_question(tmp_path) -> None:
+    from personavec.capability import load_questions
+
+    (tmp_path / "bom.csv").write_bytes("\ufeffWhat is 1+1?,1,2,3,4,B\n".encode())
+    assert load_questions(tmp_path)[0].question == "What is 1+1?"

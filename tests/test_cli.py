@@ -259,6 +259,23 @@ def test_sweep_calibrate_and_capability(tiny_dir, tiny_vector, tmp_path, capsys)
             ["sweep", "--vector", "{vector}", "--trait", "optimistic", "--judge", "none", "--out", "{tmp}/s"],
             "needs a judge",
         ),
+        (
+            [
+                "calibrate",
+                "--vector",
+                "{vector}",
+                "--trait",
+                "optimistic",
+                "--judge",
+                "lexicon",
+                "--out",
+                "{tmp}/c",
+                "--examples-from",
+                "{tmp}",
+            ],
+            "is not a complete, filtered extraction run",
+        ),
+        (["monitor", "--vector", "{vector}", "--prompt", "Hi", "--max-new-tokens", "0"], "at least 1"),
     ],
 )
 def test_deployment_bad_input(tiny_dir, tiny_vector, tmp_path, capsys, argv: list[str], pattern: str) -> None:

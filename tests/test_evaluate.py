@@ -127,3 +127,48 @@ def test_a_sweep_directory_is_tied_to_its_settings(server, tmp_path) -> None:
     assert other.fingerprint() != vector.fingerprint()
     with pytest.raises(PersonavecError, match=r"differs in vector"):
         sweep(loaded, trait, judge, other, tmp_path, [1], [1.0], progress=False, **SIZES)
+
+
+def test_spearman_and_halfway_by_hand() -> None:
+    from personavec.evaluate import halfway_coefs, spearman
+
+    # ranks of x: 1, 2.5, 2.5, 4 (a tie); of y: 1, 2, 3, 4 → Pearson of the ranks
+    x, y = [1.0, 2.0, 2.0, 5.0], [10.0, 20.0, 30.0, 40.0]
+    rx, ry = [1, 2.5, 2.5, 4], [1, 2, 3, 4]
+    mx, my = sum(rx) / 4, sum(ry) / 4
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    expected = cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    assert spearman(x, y) == pytest.approx(expected) and spearman([1.0, 2.0], [1.0, 2.0]) is None
+    cells = [
+        {"layer": None, "coef": 0.0, "trait": 50.0},
+        *(
+            {"layer": 3, "coef": c, "trait": t}
+            for c, t in [(-2.0, 10.0), (-1.0, 35.0), (1.0, 55.0), (2.0, 80.0)]
+        ),
+    ]
+    # negative: largest shift 40 (at -2); -1 shifts 15 < 20 → -2. positive: 30 at +2; +1 shifts 5 → +2
+    assert halfway_coefs(cells, 3) == {"negative": -2.0, "positive": 2.0}
+    assert halfway_coefs(cells[1:], 3) == {"negative": None, "positive": None}  # no unsteered cell
+
+
+def test_sampling_settings_and_cell_names(server, tmp_path) -> None:
+    loaded, vector, judge = setup(server)
+    with pytest.raises(PersonavecError, match="needs a temperature > 0"):
+        sweep(loaded, load_trait("evil"), judge, vector, tmp_path, [1], [1.0], samples=3, progress=False)
+    with pytest.raises(PersonavecError, match="questions must be between 1 and 20, got -1"):
+        sweep(
+            loaded,
+            load_trait("evil"),
+            judge,
+            vector,
+            tmp_path / "b",
+            [1],
+            [1.0],
+            questions=-1,
+            progress=False,
+        )
+    assert Setting(1, 0.1234567).name != Setting(1, 0.1234568).name
+    cells = sweep(
+        loaded, load_trait("evil"), judge, vector, tmp_path / "c", [1, 1], [1, 1.0], progress=False, **SIZES
+    )
+    assert len(cells) == 1

@@ -57,3 +57,12 @@ def test_bad_coefficient() -> None:
     loaded, vector, _, _ = setup()
     with pytest.raises(PersonavecError, match="use > 0"):
         Guard(loaded.model, vector, threshold=0.0, coef=-1.0)
+
+
+def test_counts_cover_every_batch_of_a_generate_call() -> None:
+    from personavec.generate import generate as answer
+
+    loaded, vector, prompts, _ = setup()
+    with Guard(loaded.model, vector, threshold=-1e9, coef=1.0) as guard:
+        answer(loaded, prompts, max_new_tokens=3, batch_size=3, progress=False)  # two batches: 3 + 1
+    assert (guard.steered, guard.seen) == (4, 4) and guard.fired_at.tolist() == [0]

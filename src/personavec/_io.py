@@ -31,7 +31,10 @@ def claim_dir(path: Path, settings: dict[str, Any], what: str) -> None:
     marker = path / "settings.json"
     settings = json.loads(json.dumps(settings))
     if marker.exists():
-        old = json.loads(marker.read_text())
+        try:
+            old = json.loads(marker.read_text())
+        except ValueError as error:
+            raise PersonavecError(f"{marker} is unreadable; use another --out") from error
         differs = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
         if differs:
             raise PersonavecError(

@@ -21,7 +21,7 @@ import numpy as np
 
 from personavec._io import claim_dir, write_json
 from personavec.errors import PersonavecError
-from personavec.evaluate import run_identity
+from personavec.evaluate import check_questions, run_identity
 from personavec.generate import Request, generate_rows
 from personavec.judges import Judge, JudgeCache
 from personavec.models import LoadedModel
@@ -107,6 +107,9 @@ def calibrate(
     `examples` are (question, answer) pairs that express the trait, for the k-shot prompts (e.g. the
     kept positive answers of an extraction run); with `shots` empty only graded prompts are used.
     """
+    check_questions(questions, trait)
+    if any(k < 0 for k in shots):
+        raise PersonavecError(f"shots must be ≥ 0, got {list(shots)}")
     if not trait.graded_prompts and not shots:
         raise PersonavecError(f"trait {trait.name!r} has no graded_prompts and no shots were asked for")
     vector.check_model(loaded.identity)

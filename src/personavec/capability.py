@@ -53,7 +53,7 @@ def _subject(path: Path) -> str:
 def _read_csv(path: Path) -> list[Question]:
     subject, questions = _subject(path), []
     try:
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             line = 1  # the line where the next row starts (a quoted field may span lines)
             try:

@@ -195,7 +195,12 @@ def _sweep(args: argparse.Namespace) -> None:
     trait, judge = _judged(args)
     loaded, vector = _model_and_vector(args)
     layers = list(args.layers) if args.layers else [vector._layer(None)]
-    sizes = {"questions": args.questions, "samples": args.samples, "max_new_tokens": args.max_new_tokens}
+    sizes = {
+        "questions": args.questions,
+        "samples": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+    }
     cells = sweep(loaded, trait, judge, vector, args.out, layers, args.coefs, **sizes)
     report = write_page(
         Path(args.out) / "report.html", f"Steering sweep: {trait.name}", [sweep_section(cells)], judge.proxy
@@ -235,11 +240,12 @@ def _kept_examples(run: Path) -> list[tuple[str, str]]:
     """(question, answer) of the kept positive answers of an extraction run directory."""
     from personavec.generate import read_rows
 
-    if not (run / "filter.json").exists():
-        raise PersonavecError(f"{run} is not a filtered extraction run (no filter.json)")
-    rows = list(read_rows(run / "generations.jsonl").values())
-    kept = json.loads((run / "filter.json").read_text())["kept"]
-    return [(rows[i]["question"], rows[i]["answer"]) for i in kept if rows[i]["polarity"] == "pos"]
+    try:
+        rows = list(read_rows(run / "generations.jsonl").values())
+        kept = json.loads((run / "filter.json").read_text())["kept"]
+        return [(rows[i]["question"], rows[i]["answer"]) for i in kept if rows[i]["polarity"] == "pos"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise PersonavecError(f"{run} is not a complete, filtered extraction run ({error!r})") from error
 
 
 def _steer(args: argparse.Namespace) -> None:
@@ -268,7 +274,7 @@ def _steer(args: argparse.Namespace) -> None:
                 guards.append(stack.enter_context(guard))
         steered = generate(loaded, prompts, **sizes)
     for guard in guards:
-        print(f"guard at layer {guard.layer}: steered {guard.fired.sum()} of {len(prompts)} answers")
+        print(f"guard at layer {guard.layer}: steered {guard.steered} of {guard.seen} answers")
     plain = generate(loaded, prompts, **sizes) if args.compare else [None] * len(prompts)
     for question, answer, baseline in zip(args.prompt, steered, plain, strict=True):
         print(f"Q: {question}\nsteered: {answer}")
@@ -281,6 +287,8 @@ def _monitor(args: argparse.Namespace) -> None:
 
     from personavec.monitor import LiveMonitor
 
+    if args.max_new_tokens < 1:
+        raise PersonavecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     loaded, vector = _model_and_vector(args)
     batch = loaded.tokenizer(
         [loaded.chat(args.prompt, args.system)], return_tensors="pt", add_special_tokens=False
@@ -407,6 +415,9 @@ def _add_deployment(commands: Any) -> None:
         help="e.g. --coefs=-2,-1,0,1,2 (the default; note the =)",
     )
     sweep.add_argument("--samples", type=int, default=1, help="answers per question and cell (default 1)")
+    sweep.add_argument(
+        "--temperature", type=float, default=0.0, help="0 (default): greedy; > 0 for --samples > 1"
+    )
     sweep.set_defaults(run=_sweep)
 
     calibrate = commands.add_parser("calibrate", help="does the prompt-last projection predict the trait?")

@@ -9,6 +9,8 @@ minutes on 2 CPU cores; the lexicon judge is an offline proxy for an LLM judge, 
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,12 @@ def run_demo(
 
     vector = result.vectors["response-avg"]
     assert vector.layer is not None
+    for made_with_it in (out / "steering", out / "calibration"):  # the demo's own: redo for a new vector
+        marker = made_with_it / "settings.json"
+        if marker.exists() and (
+            force or json.loads(marker.read_text()).get("vector") != vector.fingerprint()
+        ):
+            shutil.rmtree(made_with_it)
     t0 = time.perf_counter()
     cells = sweep(
         loaded, trait, judge, vector, out / "steering", [vector.layer], SWEEP_COEFS,
@@ -120,9 +128,11 @@ def run_demo(
     seconds["steered examples"] = time.perf_counter() - t0
 
     scored = [c for c in cells if c["trait"] is not None]
+    rho = spearman([c["coef"] for c in scored], [c["trait"] for c in scored])
+    r_graded = calibration.r("graded")
     targets = {
-        "spearman_trait_vs_coef": spearman([c["coef"] for c in scored], [c["trait"] for c in scored]),
-        "calibration_r_graded": calibration.r("graded"),
+        "spearman_trait_vs_coef": rho,
+        "calibration_r_graded": r_graded,
         "capability_drop_points": {
             name: 100 * (scores["unsteered"]["accuracy"] - r["accuracy"]) for name, r in scores.items()
         },
@@ -143,10 +153,14 @@ def run_demo(
                 print(f"  {e.coef:+4.1f}: {e.answer}")
     print("\nsteering sweep at the chosen layer (coef: mean trait score):")
     print("  " + ", ".join(f"{c['coef']:+g}: {c['trait']:.1f}" for c in scored))
-    print(f"Spearman(trait, coef) = {targets['spearman_trait_vs_coef']:.2f}")
-    print(f"calibration over the 8 graded system prompts: r = {targets['calibration_r_graded']:.2f}")
+    print(f"Spearman(trait, coef) = {_fmt(rho)}")
+    print(f"calibration over the 8 graded system prompts: r = {_fmt(r_graded)}")
     for name, r in scores.items():
         print(f"smoke-set multiple choice, {name}: {100 * r['accuracy']:.1f} %")
     print(f"\nwrote {result.dir / (trait.name + '.safetensors')} and {report}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     return DemoResult(result, examples, cells, calibration, scores, targets, seconds)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -66,10 +66,12 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def halfway_coefs(cells: Sequence[dict[str, Any]], layer: int) -> dict[str, float | None]:
-    """Per direction, the smallest |coef| at `layer` that moves the trait at least half as far as the
-    farthest coefficient of that direction does (from the unsteered cell)."""
-    base = next(c["trait"] for c in cells if c["coef"] == 0)
-    out: dict[str, float | None] = {}
+    """Per direction, the smallest |coef| at `layer` whose cell moves the trait (from the unsteered
+    cell's) at least half as far as any coefficient of that direction does; None where unknown."""
+    base = next((c["trait"] for c in cells if c["coef"] == 0), None)
+    out: dict[str, float | None] = {"negative": None, "positive": None}
+    if base is None:
+        return out
     for name, sign in (("negative", -1.0), ("positive", 1.0)):
         side = sorted(
             (c for c in cells if c["layer"] == layer and c["coef"] * sign > 0 and c["trait"] is not None),
@@ -78,6 +80,14 @@ def halfway_coefs(cells: Sequence[dict[str, Any]], layer: int) -> dict[str, floa
         shifts = [abs(c["trait"] - base) for c in side]
         out[name] = next((c["coef"] for c, s in zip(side, shifts, strict=True) if s >= max(shifts) / 2), None)
     return out
+
+
+def check_questions(questions: int, trait: TraitSpec) -> None:
+    """Raise a clear error unless 1 ≤ `questions` ≤ the trait's evaluation questions."""
+    if not 1 <= questions <= len(trait.evaluation_questions):
+        raise PersonavecError(
+            f"questions must be between 1 and {len(trait.evaluation_questions)}, got {questions}"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ class Setting:
 
     @property
     def name(self) -> str:
-        return "unsteered" if self.coef == 0 else f"layer-{self.layer}_coef-{self.coef:+g}"
+        return "unsteered" if self.coef == 0 else f"layer-{self.layer}_coef-{self.coef:+}"
 
 
 def evaluate(
@@ -115,6 +125,12 @@ def evaluate(
     """
     if setting.coef != 0 and (vector is None or setting.layer is None):
         raise PersonavecError("a steered setting needs a vector and a layer")
+    check_questions(questions, trait)
+    if samples < 1 or (samples > 1 and temperature <= 0):
+        raise PersonavecError(
+            f"samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers repeat); "
+            f"got samples {samples}, temperature {temperature}"
+        )
     requests = [
         Request(f"q{q}-s{s}", question, None, (("question_id", q), ("sample", s)))
         for q, question in enumerate(trait.evaluation_questions[:questions])
@@ -194,8 +210,9 @@ def sweep(
     }
     claim_dir(out, {**run_identity(loaded, trait, judge, vector), **sizes}, "sweep")
     cache = JudgeCache(out / "judge-cache.jsonl")
+    layers, coefs = list(dict.fromkeys(layers)), list(dict.fromkeys(float(c) for c in coefs))
     settings = [Setting(None, 0.0)] if 0 in coefs else []
-    settings += [Setting(layer, float(c)) for layer in layers for c in coefs if c != 0]
+    settings += [Setting(layer, c) for layer in layers for c in coefs if c != 0]
     cells = []
     for setting in settings:
         done = out / "cells" / f"{setting.name}.json"

@@ -21,8 +21,11 @@ class Guard(ResidualHooks):
 
     with Guard(model, evil, threshold=4.0, coef=1.5) as guard:
         model.generate(**batch)
-    guard.fired        # [batch] bool: which sequences were steered
+    guard.fired        # [batch] bool: which sequences of the last generation were steered
     guard.fired_at     # [batch] step at which each fired (0 = end of prompt), -1 if never
+    guard.steered, guard.seen   # sequences steered / seen over every generation while active
+
+    It needs ``generate``'s KV cache (the default): a forward over an empty cache starts a generation.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class Guard(ResidualHooks):
         self.threshold, self.per_token = float(threshold), per_token
         self.fired_at = torch.empty(0, dtype=torch.long)
         self._step = 0
+        self.steered = self.seen = 0
 
     @property
     def fired(self) -> Tensor:
@@ -57,7 +61,9 @@ class Guard(ResidualHooks):
 
     def edit(self, layer: int, hidden: Tensor) -> Tensor | None:
         if self.state.offset == 0:  # prefill: a new generation
+            self._count()
             self.fired_at = torch.full((hidden.shape[0],), -1, dtype=torch.long, device=hidden.device)
+            self.seen += hidden.shape[0]
             self._step = 0
         else:
             self._step += 1
@@ -72,6 +78,19 @@ class Guard(ResidualHooks):
         edited[rows, -1] += self.push.to(device=hidden.device, dtype=hidden.dtype)
         return edited
 
+    def _count(self) -> None:
+        """Add the finished generation's fired sequences to `steered`."""
+        self.steered += int(self.fired.sum())
+        self.fired_at = self.fired_at[:0]
+
     def __enter__(self) -> Guard:
         super().__enter__()
+        self.steered = self.seen = 0
+        self.fired_at = self.fired_at[:0]
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        fired_at = self.fired_at
+        self._count()
+        self.fired_at = fired_at  # the last generation's stays readable
