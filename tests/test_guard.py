@@ -66,3 +66,11 @@ def test_counts_cover_every_batch_of_a_generate_call() -> None:
     with Guard(loaded.model, vector, threshold=-1e9, coef=1.0) as guard:
         answer(loaded, prompts, max_new_tokens=3, batch_size=3, progress=False)  # two batches: 3 + 1
     assert (guard.steered, guard.seen) == (4, 4) and guard.fired_at.tolist() == [0]
+
+
+def test_right_padding_is_refused() -> None:
+    loaded, vector, prompts, _ = setup()
+    loaded.tokenizer.padding_side = "right"
+    batch = loaded.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with pytest.raises(PersonavecError, match="needs left padding"), Guard(loaded.model, vector, 0.0, 1.0):
+        loaded.model(**batch)

@@ -25,7 +25,9 @@ class Guard(ResidualHooks):
     guard.fired_at     # [batch] step at which each fired (0 = end of prompt), -1 if never
     guard.steered, guard.seen   # sequences steered / seen over every generation while active
 
-    It needs ``generate``'s KV cache (the default): a forward over an empty cache starts a generation.
+    It needs ``generate``'s KV cache (the default; a forward over an empty cache starts a generation) and
+    left padding. Rows are generate's rows (batch × num_return_sequences); with beam search and
+    ``per_token`` a row follows its slot, not a hypothesis.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class Guard(ResidualHooks):
         return float(self.fired.float().mean()) if self.fired_at.numel() else 0.0
 
     def edit(self, layer: int, hidden: Tensor) -> Tensor | None:
+        self.state.check_last_real()
         if self.state.offset == 0:  # prefill: a new generation
             self._count()
             self.fired_at = torch.full((hidden.shape[0],), -1, dtype=torch.long, device=hidden.device)

@@ -70,6 +70,14 @@ class _CallState:
         else:  # a 4-D mask (static caches build one): pad tokens cannot be told apart
             self.real = None
 
+    def check_last_real(self) -> None:
+        """Raise unless every row's last token in this call is a real one (left padding, 2-D mask)."""
+        if self.real is None or not bool(self.real[:, -1].all()):
+            raise PersonavecError(
+                "per-sequence monitoring needs left padding and generate's default dynamic cache: "
+                "the last position of a row is a pad token here"
+            )
+
     def select(self, positions: Positions) -> Tensor:
         """Boolean [batch, tokens] of the current call's tokens that `positions` selects."""
         if self.real is None:

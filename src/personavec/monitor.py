@@ -72,8 +72,8 @@ class LiveMonitor(ResidualHooks):
         watch.trace()     # [batch, steps, 2]: step 0 = end of prompt, step i = generated token i
 
     `callback(step, values)` is called after each forward with ``values`` [batch, len(vectors)] on the
-    model's device (reading it, e.g. ``.tolist()``, synchronises a GPU). With left padding (the
-    default here) the last position of every row is a real token.
+    model's device (reading it, e.g. ``.tolist()``, synchronises a GPU). It needs left padding (the
+    default here) and ``generate``'s KV cache: a forward over an empty cache starts a new trace.
     """
 
     def __init__(
@@ -93,6 +93,7 @@ class LiveMonitor(ResidualHooks):
         self._call = -1
 
     def edit(self, layer: int, hidden: Tensor) -> None:
+        self.state.check_last_real()
         if self._call != self.state.calls:  # the first watched layer of a new forward call
             self._call, self._current = self.state.calls, {}
             if self.state.offset == 0:  # an empty KV cache: a new generation
