@@ -110,13 +110,15 @@ def _traits_generate(args: argparse.Namespace) -> None:
     print(f"wrote {out}: trait {trait.name!r} (check it, then: personavec extract --trait {out} ...)")
 
 
-def _layers(text: str) -> tuple[int, ...]:
+def _integers(text: str) -> tuple[int, ...]:
     if text == "none":
         return ()
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layers or 'none', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers or 'none', got {text!r}"
+        ) from None
 
 
 def _extract(args: argparse.Namespace) -> None:
@@ -355,7 +357,7 @@ CONFIG_FLAGS = {
     "trait_threshold": (float, "positive answers need ≥, negative < (default 50)"),
     "coherence_threshold": (float, "answers need coherence ≥ (default 50)"),
     "min_pairs": (int, "fewest kept answers per side (default 10)"),
-    "layers": (_layers, "sweep candidates, e.g. 12,16,20, or 'none' (default: 8 over the middle half)"),
+    "layers": (_integers, "sweep candidates, e.g. 12,16,20, or 'none' (default: 8 over the middle half)"),
     "coef": (float, "steering coefficient of the layer sweep (default 2)"),
     "sweep_questions": (int, "evaluation questions per sweep layer, of 20 (default 20)"),
 }
@@ -407,7 +409,7 @@ def _add_deployment(commands: Any) -> None:
     sweep = commands.add_parser("sweep", help="trait and coherence over a grid of layers × coefficients")
     _model_args(sweep)
     _judge_args(sweep)
-    sweep.add_argument("--layers", type=_layers, help="e.g. 12,16,20 (default: the vector's chosen layer)")
+    sweep.add_argument("--layers", type=_integers, help="e.g. 12,16,20 (default: the vector's chosen layer)")
     sweep.add_argument(
         "--coefs",
         type=_numbers,
@@ -427,7 +429,7 @@ def _add_deployment(commands: Any) -> None:
         "--examples-from", help="an extraction run directory: its kept answers make k-shot prompts"
     )
     calibrate.add_argument(
-        "--shots", type=_layers, default=(0, 5, 10, 15, 20), help="k of the k-shot prompts"
+        "--shots", type=_integers, default=(0, 5, 10, 15, 20), help="k of the k-shot prompts"
     )
     calibrate.set_defaults(run=_calibrate)
 
