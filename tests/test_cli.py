@@ -207,6 +207,27 @@ def test_steer_and_monitor(tiny_dir, tiny_vector, capsys) -> None:
     assert "at layer 2" in lines[0] and len(lines) == 1 + 4
 
 
+def test_steered_chat_keeps_the_conversation(tiny_dir, tiny_vector, capsys, monkeypatch) -> None:
+    import io
+
+    import personavec.generate
+
+    prompts: list[str] = []
+    real = personavec.generate.generate
+
+    def recording(loaded, batch, **kwargs):
+        prompts.extend(batch)
+        return real(loaded, batch, **kwargs)
+
+    monkeypatch.setattr(personavec.generate, "generate", recording)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n\nHow are you?\nexit\nnot read\n"))
+    argv = ["steer", "--model", str(tiny_dir), "--vector", f"{tiny_vector}:1", "--chat"]
+    assert main([*argv, "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("assistant: ") == 2 and len(prompts) == 2  # blank skipped; nothing read after 'exit'
+    assert "Hello" in prompts[1] and "How are you?" in prompts[1]  # the second turn carries the first
+
+
 def test_sweep_calibrate_and_capability(tiny_dir, tiny_vector, tmp_path, capsys) -> None:
     common = [
         "--model",

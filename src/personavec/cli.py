@@ -263,8 +263,8 @@ def _steer(args: argparse.Namespace) -> None:
     for vector, _, _ in specs:
         vector.check_model(loaded.identity)
     prompts = [loaded.chat(p, args.system) for p in args.prompt]
-    if not prompts:
-        raise PersonavecError("nothing to answer: give --prompt TEXT (repeatable)")
+    if not prompts and not args.chat:
+        raise PersonavecError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
     sizes = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "progress": False}
     guards = []
     with ExitStack() as stack:
@@ -274,6 +274,9 @@ def _steer(args: argparse.Namespace) -> None:
             else:
                 guard = Guard(loaded.model, vector, args.guard, abs(coef), layer, per_token=args.per_token)
                 guards.append(stack.enter_context(guard))
+        if args.chat:
+            _chat(loaded, args.system, sizes)
+            return
         steered = generate(loaded, prompts, **sizes)
     for guard in guards:
         print(f"guard at layer {guard.layer}: steered {guard.steered} of {guard.seen} answers")
@@ -282,6 +285,24 @@ def _steer(args: argparse.Namespace) -> None:
         print(f"Q: {question}\nsteered: {answer}")
         if baseline is not None:
             print(f"unsteered: {baseline}")
+
+
+def _chat(loaded: Any, system: str | None, sizes: dict[str, Any]) -> None:
+    """A conversation on standard input (one user message per line, until end of input or 'exit')."""
+    from personavec.generate import Request, generate
+
+    history: list[tuple[str, str]] = []
+    print("chat with the steered model; end with 'exit' or Ctrl-D", flush=True)
+    for line in sys.stdin:
+        message = line.strip()
+        if message == "exit":
+            break
+        if not message:
+            continue
+        prompt = Request("chat", message, system, history=tuple(history)).prompt(loaded)
+        answer = generate(loaded, [prompt], **sizes)[0]
+        history.append((message, answer))
+        print(f"assistant: {answer}", flush=True)
 
 
 def _monitor(args: argparse.Namespace) -> None:
@@ -444,6 +465,7 @@ def _add_deployment(commands: Any) -> None:
         "--positions", default="all", choices=("all", "prompt", "response"), help="where to steer"
     )
     steer.add_argument("--compare", action="store_true", help="also print the unsteered answer")
+    steer.add_argument("--chat", action="store_true", help="a conversation on standard input instead")
     steer.add_argument(
         "--guard", type=float, metavar="T", help="steer by −|COEF|·v only answers whose projection exceeds T"
     )
