@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,14 +8,14 @@ import torch
 import personavec.evaluate as evaluate_module
 from openai_server import FakeOpenAI, judge_reply
 from personavec.errors import PersonavecError
-from personavec.evaluate import Setting, mean_ci, sweep
+from personavec.evaluate import Setting, Sizes, mean_ci, sweep
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.traits import load_trait
 from personavec.vectors import PersonaVector
 
 from tiny import N_LAYERS, tiny_loaded
 
-SIZES = {"questions": 3, "max_new_tokens": 5, "batch_size": 8}
+SIZES = Sizes(questions=3, max_new_tokens=5, batch_size=8)
 
 
 @pytest.fixture
@@ -54,11 +55,11 @@ def test_sweep_covers_every_cell_once_and_resumes(server, tmp_path, monkeypatch)
 
     monkeypatch.setattr(evaluate_module, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], progress=False, **SIZES)
+        sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], SIZES, progress=False)
     before = len(server.requests)
     assert before == 2 * 3 * 2  # two cells × three questions × (trait, coherence)
     monkeypatch.setattr(evaluate_module, "evaluate", real)
-    cells = sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], progress=False, **SIZES)
+    cells = sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], SIZES, progress=False)
     settings = [(c["layer"], c["coef"]) for c in cells]
     assert settings == [(None, 0.0), (1, -1.0), (1, 1.0), (2, -1.0), (2, 1.0)]  # each cell once
     assert all(len(p.read_text().splitlines()) == 3 for p in (tmp_path / "cells").glob("*.jsonl"))
@@ -118,15 +119,15 @@ def test_sweep_bad_input(server, tmp_path) -> None:
 def test_a_sweep_directory_is_tied_to_its_settings(server, tmp_path) -> None:
     loaded, vector, judge = setup(server)
     trait = load_trait("evil")
-    sweep(loaded, trait, judge, vector, tmp_path, [1], [0.0, 1.0], progress=False, **SIZES)
-    more = sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [0.0, 1.0], progress=False, **SIZES)
+    sweep(loaded, trait, judge, vector, tmp_path, [1], [0.0, 1.0], SIZES, progress=False)
+    more = sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [0.0, 1.0], SIZES, progress=False)
     assert len(more) == 3  # adding layers or coefficients resumes the same sweep
     with pytest.raises(PersonavecError, match=r"other settings \(differs in questions\)"):
-        sweep(loaded, trait, judge, vector, tmp_path, [1], [1.0], progress=False, **{**SIZES, "questions": 2})
+        sweep(loaded, trait, judge, vector, tmp_path, [1], [1.0], replace(SIZES, questions=2), progress=False)
     other = PersonaVector("evil", vector.tensor * 2, layer=2, metadata=vector.metadata)
     assert other.fingerprint() != vector.fingerprint()
     with pytest.raises(PersonavecError, match=r"differs in vector"):
-        sweep(loaded, trait, judge, other, tmp_path, [1], [1.0], progress=False, **SIZES)
+        sweep(loaded, trait, judge, other, tmp_path, [1], [1.0], SIZES, progress=False)
 
 
 def test_spearman_and_halfway_by_hand() -> None:
@@ -154,7 +155,9 @@ def test_spearman_and_halfway_by_hand() -> None:
 def test_sampling_settings_and_cell_names(server, tmp_path) -> None:
     loaded, vector, judge = setup(server)
     with pytest.raises(PersonavecError, match="needs a temperature > 0"):
-        sweep(loaded, load_trait("evil"), judge, vector, tmp_path, [1], [1.0], samples=3, progress=False)
+        sweep(
+            loaded, load_trait("evil"), judge, vector, tmp_path, [1], [1.0], Sizes(samples=3), progress=False
+        )
     with pytest.raises(PersonavecError, match="questions must be between 1 and 20, got -1"):
         sweep(
             loaded,
@@ -164,11 +167,11 @@ def test_sampling_settings_and_cell_names(server, tmp_path) -> None:
             tmp_path / "b",
             [1],
             [1.0],
-            questions=-1,
+            Sizes(questions=-1),
             progress=False,
         )
     assert Setting(1, 0.1234567).name != Setting(1, 0.1234568).name
     cells = sweep(
-        loaded, load_trait("evil"), judge, vector, tmp_path / "c", [1, 1], [1, 1.0], progress=False, **SIZES
+        loaded, load_trait("evil"), judge, vector, tmp_path / "c", [1, 1], [1, 1.0], SIZES, progress=False
     )
     assert len(cells) == 1

@@ -191,19 +191,14 @@ def _judged(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from personavec.evaluate import sweep
+    from personavec.evaluate import Sizes, sweep
     from personavec.report import sweep_section, write_page
 
     trait, judge = _judged(args)
     loaded, vector = _model_and_vector(args)
-    layers = list(args.layers) if args.layers else [vector._layer(None)]
-    sizes = {
-        "questions": args.questions,
-        "samples": args.samples,
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-    }
-    cells = sweep(loaded, trait, judge, vector, args.out, layers, args.coefs, **sizes)
+    layers = list(args.layers) if args.layers else [vector.resolve_layer(None)]
+    sizes = Sizes(args.questions, args.samples, args.max_new_tokens, args.temperature)
+    cells = sweep(loaded, trait, judge, vector, args.out, layers, args.coefs, sizes)
     report = write_page(
         Path(args.out) / "report.html", f"Steering sweep: {trait.name}", [sweep_section(cells)], judge.proxy
     )

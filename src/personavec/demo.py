@@ -18,7 +18,7 @@ from typing import Any
 
 from personavec import capability
 from personavec.calibrate import Calibration, calibrate
-from personavec.evaluate import halfway_coefs, spearman, sweep
+from personavec.evaluate import Sizes, halfway_coefs, spearman, sweep
 from personavec.extract import ExtractConfig, ExtractResult, extract
 from personavec.generate import generate
 from personavec.judges.lexicon import LexiconJudge
@@ -94,7 +94,7 @@ def run_demo(
     t0 = time.perf_counter()
     cells = sweep(
         loaded, trait, judge, vector, out / "steering", [vector.layer], SWEEP_COEFS,
-        questions=SWEEP_QUESTIONS, max_new_tokens=DEMO_CONFIG.max_new_tokens, progress=progress,
+        Sizes(questions=SWEEP_QUESTIONS, max_new_tokens=DEMO_CONFIG.max_new_tokens), progress,
     )  # fmt: skip
     seconds["steering sweep"] = time.perf_counter() - t0
 

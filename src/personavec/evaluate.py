@@ -8,13 +8,12 @@ atomically, so a sweep resumes after an interruption and never answers or judges
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +90,27 @@ def check_questions(questions: int, trait: TraitSpec) -> None:
 
 
 @dataclass(frozen=True)
+class Sizes:
+    """How much each cell answers: the first `questions` evaluation questions × `samples`, and how."""
+
+    questions: int = 20
+    samples: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 decodes greedily
+    seed: int = 0
+    batch_size: int = 32
+
+    def check(self, trait: TraitSpec) -> None:
+        """Raise a clear error for sizes the trait cannot satisfy or that would repeat answers."""
+        check_questions(self.questions, trait)
+        if self.samples < 1 or (self.samples > 1 and self.temperature <= 0):
+            raise PersonavecError(
+                "samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers "
+                f"repeat); got samples {self.samples}, temperature {self.temperature}"
+            )
+
+
+@dataclass(frozen=True)
 class Setting:
     """What a cell is generated under: unsteered (layer None, coef 0) or coef × v at layer."""
 
@@ -110,31 +130,21 @@ def evaluate(
     path: Path,
     vector: PersonaVector | None = None,
     setting: Setting = Setting(None, 0.0),
-    questions: int = 20,
-    samples: int = 1,
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 32,
+    sizes: Sizes = Sizes(),
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Answer the first `questions` evaluation questions (× `samples`) under `setting`, judge them.
+    """Answer the evaluation questions (as many as `sizes` says) under `setting`, judge them.
 
     Answers go to `path` (JSONL, resumable); judgements through `cache`. Returns the cell: its setting,
     mean trait score with a 95 % interval, mean coherence (None when the judge measures none), counts.
     """
     if setting.coef != 0 and (vector is None or setting.layer is None):
         raise PersonavecError("a steered setting needs a vector and a layer")
-    check_questions(questions, trait)
-    if samples < 1 or (samples > 1 and temperature <= 0):
-        raise PersonavecError(
-            f"samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers repeat); "
-            f"got samples {samples}, temperature {temperature}"
-        )
+    sizes.check(trait)
     requests = [
         Request(f"q{q}-s{s}", question, None, (("question_id", q), ("sample", s)))
-        for q, question in enumerate(trait.evaluation_questions[:questions])
-        for s in range(samples)
+        for q, question in enumerate(trait.evaluation_questions[: sizes.questions])
+        for s in range(sizes.samples)
     ]
     steering = (
         vector.apply(loaded.model, setting.coef, setting.layer)
@@ -146,11 +156,11 @@ def evaluate(
             loaded,
             requests,
             path,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
+            max_new_tokens=sizes.max_new_tokens,
+            temperature=sizes.temperature,
             top_p=1.0,
-            seed=seed,
-            batch_size=batch_size,
+            seed=sizes.seed,
+            batch_size=sizes.batch_size,
             progress=progress,
             desc=setting.name,
         )
@@ -180,12 +190,7 @@ def sweep(
     out: str | Path,
     layers: Sequence[int],
     coefs: Sequence[float],
-    questions: int = 20,
-    samples: int = 1,
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 32,
+    sizes: Sizes = Sizes(),
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Every cell of the grid `layers` × `coefs` (coefficient 0 is one unsteered cell), resumably.
@@ -198,17 +203,10 @@ def sweep(
         raise PersonavecError("a sweep needs at least one layer and one coefficient")
     vector.check_model(loaded.identity)
     for layer in layers:
-        vector._layer(layer)
+        vector.resolve_layer(layer)
+    sizes.check(trait)
     out = Path(out)
-    sizes = {
-        "questions": questions,
-        "samples": samples,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "seed": seed,
-        "batch_size": batch_size,
-    }
-    claim_dir(out, {**run_identity(loaded, trait, judge, vector), **sizes}, "sweep")
+    claim_dir(out, {**run_identity(loaded, trait, judge, vector), **asdict(sizes)}, "sweep")
     cache = JudgeCache(out / "judge-cache.jsonl")
     layers, coefs = list(dict.fromkeys(layers)), list(dict.fromkeys(float(c) for c in coefs))
     settings = [Setting(None, 0.0)] if 0 in coefs else []
@@ -220,10 +218,7 @@ def sweep(
             cells.append(json.loads(done.read_text()))
             continue
         path = out / "cells" / f"{setting.name}.jsonl"
-        cell = evaluate(
-            loaded, trait, judge, cache, path, vector, setting, questions, samples, max_new_tokens,
-            temperature, seed, batch_size, progress,
-        )  # fmt: skip
+        cell = evaluate(loaded, trait, judge, cache, path, vector, setting, sizes, progress)
         write_json(done, cell)
         cells.append(cell)
     write_json(out / "sweep.json", {"trait": trait.name, "judge": judge.describe(), "cells": cells})
@@ -236,10 +231,9 @@ def run_identity(
     loaded: LoadedModel, trait: TraitSpec, judge: Judge, vector: PersonaVector
 ) -> dict[str, Any]:
     """What a sweep's or a calibration's results depend on, besides their sizes."""
-    trait_json = json.dumps(trait.to_dict(), sort_keys=True)
     return {
         "model": loaded.identity.to_dict(),
-        "trait_sha256": hashlib.sha256(trait_json.encode()).hexdigest(),
+        "trait_sha256": trait.sha256(),
         "judge": judge.name,
         "vector": vector.fingerprint(),
     }

@@ -14,7 +14,6 @@ what each stage kept and dropped. Files in a run directory:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -31,7 +30,7 @@ import transformers
 from personavec._io import write_json
 from personavec.activations import iter_pooled
 from personavec.errors import PersonavecError
-from personavec.evaluate import Setting, evaluate
+from personavec.evaluate import Setting, Sizes, evaluate
 from personavec.generate import Request, generate_rows
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.layers import check_layer
@@ -131,10 +130,6 @@ class ExtractResult:
     manifest: dict[str, Any]
 
 
-def _sha256(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
@@ -206,7 +201,7 @@ class _Run:
         identity = {
             "model": self.loaded.identity.to_dict(),
             "trait": self.trait.name,
-            "trait_sha256": _sha256(self.trait.to_dict()),
+            "trait_sha256": self.trait.sha256(),
             "generation": {k: config[k] for k in GENERATION_FIELDS},
             "judge": self.judge.describe() if self.judge else {"name": "none"},
             "selection": {k: v for k, v in config.items() if k not in GENERATION_FIELDS},
@@ -445,6 +440,7 @@ class _Run:
         vector = vectors["response-avg"]
         layers = c.layers or default_layers(vector.n_layers)
         cache = self._cache()
+        sizes = Sizes(questions=c.sweep_questions, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size)
 
         def judged(name: str, setting: Setting) -> dict[str, Any]:
             return evaluate(
@@ -455,10 +451,8 @@ class _Run:
                 self.dir / "sweep" / f"{name}.jsonl",
                 vector,
                 setting,
-                questions=c.sweep_questions,
-                max_new_tokens=c.max_new_tokens,
-                batch_size=c.batch_size,
-                progress=self.progress,
+                sizes,
+                self.progress,
             )
 
         baseline = judged("baseline", Setting(None, 0.0))

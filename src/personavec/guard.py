@@ -39,7 +39,7 @@ class Guard(ResidualHooks):
         layer: int | None = None,
         per_token: bool = False,
     ) -> None:
-        self.layer = vector._layer(layer)
+        self.layer = vector.resolve_layer(layer)
         super().__init__(model, [self.layer])
         if coef <= 0:
             raise PersonavecError(

@@ -27,7 +27,7 @@ def _layers(vectors: Sequence[PersonaVector], layer: int | None) -> list[int]:
     """The layer each vector is read at: `layer` for all, or each one's chosen layer."""
     if not vectors:
         raise PersonavecError("no vectors given")
-    return [v._layer(layer) for v in vectors]
+    return [v.resolve_layer(layer) for v in vectors]
 
 
 def project(

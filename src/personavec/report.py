@@ -111,11 +111,6 @@ def sweep_examples(run: Path, n: int = 3) -> list[Example]:
     ]
 
 
-def _table(rows: Sequence[tuple[str, str]]) -> str:
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table>{cells}</table>"
-
-
 def _image(title: str, png: str) -> str:
     alt = html.escape(title)
     return f"<h2>{alt}</h2><img alt='{alt}' src='data:image/png;base64,{png}'>"
@@ -251,7 +246,10 @@ def write_report(run: str | Path, examples: Sequence[Example] = (), extra: Seque
     ]
     facts += [(k, json.dumps(v)) for k, v in manifest["selection"].items()]
     facts += [(f"stage {k}", json.dumps(v)) for k, v in manifest["stages"].items() if k != "vectors"]
-    parts = [_table(facts), *(_image(title, png) for title, png in _plots(run, manifest).items())]
+    parts = [
+        _grid(["setting", "value"], facts),
+        *(_image(title, png) for title, png in _plots(run, manifest).items()),
+    ]
     if examples:
         parts.append(examples_section(examples, "Steered answers (evaluation questions, chosen layer)"))
     title = f"personavec: {manifest['trait']} on {manifest['model']['name']}"

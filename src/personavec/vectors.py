@@ -78,7 +78,8 @@ class PersonaVector:
         data = self.metadata.get("model")
         return ModelIdentity.from_dict(data) if data else None
 
-    def _layer(self, layer: int | None) -> int:
+    def resolve_layer(self, layer: int | None) -> int:
+        """`layer` checked against the model's blocks, or the chosen layer when None."""
         if layer is None:
             if self.layer is None:
                 raise PersonavecError(f"vector {self.trait!r} has no chosen layer; pass one explicitly")
@@ -87,14 +88,14 @@ class PersonaVector:
 
     def at(self, layer: int | None = None) -> Tensor:
         """The raw vector at `layer` (default: the chosen layer)."""
-        return self.tensor[self._layer(layer)]
+        return self.tensor[self.resolve_layer(layer)]
 
     def unit(self, layer: int | None = None) -> Tensor:
         """The unit vector v̂ at `layer`."""
         vector = self.at(layer)
         norm = vector.norm()
         if norm == 0:
-            raise PersonavecError(f"vector {self.trait!r} is zero at layer {self._layer(layer)}")
+            raise PersonavecError(f"vector {self.trait!r} is zero at layer {self.resolve_layer(layer)}")
         return vector / norm
 
     def project(self, activations: Tensor, layer: int | None = None) -> Tensor:
@@ -121,14 +122,14 @@ class PersonaVector:
         self, model: nn.Module, coef: float, layer: int | None = None, positions: Positions = "all"
     ) -> Intervention:
         """Context manager steering `model` with ``coef`` × this vector at `layer` (default: chosen)."""
-        layer = self._layer(layer)
+        layer = self.resolve_layer(layer)
         return steer(model, {layer: self.tensor[layer]}, coef=coef, positions=positions)
 
     def ablate(
         self, model: nn.Module, layer: int | None = None, positions: Positions = "all"
     ) -> Intervention:
         """Context manager removing this vector's direction from `model`'s residual stream at `layer`."""
-        layer = self._layer(layer)
+        layer = self.resolve_layer(layer)
         return ablate(model, {layer: self.tensor[layer]}, positions=positions)
 
     def header(self) -> dict[str, Any]:
@@ -233,7 +234,7 @@ def export_gguf(
 
     if not math.isfinite(coef):
         raise PersonavecError(f"the coefficient must be a finite number, got {coef}")
-    chosen = sorted(set(layers)) if layers is not None else [vector._layer(None)]
+    chosen = sorted(set(layers)) if layers is not None else [vector.resolve_layer(None)]
     for layer in chosen:
         check_layer(layer, vector.n_layers)
         if layer < 2:

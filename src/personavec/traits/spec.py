@@ -18,6 +18,7 @@ A trait file holds (DESIGN.md step 1):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -54,6 +55,10 @@ class TraitSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def sha256(self) -> str:
+        """A digest of every field: what results made with this trait depend on."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def check_name(name: str) -> str:
