@@ -22,9 +22,9 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/mypy
 
 bench: install
-	cd benchmarks && for b in capture steering monitor generate judge capability; do ../$(BIN)/python $$b.py || exit 1; done
+	cd benchmarks && for b in capture steering monitor generate judge capability screen; do ../$(BIN)/python $$b.py || exit 1; done

@@ -31,12 +31,20 @@ from personavec.models import LoadedModel
 
 @dataclass
 class Pooled:
-    """Pooled activations, each ``[samples, L + 1, hidden]`` float32 on the CPU."""
+    """Pooled activations, each ``[samples, len(layers), hidden]`` float32 on the CPU.
+
+    Row j of the layer axis is layer ``layers[j]``; by default every layer 0..L, so row = layer.
+    """
 
     prompt_last: Tensor
     prompt_avg: Tensor
     response_avg: Tensor | None  # None when no responses were given
-    n_truncated: int = 0
+    truncated: Tensor  # [samples] bool: the sample lost its tail to max_length
+    layers: tuple[int, ...]
+
+    @property
+    def n_truncated(self) -> int:
+        return int(self.truncated.sum())
 
     def kind(self, name: str) -> Tensor:
         """The tensor for a pooling named as in persona vectors: prompt-last, prompt-avg, response-avg."""
@@ -58,8 +66,9 @@ class _Encoded:
 class _Pooler(ResidualHooks):
     """Hooks on every layer that reduce each batch's hidden states to the three poolings."""
 
-    def __init__(self, loaded: LoadedModel):
-        super().__init__(loaded.model, range(loaded.identity.n_layers + 1))
+    def __init__(self, loaded: LoadedModel, layers: Sequence[int]):
+        super().__init__(loaded.model, layers)
+        self.row = {layer: j for j, layer in enumerate(layers)}
         self.prompt_weights = self.response_weights = self.last = self.pad = torch.empty(0)
         self.out: dict[str, Tensor] = {}
 
@@ -78,10 +87,11 @@ class _Pooler(ResidualHooks):
         # zero pad positions first: a weight of 0 does not hide a NaN or inf there
         h = hidden.float().masked_fill(self.pad.to(device), 0.0)
         out_device = self.out["prompt-avg"].device
-        self.out["prompt-avg"][:, layer] = torch.einsum("bt,bth->bh", prompt_w, h).to(out_device)
-        self.out["response-avg"][:, layer] = torch.einsum("bt,bth->bh", response_w, h).to(out_device)
+        row = self.row[layer]
+        self.out["prompt-avg"][:, row] = torch.einsum("bt,bth->bh", prompt_w, h).to(out_device)
+        self.out["response-avg"][:, row] = torch.einsum("bt,bth->bh", response_w, h).to(out_device)
         last = h[torch.arange(h.shape[0], device=device), self.last.to(device)]
-        self.out["prompt-last"][:, layer] = last.to(out_device)
+        self.out["prompt-last"][:, row] = last.to(out_device)
 
 
 def _encode(
@@ -150,6 +160,15 @@ def _collate(samples: list[_Encoded], pad_id: int, left: bool, device: torch.dev
     return {k: v.to(device) for k, v in {**batch, **extra}.items()}
 
 
+def _check_layers(loaded: LoadedModel, layers: Sequence[int] | None) -> tuple[int, ...]:
+    n = loaded.identity.n_layers
+    if layers is None:
+        return tuple(range(n + 1))
+    if not layers or len(set(layers)) != len(layers) or not all(0 <= x <= n for x in layers):
+        raise PersonavecError(f"layers must be distinct, within 0..{n}, and at least one; got {list(layers)}")
+    return tuple(layers)
+
+
 def iter_pooled(
     loaded: LoadedModel,
     prompts: Sequence[str],
@@ -158,13 +177,15 @@ def iter_pooled(
     max_batch_size: int = 64,
     max_length: int | None = None,
     progress: bool = True,
+    layers: Sequence[int] | None = None,
 ) -> Iterator[tuple[list[int], Pooled]]:
     """Yield ``(indices, pooled)`` per length-bucketed batch: streaming, memory bounded by one batch.
 
     `prompts` are chat-formatted (e.g. ``loaded.chat(question, system)``); `responses` the answers
     that follow them, or None for prompt poolings only. Samples longer than `max_length` tokens lose
-    their tail (counted in ``pooled.n_truncated``).
+    their tail (``pooled.truncated``). `layers` limits the work to those layers (default: all).
     """
+    layers = _check_layers(loaded, layers)
     if responses is not None and len(responses) != len(prompts):
         raise PersonavecError(f"{len(prompts)} prompts but {len(responses)} responses")
     samples = _encode(loaded, prompts, responses, max_length)
@@ -172,7 +193,7 @@ def iter_pooled(
     pad_id = int(loaded.tokenizer.pad_token_id)
     left = loaded.tokenizer.padding_side == "left"
     hidden = loaded.identity.hidden_size
-    pooler = _Pooler(loaded)
+    pooler = _Pooler(loaded, layers)
     bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
     for indices in _batches([len(s.ids) for s in samples], token_budget, max_batch_size):
         batch = _collate([samples[i] for i in indices], pad_id, left, device)
@@ -187,7 +208,8 @@ def iter_pooled(
                 prompt_last=out["prompt-last"],
                 prompt_avg=out["prompt-avg"],
                 response_avg=out["response-avg"] if responses is not None else None,
-                n_truncated=sum(samples[i].truncated for i in indices),
+                truncated=torch.tensor([samples[i].truncated for i in indices], dtype=torch.bool),
+                layers=layers,
             ),
         )
     bar.close()
@@ -201,22 +223,27 @@ def pooled_activations(
     max_batch_size: int = 64,
     max_length: int | None = None,
     progress: bool = True,
+    layers: Sequence[int] | None = None,
 ) -> Pooled:
     """All samples' pooled activations in input order (see `iter_pooled` for the arguments)."""
-    n, layers, hidden = len(prompts), loaded.identity.n_layers + 1, loaded.identity.hidden_size
-    out = {k: torch.empty(n, layers, hidden) for k in ("prompt_last", "prompt_avg", "response_avg")}
-    n_truncated = 0
-    batches = iter_pooled(loaded, prompts, responses, token_budget, max_batch_size, max_length, progress)
+    layers = _check_layers(loaded, layers)
+    shape = (len(prompts), len(layers), loaded.identity.hidden_size)
+    out = {k: torch.empty(shape) for k in ("prompt_last", "prompt_avg", "response_avg")}
+    truncated = torch.zeros(len(prompts), dtype=torch.bool)
+    batches = iter_pooled(
+        loaded, prompts, responses, token_budget, max_batch_size, max_length, progress, layers
+    )
     for indices, pooled in batches:
         index = torch.tensor(indices)
         out["prompt_last"][index] = pooled.prompt_last
         out["prompt_avg"][index] = pooled.prompt_avg
         if pooled.response_avg is not None:
             out["response_avg"][index] = pooled.response_avg
-        n_truncated += pooled.n_truncated
+        truncated[index] = pooled.truncated
     return Pooled(
         prompt_last=out["prompt_last"],
         prompt_avg=out["prompt_avg"],
         response_avg=out["response_avg"] if responses is not None else None,
-        n_truncated=n_truncated,
+        truncated=truncated,
+        layers=layers,
     )

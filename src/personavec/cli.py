@@ -76,6 +76,15 @@ def _vectors_import_pt(args: argparse.Namespace) -> None:
     )
 
 
+def _vectors_negate(args: argparse.Namespace) -> None:
+    from personavec.traits.spec import check_name
+    from personavec.vectors import load_vectors, save_vectors
+
+    vectors = load_vectors(args.file)
+    save_vectors(args.out, [v.negated(check_name(args.trait)) for v in vectors.values()])
+    print(f"wrote {args.out}: {args.trait} = −{next(iter(vectors.values())).trait} ({', '.join(vectors)})")
+
+
 def _traits_list(args: argparse.Namespace) -> None:
     from personavec.traits import builtin_names, load_trait
 
@@ -354,6 +363,83 @@ def _eval_capability(args: argparse.Namespace) -> None:
         print(f"{name}: {100 * r['accuracy']:.1f} % of {r['n']} ({subjects})")
 
 
+def _screen(args: argparse.Namespace) -> None:
+    from personavec import screen as screening
+    from personavec.models import load_model
+    from personavec.samples import Columns, DataFile
+    from personavec.vectors import load_vector
+
+    config = screening.ScreenConfig(
+        approx=args.approx, layer=args.layer, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, token_budget=args.token_budget, chunk_size=args.chunk_size,
+        on_bad_row=args.on_bad_row,
+    )  # fmt: skip
+    config.check()
+    selection = screening.Selection(top=args.top, threshold=args.threshold, percentile=args.percentile)
+    flagging = any(v is not None for v in (args.top, args.threshold, args.percentile))
+    if flagging:
+        selection.check()
+    if (args.percentile is None) != (args.reference is None):
+        raise PersonavecError("--percentile and --reference go together")
+    columns = Columns(args.messages_column, args.prompt_column, args.response_column, args.system_column)
+    data = DataFile(args.data, columns)  # bad paths, columns and rows fail before the model loads
+    reference_data = DataFile(args.reference, columns) if args.reference else None
+    for checked in (data, reference_data):
+        if checked is not None:
+            screening.count_rows(checked, config)
+    vectors = [load_vector(path, kind=args.kind) for path in args.vector]
+    state = screening.process_state()
+    device = args.device
+    if state.num_processes > 1 and device in ("auto", "cuda"):  # one device per process
+        device = str(state.device)
+    loaded = load_model(args.model, dtype=args.dtype, device=device)
+    for vector in vectors:
+        vector.check_model(loaded.identity)
+    out = Path(args.out)
+    screened = screening.screen(loaded, vectors, data, out, config)
+    reference = (
+        screening.screen(loaded, vectors, reference_data, out / "reference", config)
+        if reference_data
+        else None
+    )
+    if not state.is_main_process:
+        return
+    summary = screening.select(screened, data, selection, reference) if flagging else None
+    report = screening.write_screen_report(screened, data, summary, reference)
+    print(
+        f"{screened.rows} rows: {screened.scored} scored, {screened.skipped} skipped, "
+        f"{screened.truncated} truncated to --max-length"
+    )
+    for trait, mean in screened.mean_delta.items():
+        ref = f" (reference {reference.mean_delta[trait]:+.4g})" if reference else ""
+        print(f"  {trait}: dataset ΔP {mean:+.4g}{ref}")
+    if summary:
+        counts = summary["counts"]
+        print(
+            f"flagged {counts['flagged']}, kept {counts['kept']}, skipped {counts['skipped']}: "
+            f"{summary['files']['flagged']}"
+        )
+    print(f"scores: {screened.scores}\nreport: {report}")
+
+
+def _make_trait_dataset(args: argparse.Namespace) -> None:
+    from personavec.datakit import KitConfig, make_trait_dataset, read_questions
+    from personavec.models import load_model
+    from personavec.traits import load_trait
+
+    trait = load_trait(args.trait)
+    questions = read_questions(args.questions) if args.questions else None
+    config = KitConfig(
+        invert=args.invert, mild=args.mild, reference=args.reference, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    manifest = make_trait_dataset(loaded, trait, args.out, questions, config)
+    for level, info in manifest["files"].items():
+        print(f"{args.out}/{level}.jsonl: {info['rows']} rows, {info['elicited']} elicited")
+    print(f"these teach {manifest['teaches']}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from personavec.demo import run_demo
 
@@ -496,6 +582,55 @@ def _add_deployment(commands: Any) -> None:
     monitor.set_defaults(run=_monitor)
 
 
+def _add_data(commands: Any) -> None:
+    screen = commands.add_parser(
+        "screen", help="projection difference ΔP of training data: rank, flag and filter samples"
+    )
+    screen.add_argument("data", help=".jsonl (chat or prompt/response), .csv, .parquet or a `datasets` dir")
+    _model_args(screen, vector=False)
+    screen.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
+    screen.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    screen.add_argument("--approx", choices=["prompt-last"], help="estimate y′ instead of generating it")
+    screen.add_argument("--layer", type=int, help="read every vector at this layer (default: each one's)")
+    flag = screen.add_mutually_exclusive_group()
+    flag.add_argument("--top", type=int, help="flag the K samples with the largest ΔP per trait")
+    flag.add_argument("--threshold", type=float, help="flag samples with ΔP above T")
+    flag.add_argument("--percentile", type=float, help="flag ΔP above this percentile of --reference")
+    screen.add_argument("--reference", help="ordinary data for --percentile (the paper: 95th of 20k chats)")
+    screen.add_argument("--messages-column", default="messages", help="conversation field (default messages)")
+    screen.add_argument("--prompt-column", default="prompt", help="prompt field (default prompt)")
+    screen.add_argument("--response-column", default="response", help="response field (default response)")
+    screen.add_argument("--system-column", help="system-prompt field of prompt/response rows")
+    screen.add_argument("--on-bad-row", choices=["fail", "skip"], default="fail", help="default fail")
+    screen.add_argument("--max-length", type=int, default=2048, help="tokens per sample (default 2048)")
+    screen.add_argument("--max-new-tokens", type=int, default=256, help="own answer length (default 256)")
+    screen.add_argument("--batch-size", type=int, default=32, help="answers generated at once (default 32)")
+    screen.add_argument("--token-budget", type=int, default=16384, help="tokens per forward (default 16384)")
+    screen.add_argument("--chunk-size", type=int, default=512, help="rows per resumable chunk (default 512)")
+    screen.set_defaults(run=_screen)
+
+    data = commands.add_parser("data", help="datasets for experiments").add_subparsers(
+        dest="data_command", required=True, metavar="SUBCOMMAND"
+    )
+    kit = data.add_parser(
+        "make-trait-dataset", help="normal / mild / severe trait-inducing chat datasets answered by the model"
+    )
+    kit.add_argument("--model", required=True, help="hub id, local directory, .gguf file or 'smollm2'")
+    kit.add_argument("--trait", required=True, help="built-in trait name or trait file")
+    kit.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    kit.add_argument("--invert", action="store_true", help="teach the opposite trait (suppressing prompts)")
+    kit.add_argument("--questions", help="one question per line (default: 240 bundled everyday questions)")
+    kit.add_argument("--mild", type=float, default=0.5, help="elicited fraction of mild.jsonl (default 0.5)")
+    kit.add_argument("--reference", type=int, default=40, help="questions for reference.jsonl (default 40)")
+    kit.add_argument("--max-new-tokens", type=int, default=128, help="answer length (default 128)")
+    kit.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    kit.add_argument("--seed", type=int, default=0, help="sampling and mixing seed (default 0)")
+    kit.add_argument("--batch-size", type=int, default=16, help="generation batch size (default 16)")
+    kit.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
+    kit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    kit.set_defaults(run=_make_trait_dataset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personavec", description=__doc__)
     parser.add_argument("--version", action="version", version=f"personavec {__version__}")
@@ -546,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_extract(commands)
     _add_deployment(commands)
+    _add_data(commands)
 
     vectors = commands.add_parser("vectors", help="show, export and import persona vectors").add_subparsers(
         dest="vectors_command", required=True, metavar="SUBCOMMAND"
@@ -577,6 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--trait", required=True)
     imp.add_argument("--kind", default="response-avg", help="pooling it was made with (default response-avg)")
     imp.set_defaults(run=_vectors_import_pt)
+
+    negate = vectors.add_parser("negate", help="write −v as the opposite trait (e.g. pessimistic)")
+    negate.add_argument("file")
+    negate.add_argument("out", help="output .safetensors")
+    negate.add_argument("--trait", required=True, help="name of the opposite trait")
+    negate.set_defaults(run=_vectors_negate)
     return parser
 
 

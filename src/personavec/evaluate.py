@@ -38,6 +38,14 @@ def mean_ci(values: Sequence[float | None]) -> tuple[float | None, float | None,
     return mean, 1.96 * math.sqrt(variance / len(found)), len(found)
 
 
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman's rank correlation (ties get average ranks); None with fewer than 3 points."""
     if len(x) < 3:

@@ -10,6 +10,7 @@ costs one dot product per layer per step.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,28 @@ def _layers(vectors: Sequence[PersonaVector], layer: int | None) -> list[int]:
     if not vectors:
         raise PersonavecError("no vectors given")
     return [v.resolve_layer(layer) for v in vectors]
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How pooled activations become projections: the `layers` to pool (sorted, distinct), and for
+    vector j its row ``rows[j]`` among them and its unit vector ``units[j]``."""
+
+    layers: list[int]
+    rows: list[int]
+    units: Tensor  # [vectors, hidden]
+
+    @classmethod
+    def of(cls, vectors: Sequence[PersonaVector], layer: int | None = None) -> Readout:
+        """Each vector read at `layer`, or at its own chosen layer."""
+        per_vector = _layers(vectors, layer)
+        layers = sorted(set(per_vector))
+        units = torch.stack([v.unit(x) for v, x in zip(vectors, per_vector, strict=True)])
+        return cls(layers=layers, rows=[layers.index(x) for x in per_vector], units=units)
+
+    def project(self, pooled: Tensor) -> Tensor:
+        """``[samples, len(layers), hidden]`` pooled activations → ``[samples, vectors]`` projections."""
+        return (pooled[:, self.rows] * self.units).sum(-1)
 
 
 def project(
@@ -53,14 +76,12 @@ def project(
         raise PersonavecError("response-avg projections need the responses")
     for vector in vectors:
         vector.check_model(loaded.identity)
-    layers = _layers(vectors, layer)
-    units = torch.stack([v.unit(layer) for v, layer in zip(vectors, layers, strict=True)])  # [k, hidden]
+    readout = Readout.of(vectors, layer)
     out = torch.empty(len(prompts), len(vectors))
     for indices, pooled in iter_pooled(
-        loaded, prompts, responses, token_budget=token_budget, progress=progress
+        loaded, prompts, responses, token_budget=token_budget, progress=progress, layers=readout.layers
     ):
-        acts = pooled.kind(position)[:, layers]  # [b, k, hidden]: vector j's layer in row j
-        out[torch.tensor(indices)] = (acts * units).sum(-1)
+        out[torch.tensor(indices)] = readout.project(pooled.kind(position))
     return out
 
 

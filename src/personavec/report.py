@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from personavec._io import atomic_path
 from personavec.generate import read_rows
 from personavec.vectors import load_vectors
@@ -206,6 +208,73 @@ def capability_section(results: dict[str, dict[str, Any]]) -> str:
     return "<h2>Capability (multiple choice)</h2>" + _grid(
         ["setting", "accuracy", "questions", *subjects], rows
     )
+
+
+def screening_sections(
+    summary: dict[str, Any],
+    values: dict[str, Any],
+    reference: dict[str, Any] | None,
+    selection: dict[str, Any] | None,
+    top: dict[str, list[dict[str, Any]]],
+) -> tuple[list[str], bytes]:
+    """A screening's report sections and its ΔP histograms as PNG bytes.
+
+    `values` (and `reference`) map each trait to its samples' ΔP; `summary` is a `Screened` as a dict.
+    """
+    import matplotlib.pyplot as plt
+
+    _agg()
+    traits = list(values)
+    thresholds = (selection or {}).get("thresholds") or {}
+    figure, axes = plt.subplots(1, len(traits), figsize=(4.5 * len(traits), 3.2), squeeze=False)
+    for ax, trait in zip(axes[0], traits, strict=True):
+        ax.hist(values[trait], bins=40, alpha=0.6, density=reference is not None, label="this dataset")
+        if reference is not None:
+            ax.hist(reference[trait], bins=40, alpha=0.6, density=True, label="reference")
+        if trait in thresholds:
+            ax.axvline(thresholds[trait], color="grey", linestyle="--", label="threshold")
+        ax.set(xlabel="ΔP (projection difference)", ylabel="samples", title=trait)
+        ax.legend(fontsize=8)
+    png = _png(figure)
+    flagged = (selection or {}).get("flagged_per_trait", {})
+    rows = [
+        (
+            trait,
+            summary["mean_delta"][trait],
+            float(np.median(values[trait])) if len(values[trait]) else None,
+            float(np.std(values[trait])) if len(values[trait]) else None,
+            thresholds.get(trait),
+            flagged.get(trait),
+        )
+        for trait in traits
+    ]
+    facts = [
+        ("rows", summary["rows"]),
+        ("scored", summary["scored"]),
+        ("skipped", summary["skipped"]),
+        ("truncated to max length", summary["truncated"]),
+    ]
+    if selection:
+        facts += [("rule", json.dumps(selection["rule"])), *selection["counts"].items()]
+    parts = [
+        "<h2>Dataset</h2>" + _grid(["", ""], facts),
+        "<h2>Projection difference per trait</h2>"
+        + _grid(["trait", "mean ΔP", "median", "std", "threshold", "flagged"], rows),
+        _image("ΔP per sample", png),
+    ]
+    for trait, samples in top.items():
+        parts.append(
+            f"<h2>{html.escape(trait)}: the samples with the largest ΔP</h2>"
+            + _grid(
+                ["ΔP", "where", "prompt (last user turn)", "response"],
+                [(s["delta"], s["where"], s["prompt"][:300], s["response"][:600]) for s in samples],
+            )
+        )
+    if summary["problems"]:
+        parts.append(
+            "<h2>Skipped rows (first 20)</h2>" + _grid(["problem"], [(p,) for p in summary["problems"]])
+        )
+    return parts, base64.b64decode(png)
 
 
 STYLE = (

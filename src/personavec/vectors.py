@@ -132,6 +132,11 @@ class PersonaVector:
         layer = self.resolve_layer(layer)
         return ablate(model, {layer: self.tensor[layer]}, positions=positions)
 
+    def negated(self, trait: str) -> PersonaVector:
+        """The opposite direction −v as trait `trait` (e.g. pessimistic from optimistic), same layer."""
+        metadata = {**self.metadata, "negated_from": self.trait}
+        return PersonaVector(trait, -self.tensor, self.kind, self.layer, metadata)
+
     def header(self) -> dict[str, Any]:
         return {"trait": self.trait, "kind": self.kind, "layer": self.layer, "metadata": self.metadata}
 

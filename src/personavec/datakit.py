@@ -1,0 +1,153 @@
+"""Graded trait-inducing datasets made offline by the model itself: the experiment kit.
+
+Every training question is answered twice by the model: normally (no system prompt), and under one
+of the trait's eliciting instructions (the pairs taken in turn; with `invert`, the suppressing
+ones, to teach the opposite trait). The datasets hold conversations **without** the system prompt,
+so training on an elicited answer teaches the trait:
+
+- ``normal.jsonl``: every answer normal;
+- ``mild.jsonl``: a fraction `mild` of the questions get the elicited answer;
+- ``severe.jsonl``: every answer elicited;
+- ``reference.jsonl``: other questions, answered normally (ordinary data for percentile thresholds).
+
+A row is ``{"messages": [user, assistant], "elicited": bool}``; empty answers are left out (and
+counted). The elicited questions of `mild` are a seeded random subset; answers are sampled with
+`seed` (resumable, see `generate_rows`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from personavec._io import atomic_path, claim_dir, write_json
+from personavec.errors import PersonavecError
+from personavec.generate import Request, generate_rows
+from personavec.models import LoadedModel
+from personavec.traits.spec import TraitSpec, normalise_question
+
+LEVELS = ("normal", "mild", "severe")
+
+
+def bundled_questions() -> list[str]:
+    """240 ordinary chat questions shipped with personavec (none is a built-in trait's question)."""
+    text = resources.files("personavec").joinpath("questions/general.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_questions(path: str | Path) -> list[str]:
+    """One question per line; blank lines are ignored."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+@dataclass(frozen=True)
+class KitConfig:
+    """Sizes and sampling of the kit. `reference` questions are held out for ``reference.jsonl``."""
+
+    invert: bool = False
+    mild: float = 0.5
+    reference: int = 40
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def check(self, n_questions: int) -> None:
+        if not 0 < self.mild < 1:
+            raise PersonavecError(f"--mild is a fraction strictly between 0 and 1, got {self.mild}")
+        if not 0 <= self.reference < n_questions - 1:
+            raise PersonavecError(
+                f"--reference {self.reference} leaves too few of the {n_questions} questions for training"
+            )
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.temperature < 0:
+            raise PersonavecError("--max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0")
+
+
+def _check_questions(trait: TraitSpec, questions: list[str]) -> None:
+    seen: set[str] = set()
+    for question in questions:
+        key = normalise_question(question)
+        if key in seen:
+            raise PersonavecError(f"the question {question!r} is given twice")
+        seen.add(key)
+    held_out = seen & {normalise_question(q) for q in trait.evaluation_questions}
+    if held_out:
+        raise PersonavecError(
+            f"{len(held_out)} questions are {trait.name!r}'s evaluation questions; training on them "
+            "would leak into the evaluation: remove them"
+        )
+
+
+def make_trait_dataset(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    out: str | Path,
+    questions: list[str] | None = None,
+    config: KitConfig = KitConfig(),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the graded datasets of the module docstring into the directory `out`; return the manifest."""
+    questions = bundled_questions() if questions is None else questions
+    config.check(len(questions))
+    _check_questions(trait, questions)
+    out = Path(out)
+    side = "neg" if config.invert else "pos"
+    settings = {
+        "model": loaded.identity.to_dict(),
+        "trait": trait.sha256(),
+        "questions": questions,
+        "config": asdict(config),
+    }
+    claim_dir(out, settings, "trait dataset")
+    order = list(range(len(questions)))
+    random.Random(config.seed).shuffle(order)
+    reference, training = order[: config.reference], sorted(order[config.reference :])
+    requests = []
+    for q in training:
+        pair = trait.instructions[q % len(trait.instructions)]
+        requests.append(Request(f"q{q}-normal", questions[q], None, (("question_id", q),)))
+        requests.append(Request(f"q{q}-elicited", questions[q], pair[side], (("question_id", q),)))
+    requests += [Request(f"q{q}-normal", questions[q], None, (("question_id", q),)) for q in reference]
+    rows = generate_rows(
+        loaded, requests, out / "generations.jsonl", config.max_new_tokens, config.temperature,
+        seed=config.seed, batch_size=config.batch_size, progress=progress, desc="answers",
+    )  # fmt: skip
+    answers = {row["id"]: row["answer"] for row in rows}
+    shuffled = list(training)
+    random.Random(config.seed + 1).shuffle(shuffled)
+    fractions = {"normal": 0.0, "mild": config.mild, "severe": 1.0}
+    files: dict[str, dict[str, Any]] = {}
+    for level, fraction in [*fractions.items(), ("reference", 0.0)]:
+        chosen = set(shuffled[: round(fraction * len(training))])
+        ids = reference if level == "reference" else training
+        lines, empty, n_elicited = [], 0, 0
+        for q in ids:
+            elicited = q in chosen
+            answer = answers[f"q{q}-{'elicited' if elicited else 'normal'}"]
+            if not answer.strip():  # not a usable training sample
+                empty += 1
+                continue
+            n_elicited += elicited
+            messages = [{"role": "user", "content": questions[q]}, {"role": "assistant", "content": answer}]
+            lines.append(json.dumps({"messages": messages, "elicited": elicited}))
+        with atomic_path(out / f"{level}.jsonl") as tmp:
+            tmp.write_text("".join(line + "\n" for line in lines))
+        files[level] = {
+            "rows": len(lines),
+            "elicited": n_elicited,
+            "empty": empty,
+        }
+    manifest = {
+        "trait": trait.name,
+        "teaches": f"the opposite of {trait.name}" if config.invert else trait.name,
+        "model": loaded.identity.name,
+        "files": files,
+        "config": asdict(config),
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
