@@ -365,6 +365,7 @@ def _eval_capability(args: argparse.Namespace) -> None:
 
 def _screen(args: argparse.Namespace) -> None:
     from personavec import screen as screening
+    from personavec._dist import process_state
     from personavec.models import load_model
     from personavec.samples import Columns, DataFile
     from personavec.vectors import load_vector
@@ -388,7 +389,7 @@ def _screen(args: argparse.Namespace) -> None:
         if checked is not None:
             screening.count_rows(checked, config)
     vectors = [load_vector(path, kind=args.kind) for path in args.vector]
-    state = screening.process_state()
+    state = process_state()
     device = args.device
     if state.num_processes > 1 and device in ("auto", "cuda"):  # one device per process
         device = str(state.device)
@@ -420,6 +421,70 @@ def _screen(args: argparse.Namespace) -> None:
             f"{summary['files']['flagged']}"
         )
     print(f"scores: {screened.scores}\nreport: {report}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from personavec._dist import process_state
+    from personavec.drift import DriftAlarm
+    from personavec.models import load_model
+    from personavec.sft_data import load_conversations
+    from personavec.train import TrainConfig, TrainIntervention, train
+    from personavec.traits import load_trait
+    from personavec.vectors import load_vector
+
+    spec = TrainIntervention(
+        kind=args.intervention, coef=args.coef, layer=args.layer, all_layers=args.all_layers,
+        weight=args.weight, during_eval=args.during_eval,
+    )  # fmt: skip
+    config = TrainConfig(
+        lora=not args.full, rank=args.rank, alpha=args.alpha, rslora=not args.no_rslora,
+        learning_rate=args.lr, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        max_length=args.max_length, seed=args.seed, save_steps=args.save_steps,
+        report_to=tuple(args.report_to), intervention=spec,
+    )  # fmt: skip
+    config.check()
+    load_conversations(args.data)  # bad rows fail before the model loads
+    vector = load_vector(args.vector, kind=args.kind) if args.vector else None
+    watched = [load_vector(path, kind=args.kind) for path in args.drift_vector]
+    if args.drift_every and (not watched or not args.drift_trait):
+        raise PersonavecError("--drift-every needs --drift-vector (what to watch) and --drift-trait (probes)")
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    for checked in [*([vector] if vector else []), *watched]:
+        checked.check_model(loaded.identity)
+    spec.check(vector, loaded.identity.n_layers, config.lora)
+    alarms = []
+    if args.drift_every:
+        probes = load_trait(args.drift_trait).evaluation_questions
+        alarms.append(
+            DriftAlarm(loaded, watched, probes, args.drift_every, args.drift_threshold, args.drift_stop)
+        )
+    trained = train(loaded, args.data, args.out, config, vector, alarms, args.eval_data)
+    if not process_state().is_main_process:
+        return
+    loss = f"{trained.train_loss:.4f}" if trained.train_loss is not None else "n/a"
+    print(f"{trained.steps} steps in {trained.seconds:.0f} s, training loss {loss}: {trained.out}")
+
+
+def _shift(args: argparse.Namespace) -> None:
+    from personavec.models import load_model
+    from personavec.shift import finetuning_shift, load_finetuned
+    from personavec.traits import load_trait
+    from personavec.vectors import load_vector
+
+    trait = load_trait(args.trait)
+    vectors = [load_vector(path, kind=args.kind) for path in args.vector]
+    base = load_model(args.model, dtype=args.dtype, device=args.device)
+    for vector in vectors:
+        vector.check_model(base.identity)
+    tuned = load_finetuned(args.model, args.finetuned, dtype=args.dtype, device=args.device)
+    prompts = [base.chat(q) for q in trait.evaluation_questions]
+    shifts = finetuning_shift(base, tuned, vectors, prompts, layer=args.layer)
+    if args.json:
+        _print_json(shifts)
+        return
+    print(f"finetuning shift on {trait.name!r}'s {len(prompts)} evaluation questions (prompt-last):")
+    for name, value in shifts.items():
+        print(f"  {name}: {value:+.4f}")
 
 
 def _make_trait_dataset(args: argparse.Namespace) -> None:
@@ -631,6 +696,54 @@ def _add_data(commands: Any) -> None:
     kit.set_defaults(run=_make_trait_dataset)
 
 
+def _add_training(commands: Any) -> None:
+    from personavec.train import KINDS
+
+    train = commands.add_parser("train", help="finetune (LoRA or full) with preventative steering, CAFT, ...")
+    train.add_argument("data", help="chat JSONL ({'messages': [...]}); the loss is on assistant tokens")
+    _model_args(train, vector=False)
+    train.add_argument("--out", required=True, help="run directory (rerun the command to resume)")
+    train.add_argument("--vector", help="the persona vector the intervention uses")
+    train.add_argument(
+        "--intervention", choices=KINDS, default="none", help="in training steps (default none)"
+    )
+    train.add_argument("--coef", type=float, default=0.0, help="steer: α (paper: up to 5 at one layer)")
+    train.add_argument("--layer", type=int, help="steer/ablate/regularize layer (default: the vector's)")
+    train.add_argument("--all-layers", action="store_true", help="steer: v_ℓ − v_ℓ₋₁ at every layer")
+    train.add_argument("--weight", type=float, default=0.0, help="regularize: λ")
+    train.add_argument("--during-eval", action="store_true", help="keep the intervention in evaluation too")
+    train.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
+    train.add_argument("--rank", type=int, default=32, help="LoRA rank (default 32)")
+    train.add_argument("--alpha", type=int, default=64, help="LoRA alpha (default 64)")
+    train.add_argument("--no-rslora", action="store_true", help="plain LoRA scaling instead of rsLoRA")
+    train.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5)")
+    train.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
+    train.add_argument("--batch-size", type=int, default=8, help="per device (default 8)")
+    train.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    train.add_argument("--max-length", type=int, default=1024, help="tokens per conversation (default 1024)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--save-steps", type=int, default=100, help="checkpoint interval (default 100)")
+    train.add_argument(
+        "--report-to", action="append", default=[], help="tensorboard, wandb, ... (repeatable)"
+    )
+    train.add_argument("--eval-data", help="chat JSONL evaluated every logging interval (no intervention)")
+    train.add_argument("--drift-vector", action="append", default=[], help="vector the drift alarm watches")
+    train.add_argument("--drift-every", type=int, default=0, help="drift alarm interval in steps (0: off)")
+    train.add_argument("--drift-threshold", type=float, help="warn when a projection shift exceeds ±T")
+    train.add_argument("--drift-stop", action="store_true", help="stop training when the alarm fires")
+    train.add_argument("--drift-trait", help="trait whose evaluation questions are the drift probes")
+    train.set_defaults(run=_train)
+
+    shift = commands.add_parser("shift", help="finetuning shift along vectors: finetuned vs base model")
+    _model_args(shift, vector=False)
+    shift.add_argument("--finetuned", required=True, help="a LoRA adapter directory or a full model")
+    shift.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
+    shift.add_argument("--trait", required=True, help="trait whose evaluation questions are the prompts")
+    shift.add_argument("--layer", type=int, help="read every vector at this layer (default: each one's)")
+    shift.add_argument("--json", action="store_true", help="print JSON")
+    shift.set_defaults(run=_shift)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personavec", description=__doc__)
     parser.add_argument("--version", action="version", version=f"personavec {__version__}")
@@ -682,6 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract(commands)
     _add_deployment(commands)
     _add_data(commands)
+    _add_training(commands)
 
     vectors = commands.add_parser("vectors", help="show, export and import persona vectors").add_subparsers(
         dest="vectors_command", required=True, metavar="SUBCOMMAND"

@@ -34,6 +34,7 @@ import torch
 from jinja2 import TemplateError
 from tqdm.auto import tqdm
 
+from personavec._dist import process_state
 from personavec._io import atomic_path, claim_dir, write_json
 from personavec.activations import iter_pooled
 from personavec.errors import PersonavecError
@@ -120,14 +121,6 @@ def _chunks(items: Iterator[Sample | BadRow], size: int) -> Iterator[list[Sample
             chunk = []
     if chunk:
         yield chunk
-
-
-def process_state() -> Any:
-    """accelerate's process state: one process normally, several under ``accelerate launch`` or
-    ``torchrun`` (on a machine without GPUs, CPU processes joined by gloo)."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 class _Screener:

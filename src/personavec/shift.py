@@ -1,0 +1,54 @@
+"""Finetuning shift: how far finetuning moved a model's persona along persona vectors (DESIGN.md step 10).
+
+    shift = mean over prompts of a_ft(x) − mean over prompts of a_base(x), projected onto v̂
+
+with a the prompt-last activation at the vector's layer, over a trait's evaluation questions (or any
+prompts). The finetuned model is a LoRA adapter directory (applied to the base model through PEFT)
+or a full model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from personavec.errors import PersonavecError
+from personavec.models import LoadedModel, load_model
+from personavec.monitor import project
+from personavec.vectors import PersonaVector
+
+
+def load_finetuned(base_ref: str, path: str | Path, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """The finetuned model at `path`: a PEFT adapter on `base_ref`, or a full model directory."""
+    path = Path(path)
+    if (path / "adapter_config.json").exists():
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise PersonavecError("a LoRA adapter needs PEFT: pip install 'personavec[peft]'") from None
+        base = load_model(base_ref, dtype=dtype, device=device)
+        tuned: Any = PeftModel.from_pretrained(base.model, str(path)).eval()  # a PreTrainedModel's stand-in
+        return LoadedModel(model=tuned, tokenizer=base.tokenizer, identity=base.identity)
+    if not (path / "config.json").exists():
+        raise PersonavecError(
+            f"{path} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)"
+        )
+    return load_model(str(path), dtype=dtype, device=device)
+
+
+def finetuning_shift(
+    base: LoadedModel,
+    tuned: LoadedModel,
+    vectors: Sequence[PersonaVector],
+    prompts: Sequence[str],
+    layer: int | None = None,
+) -> dict[str, float]:
+    """Per trait, the projection of (mean prompt-last activation of `tuned` − that of `base`) onto v̂.
+
+    `prompts` are chat-formatted. A projection is linear, so this is the difference of the mean
+    projections, which is how it is computed.
+    """
+    before = project(base, vectors, prompts, position="prompt-last", layer=layer, progress=False).double()
+    after = project(tuned, vectors, prompts, position="prompt-last", layer=layer, progress=False).double()
+    return {v.trait: float(d) for v, d in zip(vectors, after.mean(0) - before.mean(0), strict=True)}
