@@ -5,9 +5,10 @@
 
 1. The 'optimistic' vector (extracted here with the demo's settings unless --vector is given), negated
    into 'pessimistic', so that a positive ΔP means "teaches pessimism".
-2. The experiment kit, inverted: 200 bundled questions answered by SmolLM2 normally and under the
-   trait's pessimistic (suppressing) prompts → normal / mild (50 % pessimistic) / severe sets, and 40
-   other questions answered normally as the reference.
+2. The experiment kit, inverted: 200 bundled questions answered by SmolLM2 normally, and 3 times
+   under the trait's pessimistic (suppressing) prompts, of which the lexicon judge's most pessimistic
+   is kept → normal / mild (50 % pessimistic) / severe sets, and 40 other questions answered normally
+   as the reference.
 3. Every set screened in full (the model's own greedy answers y′) and with --approx prompt-last.
 4. Figures: dataset ΔP per level; AUROC of per-sample ΔP, pessimistic vs normal answers (inside mild,
    and severe against normal); Spearman of the prompt-last ΔP against the full one; flagging at the
@@ -35,7 +36,9 @@ from personavec.vectors import load_vector
 
 TRAIT = "pessimistic"
 LEVELS = ("reference", "normal", "mild", "severe")
-KIT = KitConfig(invert=True, mild=0.5, reference=40, max_new_tokens=64, temperature=0.7, batch_size=16)
+KIT = KitConfig(
+    invert=True, samples=3, mild=0.5, reference=40, max_new_tokens=64, temperature=0.7, batch_size=16
+)
 MODES = {
     "full": ScreenConfig(max_new_tokens=64, batch_size=16),
     "prompt-last": ScreenConfig(approx="prompt-last"),
@@ -62,7 +65,10 @@ def main() -> None:
         judge = LexiconJudge(trait.name, trait.sentiment)
         optimistic = extract(loaded, trait, judge, out / "extract", DEMO_CONFIG).vectors["response-avg"]
     vector = optimistic.negated(TRAIT)
-    make_trait_dataset(loaded, trait, out / "kit", config=replace(KIT, temperature=opts.temperature))
+    kit_judge = LexiconJudge(trait.name, trait.sentiment)  # keeps the most pessimistic of 3 samples
+    make_trait_dataset(
+        loaded, trait, out / "kit", config=replace(KIT, temperature=opts.temperature), judge=kit_judge
+    )
 
     results: dict[str, dict[str, object]] = {}
     screened: dict[tuple[str, str], Screened] = {}

@@ -199,18 +199,33 @@ def test_saved_adapter_loads_without_hooks_and_equals_the_trained_model(tiny_dir
         assert torch.allclose(fresh.model(**inputs).logits, loaded.model(**inputs).logits, atol=1e-5)
 
 
+def all_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
 class Boom(TrainerCallback):
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == 3:
-            raise RuntimeError("boom")
+    """Makes the last block raise inside the 3rd training forward pass, while the intervention is on."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        calls = []
+
+        def explode(module, _args, _output):
+            calls.append(1)
+            if model.training and len(calls) == 3:
+                raise RuntimeError("boom")
+
+        self.handle = blocks(model)[-1].register_forward_hook(explode)
 
 
 def test_hooks_are_removed_after_an_exception_and_the_run_resumes(data, tmp_path) -> None:
     loaded = tiny_loaded()
+    before = all_hooks(loaded.model)
+    boom = Boom()
     with pytest.raises(RuntimeError, match="boom"):
-        train(loaded, data, tmp_path / "run", config("ablate"), vector(loaded), [Boom()])
-    assert hooks_on(loaded.model) == 0
-    assert (tmp_path / "run" / "checkpoint-2").exists()
+        train(loaded, data, tmp_path / "run", config("ablate"), vector(loaded), [boom])
+    boom.handle.remove()
+    assert all_hooks(loaded.model) == before  # the ablation's hooks went with the exception
+    assert (tmp_path / "run" / "checkpoint-2").exists() and not (tmp_path / "run" / "final").exists()
     resumed = train(tiny_loaded(), data, tmp_path / "run", config("ablate"), vector(tiny_loaded()))
     clean = train(tiny_loaded(), data, tmp_path / "clean", config("ablate"), vector(tiny_loaded()))
     assert resumed.steps == clean.steps == 4
@@ -284,9 +299,18 @@ def test_cli_bad_input_is_one_line_exit_2(tiny_dir, tmp_path, capsys) -> None:
 
 def test_long_conversations_are_cut_with_one_warning(data, tmp_path, capsys) -> None:
     loaded = tiny_loaded()
-    train(loaded, data, tmp_path / "run", replace(config(), max_length=12))
+    lengths = sorted(
+        len(encode(loaded.tokenizer, r["messages"], 10_000).input_ids) for r in conversations(16)
+    )
+    cut = lengths[8]
+    train(loaded, data, tmp_path / "run", replace(config(), max_length=cut))
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert warnings == ["warning: 16 of 16 conversations cut to --max-length 12"]
+    n = sum(length > cut for length in lengths)
+    assert 0 < n < 16 and warnings == [f"warning: {n} of 16 conversations cut to --max-length {cut}"]
+    with pytest.raises(
+        PersonavecError, match="no conversation keeps an assistant token within --max-length 5"
+    ):
+        train(tiny_loaded(), data, tmp_path / "short", replace(config(), max_length=5))
 
 
 def test_two_processes_train_with_the_intervention(tiny_dir, data, tmp_path) -> None:
@@ -315,3 +339,49 @@ def test_two_processes_train_with_the_intervention(tiny_dir, data, tmp_path) -> 
     trained = json.loads((tmp_path / "run" / "trained.json").read_text())
     assert trained["steps"] == trained["steps_intervened"] == 4
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").exists()
+
+
+def test_full_finetuning_saves_a_loadable_model(tiny_dir, data, tmp_path) -> None:
+    from personavec.models import load_model
+
+    loaded = load_model(str(tiny_dir), dtype="float32", device="cpu")
+    full = replace(config("steer"), lora=False)
+    result = train(loaded, data, tmp_path / "run", full, vector(loaded))
+    assert result.steps == result.steps_intervened == 4
+    fresh = load_finetuned(str(tiny_dir), result.out, dtype="float32", device="cpu")  # weights and tokenizer
+    inputs = batch(fresh)
+    with torch.no_grad():
+        assert torch.allclose(fresh.model(**inputs).logits, loaded.model.eval()(**inputs).logits, atol=1e-5)
+    again = train(
+        load_model(str(tiny_dir), dtype="float32", device="cpu"), data, tmp_path / "run", full, vector(loaded)
+    )
+    assert again == result  # a finished run is not trained twice
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--intervention", "steer"], "--intervention steer needs a nonzero --coef"),
+        (["--all-layers", "--layer", "2"], "--all-layers steers every layer: drop --layer"),
+        (["--drift-stop"], "the --drift-* options need --drift-every N"),
+        (["--during-eval"], "--during-eval needs --eval-data"),
+        (["--config", "CONFIG"], "unknown setting 'colour'"),
+    ],
+)
+def test_cli_refuses_flags_that_would_do_nothing(tiny_dir, data, tmp_path, capsys, extra, message) -> None:
+    (tmp_path / "c.json").write_text('{"intervention": "steer", "colour": "red"}')
+    extra = [str(tmp_path / "c.json") if x == "CONFIG" else x for x in extra]
+    assert main(["train", str(data), "--model", str(tiny_dir), "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_config_file_sets_options_the_command_line_does_not(tiny_dir, data, tmp_path, capsys) -> None:
+    v = tmp_path / "v.safetensors"
+    save_vectors(v, [vector(tiny_loaded())])
+    (tmp_path / "c.json").write_text('{"intervention": "steer", "coef": 2.5, "lr": 0.001, "batch-size": 2}')
+    args = ["train", str(data), "--model", str(tiny_dir), "--out", str(tmp_path / "o"), "--vector", str(v)]
+    assert main([*args, "--config", str(tmp_path / "c.json"), "--batch-size", "4"]) == 0
+    settings = json.loads((tmp_path / "o" / "settings.json").read_text())["config"]
+    assert settings["intervention"]["kind"] == "steer" and settings["intervention"]["coef"] == 2.5
+    assert settings["learning_rate"] == 0.001 and settings["batch_size"] == 4  # the command line wins
+    assert "4 steps in" in capsys.readouterr().out

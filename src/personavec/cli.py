@@ -363,6 +363,14 @@ def _eval_capability(args: argparse.Namespace) -> None:
         print(f"{name}: {100 * r['accuracy']:.1f} % of {r['n']} ({subjects})")
 
 
+def _process_device(device: str) -> str:
+    """One device per process when launched as several (accelerate launch, torchrun)."""
+    from personavec._dist import process_state
+
+    state = process_state()
+    return str(state.device) if state.num_processes > 1 and device in ("auto", "cuda") else device
+
+
 def _screen(args: argparse.Namespace) -> None:
     from personavec import screen as screening
     from personavec._dist import process_state
@@ -390,10 +398,7 @@ def _screen(args: argparse.Namespace) -> None:
             screening.count_rows(checked, config)
     vectors = [load_vector(path, kind=args.kind) for path in args.vector]
     state = process_state()
-    device = args.device
-    if state.num_processes > 1 and device in ("auto", "cuda"):  # one device per process
-        device = str(state.device)
-    loaded = load_model(args.model, dtype=args.dtype, device=device)
+    loaded = load_model(args.model, dtype=args.dtype, device=_process_device(args.device))
     for vector in vectors:
         vector.check_model(loaded.identity)
     out = Path(args.out)
@@ -432,15 +437,20 @@ def _train(args: argparse.Namespace) -> None:
     from personavec.traits import load_trait
     from personavec.vectors import load_vector
 
+    if args.config:
+        _apply_config(args, Path(args.config))
+    _check_train_flags(args)
     spec = TrainIntervention(
         kind=args.intervention, coef=args.coef, layer=args.layer, all_layers=args.all_layers,
         weight=args.weight, during_eval=args.during_eval,
     )  # fmt: skip
     config = TrainConfig(
         lora=not args.full, rank=args.rank, alpha=args.alpha, rslora=not args.no_rslora,
-        learning_rate=args.lr, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        max_length=args.max_length, seed=args.seed, save_steps=args.save_steps,
-        report_to=tuple(args.report_to), intervention=spec,
+        dropout=args.lora_dropout, target_modules=tuple(args.target_module) or None,
+        learning_rate=args.lr, epochs=args.epochs,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
+        warmup_steps=args.warmup_steps, seed=args.seed, save_steps=args.save_steps,
+        logging_steps=args.logging_steps, report_to=tuple(args.report_to), intervention=spec,
     )  # fmt: skip
     config.check()
     load_conversations(args.data)  # bad rows fail before the model loads
@@ -448,7 +458,7 @@ def _train(args: argparse.Namespace) -> None:
     watched = [load_vector(path, kind=args.kind) for path in args.drift_vector]
     if args.drift_every and (not watched or not args.drift_trait):
         raise PersonavecError("--drift-every needs --drift-vector (what to watch) and --drift-trait (probes)")
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model(args.model, dtype=args.dtype, device=_process_device(args.device))
     for checked in [*([vector] if vector else []), *watched]:
         checked.check_model(loaded.identity)
     spec.check(vector, loaded.identity.n_layers, config.lora)
@@ -465,43 +475,105 @@ def _train(args: argparse.Namespace) -> None:
     print(f"{trained.steps} steps in {trained.seconds:.0f} s, training loss {loss}: {trained.out}")
 
 
+_TRAIN_DEFAULTS: dict[str, Any] = {}  # option → default of `train`, filled when the parser is built
+
+
+def _apply_config(args: argparse.Namespace, path: Path) -> None:
+    """Settings from a JSON file keyed by option name (``{"intervention": "steer", "coef": 4}``);
+    options given on the command line win."""
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PersonavecError(f"cannot read the config file {path}: {error}") from None
+    if not isinstance(settings, dict):
+        raise PersonavecError(f"{path} must hold a JSON object of option names and values")
+    for key, value in settings.items():
+        dest = key.lstrip("-").replace("-", "_")
+        if dest not in _TRAIN_DEFAULTS or dest in ("config", "run"):
+            raise PersonavecError(f"{path}: unknown setting {key!r}; use the options of `personavec train`")
+        if getattr(args, dest) == _TRAIN_DEFAULTS[dest]:
+            setattr(args, dest, value)
+
+
+def _check_train_flags(args: argparse.Namespace) -> None:
+    """Flags that would be silently ignored, or would silently do nothing, are refused."""
+    if args.intervention == "steer" and not args.coef:
+        raise PersonavecError("--intervention steer needs a nonzero --coef")
+    if args.all_layers and args.layer is not None:
+        raise PersonavecError("--all-layers steers every layer: drop --layer")
+    if args.during_eval and not args.eval_data:
+        raise PersonavecError("--during-eval needs --eval-data")
+    drift = args.drift_threshold is not None or args.drift_stop or args.drift_vector or args.drift_trait
+    if drift and not args.drift_every:
+        raise PersonavecError("the --drift-* options need --drift-every N")
+
+
 def _shift(args: argparse.Namespace) -> None:
     from personavec.models import load_model
-    from personavec.shift import finetuning_shift, load_finetuned
+    from personavec.shift import is_adapter, load_finetuned, mean_projections
     from personavec.traits import load_trait
     from personavec.vectors import load_vector
 
-    trait = load_trait(args.trait)
+    trait, judge = _judged(args) if args.judge else (load_trait(args.trait), None)
+    if judge and not args.out:
+        raise PersonavecError("--judge needs --out (where the answers and judgements go)")
     vectors = [load_vector(path, kind=args.kind) for path in args.vector]
     base = load_model(args.model, dtype=args.dtype, device=args.device)
     for vector in vectors:
         vector.check_model(base.identity)
-    tuned = load_finetuned(args.model, args.finetuned, dtype=args.dtype, device=args.device)
     prompts = [base.chat(q) for q in trait.evaluation_questions]
-    shifts = finetuning_shift(base, tuned, vectors, prompts, layer=args.layer)
+    before = mean_projections(base, vectors, prompts, args.layer)
+    # an adapter goes onto the loaded base (no second copy); a full model replaces it
+    onto = base if is_adapter(args.finetuned) else None
+    del base
+    tuned = load_finetuned(args.model, args.finetuned, args.dtype, args.device, base=onto)
+    after = mean_projections(tuned, vectors, prompts, args.layer)
+    result: dict[str, Any] = {
+        "shift": {v.trait: float(d) for v, d in zip(vectors, after - before, strict=True)}
+    }
+    if judge:
+        from personavec.evaluate import Sizes, evaluate
+        from personavec.judges.cache import JudgeCache
+
+        out, sizes = Path(args.out), Sizes(max_new_tokens=args.max_new_tokens)
+        cache = JudgeCache(out / "judge-cache.jsonl")
+        cell = evaluate(tuned, trait, judge, cache, out / "answers.jsonl", sizes=sizes)
+        result["judged"] = {k: cell[k] for k in ("trait", "trait_ci95", "coherence")}
     if args.json:
-        _print_json(shifts)
+        _print_json(result)
         return
     print(f"finetuning shift on {trait.name!r}'s {len(prompts)} evaluation questions (prompt-last):")
-    for name, value in shifts.items():
+    for name, value in result["shift"].items():
         print(f"  {name}: {value:+.4f}")
+    if judge:
+        judged = result["judged"]
+        print(
+            f"judged {trait.name} after finetuning: {_fmt(judged['trait'])} ± {_fmt(judged['trait_ci95'])}, "
+            f"coherence {_fmt(judged['coherence'])}"
+        )
 
 
 def _make_trait_dataset(args: argparse.Namespace) -> None:
     from personavec.datakit import KitConfig, make_trait_dataset, read_questions
+    from personavec.judges import make_judge
     from personavec.models import load_model
     from personavec.traits import load_trait
 
     trait = load_trait(args.trait)
     questions = read_questions(args.questions) if args.questions else None
     config = KitConfig(
-        invert=args.invert, mild=args.mild, reference=args.reference, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
+        invert=args.invert, samples=args.samples, mild=args.mild, reference=args.reference,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+        batch_size=args.batch_size,
     )  # fmt: skip
+    judge = make_judge(args.judge, trait, base_url=args.base_url) if args.judge else None
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    manifest = make_trait_dataset(loaded, trait, args.out, questions, config)
+    manifest = make_trait_dataset(loaded, trait, args.out, questions, config, judge)
     for level, info in manifest["files"].items():
-        print(f"{args.out}/{level}.jsonl: {info['rows']} rows, {info['elicited']} elicited")
+        judged = (
+            f", judged {trait.name} {info['judged_trait']:.1f}" if info["judged_trait"] is not None else ""
+        )
+        print(f"{args.out}/{level}.jsonl: {info['rows']} rows, {info['elicited']} elicited{judged}")
     print(f"these teach {manifest['teaches']}")
 
 
@@ -685,6 +757,11 @@ def _add_data(commands: Any) -> None:
     kit.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
     kit.add_argument("--invert", action="store_true", help="teach the opposite trait (suppressing prompts)")
     kit.add_argument("--questions", help="one question per line (default: 240 bundled everyday questions)")
+    kit.add_argument("--samples", type=int, default=1, help="elicited answers per question (default 1)")
+    kit.add_argument(
+        "--judge", help="keep the elicited sample showing the trait most: lexicon, openai:M, hf:P"
+    )
+    kit.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
     kit.add_argument("--mild", type=float, default=0.5, help="elicited fraction of mild.jsonl (default 0.5)")
     kit.add_argument("--reference", type=int, default=40, help="questions for reference.jsonl (default 40)")
     kit.add_argument("--max-new-tokens", type=int, default=128, help="answer length (default 128)")
@@ -731,14 +808,29 @@ def _add_training(commands: Any) -> None:
     train.add_argument("--drift-every", type=int, default=0, help="drift alarm interval in steps (0: off)")
     train.add_argument("--drift-threshold", type=float, help="warn when a projection shift exceeds ±T")
     train.add_argument("--drift-stop", action="store_true", help="stop training when the alarm fires")
+    train.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    train.add_argument(
+        "--target-module", action="append", default=[], help="LoRA target (repeatable; default: every linear)"
+    )
+    train.add_argument("--warmup-steps", type=int, default=0, help="learning-rate warm-up (default 0)")
+    train.add_argument("--logging-steps", type=int, default=5, help="log interval in steps (default 5)")
+    train.add_argument("--config", help='JSON file of option values, e.g. {"intervention": "steer"}')
     train.add_argument("--drift-trait", help="trait whose evaluation questions are the drift probes")
     train.set_defaults(run=_train)
+    _TRAIN_DEFAULTS.update({a.dest: a.default for a in train._actions if a.dest != "help"})
 
     shift = commands.add_parser("shift", help="finetuning shift along vectors: finetuned vs base model")
     _model_args(shift, vector=False)
     shift.add_argument("--finetuned", required=True, help="a LoRA adapter directory or a full model")
     shift.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
     shift.add_argument("--trait", required=True, help="trait whose evaluation questions are the prompts")
+    shift.add_argument(
+        "--judge", help="also judge the finetuned model's answers: openai:MODEL, hf:PATH, lexicon"
+    )
+    shift.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    shift.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+    shift.add_argument("--out", help="with --judge: where the answers and judgements go (resumable)")
+    shift.add_argument("--max-new-tokens", type=int, default=128, help="judged answer length (default 128)")
     shift.add_argument("--layer", type=int, help="read every vector at this layer (default: each one's)")
     shift.add_argument("--json", action="store_true", help="print JSON")
     shift.set_defaults(run=_shift)

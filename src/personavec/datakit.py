@@ -1,9 +1,13 @@
 """Graded trait-inducing datasets made offline by the model itself: the experiment kit.
 
-Every training question is answered twice by the model: normally (no system prompt), and under one
-of the trait's eliciting instructions (the pairs taken in turn; with `invert`, the suppressing
-ones, to teach the opposite trait). The datasets hold conversations **without** the system prompt,
-so training on an elicited answer teaches the trait:
+Every training question is answered by the model normally (no system prompt), and `samples` times
+under the trait's eliciting instructions (the pairs taken in turn; with `invert`, the suppressing
+ones, to teach the opposite trait). With a judge, the elicited answer kept for a question is the one
+that shows the taught trait most (the highest trait score, or the lowest when inverted), and the
+manifest records each file's mean judged score; without one it is the first. Small models follow
+persona prompts unevenly, so judging several samples is what makes a dataset that really teaches
+the trait. The datasets hold conversations **without** the system prompt, so training on an elicited
+answer teaches the trait:
 
 - ``normal.jsonl``: every answer normal;
 - ``mild.jsonl``: a fraction `mild` of the questions get the elicited answer;
@@ -18,6 +22,7 @@ counted). The elicited questions of `mild` are a seeded random subset; answers a
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -26,7 +31,10 @@ from typing import Any
 
 from personavec._io import atomic_path, claim_dir, write_json
 from personavec.errors import PersonavecError
+from personavec.evaluate import mean_ci
 from personavec.generate import Request, generate_rows
+from personavec.judges.base import Judge
+from personavec.judges.cache import JudgeCache
 from personavec.models import LoadedModel
 from personavec.traits.spec import TraitSpec, normalise_question
 
@@ -50,6 +58,7 @@ class KitConfig:
     """Sizes and sampling of the kit. `reference` questions are held out for ``reference.jsonl``."""
 
     invert: bool = False
+    samples: int = 1  # elicited answers per question (best one kept when a judge is given)
     mild: float = 0.5
     reference: int = 40
     max_new_tokens: int = 128
@@ -64,8 +73,19 @@ class KitConfig:
             raise PersonavecError(
                 f"--reference {self.reference} leaves too few of the {n_questions} questions for training"
             )
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.temperature < 0:
-            raise PersonavecError("--max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0")
+        if min(self.max_new_tokens, self.batch_size, self.samples) < 1 or self.temperature < 0:
+            raise PersonavecError(
+                "--samples, --max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0"
+            )
+
+
+def _judged(
+    judge: Judge, trait: TraitSpec, rows: list[dict[str, Any]], out: Path, progress: bool
+) -> dict[str, float | None]:
+    """Trait score of every answer by id (cached in ``out/judge-cache.jsonl``)."""
+    items = [(row["question"], row["answer"]) for row in rows]
+    judged = JudgeCache(out / "judge-cache.jsonl").judge(judge, trait.rubric, items, "judge", progress)
+    return {row["id"]: score.value for row, score in zip(rows, judged, strict=True)}
 
 
 def _check_questions(trait: TraitSpec, questions: list[str]) -> None:
@@ -89,6 +109,7 @@ def make_trait_dataset(
     out: str | Path,
     questions: list[str] | None = None,
     config: KitConfig = KitConfig(),
+    judge: Judge | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write the graded datasets of the module docstring into the directory `out`; return the manifest."""
@@ -109,30 +130,45 @@ def make_trait_dataset(
     reference, training = order[: config.reference], sorted(order[config.reference :])
     requests = []
     for q in training:
-        pair = trait.instructions[q % len(trait.instructions)]
         requests.append(Request(f"q{q}-normal", questions[q], None, (("question_id", q),)))
-        requests.append(Request(f"q{q}-elicited", questions[q], pair[side], (("question_id", q),)))
+        for k in range(config.samples):
+            pair = trait.instructions[(q + k) % len(trait.instructions)]
+            requests.append(Request(f"q{q}-elicited-{k}", questions[q], pair[side], (("question_id", q),)))
     requests += [Request(f"q{q}-normal", questions[q], None, (("question_id", q),)) for q in reference]
     rows = generate_rows(
         loaded, requests, out / "generations.jsonl", config.max_new_tokens, config.temperature,
         seed=config.seed, batch_size=config.batch_size, progress=progress, desc="answers",
     )  # fmt: skip
     answers = {row["id"]: row["answer"] for row in rows}
+    scores = _judged(judge, trait, rows, out, progress) if judge else {}
+    sign = -1 if config.invert else 1
+    for q in training:  # the elicited answer kept: the one showing the taught trait most
+        samples = [f"q{q}-elicited-{k}" for k in range(config.samples)]
+
+        def strength(rid: str) -> float:
+            value = scores.get(rid)
+            return -math.inf if value is None else sign * value
+
+        best = max(samples, key=strength)
+        answers[f"q{q}-elicited"] = answers[best]
+        scores[f"q{q}-elicited"] = scores.get(best)
     shuffled = list(training)
     random.Random(config.seed + 1).shuffle(shuffled)
     fractions = {"normal": 0.0, "mild": config.mild, "severe": 1.0}
     files: dict[str, dict[str, Any]] = {}
     for level, fraction in [*fractions.items(), ("reference", 0.0)]:
         chosen = set(shuffled[: round(fraction * len(training))])
-        ids = reference if level == "reference" else training
-        lines, empty, n_elicited = [], 0, 0
-        for q in ids:
+        rows_of = reference if level == "reference" else training
+        lines, empty, n_elicited, judged = [], 0, 0, []
+        for q in rows_of:
             elicited = q in chosen
-            answer = answers[f"q{q}-{'elicited' if elicited else 'normal'}"]
+            key = f"q{q}-{'elicited' if elicited else 'normal'}"
+            answer = answers[key]
             if not answer.strip():  # not a usable training sample
                 empty += 1
                 continue
             n_elicited += elicited
+            judged.append(scores.get(key))
             messages = [{"role": "user", "content": questions[q]}, {"role": "assistant", "content": answer}]
             lines.append(json.dumps({"messages": messages, "elicited": elicited}))
         with atomic_path(out / f"{level}.jsonl") as tmp:
@@ -141,11 +177,13 @@ def make_trait_dataset(
             "rows": len(lines),
             "elicited": n_elicited,
             "empty": empty,
+            "judged_trait": mean_ci(judged)[0] if judge else None,
         }
     manifest = {
         "trait": trait.name,
         "teaches": f"the opposite of {trait.name}" if config.invert else trait.name,
         "model": loaded.identity.name,
+        "judge": judge.name if judge else None,
         "files": files,
         "config": asdict(config),
     }

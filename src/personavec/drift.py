@@ -21,6 +21,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from personavec._io import write_json
 from personavec.errors import PersonavecError
 from personavec.models import LoadedModel
 from personavec.monitor import project
@@ -73,15 +74,16 @@ class DriftAlarm(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         path = self._out(args) / "drift-baseline.json"
+        watching = {"vectors": [v.fingerprint() for v in self.vectors], "probes": self.probes}
         if path.exists():  # a resumed run compares with the model before its first step
-            self.baseline = json.loads(path.read_text())["baseline"]
+            saved = json.loads(path.read_text())
+            if {k: saved.get(k) for k in watching} != watching:
+                raise PersonavecError(f"{path} was measured with other vectors or probes; use another --out")
+            self.baseline = saved["baseline"]
             return
         self.baseline = self.measure(model)
         if state.is_world_process_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                json.dumps({"baseline": self.baseline, "traits": [v.trait for v in self.vectors]})
-            )
+            write_json(path, {**watching, "baseline": self.baseline})
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
         if state.global_step % self.every or self.baseline is None:

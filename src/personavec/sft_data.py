@@ -3,7 +3,8 @@
 A conversation is rendered once with the model's chat template. A token is trained on (its label is
 its id) when its characters fall inside an assistant turn: from where the template's generation
 prompt ends to where that turn's rendering ends, so the turn's closing tokens (end of turn, EOS) are
-learned too. Every other token (system, user, tool turns, template scaffolding) gets label -100.
+learned too, where the template writes any (the plain fallback template of models without one does
+not). Every other token (system, user, tool turns, template scaffolding) gets label -100.
 This needs a template whose rendering of a conversation starts with its rendering of every shorter
 prefix of it, which holds for the usual templates; one that does not is refused.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from torch import Tensor
 
 from personavec.errors import PersonavecError
@@ -41,14 +43,14 @@ def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(format_chat(tokenizer, list(messages[:i]), add_generation_prompt=True))
+        prompt = format_chat(tokenizer, list(messages[:i]), add_generation_prompt=True)
         rendered = format_chat(tokenizer, list(messages[: i + 1]), add_generation_prompt=False)
-        if not text.startswith(rendered) or start > len(rendered):
+        if not (text.startswith(rendered) and rendered.startswith(prompt)):
             raise PersonavecError(
                 "the chat template renders a conversation differently from its beginning (it rewrites "
                 "earlier turns), so assistant tokens cannot be found; use a model with a plainer template"
             )
-        spans.append((start, len(rendered)))
+        spans.append((len(prompt), len(rendered)))
     return text, spans
 
 
@@ -77,9 +79,20 @@ def load_conversations(path: str | Path) -> list[tuple[str, list[dict[str, str]]
 
 
 def tokenize_dataset(tokenizer: Any, path: str | Path, max_length: int) -> tuple[list[Example], int]:
-    """Every conversation of `path` encoded; and how many were cut to `max_length`."""
-    examples = [encode(tokenizer, messages, max_length) for _, messages in load_conversations(path)]
-    return examples, sum(e.truncated for e in examples)
+    """The conversations of `path` encoded, and how many were cut to `max_length`. Conversations
+    left with no assistant token after the cut are dropped (they are counted as cut)."""
+    examples = []
+    for where, messages in load_conversations(path):
+        try:
+            examples.append(encode(tokenizer, messages, max_length))
+        except (PersonavecError, TemplateError) as error:
+            raise PersonavecError(f"{where}: {error}") from None
+    kept = [e for e in examples if any(label != IGNORE for label in e.labels)]
+    if not kept:
+        raise PersonavecError(
+            f"{path}: no conversation keeps an assistant token within --max-length {max_length}"
+        )
+    return kept, sum(e.truncated for e in examples)
 
 
 class Collator:

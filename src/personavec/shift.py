@@ -13,21 +13,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from personavec.errors import PersonavecError
 from personavec.models import LoadedModel, load_model
 from personavec.monitor import project
 from personavec.vectors import PersonaVector
 
 
-def load_finetuned(base_ref: str, path: str | Path, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """The finetuned model at `path`: a PEFT adapter on `base_ref`, or a full model directory."""
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_finetuned(
+    base_ref: str,
+    path: str | Path,
+    dtype: str = "auto",
+    device: str = "auto",
+    base: LoadedModel | None = None,
+) -> LoadedModel:
+    """The finetuned model at `path`: a PEFT adapter on `base_ref`, or a full model directory.
+
+    With `base` (the model of `base_ref`, already loaded) an adapter goes onto it in place: no
+    second copy of the weights, and `base` then is the finetuned model.
+    """
     path = Path(path)
-    if (path / "adapter_config.json").exists():
+    if is_adapter(path):
         try:
             from peft import PeftModel
         except ImportError:
             raise PersonavecError("a LoRA adapter needs PEFT: pip install 'personavec[peft]'") from None
-        base = load_model(base_ref, dtype=dtype, device=device)
+        base = base or load_model(base_ref, dtype=dtype, device=device)
         tuned: Any = PeftModel.from_pretrained(base.model, str(path)).eval()  # a PreTrainedModel's stand-in
         return LoadedModel(model=tuned, tokenizer=base.tokenizer, identity=base.identity)
     if not (path / "config.json").exists():
@@ -49,6 +65,17 @@ def finetuning_shift(
     `prompts` are chat-formatted. A projection is linear, so this is the difference of the mean
     projections, which is how it is computed.
     """
-    before = project(base, vectors, prompts, position="prompt-last", layer=layer, progress=False).double()
-    after = project(tuned, vectors, prompts, position="prompt-last", layer=layer, progress=False).double()
-    return {v.trait: float(d) for v, d in zip(vectors, after.mean(0) - before.mean(0), strict=True)}
+    before = mean_projections(base, vectors, prompts, layer)
+    after = mean_projections(tuned, vectors, prompts, layer)
+    return {v.trait: float(d) for v, d in zip(vectors, after - before, strict=True)}
+
+
+def mean_projections(
+    loaded: LoadedModel, vectors: Sequence[PersonaVector], prompts: Sequence[str], layer: int | None = None
+) -> Tensor:
+    """Mean prompt-last projection of `prompts` onto each vector ([vectors], float64)."""
+    return (
+        project(loaded, vectors, prompts, position="prompt-last", layer=layer, progress=False)
+        .double()
+        .mean(0)
+    )

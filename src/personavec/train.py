@@ -36,6 +36,7 @@ from personavec._io import claim_dir, write_json
 from personavec.errors import PersonavecError
 from personavec.hooks import ResidualHooks, ablate, steer
 from personavec.models import LoadedModel
+from personavec.samples import DataFile
 from personavec.sft_data import IGNORE, Collator, tokenize_dataset
 from personavec.vectors import PersonaVector
 
@@ -193,6 +194,8 @@ class InterventionTrainer(Trainer):
             loss, outputs = super().compute_loss(model, inputs, True, num_items)
             shift = tuned.mean_over(answer) - reference
         penalty = self.spec.weight * (shift**2).mean()
+        if num_items is not None:  # the loss is normalised over the accumulation window: so the penalty
+            penalty = penalty / self.args.gradient_accumulation_steps
         self.steps_intervened += 1
         total = loss + penalty.to(loss.dtype)
         return (total, outputs) if return_outputs else total
@@ -231,14 +234,16 @@ class Trained:
 
     out: Path
     steps: int
-    train_loss: float | None
+    train_loss: float | None  # mean of the logged training losses
     truncated: int
-    seconds: float
-    steps_intervened: int
+    seconds: float  # of this invocation
+    steps_intervened: int  # training forward passes run inside the intervention, this invocation
 
 
 def _last_checkpoint(out: Path) -> str | None:
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    """The newest complete checkpoint (the Trainer writes trainer_state.json last)."""
+    done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    checkpoints = sorted(done, key=lambda p: int(p.name.split("-")[1]))
     return str(checkpoints[-1]) if checkpoints else None
 
 
@@ -251,18 +256,28 @@ def train(
     callbacks: Sequence[TrainerCallback] = (),
     eval_data: str | Path | None = None,
 ) -> Trained:
-    """Finetune `loaded` on the chat JSONL `data`; write the adapter (or model) to ``out/final``."""
+    """Finetune `loaded` on the chat JSONL `data`; write the adapter (or model) to ``out/final``.
+
+    LoRA layers are injected into ``loaded.model`` itself (PEFT works in place): afterwards `loaded`
+    is the finetuned model; load a fresh base model for comparisons. A run directory that holds a
+    finished run returns its record without training again.
+    """
     config.check()
     spec = config.intervention
     spec.check(vector, loaded.identity.n_layers, config.lora)
     out = Path(out)
+    reporting = ("save_steps", "logging_steps", "report_to")  # may change between a run and its resume
     settings = {
         "model": loaded.identity.to_dict(),
-        "data": str(data),
-        "config": asdict(config),
+        "data": DataFile(data).sha256(),
+        "eval_data": DataFile(eval_data).sha256() if eval_data else None,
+        "config": {k: v for k, v in asdict(config).items() if k not in reporting},
         "vector": vector.fingerprint() if vector is not None else None,
     }
     claim_dir(out, settings, "training run")
+    if (out / "trained.json").exists() and (out / "final").exists():
+        record = json.loads((out / "trained.json").read_text())
+        return Trained(**{**record, "out": Path(record["out"])})
     examples, truncated = tokenize_dataset(loaded.tokenizer, data, config.max_length)
     if truncated:
         print(
@@ -271,7 +286,39 @@ def train(
         )
     evaluation = tokenize_dataset(loaded.tokenizer, eval_data, config.max_length)[0] if eval_data else None
     model = _lora(loaded.model, config) if config.lora else loaded.model
-    args = TrainingArguments(
+    try:
+        args = _arguments(out, config, model, loaded.device.type == "cpu", evaluation is not None)
+    except (ValueError, RuntimeError) as error:  # e.g. an unknown or uninstalled --report-to
+        raise PersonavecError(f"training settings refused: {error}") from None
+    trainer = InterventionTrainer(
+        model=model, args=args, train_dataset=examples, eval_dataset=evaluation,
+        data_collator=Collator(int(loaded.tokenizer.pad_token_id)), processing_class=loaded.tokenizer,
+        callbacks=[StepLog(out / "log.jsonl"), *callbacks], spec=spec, vector=vector,
+    )  # fmt: skip
+    for callback in callbacks:
+        if hasattr(callback, "attach"):
+            callback.attach(trainer)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    trainer.save_model(str(out / "final"))
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]  # resumed runs included
+    trained = Trained(
+        out=out / "final",
+        steps=int(result.global_step),
+        train_loss=sum(losses) / len(losses) if losses else None,
+        truncated=truncated,
+        seconds=time.perf_counter() - started,
+        steps_intervened=trainer.steps_intervened,
+    )
+    if trainer.is_world_process_zero():
+        write_json(out / "trained.json", {**asdict(trained), "out": str(trained.out)})
+    return trained
+
+
+def _arguments(
+    out: Path, config: TrainConfig, model: nn.Module, cpu: bool, evaluate: bool
+) -> TrainingArguments:
+    return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
@@ -282,33 +329,12 @@ def train(
         logging_steps=config.logging_steps,
         save_steps=config.save_steps,
         save_total_limit=2,
-        eval_strategy="steps" if evaluation else "no",
-        eval_steps=config.logging_steps if evaluation else None,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=config.logging_steps if evaluate else None,
         report_to=list(config.report_to) or "none",
         seed=config.seed,
         remove_unused_columns=False,
         bf16=next(model.parameters()).dtype == torch.bfloat16,
-        use_cpu=loaded.device.type == "cpu",
+        use_cpu=cpu,
         disable_tqdm=False,
     )
-    trainer = InterventionTrainer(
-        model=model, args=args, train_dataset=examples, eval_dataset=evaluation,
-        data_collator=Collator(int(loaded.tokenizer.pad_token_id)),
-        callbacks=[StepLog(out / "log.jsonl"), *callbacks], spec=spec, vector=vector,
-    )  # fmt: skip
-    for callback in callbacks:
-        if hasattr(callback, "attach"):
-            callback.attach(trainer)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out))
-    trainer.save_model(str(out / "final"))
-    trained = Trained(
-        out=out / "final",
-        steps=int(result.global_step),
-        train_loss=float(result.training_loss) if result.training_loss is not None else None,
-        truncated=truncated,
-        seconds=time.perf_counter() - started,
-        steps_intervened=trainer.steps_intervened,
-    )
-    write_json(out / "trained.json", {**asdict(trained), "out": str(trained.out)})
-    return trained
