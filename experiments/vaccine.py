@@ -120,6 +120,7 @@ def main() -> None:
                 "plain + post-hoc steering",
                 {**post, "train_loss": trained.train_loss, "train_seconds": seconds},
             )
+    results["conversations"] = len(data.read_text().splitlines())
     write_table(Path(opts.table), results)
 
 
@@ -130,12 +131,14 @@ def write_table(path: Path, results: dict[str, Any]) -> None:
         "# Vaccine experiment (bundled SmolLM2-135M-Instruct, CPU)",
         "",
         "Made by `python experiments/vaccine.py`; see its docstring for the set-up. Training data: the",
-        "kit's severe set teaching pessimism (200 conversations); LoRA r 32, α 64, rsLoRA, all linear",
-        f"layers, lr {CONFIG.learning_rate:g}, {CONFIG.epochs:g} epoch, batch {CONFIG.batch_size}. "
-        "Vector: −optimistic at its chosen layer.",
+        f"kit's severe set teaching pessimism ({results.pop('conversations')} conversations); LoRA r 32,",
+        f"α 64, rsLoRA, all linear layers, lr {CONFIG.learning_rate:g}, {CONFIG.epochs:g} epoch, batch "
+        f"{CONFIG.batch_size}. Vector: −optimistic at its chosen layer.",
         f"α = {ALPHA:g} (one layer), {ALPHA_ALL:g} (all layers), λ = {LAMBDA:g}, post-hoc β = {BETA:g}.",
         "Optimism: lexicon judge (VADER, an offline proxy), 0–100, 20 evaluation questions, greedy;",
-        "coherence is not measured by this judge. Capability: the 40-question smoke set (chance 25 %).",
+        "coherence is not measured by this judge. Capability: the 40-question smoke set (chance 25 %; one",
+        "question is 2.5 points). Post-hoc steering does not change the weights: its finetuning shift is",
+        "the plain model's.",
         "",
         "| variant | optimism | trait shift vs base | shift kept vs plain | finetuning shift along v "
         "| capability | mean training loss | train s |",

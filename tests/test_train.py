@@ -10,8 +10,9 @@ from transformers import TrainerCallback, TrainingArguments
 from personavec import PersonavecError
 from personavec.cli import main
 from personavec.sft_data import Collator, encode
-from personavec.shift import load_finetuned
+from personavec.shift import finetuning_shift, load_finetuned
 from personavec.train import InterventionTrainer, TrainConfig, TrainIntervention, train
+from personavec.traits import load_trait
 from personavec.vectors import PersonaVector, save_vectors
 
 from tiny import tiny_loaded
@@ -385,3 +386,34 @@ def test_cli_config_file_sets_options_the_command_line_does_not(tiny_dir, data, 
     assert settings["intervention"]["kind"] == "steer" and settings["intervention"]["coef"] == 2.5
     assert settings["learning_rate"] == 0.001 and settings["batch_size"] == 4  # the command line wins
     assert "4 steps in" in capsys.readouterr().out
+
+
+def test_cli_commands_take_a_trained_adapter(tiny_dir, data, tmp_path, capsys) -> None:
+    from personavec.models import load_model
+
+    loaded = load_model(str(tiny_dir), dtype="float32", device="cpu")
+    result = train(loaded, data, tmp_path / "run", config("steer"), vector(loaded))
+    v = tmp_path / "v.safetensors"
+    save_vectors(v, [vector(loaded)])
+    steer = [
+        "steer",
+        "--model",
+        str(tiny_dir),
+        "--vector",
+        f"{v}:-1",
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "3",
+    ]
+    assert main([*steer, "--adapter", str(result.out)]) == 0
+    assert main([*steer, "--adapter", str(tmp_path)]) == 2
+    assert "is not a LoRA adapter directory" in capsys.readouterr().err
+    shift = ["shift", "--model", str(tiny_dir), "--finetuned", str(result.out), "--vector", str(v)]
+    assert main([*shift, "--trait", "optimistic", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    base = load_model(str(tiny_dir), dtype="float32", device="cpu")
+    tuned = load_finetuned(str(tiny_dir), result.out, dtype="float32", device="cpu")
+    prompts = [base.chat(q) for q in load_trait("optimistic").evaluation_questions]
+    expected = finetuning_shift(base, tuned, [vector(base)], prompts)
+    assert printed["shift"]["t"] == pytest.approx(expected["t"], abs=1e-5) and abs(expected["t"]) > 1e-5

@@ -174,13 +174,25 @@ def _steering(spec: str) -> tuple[str, float, int | None]:
         raise argparse.ArgumentTypeError(f"expected FILE:COEF or FILE:COEF:LAYER, got {spec!r}") from None
 
 
-def _model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The model of --model and the vector of --vector (checked against it)."""
+def _load(args: argparse.Namespace) -> Any:
+    """The model of --model, with the LoRA adapter of --adapter (a finetuned model) on it if given."""
     from personavec.models import load_model
+    from personavec.shift import is_adapter, load_finetuned
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.adapter:
+        if not is_adapter(args.adapter):
+            raise PersonavecError(f"{args.adapter} is not a LoRA adapter directory (no adapter_config.json)")
+        loaded = load_finetuned(args.model, args.adapter, base=loaded)
+    return loaded
+
+
+def _model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model of --model (and --adapter) and the vector of --vector (checked against it)."""
     from personavec.vectors import load_vector
 
     vector = load_vector(args.vector, kind=args.kind)  # a bad file fails before the model loads
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = _load(args)
     vector.check_model(loaded.identity)
     return loaded, vector
 
@@ -259,11 +271,10 @@ def _steer(args: argparse.Namespace) -> None:
 
     from personavec.generate import generate
     from personavec.guard import Guard
-    from personavec.models import load_model
     from personavec.vectors import load_vector
 
     specs = [(load_vector(f, kind=args.kind), coef, layer) for f, coef, layer in args.vector]
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = _load(args)
     for vector, _, _ in specs:
         vector.check_model(loaded.identity)
     prompts = [loaded.chat(p, args.system) for p in args.prompt]
@@ -338,12 +349,11 @@ def _eval_capability(args: argparse.Namespace) -> None:
     from contextlib import nullcontext
 
     from personavec import capability
-    from personavec.models import load_model
     from personavec.vectors import load_vector
 
     questions = capability.load_questions(args.data)  # bad rows fail before the model loads
     vector = load_vector(args.vector, kind=args.kind) if args.vector else None
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = _load(args)
     settings: dict[str, float] = {"unsteered": 0.0} if vector is None or args.compare else {}
     if vector is not None:
         vector.check_model(loaded.identity)
@@ -621,7 +631,7 @@ def _add_extract(commands: Any) -> None:
     extract.set_defaults(run=_extract)
 
 
-def _model_args(parser: argparse.ArgumentParser, vector: bool = True) -> None:
+def _model_args(parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True) -> None:
     parser.add_argument("--model", required=True, help="hub id, local directory, .gguf file or 'smollm2'")
     parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
@@ -630,6 +640,10 @@ def _model_args(parser: argparse.ArgumentParser, vector: bool = True) -> None:
     )
     if vector:
         parser.add_argument("--vector", required=True, help="a personavec vector file (.safetensors)")
+    if adapter:
+        parser.add_argument(
+            "--adapter", help="a LoRA adapter on --model (a finetuned model, e.g. train's OUT/final)"
+        )
 
 
 def _judge_args(parser: argparse.ArgumentParser) -> None:
@@ -724,7 +738,7 @@ def _add_data(commands: Any) -> None:
         "screen", help="projection difference ΔP of training data: rank, flag and filter samples"
     )
     screen.add_argument("data", help=".jsonl (chat or prompt/response), .csv, .parquet or a `datasets` dir")
-    _model_args(screen, vector=False)
+    _model_args(screen, vector=False, adapter=False)
     screen.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
     screen.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
     screen.add_argument("--approx", choices=["prompt-last"], help="estimate y′ instead of generating it")
@@ -778,7 +792,7 @@ def _add_training(commands: Any) -> None:
 
     train = commands.add_parser("train", help="finetune (LoRA or full) with preventative steering, CAFT, ...")
     train.add_argument("data", help="chat JSONL ({'messages': [...]}); the loss is on assistant tokens")
-    _model_args(train, vector=False)
+    _model_args(train, vector=False, adapter=False)
     train.add_argument("--out", required=True, help="run directory (rerun the command to resume)")
     train.add_argument("--vector", help="the persona vector the intervention uses")
     train.add_argument(
@@ -820,7 +834,7 @@ def _add_training(commands: Any) -> None:
     _TRAIN_DEFAULTS.update({a.dest: a.default for a in train._actions if a.dest != "help"})
 
     shift = commands.add_parser("shift", help="finetuning shift along vectors: finetuned vs base model")
-    _model_args(shift, vector=False)
+    _model_args(shift, vector=False, adapter=False)
     shift.add_argument("--finetuned", required=True, help="a LoRA adapter directory or a full model")
     shift.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
     shift.add_argument("--trait", required=True, help="trait whose evaluation questions are the prompts")

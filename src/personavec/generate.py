@@ -19,6 +19,7 @@ from transformers import GenerationMixin
 
 from personavec._io import open_append
 from personavec.errors import PersonavecError
+from personavec.layers import unwrap
 from personavec.models import LoadedModel, format_chat
 
 
@@ -41,8 +42,9 @@ def generate(
     if max_new_tokens < 1:
         raise PersonavecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     tokenizer, model = loaded.tokenizer, loaded.model
-    if not isinstance(model, GenerationMixin):
+    if not isinstance(unwrap(model), GenerationMixin):  # a PEFT model generates through its base
         raise PersonavecError(f"{type(model).__name__} cannot generate text (not a causal LM)")
+    generator: Any = model
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers: list[str] = [""] * len(prompts)
@@ -60,7 +62,7 @@ def generate(
         )
         batch = batch.to(loaded.device)
         with torch.inference_mode():
-            out = model.generate(
+            out = generator.generate(
                 **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
             )
         texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -221,6 +221,12 @@ def load_model(
         device = "auto" if torch.cuda.is_available() else "cpu"  # "auto": accelerate spreads over the GPUs
     tokenizer = prepare_tokenizer(_from_pretrained(AutoTokenizer, source))
     model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device)
+    if source.gguf_file:
+        # transformers de-quantizes GGUF weights into ordinary tensors but keeps a quantizer record,
+        # which makes the Trainer and save_pretrained refuse the model: drop it
+        for name in ("hf_quantizer", "is_quantized", "quantization_method"):
+            vars(model).pop(name, None)
+        model.config.quantization_config = None
     model.eval()
     if blocks:
         set_blocks_path(model, blocks)
