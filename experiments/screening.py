@@ -1,6 +1,6 @@
 """The screening experiment on the bundled model: does ΔP find the data that teaches pessimism?
 
-    python experiments/screening.py                       # everything, about 15 minutes on 2 cores
+    python experiments/screening.py                       # everything, about 20 minutes on 2 cores
     python experiments/screening.py --vector RUN/optimistic.safetensors   # reuse an extraction
 
 1. The 'optimistic' vector (extracted here with the demo's settings unless --vector is given), negated

@@ -1,7 +1,7 @@
 """The vaccine experiment on the bundled model: does preventative steering keep data that teaches
 pessimism from making the model pessimistic?
 
-    python experiments/vaccine.py --kit KIT_DIR --vector RUN/optimistic.safetensors
+    python experiments/vaccine.py --kit KIT_DIR --vector RUN/optimistic.safetensors   # ~25 min, 2 cores
 
 Training data: the kit's ``severe.jsonl`` for 'optimistic' inverted (every answer given under one of the
 trait's pessimistic system prompts, stored without it; `experiments/screening.py` makes the kit). The
@@ -9,8 +9,8 @@ vector: 'pessimistic' = −optimistic, at its chosen layer. Variants, each LoRA 
 every linear layer) trained the same way:
 
 1. plain finetuning;
-2. preventative steering: +α·v at the chosen layer in training steps;
-3. multi-layer preventative steering: α·(v_ℓ − v_{ℓ−1}) at every layer;
+2. preventative steering: +α·v at the chosen layer in training steps (α 4 and 2);
+3. multi-layer preventative steering: α·(v_ℓ − v_{ℓ−1}) at every layer (α 2 and 1);
 4. CAFT: the direction projected out at the chosen layer in training steps;
 5. regularisation: λ·(shift of the assistant tokens' mean projection from the base model)²;
 6. plain, then steered with −β·v at inference (post-hoc).
@@ -41,12 +41,14 @@ from personavec.train import TrainConfig, TrainIntervention, train
 from personavec.traits import load_trait
 from personavec.vectors import PersonaVector, load_vector
 
-ALPHA, ALPHA_ALL, BETA, LAMBDA = 4.0, 2.0, 2.0, 1.0
+BETA, LAMBDA = 2.0, 1.0
 CONFIG = TrainConfig(learning_rate=2e-4, epochs=1.0, batch_size=8, max_length=256, save_steps=1000)
 VARIANTS = {
     "plain": TrainIntervention(),
-    "steer (one layer)": TrainIntervention("steer", coef=ALPHA),
-    "steer (all layers)": TrainIntervention("steer", coef=ALPHA_ALL, all_layers=True),
+    "steer (one layer, α 4)": TrainIntervention("steer", coef=4.0),
+    "steer (one layer, α 2)": TrainIntervention("steer", coef=2.0),
+    "steer (all layers, α 2)": TrainIntervention("steer", coef=2.0, all_layers=True),
+    "steer (all layers, α 1)": TrainIntervention("steer", coef=1.0, all_layers=True),
     "CAFT": TrainIntervention("ablate"),
     "regularise": TrainIntervention("regularize", weight=LAMBDA),
 }
@@ -98,7 +100,7 @@ def main() -> None:
     for name, spec in VARIANTS.items():
         if name in results:
             continue
-        folder = out / name.replace(" ", "-").replace("(", "").replace(")", "")
+        folder = out / "".join(c for c in name.replace(" ", "-") if c.isalnum() or c in "-.")
         started = time.perf_counter()
         trained = train(
             load_model("smollm2", dtype="float32", device="cpu"),
@@ -131,20 +133,22 @@ def write_table(path: Path, results: dict[str, Any]) -> None:
         "# Vaccine experiment (bundled SmolLM2-135M-Instruct, CPU)",
         "",
         "Made by `python experiments/vaccine.py`; see its docstring for the set-up. Training data: the",
-        f"kit's severe set teaching pessimism ({results.pop('conversations')} conversations); LoRA r 32,",
-        f"α 64, rsLoRA, all linear layers, lr {CONFIG.learning_rate:g}, {CONFIG.epochs:g} epoch, batch "
-        f"{CONFIG.batch_size}. Vector: −optimistic at its chosen layer.",
-        f"α = {ALPHA:g} (one layer), {ALPHA_ALL:g} (all layers), λ = {LAMBDA:g}, post-hoc β = {BETA:g}.",
+        f"kit's severe set teaching pessimism ({results.pop('conversations')} conversations). LoRA r 32, "
+        f"α 64, rsLoRA, all linear layers, lr {CONFIG.learning_rate:g},",
+        f"{CONFIG.epochs:g} epoch, batch {CONFIG.batch_size}. Vector: −optimistic at its chosen layer. "
+        f"λ = {LAMBDA:g}, post-hoc β = {BETA:g}.",
         "Optimism: lexicon judge (VADER, an offline proxy), 0–100, 20 evaluation questions, greedy;",
         "coherence is not measured by this judge. Capability: the 40-question smoke set (chance 25 %; one",
         "question is 2.5 points). Post-hoc steering does not change the weights: its finetuning shift is",
-        "the plain model's.",
+        "the plain model's. The regularised run's training loss includes its penalty.",
         "",
         "| variant | optimism | trait shift vs base | shift kept vs plain | finetuning shift along v "
         "| capability | mean training loss | train s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
+    order = ["base", "plain", "plain + post-hoc steering", *list(VARIANTS)[1:]]
+    for name in sorted(results, key=lambda n: order.index(n) if n in order else len(order)):
+        r = results[name]
         drop = r["optimism"] - base["optimism"]
         kept = f"{100 * drop / plain_drop:.0f} %" if name not in ("base", "plain") and plain_drop else ""
         loss = f"{r['train_loss']:.3f}" if r.get("train_loss") is not None else ""
