@@ -631,13 +631,16 @@ def _add_extract(commands: Any) -> None:
     extract.set_defaults(run=_extract)
 
 
-def _model_args(parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True) -> None:
+def _model_args(
+    parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True, kind: bool = True
+) -> None:
     parser.add_argument("--model", required=True, help="hub id, local directory, .gguf file or 'smollm2'")
     parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    parser.add_argument(
-        "--kind", default="response-avg", help="which vector of the file (default response-avg)"
-    )
+    if kind:
+        parser.add_argument(
+            "--kind", default="response-avg", help="which vector of the file (default response-avg)"
+        )
     if vector:
         parser.add_argument("--vector", required=True, help="a personavec vector file (.safetensors)")
     if adapter:
@@ -766,7 +769,7 @@ def _add_data(commands: Any) -> None:
     kit = data.add_parser(
         "make-trait-dataset", help="normal / mild / severe trait-inducing chat datasets answered by the model"
     )
-    kit.add_argument("--model", required=True, help="hub id, local directory, .gguf file or 'smollm2'")
+    _model_args(kit, vector=False, adapter=False, kind=False)
     kit.add_argument("--trait", required=True, help="built-in trait name or trait file")
     kit.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
     kit.add_argument("--invert", action="store_true", help="teach the opposite trait (suppressing prompts)")
@@ -782,8 +785,6 @@ def _add_data(commands: Any) -> None:
     kit.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
     kit.add_argument("--seed", type=int, default=0, help="sampling and mixing seed (default 0)")
     kit.add_argument("--batch-size", type=int, default=16, help="generation batch size (default 16)")
-    kit.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
-    kit.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     kit.set_defaults(run=_make_trait_dataset)
 
 

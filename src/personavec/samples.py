@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,6 +122,15 @@ def to_sample(index: int, where: str, row: Any, columns: Columns) -> Sample | Ba
     if not isinstance(response, str) or not response.strip():
         return bad("the response is empty")
     return Sample(index, where, prompt, response)
+
+
+@dataclass(frozen=True)
+class Census:
+    """How many rows a dataset has, how many are bad, and the first bad one."""
+
+    rows: int
+    bad: int
+    first_bad: BadRow | None
 
 
 class _Format:
@@ -399,6 +409,16 @@ class DataFile:
     def split(self, outputs: dict[str, Path], fates: Iterable[Fate]) -> dict[str, int]:
         """Write row i to ``outputs[fates[i]]``, in this file's format; return the count per output."""
         return self.format.split(outputs, fates)
+
+    @cached_property
+    def census(self) -> Census:
+        """The rows counted and the bad ones found, in one pass (done once per `DataFile`)."""
+        rows, bad, first = 0, 0, None
+        for item in self.samples():
+            rows += 1
+            if isinstance(item, BadRow):
+                bad, first = bad + 1, first or item
+        return Census(rows, bad, first)
 
     def sha256(self) -> str:
         """Hash of the file's bytes (of every file, for a directory): what results depend on."""

@@ -239,18 +239,14 @@ def _settings(
 
 
 def count_rows(data: DataFile, config: ScreenConfig) -> int:
-    """Count the rows and the bad ones before any model work; fail now under the fail policy."""
-    rows, bad, first = 0, 0, None
-    for item in data.samples():
-        rows += 1
-        if isinstance(item, BadRow):
-            bad, first = bad + 1, first or item
-    if first and config.on_bad_row == "fail":
+    """The number of rows; under the fail policy, an error if any is bad (before any model work)."""
+    census = data.census
+    if census.first_bad and config.on_bad_row == "fail":
         raise PersonavecError(
-            f"{bad} bad row{'s' * (bad > 1)} in {data.path} (first: {first}); "
+            f"{census.bad} bad row{'s' * (census.bad > 1)} in {data.path} (first: {census.first_bad}); "
             "fix them or pass --on-bad-row skip"
         )
-    return rows
+    return census.rows
 
 
 def screen(
@@ -350,6 +346,12 @@ def read_scores(path: Path) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
+def _largest(screened: Screened, trait: str, n: int) -> list[tuple[float, int]]:
+    """(ΔP, row index) of the `n` largest ΔP for `trait`, largest first; ties go to the earlier row."""
+    ranked = ((row["delta"][trait], -row["index"]) for row in read_scores(screened.scores) if "delta" in row)
+    return [(delta, -negative) for delta, negative in heapq.nlargest(n, ranked)]
+
+
 def deltas(screened: Screened) -> dict[str, np.ndarray]:
     """ΔP of every scored sample, per trait (float64, input order)."""
     return {
@@ -367,10 +369,7 @@ def _rule(
     if selection.top is not None:
         top: dict[str, set[int]] = {}
         for trait in screened.traits:
-            ranked = (
-                (row["delta"][trait], -row["index"]) for row in read_scores(screened.scores) if "delta" in row
-            )
-            top[trait] = {-negative for _, negative in heapq.nlargest(selection.top, ranked)}
+            top[trait] = {index for _, index in _largest(screened, trait, selection.top)}
         return (lambda row: [t for t in screened.traits if row["index"] in top[t]]), None
     if selection.threshold is not None:
         thresholds = dict.fromkeys(screened.traits, selection.threshold)
@@ -438,18 +437,15 @@ def top_samples(screened: Screened, data: DataFile, n: int = 10) -> dict[str, li
     """Per trait, the `n` samples with the largest ΔP: their scores, last user message and response."""
     best: dict[str, list[tuple[float, int]]] = {}
     for trait in screened.traits:
-        ranked = (
-            (row["delta"][trait], -row["index"]) for row in read_scores(screened.scores) if "delta" in row
-        )
-        best[trait] = heapq.nlargest(n, ranked)
-    wanted = {-negative for ranked in best.values() for _, negative in ranked}
+        best[trait] = _largest(screened, trait, n)
+    wanted = {index for ranked in best.values() for _, index in ranked}
     texts = {}
     for item in data.samples():
         if isinstance(item, Sample) and item.index in wanted:
             user = next(m["content"] for m in reversed(item.prompt) if m["role"] == "user")
             texts[item.index] = {"where": item.where, "prompt": user, "response": item.response}
     return {
-        trait: [{"index": -negative, "delta": delta, **texts[-negative]} for delta, negative in ranked]
+        trait: [{"index": index, "delta": delta, **texts[index]} for delta, index in ranked]
         for trait, ranked in best.items()
     }
 
