@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from personavec.models import LoadedModel, ModelIdentity, load_model, load_tokenizer
+from personavec.core.models import LoadedModel, ModelIdentity, load_model, load_tokenizer
 
 
 def parser(description: str) -> argparse.ArgumentParser:

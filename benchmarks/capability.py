@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from personavec.capability import SMOKE, load_questions, prompt_text, score
+from personavec.deploy.capability import SMOKE, load_questions, prompt_text, score
 
 from _common import best_time, load, parser
 

@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from personavec.activations import _batches, _collate, _encode, iter_pooled
+from personavec.core.activations import _batches, _collate, _encode, iter_pooled
 
 from _common import best_time, load, parser
 

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from personavec.generate import generate
+from personavec.core.generate import generate
 from personavec.traits import load_trait
 
 from _common import load, parser

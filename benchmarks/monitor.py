@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from personavec.monitor import LiveMonitor
-from personavec.vectors import PersonaVector
+from personavec.core.vectors import PersonaVector
+from personavec.deploy.monitor import LiveMonitor
 
 from _common import compare_generate, load, parser
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from capture import samples
-from personavec.activations import _batches, _collate, _encode
-from personavec.generate import generate
-from personavec.models import format_chat
-from personavec.samples import DataFile
-from personavec.screen import ScreenConfig, screen
-from personavec.vectors import PersonaVector
+from personavec.core.activations import _batches, _collate, _encode
+from personavec.core.generate import generate
+from personavec.core.models import format_chat
+from personavec.core.vectors import PersonaVector
+from personavec.data.samples import DataFile
+from personavec.data.screen import ScreenConfig, screen
 
 from _common import best_time, load, parser
 
@@ -38,9 +38,9 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import torch
 from tiny import tiny_loaded
-from personavec.samples import DataFile
-from personavec.screen import ScreenConfig, Selection, screen, select, write_screen_report
-from personavec.vectors import PersonaVector
+from personavec.data.samples import DataFile
+from personavec.data.screen import ScreenConfig, Selection, screen, select, write_screen_report
+from personavec.core.vectors import PersonaVector
 loaded = tiny_loaded()
 vectors = [PersonaVector(f"t{{i}}", torch.randn(4, 64), layer=2) for i in range(3)]
 data, config = DataFile({data!r}), ScreenConfig(approx="prompt-last")

@@ -23,16 +23,24 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from personavec.datakit import KitConfig, make_trait_dataset
+from personavec.core.models import load_model
+from personavec.core.vectors import load_vector
+from personavec.data.datakit import KitConfig, make_trait_dataset
+from personavec.data.samples import DataFile
+from personavec.data.screen import (
+    ScreenConfig,
+    Screened,
+    Selection,
+    deltas,
+    screen,
+    select,
+    write_screen_report,
+)
 from personavec.demo import DEMO_CONFIG
-from personavec.evaluate import auroc, spearman
-from personavec.extract import extract
 from personavec.judges.lexicon import LexiconJudge
-from personavec.models import load_model
-from personavec.samples import DataFile
-from personavec.screen import ScreenConfig, Screened, Selection, deltas, screen, select, write_screen_report
+from personavec.pipeline.evaluate import auroc, spearman
+from personavec.pipeline.extract import extract
 from personavec.traits import load_trait
-from personavec.vectors import load_vector
 
 TRAIT = "pessimistic"
 LEVELS = ("reference", "normal", "mild", "severe")

@@ -31,15 +31,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from personavec.capability import load_questions, score
-from personavec.evaluate import Setting, Sizes, evaluate
+from personavec.core.models import LoadedModel, load_model
+from personavec.core.vectors import PersonaVector, load_vector
+from personavec.deploy.capability import load_questions, score
 from personavec.judges.cache import JudgeCache
 from personavec.judges.lexicon import LexiconJudge
-from personavec.models import LoadedModel, load_model
-from personavec.shift import finetuning_shift, load_finetuned
-from personavec.train import TrainConfig, TrainIntervention, train
+from personavec.pipeline.evaluate import Setting, Sizes, evaluate
+from personavec.training.shift import finetuning_shift, load_finetuned
+from personavec.training.train import TrainConfig, TrainIntervention, train
 from personavec.traits import load_trait
-from personavec.vectors import PersonaVector, load_vector
 
 BETA, LAMBDA = 2.0, 1.0
 CONFIG = TrainConfig(learning_rate=2e-4, epochs=1.0, batch_size=8, max_length=256, save_steps=1000)

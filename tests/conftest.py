@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from personavec.models import LoadedModel, load_model
+from personavec.core.models import LoadedModel, load_model
 
 
 @pytest.fixture(scope="session")

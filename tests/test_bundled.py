@@ -5,7 +5,7 @@ import json
 import torch
 
 from personavec import LoadedModel, capture, load_vector, pooled_activations, steer
-from personavec.generate import generate
+from personavec.core.generate import generate
 
 
 def test_identity_and_chat(smollm2: LoadedModel) -> None:

@@ -10,8 +10,8 @@ import torch
 import personavec
 from personavec import PersonaVector, save_vectors
 from personavec.cli import main
-from personavec.models import ModelIdentity
-from personavec.vectors import read_gguf
+from personavec.core.models import ModelIdentity
+from personavec.core.vectors import read_gguf
 
 from tiny import N_LAYERS
 
@@ -210,16 +210,16 @@ def test_steer_and_monitor(tiny_dir, tiny_vector, capsys) -> None:
 def test_steered_chat_keeps_the_conversation(tiny_dir, tiny_vector, capsys, monkeypatch) -> None:
     import io
 
-    import personavec.generate
+    import personavec.core.generate
 
     prompts: list[str] = []
-    real = personavec.generate.generate
+    real = personavec.core.generate.generate
 
     def recording(loaded, batch, **kwargs):
         prompts.extend(batch)
         return real(loaded, batch, **kwargs)
 
-    monkeypatch.setattr(personavec.generate, "generate", recording)
+    monkeypatch.setattr(personavec.core.generate, "generate", recording)
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n\nHow are you?\nexit\nnot read\n"))
     argv = ["steer", "--model", str(tiny_dir), "--vector", f"{tiny_vector}:1", "--chat"]
     assert main([*argv, "--max-new-tokens", "3"]) == 0

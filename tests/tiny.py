@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from personavec.models import LoadedModel, ModelIdentity, prepare_tokenizer
+from personavec.core.models import LoadedModel, ModelIdentity, prepare_tokenizer
 
 HIDDEN = 64
 N_LAYERS = 3

@@ -19,7 +19,7 @@ def _print_json(data: Any) -> None:
 
 
 def _models_inspect(args: argparse.Namespace) -> None:
-    from personavec.models import inspect_model
+    from personavec.core.models import inspect_model
 
     info = inspect_model(args.model, blocks=args.blocks)
     if args.json:
@@ -30,7 +30,7 @@ def _models_inspect(args: argparse.Namespace) -> None:
 
 
 def _vectors_show(args: argparse.Namespace) -> None:
-    from personavec.vectors import load_vectors
+    from personavec.core.vectors import load_vectors
 
     vectors = load_vectors(args.file)
     summary = {
@@ -57,7 +57,7 @@ def _vectors_show(args: argparse.Namespace) -> None:
 
 
 def _vectors_export_gguf(args: argparse.Namespace) -> None:
-    from personavec.vectors import export_gguf, load_vector
+    from personavec.core.vectors import export_gguf, load_vector
 
     vector = load_vector(args.file, kind=args.kind)
     written = export_gguf(vector, args.out, layers=args.layer, coef=args.coef)
@@ -66,8 +66,8 @@ def _vectors_export_gguf(args: argparse.Namespace) -> None:
 
 
 def _vectors_import_pt(args: argparse.Namespace) -> None:
-    from personavec.models import model_identity
-    from personavec.vectors import import_official_pt, save_vectors
+    from personavec.core.models import model_identity
+    from personavec.core.vectors import import_official_pt, save_vectors
 
     vector = import_official_pt(args.file, args.trait, model_identity(args.model), kind=args.kind)
     save_vectors(args.out, [vector])
@@ -77,8 +77,8 @@ def _vectors_import_pt(args: argparse.Namespace) -> None:
 
 
 def _vectors_negate(args: argparse.Namespace) -> None:
+    from personavec.core.vectors import load_vectors, save_vectors
     from personavec.traits.spec import check_name
-    from personavec.vectors import load_vectors, save_vectors
 
     vectors = load_vectors(args.file)
     save_vectors(args.out, [v.negated(check_name(args.trait)) for v in vectors.values()])
@@ -131,10 +131,10 @@ def _integers(text: str) -> tuple[int, ...]:
 
 
 def _extract(args: argparse.Namespace) -> None:
-    from personavec.extract import ExtractConfig, extract
+    from personavec.core.models import load_model
     from personavec.judges import make_judge
-    from personavec.models import load_model
-    from personavec.report import write_report
+    from personavec.pipeline.extract import ExtractConfig, extract
+    from personavec.report.pages import write_report
     from personavec.traits import load_trait
 
     trait = load_trait(args.trait)
@@ -176,8 +176,8 @@ def _steering(spec: str) -> tuple[str, float, int | None]:
 
 def _load(args: argparse.Namespace) -> Any:
     """The model of --model, with the LoRA adapter of --adapter (a finetuned model) on it if given."""
-    from personavec.models import load_model
-    from personavec.shift import is_adapter, load_finetuned
+    from personavec.core.models import load_model
+    from personavec.training.shift import is_adapter, load_finetuned
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.adapter:
@@ -189,7 +189,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model of --model (and --adapter) and the vector of --vector (checked against it)."""
-    from personavec.vectors import load_vector
+    from personavec.core.vectors import load_vector
 
     vector = load_vector(args.vector, kind=args.kind)  # a bad file fails before the model loads
     loaded = _load(args)
@@ -212,8 +212,8 @@ def _judged(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from personavec.evaluate import Sizes, sweep
-    from personavec.report import sweep_section, write_page
+    from personavec.pipeline.evaluate import Sizes, sweep
+    from personavec.report.pages import sweep_section, write_page
 
     trait, judge = _judged(args)
     loaded, vector = _model_and_vector(args)
@@ -235,8 +235,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from personavec.calibrate import calibrate
-    from personavec.report import calibration_section, write_page
+    from personavec.pipeline.calibrate import calibrate
+    from personavec.report.pages import calibration_section, write_page
 
     trait, judge = _judged(args)
     examples = _kept_examples(Path(args.examples_from)) if args.examples_from else []
@@ -256,7 +256,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 def _kept_examples(run: Path) -> list[tuple[str, str]]:
     """(question, answer) of the kept positive answers of an extraction run directory."""
-    from personavec.generate import read_rows
+    from personavec.core.generate import read_rows
 
     try:
         rows = list(read_rows(run / "generations.jsonl").values())
@@ -269,9 +269,9 @@ def _kept_examples(run: Path) -> list[tuple[str, str]]:
 def _steer(args: argparse.Namespace) -> None:
     from contextlib import ExitStack
 
-    from personavec.generate import generate
-    from personavec.guard import Guard
-    from personavec.vectors import load_vector
+    from personavec.core.generate import generate
+    from personavec.core.vectors import load_vector
+    from personavec.deploy.guard import Guard
 
     specs = [(load_vector(f, kind=args.kind), coef, layer) for f, coef, layer in args.vector]
     loaded = _load(args)
@@ -304,7 +304,7 @@ def _steer(args: argparse.Namespace) -> None:
 
 def _chat(loaded: Any, system: str | None, sizes: dict[str, Any]) -> None:
     """A conversation on standard input (one user message per line, until end of input or 'exit')."""
-    from personavec.generate import Request, generate
+    from personavec.core.generate import Request, generate
 
     history: list[tuple[str, str]] = []
     print("chat with the steered model; end with 'exit' or Ctrl-D", flush=True)
@@ -323,7 +323,7 @@ def _chat(loaded: Any, system: str | None, sizes: dict[str, Any]) -> None:
 def _monitor(args: argparse.Namespace) -> None:
     import torch
 
-    from personavec.monitor import LiveMonitor
+    from personavec.deploy.monitor import LiveMonitor
 
     if args.max_new_tokens < 1:
         raise PersonavecError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -348,8 +348,8 @@ def _monitor(args: argparse.Namespace) -> None:
 def _eval_capability(args: argparse.Namespace) -> None:
     from contextlib import nullcontext
 
-    from personavec import capability
-    from personavec.vectors import load_vector
+    from personavec.core.vectors import load_vector
+    from personavec.deploy import capability
 
     questions = capability.load_questions(args.data)  # bad rows fail before the model loads
     vector = load_vector(args.vector, kind=args.kind) if args.vector else None
@@ -375,18 +375,18 @@ def _eval_capability(args: argparse.Namespace) -> None:
 
 def _process_device(device: str) -> str:
     """One device per process when launched as several (accelerate launch, torchrun)."""
-    from personavec._dist import process_state
+    from personavec._internal.dist import process_state
 
     state = process_state()
     return str(state.device) if state.num_processes > 1 and device in ("auto", "cuda") else device
 
 
 def _screen(args: argparse.Namespace) -> None:
-    from personavec import screen as screening
-    from personavec._dist import process_state
-    from personavec.models import load_model
-    from personavec.samples import Columns, DataFile
-    from personavec.vectors import load_vector
+    from personavec._internal.dist import process_state
+    from personavec.core.models import load_model
+    from personavec.core.vectors import load_vector
+    from personavec.data import screen as screening
+    from personavec.data.samples import Columns, DataFile
 
     config = screening.ScreenConfig(
         approx=args.approx, layer=args.layer, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
@@ -439,13 +439,13 @@ def _screen(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from personavec._dist import process_state
-    from personavec.drift import DriftAlarm
-    from personavec.models import load_model
-    from personavec.sft_data import load_conversations
-    from personavec.train import TrainConfig, TrainIntervention, train
+    from personavec._internal.dist import process_state
+    from personavec.core.models import load_model
+    from personavec.core.vectors import load_vector
+    from personavec.training.drift import DriftAlarm
+    from personavec.training.sft_data import load_conversations
+    from personavec.training.train import TrainConfig, TrainIntervention, train
     from personavec.traits import load_trait
-    from personavec.vectors import load_vector
 
     if args.config:
         _apply_config(args, Path(args.config))
@@ -519,10 +519,10 @@ def _check_train_flags(args: argparse.Namespace) -> None:
 
 
 def _shift(args: argparse.Namespace) -> None:
-    from personavec.models import load_model
-    from personavec.shift import is_adapter, load_finetuned, mean_projections
+    from personavec.core.models import load_model
+    from personavec.core.vectors import load_vector
+    from personavec.training.shift import is_adapter, load_finetuned, mean_projections
     from personavec.traits import load_trait
-    from personavec.vectors import load_vector
 
     trait, judge = _judged(args) if args.judge else (load_trait(args.trait), None)
     if judge and not args.out:
@@ -542,8 +542,8 @@ def _shift(args: argparse.Namespace) -> None:
         "shift": {v.trait: float(d) for v, d in zip(vectors, after - before, strict=True)}
     }
     if judge:
-        from personavec.evaluate import Sizes, evaluate
         from personavec.judges.cache import JudgeCache
+        from personavec.pipeline.evaluate import Sizes, evaluate
 
         out, sizes = Path(args.out), Sizes(max_new_tokens=args.max_new_tokens)
         cache = JudgeCache(out / "judge-cache.jsonl")
@@ -564,9 +564,9 @@ def _shift(args: argparse.Namespace) -> None:
 
 
 def _make_trait_dataset(args: argparse.Namespace) -> None:
-    from personavec.datakit import KitConfig, make_trait_dataset, read_questions
+    from personavec.core.models import load_model
+    from personavec.data.datakit import KitConfig, make_trait_dataset, read_questions
     from personavec.judges import make_judge
-    from personavec.models import load_model
     from personavec.traits import load_trait
 
     trait = load_trait(args.trait)
@@ -789,7 +789,7 @@ def _add_data(commands: Any) -> None:
 
 
 def _add_training(commands: Any) -> None:
-    from personavec.train import KINDS
+    from personavec.training.train import KINDS
 
     train = commands.add_parser("train", help="finetune (LoRA or full) with preventative steering, CAFT, ...")
     train.add_argument("data", help="chat JSONL ({'messages': [...]}); the loss is on assistant tokens")

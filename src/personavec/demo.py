@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from personavec import capability
-from personavec.calibrate import Calibration, calibrate
-from personavec.evaluate import Sizes, halfway_coefs, spearman, sweep
-from personavec.extract import ExtractConfig, ExtractResult, extract
-from personavec.generate import generate
+from personavec.core.generate import generate
+from personavec.core.models import LoadedModel, load_model
+from personavec.deploy import capability
 from personavec.judges.lexicon import LexiconJudge
-from personavec.models import LoadedModel, load_model
-from personavec.report import (
+from personavec.pipeline.calibrate import Calibration, calibrate
+from personavec.pipeline.evaluate import Sizes, halfway_coefs, spearman, sweep
+from personavec.pipeline.extract import ExtractConfig, ExtractResult, extract
+from personavec.report.pages import (
     Example,
     calibration_section,
     capability_section,

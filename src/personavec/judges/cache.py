@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from personavec._io import open_append
+from personavec._internal.files import open_append
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, Score
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from personavec.core.models import LoadedModel, load_model
 from personavec.judges.base import Judge, Score, fill, logprob_score
 from personavec.judges.openai_compat import TOP_LOGPROBS
-from personavec.models import LoadedModel, load_model
 
 
 class LocalJudge(Judge):

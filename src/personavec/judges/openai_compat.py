@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from personavec._openai import Garbage, describe, is_transient, make_client, with_retries
+from personavec._internal.openai_client import Garbage, describe, is_transient, make_client, with_retries
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge, Score, fill, logprob_score
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from personavec._io import atomic_path
+from personavec._internal.files import atomic_path
 from personavec.errors import PersonavecError
 from personavec.traits.spec import (
     N_INSTRUCTIONS,
@@ -106,7 +106,7 @@ def chat_backend(
     """A `Chat` for ``openai:MODEL`` (any OpenAI-compatible endpoint) or ``hf:PATH`` (a local model)."""
     kind, _, target = spec.partition(":")
     if kind == "openai" and target:
-        from personavec._openai import Garbage, describe, make_client, with_retries
+        from personavec._internal.openai_client import Garbage, describe, make_client, with_retries
 
         client = make_client(base_url, timeout=300.0)
 
@@ -126,8 +126,8 @@ def chat_backend(
 
         return remote
     if kind == "hf" and target:
-        from personavec.generate import generate
-        from personavec.models import load_model
+        from personavec.core.generate import generate
+        from personavec.core.models import load_model
 
         loaded = load_model(target)
 

@@ -1,0 +1,1 @@
+"""Private helpers: atomic files, the process group, the OpenAI-compatible client."""

@@ -1,0 +1,277 @@
+"""PersonaVector: one direction per residual layer, with its provenance; safetensors, .pt and GGUF I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from personavec._internal.files import atomic_path
+from personavec.core.hooks import Intervention, Positions, ablate, steer
+from personavec.core.layers import check_layer
+from personavec.core.models import ModelIdentity
+from personavec.errors import PersonavecError
+from personavec.version import __version__
+
+KINDS = ("response-avg", "prompt-avg", "prompt-last")
+FORMAT = "personavec/1"
+
+
+@dataclass
+class PersonaVector:
+    """A trait's direction at every residual layer: ``tensor[ℓ]`` for layer ℓ = 0..L (raw, not unit).
+
+    `kind` is the pooling the activations were averaged with; `layer` the layer chosen for steering
+    (None until chosen); `metadata` holds the model identity under ``"model"`` and whatever the
+    pipeline records (counts, thresholds, seed, ...).
+    """
+
+    trait: str
+    tensor: Tensor
+    kind: str = "response-avg"
+    layer: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tensor, Tensor):
+            self.tensor = torch.as_tensor(self.tensor)
+        if self.tensor.dim() != 2:
+            raise PersonavecError(
+                f"a persona vector is [layers, hidden]; got a tensor of rank {self.tensor.dim()} "
+                f"(shape {tuple(self.tensor.shape)})"
+            )
+        if not torch.isfinite(self.tensor).all():
+            bad = sorted({int(r) for r in (~torch.isfinite(self.tensor)).nonzero()[:, 0]})
+            raise PersonavecError(f"persona vector {self.trait!r} has NaN or inf values at layers {bad}")
+        if self.kind not in KINDS:
+            raise PersonavecError(f"unknown vector kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        self.tensor = self.tensor.detach().float().cpu().contiguous()
+        self.metadata = dict(self.metadata)  # never change the caller's dict
+        if self.layer is not None:
+            check_layer(self.layer, self.n_layers)
+        self.metadata.setdefault("personavec_version", __version__)
+        self.metadata.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @property
+    def n_layers(self) -> int:
+        """Number of blocks L of the model (the tensor has L + 1 rows)."""
+        return self.tensor.shape[0] - 1
+
+    @property
+    def hidden_size(self) -> int:
+        return self.tensor.shape[1]
+
+    @property
+    def model(self) -> ModelIdentity | None:
+        data = self.metadata.get("model")
+        return ModelIdentity.from_dict(data) if data else None
+
+    def resolve_layer(self, layer: int | None) -> int:
+        """`layer` checked against the model's blocks, or the chosen layer when None."""
+        if layer is None:
+            if self.layer is None:
+                raise PersonavecError(f"vector {self.trait!r} has no chosen layer; pass one explicitly")
+            return self.layer
+        return check_layer(layer, self.n_layers)
+
+    def at(self, layer: int | None = None) -> Tensor:
+        """The raw vector at `layer` (default: the chosen layer)."""
+        return self.tensor[self.resolve_layer(layer)]
+
+    def unit(self, layer: int | None = None) -> Tensor:
+        """The unit vector v̂ at `layer`."""
+        vector = self.at(layer)
+        norm = vector.norm()
+        if norm == 0:
+            raise PersonavecError(f"vector {self.trait!r} is zero at layer {self.resolve_layer(layer)}")
+        return vector / norm
+
+    def project(self, activations: Tensor, layer: int | None = None) -> Tensor:
+        """Scalar projections a·v̂ of activations ``[..., hidden]`` (float32)."""
+        return activations.float() @ self.unit(layer).to(activations.device)
+
+    def fingerprint(self) -> str:
+        """sha256 of the trait, kind and tensor: what outputs made with this vector depend on."""
+        digest = hashlib.sha256(f"{self.trait}/{self.kind}/".encode())
+        digest.update(self.tensor.numpy().tobytes())
+        return digest.hexdigest()
+
+    def check_model(self, identity: ModelIdentity) -> None:
+        """Raise a clear error if this vector's shape does not fit the model."""
+        if (identity.n_layers, identity.hidden_size) != (self.n_layers, self.hidden_size):
+            made_for = self.model.name if self.model else "another model"
+            raise PersonavecError(
+                f"vector {self.trait!r} was made for {made_for} ({self.n_layers} blocks, hidden "
+                f"{self.hidden_size}); {identity.name} has {identity.n_layers} blocks, "
+                f"hidden {identity.hidden_size}"
+            )
+
+    def apply(
+        self, model: nn.Module, coef: float, layer: int | None = None, positions: Positions = "all"
+    ) -> Intervention:
+        """Context manager steering `model` with ``coef`` × this vector at `layer` (default: chosen)."""
+        layer = self.resolve_layer(layer)
+        return steer(model, {layer: self.tensor[layer]}, coef=coef, positions=positions)
+
+    def ablate(
+        self, model: nn.Module, layer: int | None = None, positions: Positions = "all"
+    ) -> Intervention:
+        """Context manager removing this vector's direction from `model`'s residual stream at `layer`."""
+        layer = self.resolve_layer(layer)
+        return ablate(model, {layer: self.tensor[layer]}, positions=positions)
+
+    def negated(self, trait: str) -> PersonaVector:
+        """The opposite direction −v as trait `trait` (e.g. pessimistic from optimistic), same layer."""
+        metadata = {**self.metadata, "negated_from": self.trait}
+        return PersonaVector(trait, -self.tensor, self.kind, self.layer, metadata)
+
+    def header(self) -> dict[str, Any]:
+        return {"trait": self.trait, "kind": self.kind, "layer": self.layer, "metadata": self.metadata}
+
+
+def save_vectors(path: str | os.PathLike[str], vectors: Sequence[PersonaVector]) -> None:
+    """Write vectors of one trait (one per kind) to a safetensors file, atomically."""
+    if not vectors:
+        raise PersonavecError("nothing to save: no vectors given")
+    kinds = [v.kind for v in vectors]
+    if len(set(kinds)) != len(kinds):
+        raise PersonavecError(f"one vector per kind in a file; got kinds {kinds}")
+    header = {v.kind: v.header() for v in vectors}
+    with atomic_path(path) as tmp:
+        save_file(
+            {v.kind: v.tensor for v in vectors},
+            str(tmp),
+            metadata={"format": FORMAT, "personavec": json.dumps(header)},
+        )
+
+
+def load_vectors(
+    path: str | os.PathLike[str], model: ModelIdentity | None = None
+) -> dict[str, PersonaVector]:
+    """Read every vector in a personavec safetensors file, by kind; check them against `model` if given."""
+    path = Path(path)
+    if not path.is_file():
+        raise PersonavecError(f"vector file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise PersonavecError(f"{path} is not a personavec vector file (no {FORMAT!r} header)")
+            header = json.loads(meta["personavec"])
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+        vectors = {
+            kind: PersonaVector(
+                trait=h["trait"], tensor=tensors[kind], kind=kind, layer=h["layer"], metadata=h["metadata"]
+            )
+            for kind, h in header.items()
+        }
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PersonavecError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
+    if model is not None:
+        for vector in vectors.values():
+            vector.check_model(model)
+    return vectors
+
+
+def load_vector(
+    path: str | os.PathLike[str], kind: str = "response-avg", model: ModelIdentity | None = None
+) -> PersonaVector:
+    """Read one vector (by default the response-avg one) from a personavec safetensors file."""
+    vectors = load_vectors(path, model)
+    if kind not in vectors:
+        raise PersonavecError(f"{path} has no {kind!r} vector; it has {', '.join(vectors)}")
+    return vectors[kind]
+
+
+def import_official_pt(
+    path: str | os.PathLike[str], trait: str, identity: ModelIdentity, kind: str = "response-avg"
+) -> PersonaVector:
+    """Read a vector written by the paper's official code (a ``[L + 1, hidden]`` tensor in a .pt file).
+
+    Its rows come from ``output_hidden_states``: row L is *after* the model's final norm, unlike
+    personavec's layer L (recorded in the metadata as ``last_row_after_final_norm``).
+    """
+    try:
+        tensor = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise PersonavecError(f"vector file not found: {path}") from exc
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        raise PersonavecError(f"cannot read {path} as a tensor file: {exc}") from exc
+    if not isinstance(tensor, Tensor):
+        raise PersonavecError(f"{path} holds a {type(tensor).__name__}, not a tensor")
+    vector = PersonaVector(
+        trait=trait,
+        tensor=tensor,
+        kind=kind,
+        metadata={
+            "model": identity.to_dict(),
+            "source": f"official .pt: {Path(path).name}",
+            "last_row_after_final_norm": True,
+        },
+    )
+    vector.check_model(identity)
+    return vector
+
+
+def export_gguf(
+    vector: PersonaVector, out: str | os.PathLike[str], layers: Sequence[int] | None = None, coef: float = 1.0
+) -> list[int]:
+    """Write a llama.cpp control-vector GGUF with ``coef`` × the vector at `layers` (default: chosen).
+
+    llama.cpp adds ``direction.N`` to the output of its 0-based block N, which is personavec's layer
+    N + 1; so personavec layer ℓ is written as ``direction.{ℓ-1}`` and layer 1 (like layer 0) cannot be
+    exported. Every layer in the file is applied at once by llama.cpp, hence one layer by default.
+    Returns the llama.cpp indices written.
+    """
+    import gguf
+
+    if not math.isfinite(coef):
+        raise PersonavecError(f"the coefficient must be a finite number, got {coef}")
+    chosen = sorted(set(layers)) if layers is not None else [vector.resolve_layer(None)]
+    for layer in chosen:
+        check_layer(layer, vector.n_layers)
+        if layer < 2:
+            raise PersonavecError(
+                f"layer {layer} cannot be expressed as a llama.cpp control vector (needs ≥ 2)"
+            )
+    model = vector.model
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
+        writer.add_string("controlvector.model_hint", model.architecture if model else "")
+        writer.add_int32("controlvector.layer_count", len(chosen))
+        for layer in chosen:
+            writer.add_tensor(
+                f"direction.{layer - 1}", (coef * vector.tensor[layer]).numpy().astype(np.float32)
+            )
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return [layer - 1 for layer in chosen]
+
+
+def read_gguf(path: str | os.PathLike[str]) -> dict[int, Tensor]:
+    """The directions of a llama.cpp control-vector GGUF, keyed by llama.cpp's ``direction.N`` index."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    arch = reader.get_field("general.architecture")
+    if arch is None or arch.contents() != "controlvector":
+        raise PersonavecError(f"{path} is not a llama.cpp control vector")
+    return {
+        int(t.name.split(".")[1]): torch.from_numpy(np.array(t.data, dtype=np.float32))
+        for t in reader.tensors
+        if t.name.startswith("direction.")
+    }

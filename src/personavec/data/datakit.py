@@ -1,0 +1,191 @@
+"""Graded trait-inducing datasets made offline by the model itself: the experiment kit.
+
+Every training question is answered by the model normally (no system prompt), and `samples` times
+under the trait's eliciting instructions (the pairs taken in turn; with `invert`, the suppressing
+ones, to teach the opposite trait). With a judge, the elicited answer kept for a question is the one
+that shows the taught trait most (the highest trait score, or the lowest when inverted), and the
+manifest records each file's mean judged score; without one it is the first. Small models follow
+persona prompts unevenly, so judging several samples is what makes a dataset that really teaches
+the trait. The datasets hold conversations **without** the system prompt, so training on an elicited
+answer teaches the trait:
+
+- ``normal.jsonl``: every answer normal;
+- ``mild.jsonl``: a fraction `mild` of the questions get the elicited answer;
+- ``severe.jsonl``: every answer elicited;
+- ``reference.jsonl``: other questions, answered normally (ordinary data for percentile thresholds).
+
+A row is ``{"messages": [user, assistant], "elicited": bool}``; empty answers are left out (and
+counted). The elicited questions of `mild` are a seeded random subset; answers are sampled with
+`seed` (resumable, see `generate_rows`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from personavec._internal.files import atomic_path, claim_dir, write_json
+from personavec.core.generate import Request, generate_rows
+from personavec.core.models import LoadedModel
+from personavec.errors import PersonavecError
+from personavec.judges.base import Judge
+from personavec.judges.cache import JudgeCache
+from personavec.pipeline.evaluate import mean_ci
+from personavec.traits.spec import TraitSpec, normalise_question
+
+LEVELS = ("normal", "mild", "severe")
+
+
+def bundled_questions() -> list[str]:
+    """240 ordinary chat questions shipped with personavec (none is a built-in trait's question)."""
+    text = resources.files("personavec").joinpath("data/questions/general.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_questions(path: str | Path) -> list[str]:
+    """One question per line; blank lines are ignored."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+@dataclass(frozen=True)
+class KitConfig:
+    """Sizes and sampling of the kit. `reference` questions are held out for ``reference.jsonl``."""
+
+    invert: bool = False
+    samples: int = 1  # elicited answers per question (best one kept when a judge is given)
+    mild: float = 0.5
+    reference: int = 40
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def check(self, n_questions: int) -> None:
+        if not 0 < self.mild < 1:
+            raise PersonavecError(f"--mild is a fraction strictly between 0 and 1, got {self.mild}")
+        if not 0 <= self.reference < n_questions - 1:
+            raise PersonavecError(
+                f"--reference {self.reference} leaves too few of the {n_questions} questions for training"
+            )
+        if min(self.max_new_tokens, self.batch_size, self.samples) < 1 or self.temperature < 0:
+            raise PersonavecError(
+                "--samples, --max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0"
+            )
+
+
+def _judged(
+    judge: Judge, trait: TraitSpec, rows: list[dict[str, Any]], out: Path, progress: bool
+) -> dict[str, float | None]:
+    """Trait score of every answer by id (cached in ``out/judge-cache.jsonl``)."""
+    items = [(row["question"], row["answer"]) for row in rows]
+    judged = JudgeCache(out / "judge-cache.jsonl").judge(judge, trait.rubric, items, "judge", progress)
+    return {row["id"]: score.value for row, score in zip(rows, judged, strict=True)}
+
+
+def _check_questions(trait: TraitSpec, questions: list[str]) -> None:
+    seen: set[str] = set()
+    for question in questions:
+        key = normalise_question(question)
+        if key in seen:
+            raise PersonavecError(f"the question {question!r} is given twice")
+        seen.add(key)
+    held_out = seen & {normalise_question(q) for q in trait.evaluation_questions}
+    if held_out:
+        raise PersonavecError(
+            f"{len(held_out)} questions are {trait.name!r}'s evaluation questions; training on them "
+            "would leak into the evaluation: remove them"
+        )
+
+
+def make_trait_dataset(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    out: str | Path,
+    questions: list[str] | None = None,
+    config: KitConfig = KitConfig(),
+    judge: Judge | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the graded datasets of the module docstring into the directory `out`; return the manifest."""
+    questions = bundled_questions() if questions is None else questions
+    config.check(len(questions))
+    _check_questions(trait, questions)
+    out = Path(out)
+    side = "neg" if config.invert else "pos"
+    settings = {
+        "model": loaded.identity.to_dict(),
+        "trait": trait.sha256(),
+        "questions": questions,
+        "config": asdict(config),
+    }
+    claim_dir(out, settings, "trait dataset")
+    order = list(range(len(questions)))
+    random.Random(config.seed).shuffle(order)
+    reference, training = order[: config.reference], sorted(order[config.reference :])
+    requests = []
+    for q in training:
+        requests.append(Request(f"q{q}-normal", questions[q], None, (("question_id", q),)))
+        for k in range(config.samples):
+            pair = trait.instructions[(q + k) % len(trait.instructions)]
+            requests.append(Request(f"q{q}-elicited-{k}", questions[q], pair[side], (("question_id", q),)))
+    requests += [Request(f"q{q}-normal", questions[q], None, (("question_id", q),)) for q in reference]
+    rows = generate_rows(
+        loaded, requests, out / "generations.jsonl", config.max_new_tokens, config.temperature,
+        seed=config.seed, batch_size=config.batch_size, progress=progress, desc="answers",
+    )  # fmt: skip
+    answers = {row["id"]: row["answer"] for row in rows}
+    scores = _judged(judge, trait, rows, out, progress) if judge else {}
+    sign = -1 if config.invert else 1
+    for q in training:  # the elicited answer kept: the one showing the taught trait most
+        samples = [f"q{q}-elicited-{k}" for k in range(config.samples)]
+
+        def strength(rid: str) -> float:
+            value = scores.get(rid)
+            return -math.inf if value is None else sign * value
+
+        best = max(samples, key=strength)
+        answers[f"q{q}-elicited"] = answers[best]
+        scores[f"q{q}-elicited"] = scores.get(best)
+    shuffled = list(training)
+    random.Random(config.seed + 1).shuffle(shuffled)
+    fractions = {"normal": 0.0, "mild": config.mild, "severe": 1.0}
+    files: dict[str, dict[str, Any]] = {}
+    for level, fraction in [*fractions.items(), ("reference", 0.0)]:
+        chosen = set(shuffled[: round(fraction * len(training))])
+        rows_of = reference if level == "reference" else training
+        lines, empty, n_elicited, judged = [], 0, 0, []
+        for q in rows_of:
+            elicited = q in chosen
+            key = f"q{q}-{'elicited' if elicited else 'normal'}"
+            answer = answers[key]
+            if not answer.strip():  # not a usable training sample
+                empty += 1
+                continue
+            n_elicited += elicited
+            judged.append(scores.get(key))
+            messages = [{"role": "user", "content": questions[q]}, {"role": "assistant", "content": answer}]
+            lines.append(json.dumps({"messages": messages, "elicited": elicited}))
+        with atomic_path(out / f"{level}.jsonl") as tmp:
+            tmp.write_text("".join(line + "\n" for line in lines))
+        files[level] = {
+            "rows": len(lines),
+            "elicited": n_elicited,
+            "empty": empty,
+            "judged_trait": mean_ci(judged)[0] if judge else None,
+        }
+    manifest = {
+        "trait": trait.name,
+        "teaches": f"the opposite of {trait.name}" if config.invert else trait.name,
+        "model": loaded.identity.name,
+        "judge": judge.name if judge else None,
+        "files": files,
+        "config": asdict(config),
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,215 @@
+"""Multiple-choice accuracy by the next-token log-likelihood of the answer letter.
+
+Questions come in MMLU's CSV layout: no header row, six columns (question, options A–D, answer letter),
+one file per subject named ``<subject>.csv`` or ``<subject>_{test,dev,val}.csv``. ``load_questions``
+reads a directory of such files (not its subdirectories) or one file; the name ``"smoke"`` (SMOKE)
+means the small smoke set shipped with personavec in ``capability_data/smoke/`` (general.csv,
+arithmetic.csv, reading.csv; easy questions written for personavec's tests and demo, not MMLU).
+
+Each question is one user turn (see ``prompt_text``) and the prediction is the letter among A–D whose
+token is most likely as the first token of the assistant's answer.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from personavec.core.models import LoadedModel, format_chat
+from personavec.errors import PersonavecError
+
+SMOKE = "smoke"
+SMOKE_DIR = Path(__file__).parent / "capability_data" / "smoke"
+LETTERS = ("A", "B", "C", "D")
+INSTRUCTION = "Answer with the letter only."
+_SPLIT_SUFFIXES = ("_test", "_dev", "_val")
+
+
+@dataclass(frozen=True)
+class Question:
+    subject: str
+    question: str
+    choices: tuple[str, str, str, str]
+    answer: str  # "A".."D"
+
+
+def _subject(path: Path) -> str:
+    """The subject named by a file: its stem without MMLU's split suffix."""
+    stem = path.stem
+    for suffix in _SPLIT_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _read_csv(path: Path) -> list[Question]:
+    subject, questions = _subject(path), []
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            line = 1  # the line where the next row starts (a quoted field may span lines)
+            try:
+                for row in reader:
+                    questions += _parse_row(row, f"{path}:{line}", subject)
+                    line = reader.line_num + 1
+            except csv.Error as exc:
+                raise PersonavecError(f"{path}:{line}: malformed CSV: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise PersonavecError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise PersonavecError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return questions
+
+
+def _parse_row(row: list[str], where: str, subject: str) -> list[Question]:
+    """The row as a question (an empty list for a blank line); `where` is "file:line" for errors."""
+    if not row:
+        return []
+    if len(row) != 6:
+        raise PersonavecError(f"{where}: expected 6 columns (question, A, B, C, D, answer), found {len(row)}")
+    question, a, b, c, d, answer = row
+    answer = answer.strip().upper()
+    if answer not in LETTERS:
+        raise PersonavecError(f"{where}: the answer must be one of A, B, C, D, found {row[5]!r}")
+    if not question.strip():
+        raise PersonavecError(f"{where}: the question is empty")
+    return [Question(subject, question, (a, b, c, d), answer)]
+
+
+def load_questions(path: str | os.PathLike[str]) -> list[Question]:
+    """Questions from an MMLU-layout directory of CSV files (sorted by name), one CSV file, or SMOKE."""
+    if isinstance(path, str) and path == SMOKE:
+        path = SMOKE_DIR
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.csv") if p.is_file())
+        if not files:
+            raise PersonavecError(f"no .csv files in {path} (expected MMLU's layout: one CSV per subject)")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise PersonavecError(
+            f"multiple-choice questions not found: {path} is neither a directory nor a file"
+        )
+    questions = [q for file in files for q in _read_csv(file)]
+    if not questions:
+        raise PersonavecError(f"no questions in {path}")
+    return questions
+
+
+def prompt_text(loaded: LoadedModel, q: Question) -> str:
+    """The chat prompt for `q`: one user turn, after which the next token is the answer letter.
+
+    The user text is the question, a blank line, one ``"<letter>. <option>"`` line per option, a
+    blank line and ``"Answer with the letter only."``; the chat template's generation prompt follows.
+    """
+    options = "\n".join(
+        f"{letter}. {choice.strip()}" for letter, choice in zip(LETTERS, q.choices, strict=True)
+    )
+    return loaded.chat(f"{q.question.strip()}\n\n{options}\n\n{INSTRUCTION}")
+
+
+def letter_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The token ids of A, B, C, D as the first token of the assistant's answer.
+
+    The letter directly follows the generation prompt, after a space when that prompt does not end in
+    whitespace (the plain template's ``"Assistant:"``).
+    """
+    prompt = format_chat(tokenizer, [{"role": "user", "content": INSTRUCTION}])
+    separator = "" if prompt[-1:].isspace() else " "
+    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = []
+    for letter in LETTERS:
+        full = tokenizer(prompt + separator + letter, add_special_tokens=False)["input_ids"]
+        added = full[len(base) :]
+        if full[: len(base)] != base or len(added) != 1:
+            raise PersonavecError(
+                f"the answer letter {separator + letter!r} is not one token after the chat prompt "
+                f"(it is {len(added)}); this tokenizer cannot be scored by letter log-likelihood"
+            )
+        ids.append(int(added[0]))
+    return ids
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One scored question: the predicted letter and the log-likelihoods of A, B, C, D."""
+
+    subject: str
+    answer: str
+    predicted: str
+    logliks: tuple[float, float, float, float]
+
+
+@dataclass
+class CapabilityResult:
+    """Accuracy (0–1) overall and by subject; `questions` in input order."""
+
+    accuracy: float
+    n: int
+    per_subject: dict[str, float]
+    questions: list[Scored]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score(
+    loaded: LoadedModel, questions: Sequence[Question], batch_size: int = 16, progress: bool = True
+) -> CapabilityResult:
+    """Score `questions`: the prediction is the letter with the highest next-token log-probability.
+
+    Prompts are sorted by length and cut into left-padded batches of `batch_size`; each batch is one
+    forward pass computing only the last position's logits, log-softmaxed over the whole vocabulary.
+    Steering applies when called inside an intervention (``with vector.apply(loaded.model, coef): ...``):
+    interventions read the 2-D attention mask of plain forward passes, so they need nothing more here.
+    """
+    if not questions:
+        raise PersonavecError("no questions to score")
+    if batch_size < 1:
+        raise PersonavecError(f"batch_size must be at least 1, got {batch_size}")
+    tokenizer, model = loaded.tokenizer, loaded.model
+    letters = torch.tensor(letter_ids(tokenizer))
+    prompts = [prompt_text(loaded, q) for q in questions]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    logliks = torch.empty(len(prompts), len(LETTERS), dtype=torch.float64)
+    bar = tqdm(total=len(prompts), desc="capability", unit="question", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer(
+            [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        mask = batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
+        with torch.inference_mode():
+            logits = model(
+                input_ids=batch["input_ids"].to(loaded.device),
+                attention_mask=mask.to(loaded.device),
+                position_ids=positions.to(loaded.device),
+                use_cache=False,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            logprobs = logits.float().log_softmax(-1)
+            logliks[chunk] = logprobs[:, letters.to(logprobs.device)].double().cpu()
+        bar.update(len(chunk))
+    bar.close()
+    scored = [
+        Scored(q.subject, q.answer, LETTERS[row.index(max(row))], (row[0], row[1], row[2], row[3]))
+        for q, row in zip(questions, logliks.tolist(), strict=True)
+    ]
+    subjects = sorted({q.subject for q in scored})
+    per_subject = {s: _accuracy([q for q in scored if q.subject == s]) for s in subjects}
+    return CapabilityResult(_accuracy(scored), len(scored), per_subject, scored)
+
+
+def _accuracy(scored: Sequence[Scored]) -> float:
+    return sum(q.predicted == q.answer for q in scored) / len(scored)

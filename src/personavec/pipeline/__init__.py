@@ -1,0 +1,1 @@
+"""The extraction pipeline and its evaluations: run directories, extract, evaluate (sweeps), calibrate."""

@@ -1,0 +1,150 @@
+"""Calibration: does the prompt-last projection predict the trait of the answer that follows?
+
+Prompts that push the persona by degrees, two kinds (the paper's section 4): the trait's 8 graded
+system prompts (strongly suppressing → strongly eliciting), and k-shot conversations with k = 0, 5,
+10, 15, 20 earlier answers that express the trait. Each evaluation question is answered under each
+prompt and judged; the projection of the prompt's last token onto v̂ is set against the judged trait:
+Pearson r overall and within each condition. Resumable like the sweep: answers and judgements are
+files in the output directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personavec._internal.files import claim_dir, write_json
+from personavec.core.generate import Request, generate_rows
+from personavec.core.models import LoadedModel
+from personavec.core.vectors import PersonaVector
+from personavec.deploy.monitor import project
+from personavec.errors import PersonavecError
+from personavec.judges import Judge, JudgeCache
+from personavec.pipeline.evaluate import check_questions, run_identity
+from personavec.traits.spec import TraitSpec
+
+SHOTS = (0, 5, 10, 15, 20)
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson's r; None with fewer than 3 points or a constant variable."""
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(np.asarray(x, float), np.asarray(y, float))[0, 1])
+
+
+@dataclass
+class Calibration:
+    """Points (condition, level, question, projection, judged trait) and the correlations."""
+
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def r(self, condition: str | None = None, level: Any = None) -> float | None:
+        """Pearson r over the points of `condition` (all if None), within one `level` if given."""
+        chosen = [
+            p
+            for p in self.points
+            if (condition is None or p["condition"] == condition)
+            and (level is None or p["level"] == level)
+            and p["trait"] is not None
+        ]
+        return pearson([p["projection"] for p in chosen], [p["trait"] for p in chosen])
+
+    def summary(self) -> dict[str, Any]:
+        """r overall, per condition, and within each level of each condition (NaN-free JSON)."""
+        conditions = sorted({p["condition"] for p in self.points})
+        out: dict[str, Any] = {"r_overall": self.r(), "conditions": {}}
+        for condition in conditions:
+            levels = sorted({p["level"] for p in self.points if p["condition"] == condition})
+            out["conditions"][condition] = {
+                "r": self.r(condition),
+                "r_within_level": {str(level): self.r(condition, level) for level in levels},
+                "n": sum(p["condition"] == condition and p["trait"] is not None for p in self.points),
+            }
+        return out
+
+
+def _requests(
+    trait: TraitSpec, questions: int, shots: Sequence[int], examples: Sequence[tuple[str, str]]
+) -> dict[tuple[str, int], list[Request]]:
+    """The prompts of each (condition, level)."""
+    asked = trait.evaluation_questions[:questions]
+    out: dict[tuple[str, int], list[Request]] = {}
+    for level, system in enumerate(trait.graded_prompts or []):
+        out["graded", level] = [Request(f"q{q}", question, system) for q, question in enumerate(asked)]
+    if shots and max(shots) > len(examples):
+        raise PersonavecError(
+            f"{max(shots)}-shot prompts need {max(shots)} example answers; {len(examples)} given"
+        )
+    for k in shots:
+        out["shots", k] = [
+            Request(f"q{q}", question, None, history=tuple(examples[:k])) for q, question in enumerate(asked)
+        ]
+    return out
+
+
+def calibrate(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    judge: Judge,
+    vector: PersonaVector,
+    out: str | Path,
+    questions: int = 20,
+    shots: Sequence[int] = SHOTS,
+    examples: Sequence[tuple[str, str]] = (),
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Calibration:
+    """Answer, judge and project every calibration prompt; write ``out/calibration.json``.
+
+    `examples` are (question, answer) pairs that express the trait, for the k-shot prompts (e.g. the
+    kept positive answers of an extraction run); with `shots` empty only graded prompts are used.
+    """
+    check_questions(questions, trait)
+    if any(k < 0 for k in shots):
+        raise PersonavecError(f"shots must be ≥ 0, got {list(shots)}")
+    if not trait.graded_prompts and not shots:
+        raise PersonavecError(f"trait {trait.name!r} has no graded_prompts and no shots were asked for")
+    vector.check_model(loaded.identity)
+    out = Path(out)
+    sizes = {"questions": questions, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    examples_hash = hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()
+    settings = {**run_identity(loaded, trait, judge, vector), **sizes, "examples": examples_hash}
+    claim_dir(out, settings, "calibration")
+    cache = JudgeCache(out / "judge-cache.jsonl")
+    result = Calibration()
+    for (condition, level), requests in _requests(trait, questions, shots, examples).items():
+        name = f"{condition}-{level}"
+        rows = generate_rows(
+            loaded,
+            requests,
+            out / "calibration" / f"{name}.jsonl",
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            desc=name,
+        )
+        scores = cache.judge(
+            judge, trait.rubric, [(r["question"], r["answer"]) for r in rows], name, progress
+        )
+        prompts = [request.prompt(loaded) for request in requests]
+        projections = project(loaded, [vector], prompts, progress=False)[:, 0].tolist()
+        for row, score, projection in zip(rows, scores, projections, strict=True):
+            result.points.append(
+                {
+                    "condition": condition,
+                    "level": level,
+                    "question": row["question"],
+                    "projection": projection,
+                    "trait": score.value,
+                }
+            )
+    write_json(out / "calibration.json", {"summary": result.summary(), "points": result.points})
+    return result

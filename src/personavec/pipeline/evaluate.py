@@ -1,0 +1,258 @@
+"""Trait and coherence evaluation of a model, optionally steered, and the layers × coefficients sweep.
+
+A *cell* is one setting (a layer and a coefficient, or none: unsteered): the evaluation questions
+answered under it, judged for the trait and for coherence. Cells are files in a directory, written
+atomically, so a sweep resumes after an interruption and never answers or judges a cell twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from personavec._internal.files import atomic_path, claim_dir, write_json
+from personavec.core.generate import Request, generate_rows
+from personavec.core.models import LoadedModel
+from personavec.core.vectors import PersonaVector
+from personavec.errors import PersonavecError
+from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
+from personavec.traits.spec import TraitSpec
+
+
+def mean_ci(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, 95 % confidence half-width (normal approximation) and count of the non-missing values."""
+    found = [v for v in values if v is not None]
+    if not found:
+        return None, None, 0
+    mean = sum(found) / len(found)
+    if len(found) < 2:
+        return mean, None, 1
+    variance = sum((v - mean) ** 2 for v in found) / (len(found) - 1)
+    return mean, 1.96 * math.sqrt(variance / len(found)), len(found)
+
+
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (ties get average ranks); None with fewer than 3 points."""
+    if len(x) < 3:
+        return None
+
+    def ranks(values: Sequence[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return cov / (sx * sy) if sx and sy else None
+
+
+def halfway_coefs(cells: Sequence[dict[str, Any]], layer: int) -> dict[str, float | None]:
+    """Per direction, the smallest |coef| at `layer` whose cell moves the trait (from the unsteered
+    cell's) at least half as far as any coefficient of that direction does; None where unknown."""
+    base = next((c["trait"] for c in cells if c["coef"] == 0), None)
+    out: dict[str, float | None] = {"negative": None, "positive": None}
+    if base is None:
+        return out
+    for name, sign in (("negative", -1.0), ("positive", 1.0)):
+        side = sorted(
+            (c for c in cells if c["layer"] == layer and c["coef"] * sign > 0 and c["trait"] is not None),
+            key=lambda c: abs(c["coef"]),
+        )
+        shifts = [abs(c["trait"] - base) for c in side]
+        out[name] = next((c["coef"] for c, s in zip(side, shifts, strict=True) if s >= max(shifts) / 2), None)
+    return out
+
+
+def check_questions(questions: int, trait: TraitSpec) -> None:
+    """Raise a clear error unless 1 ≤ `questions` ≤ the trait's evaluation questions."""
+    if not 1 <= questions <= len(trait.evaluation_questions):
+        raise PersonavecError(
+            f"questions must be between 1 and {len(trait.evaluation_questions)}, got {questions}"
+        )
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each cell answers: the first `questions` evaluation questions × `samples`, and how."""
+
+    questions: int = 20
+    samples: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 decodes greedily
+    seed: int = 0
+    batch_size: int = 32
+
+    def check(self, trait: TraitSpec) -> None:
+        """Raise a clear error for sizes the trait cannot satisfy or that would repeat answers."""
+        check_questions(self.questions, trait)
+        if self.samples < 1 or (self.samples > 1 and self.temperature <= 0):
+            raise PersonavecError(
+                "samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers "
+                f"repeat); got samples {self.samples}, temperature {self.temperature}"
+            )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a cell is generated under: unsteered (layer None, coef 0) or coef × v at layer."""
+
+    layer: int | None
+    coef: float
+
+    @property
+    def name(self) -> str:
+        return "unsteered" if self.coef == 0 else f"layer-{self.layer}_coef-{self.coef:+}"
+
+
+def evaluate(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    judge: Judge,
+    cache: JudgeCache,
+    path: Path,
+    vector: PersonaVector | None = None,
+    setting: Setting = Setting(None, 0.0),
+    sizes: Sizes = Sizes(),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Answer the evaluation questions (as many as `sizes` says) under `setting`, judge them.
+
+    Answers go to `path` (JSONL, resumable); judgements through `cache`. Returns the cell: its setting,
+    mean trait score with a 95 % interval, mean coherence (None when the judge measures none), counts.
+    """
+    if setting.coef != 0 and (vector is None or setting.layer is None):
+        raise PersonavecError("a steered setting needs a vector and a layer")
+    sizes.check(trait)
+    requests = [
+        Request(f"q{q}-s{s}", question, None, (("question_id", q), ("sample", s)))
+        for q, question in enumerate(trait.evaluation_questions[: sizes.questions])
+        for s in range(sizes.samples)
+    ]
+    steering = (
+        vector.apply(loaded.model, setting.coef, setting.layer)
+        if vector is not None and setting.coef != 0
+        else nullcontext()
+    )
+    with steering:
+        rows = generate_rows(
+            loaded,
+            requests,
+            path,
+            max_new_tokens=sizes.max_new_tokens,
+            temperature=sizes.temperature,
+            top_p=1.0,
+            seed=sizes.seed,
+            batch_size=sizes.batch_size,
+            progress=progress,
+            desc=setting.name,
+        )
+    items = [(r["question"], r["answer"]) for r in rows]
+    trait_scores = cache.judge(judge, trait.rubric, items, f"{setting.name} trait", progress)
+    mean, ci, n = mean_ci([s.value for s in trait_scores])
+    coherence = None
+    if judge.measures_coherence:
+        coherence_scores = cache.judge(judge, COHERENCE_RUBRIC, items, f"{setting.name} coherence", progress)
+        coherence = mean_ci([s.value for s in coherence_scores])[0]
+    return {
+        "layer": setting.layer,
+        "coef": setting.coef,
+        "trait": mean,
+        "trait_ci95": ci,
+        "coherence": coherence,
+        "n_scored": n,
+        "n": len(rows),
+    }
+
+
+def sweep(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    judge: Judge,
+    vector: PersonaVector,
+    out: str | Path,
+    layers: Sequence[int],
+    coefs: Sequence[float],
+    sizes: Sizes = Sizes(),
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every cell of the grid `layers` × `coefs` (coefficient 0 is one unsteered cell), resumably.
+
+    Writes ``out/cells/*.jsonl`` (answers), ``out/cells/*.json`` (each finished cell), and the table
+    ``out/sweep.json`` and ``out/sweep.csv``. A rerun may add layers or coefficients; one with another
+    model, trait, vector, judge or size is refused (`claim_dir`).
+    """
+    if not layers or not coefs:
+        raise PersonavecError("a sweep needs at least one layer and one coefficient")
+    vector.check_model(loaded.identity)
+    for layer in layers:
+        vector.resolve_layer(layer)
+    sizes.check(trait)
+    out = Path(out)
+    claim_dir(out, {**run_identity(loaded, trait, judge, vector), **asdict(sizes)}, "sweep")
+    cache = JudgeCache(out / "judge-cache.jsonl")
+    layers, coefs = list(dict.fromkeys(layers)), list(dict.fromkeys(float(c) for c in coefs))
+    settings = [Setting(None, 0.0)] if 0 in coefs else []
+    settings += [Setting(layer, c) for layer in layers for c in coefs if c != 0]
+    cells = []
+    for setting in settings:
+        done = out / "cells" / f"{setting.name}.json"
+        if done.exists():
+            cells.append(json.loads(done.read_text()))
+            continue
+        path = out / "cells" / f"{setting.name}.jsonl"
+        cell = evaluate(loaded, trait, judge, cache, path, vector, setting, sizes, progress)
+        write_json(done, cell)
+        cells.append(cell)
+    write_json(out / "sweep.json", {"trait": trait.name, "judge": judge.describe(), "cells": cells})
+    with atomic_path(out / "sweep.csv") as tmp:
+        tmp.write_text(table_csv(cells))
+    return cells
+
+
+def run_identity(
+    loaded: LoadedModel, trait: TraitSpec, judge: Judge, vector: PersonaVector
+) -> dict[str, Any]:
+    """What a sweep's or a calibration's results depend on, besides their sizes."""
+    return {
+        "model": loaded.identity.to_dict(),
+        "trait_sha256": trait.sha256(),
+        "judge": judge.name,
+        "vector": vector.fingerprint(),
+    }
+
+
+def table_csv(cells: Sequence[dict[str, Any]]) -> str:
+    """The cells as CSV: layer, coef, trait, trait_ci95, coherence, n_scored, n."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=["layer", "coef", "trait", "trait_ci95", "coherence", "n_scored", "n"]
+    )
+    writer.writeheader()
+    writer.writerows(cells)
+    return buffer.getvalue()

@@ -1,0 +1,81 @@
+"""Finetuning shift: how far finetuning moved a model's persona along persona vectors (DESIGN.md step 10).
+
+    shift = mean over prompts of a_ft(x) − mean over prompts of a_base(x), projected onto v̂
+
+with a the prompt-last activation at the vector's layer, over a trait's evaluation questions (or any
+prompts). The finetuned model is a LoRA adapter directory (applied to the base model through PEFT)
+or a full model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from personavec.core.models import LoadedModel, load_model
+from personavec.core.vectors import PersonaVector
+from personavec.deploy.monitor import project
+from personavec.errors import PersonavecError
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_finetuned(
+    base_ref: str,
+    path: str | Path,
+    dtype: str = "auto",
+    device: str = "auto",
+    base: LoadedModel | None = None,
+) -> LoadedModel:
+    """The finetuned model at `path`: a PEFT adapter on `base_ref`, or a full model directory.
+
+    With `base` (the model of `base_ref`, already loaded) an adapter goes onto it in place: no
+    second copy of the weights, and `base` then is the finetuned model.
+    """
+    path = Path(path)
+    if is_adapter(path):
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise PersonavecError("a LoRA adapter needs PEFT: pip install 'personavec[peft]'") from None
+        base = base or load_model(base_ref, dtype=dtype, device=device)
+        tuned: Any = PeftModel.from_pretrained(base.model, str(path)).eval()  # a PreTrainedModel's stand-in
+        return LoadedModel(model=tuned, tokenizer=base.tokenizer, identity=base.identity)
+    if not (path / "config.json").exists():
+        raise PersonavecError(
+            f"{path} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)"
+        )
+    return load_model(str(path), dtype=dtype, device=device)
+
+
+def finetuning_shift(
+    base: LoadedModel,
+    tuned: LoadedModel,
+    vectors: Sequence[PersonaVector],
+    prompts: Sequence[str],
+    layer: int | None = None,
+) -> dict[str, float]:
+    """Per trait, the projection of (mean prompt-last activation of `tuned` − that of `base`) onto v̂.
+
+    `prompts` are chat-formatted. A projection is linear, so this is the difference of the mean
+    projections, which is how it is computed.
+    """
+    before = mean_projections(base, vectors, prompts, layer)
+    after = mean_projections(tuned, vectors, prompts, layer)
+    return {v.trait: float(d) for v, d in zip(vectors, after - before, strict=True)}
+
+
+def mean_projections(
+    loaded: LoadedModel, vectors: Sequence[PersonaVector], prompts: Sequence[str], layer: int | None = None
+) -> Tensor:
+    """Mean prompt-last projection of `prompts` onto each vector ([vectors], float64)."""
+    return (
+        project(loaded, vectors, prompts, position="prompt-last", layer=layer, progress=False)
+        .double()
+        .mean(0)
+    )

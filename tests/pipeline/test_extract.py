@@ -1,0 +1,258 @@
+"""The pipeline on a tiny random model saved to disk, judged by a real local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from openai_server import FakeOpenAI, judge_reply
+from personavec.core.activations import pooled_activations
+from personavec.core.generate import read_rows
+from personavec.core.models import load_model
+from personavec.core.vectors import KINDS, load_vectors
+from personavec.errors import PersonavecError
+from personavec.judges.openai_compat import OpenAIJudge
+from personavec.pipeline.extract import ExtractConfig, default_layers, extract
+from personavec.traits import load_trait
+
+CONFIG = ExtractConfig(
+    samples=3,
+    max_new_tokens=6,
+    questions=4,
+    instructions=2,
+    batch_size=8,
+    min_pairs=2,
+    layers=(1, 2, 3),
+    sweep_questions=3,
+)
+CLI_SIZES = ["--samples", "3", "--max-new-tokens", "6", "--questions", "4", "--instructions", "2"]
+CLI_SIZES += ["--batch-size", "8", "--min-pairs", "2", "--layers", "1,2,3", "--sweep-questions", "3"]
+
+
+@pytest.fixture
+def model_dir(tiny_dir: Path) -> Path:
+    return tiny_dir
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with FakeOpenAI(judge_reply) as server:
+        yield server
+
+
+def run(model_dir: Path, server: FakeOpenAI, out: Path, config: ExtractConfig = CONFIG, **kwargs):
+    judge = OpenAIJudge("judge", base_url=server.url, backoff=0.01)
+    loaded = load_model(str(model_dir), dtype="float32", device="cpu")
+    return extract(loaded, load_trait("evil"), judge, out, config, progress=False, **kwargs)
+
+
+def test_pipeline_outputs_match_the_method_written_plainly(model_dir, server, tmp_path) -> None:
+    result = run(model_dir, server, tmp_path / "run")
+    rows = list(read_rows(tmp_path / "run" / "generations.jsonl").values())
+    assert len(rows) == 2 * 3 * 4 * 2  # sides × samples × questions × instructions
+    assert {k for k in rows[0]} >= {"trait", "question_id", "polarity", "instruction", "sample", "system"}
+    trait = load_trait("evil")
+    assert {r["system"] for r in rows if r["polarity"] == "pos"} == {p["pos"] for p in trait.instructions[:2]}
+
+    # the paired filter, written out: both sides judged by the server's rule, coherence 90 passes
+    def passes(row: dict) -> bool:
+        rubric = trait.rubric.replace("{question}", row["question"]).replace("{answer}", row["answer"])
+        high = judge_reply({"messages": [{"content": rubric}]})[0] == "90"
+        return bool(row["answer"].strip()) and high == (row["polarity"] == "pos")
+
+    by_id = {r["id"]: r for r in rows}
+    kept = [
+        r
+        for r in rows
+        if passes(r) and passes(by_id[("neg" if r["polarity"] == "pos" else "pos") + r["id"][3:]])
+    ]
+    manifest = result.manifest
+    assert manifest["stages"]["filter"]["kept_positive"] == sum(r["polarity"] == "pos" for r in kept) >= 2
+
+    # the vector: mean of kept positive minus mean of kept negative, per kind, in float64
+    loaded = load_model(str(model_dir), dtype="float32", device="cpu")
+    prompts = [loaded.chat(r["question"], r["system"]) for r in kept]
+    pooled = pooled_activations(loaded, prompts, [r["answer"] for r in kept], progress=False)
+    positive = torch.tensor([r["polarity"] == "pos" for r in kept])
+    for kind in KINDS:
+        acts = pooled.kind(kind).double()
+        expected = acts[positive].mean(0) - acts[~positive].mean(0)
+        torch.testing.assert_close(result.vectors[kind].tensor.double(), expected, atol=1e-5, rtol=1e-5)
+
+    sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    assert [r["layer"] for r in sweep["layers"]] == [1, 2, 3]
+    best = max(sweep["layers"], key=lambda r: r["trait"])["layer"]
+    saved = load_vectors(tmp_path / "run" / "evil.safetensors")
+    assert sweep["chosen"] == best and {v.layer for v in saved.values()} == {best}
+    assert saved["response-avg"].metadata["judge"]["name"].startswith("openai:judge@http://127.0.0.1")
+    assert manifest["generation"]["samples"] == 3 and manifest["model"]["n_layers"] == 3
+
+    # a rerun does nothing: no request, no new row
+    requests, size = len(server.requests), (tmp_path / "run" / "generations.jsonl").stat().st_size
+    again = run(model_dir, server, tmp_path / "run")
+    assert len(server.requests) == requests
+    assert (tmp_path / "run" / "generations.jsonl").stat().st_size == size
+    assert torch.equal(again.vectors["response-avg"].tensor, result.vectors["response-avg"].tensor)
+
+
+def test_changed_filter_settings_reuse_answers_and_judgements(model_dir, server, tmp_path) -> None:
+    run(model_dir, server, tmp_path / "run")
+    requests = len(server.requests)
+    relaxed = run(
+        model_dir, server, tmp_path / "run", ExtractConfig(**{**vars(CONFIG), "pairing": "per-side"})
+    )
+    paired = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert relaxed.manifest["selection"]["pairing"] == "per-side" == paired["selection"]["pairing"]
+    # only the sweep's steered answers (the vector changed) were judged again
+    sweep_items = 4 * 3 * 2  # (baseline + 3 layers) × 3 questions × (trait, coherence)
+    assert len(server.requests) - requests <= sweep_items
+
+
+def test_refuses_another_model_or_trait_unless_forced(model_dir, server, tmp_path) -> None:
+    run(model_dir, server, tmp_path / "run")
+    other = ExtractConfig(**{**vars(CONFIG), "samples": 2, "min_pairs": 1})
+    with pytest.raises(PersonavecError, match=r"differs in generation: use another --out, or --force"):
+        run(model_dir, server, tmp_path / "run", other)
+    judge = OpenAIJudge("judge", base_url=server.url)
+    loaded = load_model(str(model_dir), dtype="float32", device="cpu")
+    with pytest.raises(PersonavecError, match="differs in trait, trait_sha256"):
+        extract(loaded, load_trait("sycophantic"), judge, tmp_path / "run", CONFIG, progress=False)
+    forced = run(model_dir, server, tmp_path / "run", other, force=True)
+    assert forced.manifest["generation"]["samples"] == 2
+    assert len(read_rows(tmp_path / "run" / "generations.jsonl")) == 2 * 2 * 4 * 2
+
+
+def test_too_few_pairs_names_the_reasons(model_dir, server, tmp_path) -> None:
+    strict = ExtractConfig(**{**vars(CONFIG), "min_pairs": 100})
+    with pytest.raises(
+        PersonavecError, match=r"need 100 each\). Dropped: .*negative answer with trait ≥ 50: \d+"
+    ):
+        run(model_dir, server, tmp_path / "run", strict)
+    assert not (tmp_path / "run" / "evil.safetensors").exists()
+
+
+def test_bad_sizes_are_refused(model_dir, server, tmp_path) -> None:
+    for change, message in [
+        ({"questions": 21}, "questions must be between 1 and 20"),
+        ({"layers": (9,)}, "layer 9"),
+        ({"pairing": "both"}, "pairing must be one of"),
+    ]:
+        with pytest.raises(PersonavecError, match=message):
+            run(model_dir, server, tmp_path / "run", ExtractConfig(**{**vars(CONFIG), **change}))
+
+
+def test_default_layers_spread_over_the_middle() -> None:
+    assert default_layers(30) == (8, 10, 12, 14, 16, 18, 20, 22)
+    assert default_layers(3) == (1, 2)
+    assert default_layers(80) == tuple(round(20 + i * 40 / 7) for i in range(8))
+
+
+def _cli(model_dir: Path, server: FakeOpenAI, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "personavec.cli", "extract", "--model", str(model_dir), "--trait", "evil",
+        "--judge", "openai:judge", "--base-url", server.url, "--out", str(out), "--concurrency", "2",
+        *CLI_SIZES,
+    ]  # fmt: skip
+
+
+def test_kill_9_while_judging_then_resume(model_dir, server, tmp_path) -> None:
+    env = {**os.environ, "OPENAI_API_KEY": "test-key", "HF_HUB_OFFLINE": "1"}
+    server.delay = 0.02
+    process = subprocess.Popen(_cli(model_dir, server, tmp_path / "run"), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(server.requests) < 20 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(server.requests) >= 20, "the run ended before it was killed"
+    assert not (tmp_path / "run" / "judgements.json").exists()  # killed in the middle of judging
+    cached = len((tmp_path / "run" / "judge-cache.jsonl").read_text().splitlines())
+    before = len(server.requests)
+    rows_before = (tmp_path / "run" / "generations.jsonl").read_text()
+
+    done = subprocess.run(_cli(model_dir, server, tmp_path / "run"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "generations.jsonl").read_text() == rows_before  # nothing regenerated
+    total = len((tmp_path / "run" / "judge-cache.jsonl").read_text().splitlines())
+    assert len(server.requests) - before == total - cached  # every cached judgement was not asked again
+
+    # the same command, uninterrupted, in another directory: the same vectors
+    server.delay = 0.0
+    clean = subprocess.run(
+        _cli(model_dir, server, tmp_path / "clean"), env=env, capture_output=True, text=True
+    )
+    assert clean.returncode == 0, clean.stderr
+    resumed = load_vectors(tmp_path / "run" / "evil.safetensors")
+    uninterrupted = load_vectors(tmp_path / "clean" / "evil.safetensors")
+    for kind in KINDS:
+        assert torch.equal(resumed[kind].tensor, uninterrupted[kind].tensor)
+    assert resumed["response-avg"].layer == uninterrupted["response-avg"].layer is not None
+    assert "chosen layer" in clean.stdout and (tmp_path / "clean" / "report.html").exists()
+
+
+def test_judge_none_keeps_every_answer_and_skips_the_sweep(model_dir, tmp_path) -> None:
+    loaded = load_model(str(model_dir), dtype="float32", device="cpu")
+    result = extract(loaded, load_trait("evil"), None, tmp_path / "run", CONFIG, progress=False)
+    rows = read_rows(tmp_path / "run" / "generations.jsonl").values()
+    non_empty = sum(bool(r["answer"].strip()) for r in rows if r["polarity"] == "pos")
+    assert result.manifest["judge"] == {"name": "none"}
+    assert result.manifest["stages"]["filter"]["kept_positive"] == non_empty
+    assert result.vectors["response-avg"].layer is None and not (tmp_path / "run" / "sweep.json").exists()
+
+
+def test_force_keeps_foreign_files_and_the_judge_cache(model_dir, server, tmp_path) -> None:
+    out = tmp_path / "run"
+    run(model_dir, server, out)
+    (out / "notes.txt").write_text("mine")
+    cached = (out / "judge-cache.jsonl").read_text()
+    other = ExtractConfig(**{**vars(CONFIG), "seed": 1, "min_pairs": 1})
+    run(model_dir, server, out, other, force=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "judge-cache.jsonl").read_text().startswith(cached)
+    assert json.loads((out / "manifest.json").read_text())["generation"]["seed"] == 1
+
+
+def test_refuses_a_directory_with_a_foreign_manifest(model_dir, server, tmp_path) -> None:
+    (tmp_path / "manifest.json").write_text('{"name": "my web app"}')
+    for force in (False, True):
+        with pytest.raises(PersonavecError, match="not a personavec run manifest"):
+            run(model_dir, server, tmp_path, force=force)
+    assert (tmp_path / "manifest.json").read_text() == '{"name": "my web app"}'
+
+
+def test_a_crash_between_a_stage_file_and_the_manifest_is_repaired(model_dir, server, tmp_path) -> None:
+    out = tmp_path / "run"
+    first = run(model_dir, server, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for stage in ("judgements", "filter", "vectors", "sweep"):
+        del manifest["stages"][stage]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    again = run(model_dir, server, out)
+    assert (
+        again.manifest["stages"]["filter"]["kept_positive"]
+        == first.manifest["stages"]["filter"]["kept_positive"]
+    )
+    assert again.manifest["stages"]["sweep"]["chosen"] == first.manifest["stages"]["sweep"]["chosen"]
+    assert (
+        again.manifest["stages"]["judgements"]["methods"] == first.manifest["stages"]["judgements"]["methods"]
+    )
+
+
+def test_sampling_settings_are_checked() -> None:
+    trait = load_trait("evil")
+    for change, message in [
+        ({"temperature": -1.0}, "temperature must be ≥ 0"),
+        ({"top_p": 0.0}, "top_p in"),
+        ({"coef": float("nan")}, "finite and non-zero|finite non-zero"),
+    ]:
+        with pytest.raises(PersonavecError, match=message):
+            ExtractConfig(**{**vars(CONFIG), **change}).check(trait)

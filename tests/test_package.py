@@ -1,0 +1,30 @@
+"""The package's front: every public name resolves, and importing it stays cheap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import personavec
+
+
+def test_every_public_name_resolves_to_its_module() -> None:
+    for name, module in personavec._EXPORTS.items():
+        value = getattr(personavec, name)
+        assert getattr(sys.modules[module], name) is value, name
+    assert set(personavec.__all__) == {"PersonavecError", "__version__", *personavec._EXPORTS}
+
+
+def test_unknown_names_are_attribute_errors() -> None:
+    try:
+        personavec.no_such_name  # noqa: B018
+    except AttributeError as error:
+        assert "no_such_name" in str(error)
+    else:
+        raise AssertionError("an unknown name resolved")
+
+
+def test_import_does_not_load_torch_or_transformers() -> None:
+    code = "import sys, personavec; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

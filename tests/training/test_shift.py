@@ -1,0 +1,54 @@
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from personavec import PersonavecError
+from personavec.core.models import LoadedModel
+from personavec.core.vectors import PersonaVector
+from personavec.training.shift import finetuning_shift, load_finetuned
+
+from tiny import tiny_loaded
+
+QUESTIONS = ["How are you?", "What is bread?", "Tell me about the weather today."]
+
+
+def vectors() -> list[PersonaVector]:
+    generator = torch.Generator().manual_seed(3)
+    return [PersonaVector(f"t{i}", torch.randn(4, 64, generator=generator), layer=i + 1) for i in range(2)]
+
+
+def test_a_model_has_no_shift_from_itself() -> None:
+    loaded = tiny_loaded()
+    prompts = [loaded.chat(q) for q in QUESTIONS]
+    assert finetuning_shift(loaded, loaded, vectors(), prompts) == {"t0": 0.0, "t1": 0.0}
+
+
+def test_shift_of_an_adapter_equals_the_definition_in_float64(tmp_path) -> None:
+    base = tiny_loaded()
+    model = get_peft_model(tiny_loaded().model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save_pretrained(tmp_path / "adapter")
+    tuned = LoadedModel(model=model.eval(), tokenizer=base.tokenizer, identity=base.identity)
+    prompts = [base.chat(q) for q in QUESTIONS]
+    shifts = finetuning_shift(base, tuned, vectors(), prompts)
+
+    def mean_last(lm, layer) -> torch.Tensor:  # mean over prompts of the last prompt token's residual
+        rows = []
+        for prompt in prompts:
+            ids = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                rows.append(lm.model(ids, output_hidden_states=True).hidden_states[layer][0, -1].double())
+        return torch.stack(rows).mean(0)
+
+    for v in vectors():
+        unit = v.at().double() / v.at().double().norm()
+        expected = float((mean_last(tuned, v.layer) - mean_last(base, v.layer)) @ unit)
+        assert shifts[v.trait] == pytest.approx(expected, abs=1e-5) and abs(expected) > 1e-4
+
+
+def test_load_finetuned_refuses_a_directory_without_weights(tmp_path) -> None:
+    with pytest.raises(PersonavecError, match="neither a LoRA adapter"):
+        load_finetuned("smollm2", tmp_path)
