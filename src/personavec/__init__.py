@@ -41,7 +41,7 @@ _EXPORTS = {
     "load_trait": "personavec.traits.spec",
     "make_judge": "personavec.judges",
     # the pipeline
-    "ExtractConfig": "personavec.pipeline.extract",
+    "ExtractConfig": "personavec.pipeline.config",
     "extract": "personavec.pipeline.extract",
     "Setting": "personavec.pipeline.evaluate",
     "Sizes": "personavec.pipeline.evaluate",
@@ -52,18 +52,31 @@ _EXPORTS = {
     "Guard": "personavec.deploy.guard",
     "LiveMonitor": "personavec.deploy.monitor",
     "project": "personavec.deploy.monitor",
+    "Monitored": "personavec.deploy.monitor",
+    "monitor_generation": "personavec.deploy.monitor",
+    "Steering": "personavec.deploy.steering",
+    "SteeredAnswers": "personavec.deploy.steering",
+    "steer_answers": "personavec.deploy.steering",
+    "steering": "personavec.deploy.steering",
+    "score_steered": "personavec.deploy.capability",
     # data
     "DataFile": "personavec.data.samples",
-    "ScreenConfig": "personavec.data.screen",
-    "Selection": "personavec.data.screen",
+    "ScreenConfig": "personavec.data.config",
+    "Selection": "personavec.data.config",
     "screen": "personavec.data.screen",
+    "ScreenResult": "personavec.data.screen",
+    "screen_dataset": "personavec.data.screen",
+    "KitConfig": "personavec.data.config",
     "make_trait_dataset": "personavec.data.datakit",
     # training
-    "TrainConfig": "personavec.training.train",
-    "TrainIntervention": "personavec.training.train",
+    "TrainConfig": "personavec.training.config",
+    "TrainIntervention": "personavec.training.config",
+    "DriftConfig": "personavec.training.config",
     "train": "personavec.training.train",
     "DriftAlarm": "personavec.training.drift",
     "finetuning_shift": "personavec.training.shift",
+    "ShiftResult": "personavec.training.shift",
+    "measure_shift": "personavec.training.shift",
     # the demo
     "run_demo": "personavec.demo",
 }
@@ -91,17 +104,22 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from personavec.core.layers import find_blocks, set_blocks_path
     from personavec.core.models import LoadedModel, ModelIdentity, format_chat, load_model
     from personavec.core.vectors import KINDS, PersonaVector, load_vector, load_vectors, save_vectors
+    from personavec.data.config import KitConfig, ScreenConfig, Selection
     from personavec.data.datakit import make_trait_dataset
     from personavec.data.samples import DataFile
-    from personavec.data.screen import ScreenConfig, Selection, screen
+    from personavec.data.screen import ScreenResult, screen, screen_dataset
     from personavec.demo import run_demo
+    from personavec.deploy.capability import score_steered
     from personavec.deploy.guard import Guard
-    from personavec.deploy.monitor import LiveMonitor, project
+    from personavec.deploy.monitor import LiveMonitor, Monitored, monitor_generation, project
+    from personavec.deploy.steering import SteeredAnswers, Steering, steer_answers, steering
     from personavec.judges import make_judge
     from personavec.pipeline.calibrate import calibrate
+    from personavec.pipeline.config import ExtractConfig
     from personavec.pipeline.evaluate import Setting, Sizes, evaluate, sweep
-    from personavec.pipeline.extract import ExtractConfig, extract
+    from personavec.pipeline.extract import extract
+    from personavec.training.config import DriftConfig, TrainConfig, TrainIntervention
     from personavec.training.drift import DriftAlarm
-    from personavec.training.shift import finetuning_shift
-    from personavec.training.train import TrainConfig, TrainIntervention, train
+    from personavec.training.shift import ShiftResult, finetuning_shift, measure_shift
+    from personavec.training.train import train
     from personavec.traits.spec import TraitSpec, load_trait

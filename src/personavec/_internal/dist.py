@@ -13,3 +13,10 @@ def process_state() -> Any:
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process_device(device: str) -> str:
+    """`device`, or this process's own GPU when launched as several (``accelerate launch``, ``torchrun``)
+    and `device` leaves the choice open (``auto``, ``cuda``)."""
+    state = process_state()
+    return str(state.device) if state.num_processes > 1 and device in ("auto", "cuda") else device

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 from personavec._internal.files import atomic_path, claim_dir, write_json
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
+from personavec.data.config import KitConfig
 from personavec.errors import PersonavecError
 from personavec.judges.base import Judge
 from personavec.judges.cache import JudgeCache
@@ -51,32 +52,6 @@ def read_questions(path: str | Path) -> list[str]:
     """One question per line; blank lines are ignored."""
     lines = [line.strip() for line in Path(path).read_text().splitlines()]
     return [line for line in lines if line]
-
-
-@dataclass(frozen=True)
-class KitConfig:
-    """Sizes and sampling of the kit. `reference` questions are held out for ``reference.jsonl``."""
-
-    invert: bool = False
-    samples: int = 1  # elicited answers per question (best one kept when a judge is given)
-    mild: float = 0.5
-    reference: int = 40
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-
-    def check(self, n_questions: int) -> None:
-        if not 0 < self.mild < 1:
-            raise PersonavecError(f"--mild is a fraction strictly between 0 and 1, got {self.mild}")
-        if not 0 <= self.reference < n_questions - 1:
-            raise PersonavecError(
-                f"--reference {self.reference} leaves too few of the {n_questions} questions for training"
-            )
-        if min(self.max_new_tokens, self.batch_size, self.samples) < 1 or self.temperature < 0:
-            raise PersonavecError(
-                "--samples, --max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0"
-            )
 
 
 def _judged(

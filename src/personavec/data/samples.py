@@ -25,7 +25,7 @@ import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
@@ -41,10 +41,17 @@ Fate = str  # which output a row goes to when a dataset is split: "kept", "flagg
 class Columns:
     """Field names: `messages` for conversations; `prompt`, `response` and optional `system` otherwise."""
 
-    messages: str = "messages"
-    prompt: str = "prompt"
-    response: str = "response"
-    system: str | None = None
+    messages: str = field(
+        default="messages", metadata={"flag": "--messages-column", "help": "conversation field"}
+    )
+    prompt: str = field(default="prompt", metadata={"flag": "--prompt-column", "help": "prompt field"})
+    response: str = field(
+        default="response", metadata={"flag": "--response-column", "help": "response field"}
+    )
+    system: str | None = field(
+        default=None,
+        metadata={"flag": "--system-column", "help": "system-prompt field of prompt/response rows"},
+    )
 
 
 @dataclass(frozen=True)

@@ -40,38 +40,10 @@ from personavec.core.activations import iter_pooled
 from personavec.core.generate import generate
 from personavec.core.models import LoadedModel, format_chat
 from personavec.core.vectors import PersonaVector
+from personavec.data.config import ScreenConfig, Selection
 from personavec.data.samples import BadRow, DataFile, Fate, Sample
 from personavec.deploy.monitor import Readout
 from personavec.errors import PersonavecError
-
-APPROXIMATIONS = ("prompt-last",)
-BAD_ROW_POLICIES = ("fail", "skip")
-
-
-@dataclass(frozen=True)
-class ScreenConfig:
-    """How to screen. A resumed run must keep the fields that decide the scores (all but the policy
-    and the batch sizes)."""
-
-    approx: str | None = None  # None: generate y′; "prompt-last": estimate it
-    layer: int | None = None  # None: each vector's chosen layer
-    max_length: int = 2048  # tokens of prompt + response; longer samples lose their tail
-    max_new_tokens: int = 256  # length of the model's own answers y′
-    batch_size: int = 32  # answers generated at once
-    token_budget: int = 16384  # padded tokens per forward batch
-    chunk_size: int = 512  # rows per resumable unit of work
-    on_bad_row: str = "fail"
-
-    def check(self) -> None:
-        if self.approx not in (None, *APPROXIMATIONS):
-            raise PersonavecError(f"unknown --approx {self.approx!r}; use {', '.join(APPROXIMATIONS)}")
-        if self.on_bad_row not in BAD_ROW_POLICIES:
-            raise PersonavecError(f"--on-bad-row must be one of {', '.join(BAD_ROW_POLICIES)}")
-        for name in ("max_length", "max_new_tokens", "batch_size", "token_budget", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise PersonavecError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_length < 2:
-            raise PersonavecError("max_length must leave room for a prompt and a response token")
 
 
 @dataclass
@@ -90,26 +62,6 @@ class Screened:
     @property
     def scores(self) -> Path:
         return self.out / "scores.jsonl"
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which samples to flag: exactly one of the `top` K per trait, ΔP above `threshold`, or ΔP above
-    the `percentile` of a reference dataset's ΔP (given to `select`). A sample is flagged when any
-    trait flags it."""
-
-    top: int | None = None
-    threshold: float | None = None
-    percentile: float | None = None
-
-    def check(self) -> None:
-        given = [name for name, value in asdict(self).items() if value is not None]
-        if len(given) != 1:
-            raise PersonavecError("choose one of --top, --threshold or --percentile to flag samples")
-        if self.top is not None and self.top < 1:
-            raise PersonavecError(f"--top must be at least 1, got {self.top}")
-        if self.percentile is not None and not 0 <= self.percentile <= 100:
-            raise PersonavecError(f"--percentile must be within 0..100, got {self.percentile}")
 
 
 def _chunks(items: Iterator[Sample | BadRow], size: int) -> Iterator[list[Sample | BadRow]]:
@@ -469,3 +421,63 @@ def write_screen_report(
     with atomic_path(screened.out / "delta.png") as tmp:
         tmp.write_bytes(png)
     return write_page(screened.out / "report.html", f"personavec screen: {data.path.name}", parts)
+
+
+@dataclass
+class ScreenResult:
+    """What `screen_dataset` did: the screening, the reference's, the selection's summary (None: no
+    rule given) and the report (None in the processes other than the main one)."""
+
+    screened: Screened
+    reference: Screened | None = None
+    selection: dict[str, Any] | None = None
+    report: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(screened: Screened | None) -> dict[str, Any] | None:
+            return None if screened is None else {**asdict(screened), "out": str(screened.out)}
+
+        return {
+            "screened": plain(self.screened),
+            "reference": plain(self.reference),
+            "selection": self.selection,
+            "report": str(self.report) if self.report else None,
+        }
+
+
+def check_screening(
+    data: DataFile, config: ScreenConfig, selection: Selection, reference: DataFile | None = None
+) -> None:
+    """Raise a clear error for settings, rules and data files that cannot screen (no model needed)."""
+    config.check()
+    if selection.flagging:
+        selection.check()
+    if (selection.percentile is None) != (reference is None):
+        raise PersonavecError("--percentile and --reference go together")
+    for checked in (data, reference):
+        if checked is not None:
+            count_rows(checked, config)
+
+
+def screen_dataset(
+    loaded: LoadedModel,
+    vectors: Sequence[PersonaVector],
+    data: DataFile,
+    out: str | Path,
+    config: ScreenConfig = ScreenConfig(),
+    selection: Selection = Selection(),
+    reference: DataFile | None = None,
+    progress: bool = True,
+) -> ScreenResult:
+    """What ``personavec screen`` does: `screen` `data` into `out` (and the `reference` data into
+    ``out/reference``), flag samples by `selection` if it holds a rule (`select`), and write the
+    report; resumable."""
+    check_screening(data, config, selection, reference)
+    out = Path(out)
+    screened = screen(loaded, vectors, data, out, config, progress)
+    ordinary = screen(loaded, vectors, reference, out / "reference", config, progress) if reference else None
+    if not process_state().is_main_process:
+        return ScreenResult(screened, ordinary)
+    summary = select(screened, data, selection, ordinary) if selection.flagging else None
+    report = write_screen_report(screened, data, summary, ordinary)
+    return ScreenResult(screened, ordinary, summary, report)

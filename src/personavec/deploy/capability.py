@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from personavec.core.models import LoadedModel, format_chat
+from personavec.core.vectors import PersonaVector
 from personavec.errors import PersonavecError
 
 SMOKE = "smoke"
@@ -213,3 +215,24 @@ def score(
 
 def _accuracy(scored: Sequence[Scored]) -> float:
     return sum(q.predicted == q.answer for q in scored) / len(scored)
+
+
+def score_steered(
+    loaded: LoadedModel,
+    questions: Sequence[Question],
+    vector: PersonaVector | None,
+    coefs: Sequence[float],
+    layer: int | None = None,
+    batch_size: int = 16,
+) -> dict[str, CapabilityResult]:
+    """`score` with coef·v added at `layer` (default: the vector's chosen layer), once per coefficient;
+    keyed ``unsteered`` (coefficient 0, or no vector) or ``steered +C``."""
+    if vector is not None:
+        vector.check_model(loaded.identity)
+    results = {}
+    for coef in coefs if vector is not None else [0.0]:
+        name = "unsteered" if not coef else f"steered {coef:+g}"
+        steering = vector.apply(loaded.model, coef, layer) if vector is not None and coef else nullcontext()
+        with steering:
+            results[name] = score(loaded, questions, batch_size=batch_size)
+    return results

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -141,3 +142,49 @@ class LiveMonitor(ResidualHooks):
     def __enter__(self) -> LiveMonitor:
         super().__enter__()
         return self
+
+
+@dataclass(frozen=True)
+class Monitored:
+    """A greedy answer token by token, each with the projection onto the vector of the residual that
+    produced it (at `layer`)."""
+
+    trait: str
+    layer: int
+    tokens: list[str]
+    projections: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trait": self.trait,
+            "layer": self.layer,
+            "tokens": self.tokens,
+            "projections": self.projections,
+        }
+
+
+def monitor_generation(
+    loaded: LoadedModel,
+    vector: PersonaVector,
+    prompt: str,
+    system: str | None = None,
+    layer: int | None = None,
+    max_new_tokens: int = 64,
+) -> Monitored:
+    """Answer the user message `prompt` greedily, watching each new token's projection onto `vector`
+    at `layer` (default: the vector's chosen layer)."""
+    if max_new_tokens < 1:
+        raise PersonavecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    vector.check_model(loaded.identity)
+    batch = loaded.tokenizer([loaded.chat(prompt, system)], return_tensors="pt", add_special_tokens=False)
+    model: Any = loaded.model  # a PreTrainedModel: generate() is typed through GenerationMixin
+    with LiveMonitor(model, [vector], layer=layer) as watch, torch.inference_mode():
+        out = model.generate(
+            **batch.to(loaded.device), max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )  # fmt: skip
+    values = watch.trace()[0, :, 0].tolist()
+    ids = out[0, batch["input_ids"].shape[1] :].tolist()
+    tokens = [str(loaded.tokenizer.decode([token])) for token in ids]
+    n = min(len(tokens), len(values))  # the last token's residual is never computed
+    return Monitored(vector.trait, watch.layers[0], tokens[:n], values[:n])

@@ -15,7 +15,6 @@ what each stage kept and dropped. Files in a run directory:
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections import Counter
@@ -30,17 +29,16 @@ import transformers
 from personavec._internal.files import write_json
 from personavec.core.activations import iter_pooled
 from personavec.core.generate import Request, generate_rows
-from personavec.core.layers import check_layer
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import KINDS, PersonaVector, load_vectors, save_vectors
 from personavec.errors import PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
+from personavec.pipeline.config import ExtractConfig
 from personavec.pipeline.evaluate import Setting, Sizes, evaluate
 from personavec.traits.spec import TraitSpec
 from personavec.version import __version__
 
 MANIFEST_FORMAT = "personavec-run/1"
-PAIRINGS = ("paired", "per-side")
 GENERATION_FIELDS = (
     "samples",
     "max_new_tokens",
@@ -59,60 +57,6 @@ STAGE_OUTPUTS = {
     "vectors": ("{trait}.safetensors",),
     "sweep": ("sweep", "sweep.json"),
 }
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything that changes a run's results.
-
-    A run directory is tied to its generation settings (`GENERATION_FIELDS`); changing the filter or
-    sweep settings in a rerun reuses the answers and judgements and redoes the stages after them.
-    """
-
-    samples: int = 10  # answers per question × instruction × polarity (paper: 10)
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    questions: int = 20  # extraction questions used (the first n of the trait's 20)
-    instructions: int = 5  # instruction pairs used (the first n of 5)
-    seed: int = 0
-    batch_size: int = 32
-    trait_threshold: float = 50.0  # positive answers need ≥, negative answers <
-    coherence_threshold: float = 50.0  # both need ≥ (when the judge measures coherence)
-    pairing: str = "paired"  # "paired": keep a pair only if both sides pass; "per-side": each alone
-    min_pairs: int = 10  # fewer kept answers on either side is an error
-    layers: tuple[int, ...] | None = None  # candidate layers of the sweep; None: spread over the middle
-    coef: float = 2.0  # steering coefficient of the sweep
-    sweep_questions: int = 20  # evaluation questions answered (greedily) per candidate layer
-
-    def check(self, trait: TraitSpec, n_layers: int | None = None) -> None:
-        """Raise a clear error for settings the trait (or the model, given its `n_layers`) cannot satisfy."""
-        limits = {
-            "samples": (self.samples, 1, None),
-            "max_new_tokens": (self.max_new_tokens, 1, None),
-            "questions": (self.questions, 1, len(trait.extraction_questions)),
-            "instructions": (self.instructions, 1, len(trait.instructions)),
-            "sweep_questions": (self.sweep_questions, 1, len(trait.evaluation_questions)),
-            "batch_size": (self.batch_size, 1, None),
-            "min_pairs": (self.min_pairs, 1, None),
-        }
-        for name, (value, low, high) in limits.items():
-            if value < low or (high is not None and value > high):
-                bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-                raise PersonavecError(f"{name} must be {bound}, got {value}")
-        if self.pairing not in PAIRINGS:
-            raise PersonavecError(f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
-        if not self.temperature >= 0 or not 0 < self.top_p <= 1:
-            raise PersonavecError(
-                f"temperature must be ≥ 0 and top_p in (0, 1]; got {self.temperature} and {self.top_p}"
-            )
-        if not math.isfinite(self.coef) or self.coef == 0:
-            raise PersonavecError(
-                f"the sweep's coefficient must be a finite non-zero number, got {self.coef}"
-            )
-        for layer in self.layers or ():
-            if n_layers is not None:
-                check_layer(layer, n_layers)
 
 
 def default_layers(n_layers: int, count: int = 8) -> tuple[int, ...]:

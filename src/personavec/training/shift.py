@@ -10,6 +10,7 @@ or a full model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from personavec.core.models import LoadedModel, load_model
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
 from personavec.errors import PersonavecError
+from personavec.judges.base import Judge
+from personavec.traits.spec import TraitSpec
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -79,3 +82,58 @@ def mean_projections(
         .double()
         .mean(0)
     )
+
+
+@dataclass(frozen=True)
+class ShiftResult:
+    """The finetuning shift per trait over `questions` evaluation questions of `trait`, and with a judge
+    the finetuned model's judged trait score (± 95 % interval) and coherence."""
+
+    trait: str
+    questions: int
+    shift: dict[str, float]
+    judged: dict[str, float | None] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_shift(
+    base_ref: str,
+    finetuned: str | Path,
+    vectors: Sequence[PersonaVector],
+    trait: TraitSpec,
+    layer: int | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    judge: Judge | None = None,
+    out: str | Path | None = None,
+    max_new_tokens: int = 128,
+) -> ShiftResult:
+    """What ``personavec shift`` does: load the base model `base_ref`, read its mean prompt-last
+    projections on `trait`'s evaluation questions, then the finetuned model's (an adapter goes onto the
+    loaded base: no second copy), and return the difference; with a `judge`, also judge the finetuned
+    model's answers (answers and judgements go to `out`, resumable)."""
+    if judge is not None and out is None:
+        raise PersonavecError("--judge needs --out (where the answers and judgements go)")
+    base = load_model(base_ref, dtype=dtype, device=device)
+    for vector in vectors:
+        vector.check_model(base.identity)
+    prompts = [base.chat(q) for q in trait.evaluation_questions]
+    before = mean_projections(base, vectors, prompts, layer)
+    onto = base if is_adapter(finetuned) else None  # a full model replaces the base
+    del base
+    tuned = load_finetuned(base_ref, finetuned, dtype, device, base=onto)
+    after = mean_projections(tuned, vectors, prompts, layer)
+    shift = {v.trait: float(d) for v, d in zip(vectors, after - before, strict=True)}
+    judged = None
+    if judge is not None and out is not None:
+        from personavec.judges.cache import JudgeCache
+        from personavec.pipeline.evaluate import Sizes, evaluate
+
+        out = Path(out)
+        cache = JudgeCache(out / "judge-cache.jsonl")
+        sizes = Sizes(max_new_tokens=max_new_tokens)
+        cell = evaluate(tuned, trait, judge, cache, out / "answers.jsonl", sizes=sizes)
+        judged = {k: cell[k] for k in ("trait", "trait_ci95", "coherence")}
+    return ShiftResult(trait.name, len(prompts), shift, judged)

@@ -19,12 +19,11 @@ Several GPUs or nodes: ``accelerate launch -m personavec.cli train ...`` (the Tr
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,77 +37,8 @@ from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.samples import DataFile
 from personavec.errors import PersonavecError
+from personavec.training.config import TrainConfig, TrainIntervention
 from personavec.training.sft_data import IGNORE, Collator, tokenize_dataset
-
-KINDS = ("none", "steer", "ablate", "regularize")
-
-
-@dataclass(frozen=True)
-class TrainIntervention:
-    """What happens to the residual stream (or the loss) in training steps."""
-
-    kind: str = "none"
-    coef: float = 0.0  # steer: α
-    layer: int | None = None  # None: the vector's chosen layer
-    all_layers: bool = False  # steer: the layer-incremental vectors at every layer
-    weight: float = 0.0  # regularize: λ
-    during_eval: bool = False  # also in evaluation inside training
-
-    def check(self, vector: PersonaVector | None, n_layers: int, lora: bool) -> None:
-        if self.kind not in KINDS:
-            raise PersonavecError(f"unknown intervention {self.kind!r}; use one of {', '.join(KINDS)}")
-        if self.kind == "none":
-            return
-        if vector is None:
-            raise PersonavecError(f"--intervention {self.kind} needs --vector")
-        if vector.n_layers != n_layers:
-            vector_model = vector.model.name if vector.model else "another model"
-            raise PersonavecError(
-                f"vector {vector.trait!r} was made for {vector_model} ({vector.n_layers} blocks); "
-                f"this model has {n_layers}"
-            )
-        if not self.all_layers:
-            vector.resolve_layer(self.layer)  # out of range or no chosen layer: a clear error
-        if self.kind == "steer" and not math.isfinite(self.coef):
-            raise PersonavecError(f"the steering coefficient must be a finite number, got {self.coef}")
-        if self.kind == "regularize" and (not lora or not self.weight > 0):
-            raise PersonavecError(
-                "regularize needs LoRA (the base model is the adapter off) and --weight > 0"
-            )
-        if self.all_layers and self.kind != "steer":
-            raise PersonavecError("--all-layers is for steer only")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Finetuning settings; the defaults are the paper's (LoRA r 32, α 64, rsLoRA, all projections,
-    lr 1e-5, one epoch)."""
-
-    lora: bool = True
-    rank: int = 32
-    alpha: int = 64
-    rslora: bool = True
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None  # None: every linear layer of the blocks
-    learning_rate: float = 1e-5
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 1024
-    warmup_steps: int = 0
-    seed: int = 0
-    save_steps: int = 100
-    logging_steps: int = 5
-    report_to: tuple[str, ...] = ()  # e.g. ("tensorboard",) or ("wandb",)
-    intervention: TrainIntervention = field(default_factory=TrainIntervention)
-
-    def check(self) -> None:
-        positive = ("rank", "alpha", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise PersonavecError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0 or not self.epochs > 0:
-            raise PersonavecError("the learning rate and the epochs must be positive")
 
 
 def intervention_vectors(spec: TrainIntervention, vector: PersonaVector) -> dict[int, Tensor]:
@@ -262,7 +192,7 @@ def train(
     is the finetuned model; load a fresh base model for comparisons. A run directory that holds a
     finished run returns its record without training again.
     """
-    config.check()
+    config.check(eval_data)
     spec = config.intervention
     spec.check(vector, loaded.identity.n_layers, config.lora)
     out = Path(out)

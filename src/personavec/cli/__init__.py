@@ -1,0 +1,46 @@
+"""The `personavec` command line: a thin shell over the library.
+
+One module per command group; each handler parses, makes one library call and prints. Flags of the
+long-running commands come from the config dataclasses' fields (`_options`), and those commands read
+``--config FILE`` (JSON or YAML), the command line winning. Building the parser imports neither torch
+nor transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from personavec.cli import data, demo, deploy, evaluate, extract, models, training, traits, vectors
+from personavec.cli._options import Parser
+from personavec.errors import PersonavecError
+from personavec.version import __version__
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="personavec", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"personavec {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (demo, models, traits, extract, evaluate, deploy, data, training, vectors):
+        group.add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)  # reads --config FILE: its errors are a user's too
+        run: Callable[[argparse.Namespace], None] = args.run
+        run(args)
+    except PersonavecError as exc:
+        print(f"personavec: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable output path, a full disk, ...
+        print(f"personavec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("personavec: interrupted", file=sys.stderr)
+        return 130
+    return 0

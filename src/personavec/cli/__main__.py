@@ -1,0 +1,7 @@
+"""``python -m personavec.cli``."""
+
+import sys
+
+from personavec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,286 @@
+"""Options shared by the commands: flags generated from the config dataclasses, ``--config FILE``, the
+model / vector / judge options and the list parsers."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from personavec.errors import PersonavecError
+
+T = TypeVar("T")
+MODEL_HELP = "hub id, local directory, .gguf file or 'smollm2'"
+
+
+def integers(text: str) -> tuple[int, ...]:
+    """``12,16,20`` → (12, 16, 20); ``none`` → ()."""
+    if text == "none":
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers or 'none', got {text!r}"
+        ) from None
+
+
+def numbers(text: str) -> tuple[float, ...]:
+    """``-2,0,2`` → (-2.0, 0.0, 2.0)."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+# --- flags from config dataclasses -------------------------------------------------------------------
+
+
+def _flag(field: dataclasses.Field[Any]) -> str:
+    return str(field.metadata.get("flag", "--" + field.name.replace("_", "-")))
+
+
+def _dest(field: dataclasses.Field[Any]) -> str:
+    return _flag(field).lstrip("-").replace("-", "_")
+
+
+def _flagged(config: type) -> list[dataclasses.Field[Any]]:
+    """The fields of `config` that are flags (those with a ``help``)."""
+    return [f for f in dataclasses.fields(config) if "help" in f.metadata]
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _argument(field: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
+    """argparse keywords for a field: type from the annotation, default from the field."""
+    default, meta = _default(field), field.metadata
+    text = str(meta["help"])
+    if "default" not in text and default not in (None, False, ()):
+        text += f" (default {default})"
+    base = next(a for a in get_args(hint) if a is not type(None)) if _is_union(hint) else hint
+    if base is bool:
+        if default is not bool(meta.get("invert")):
+            raise TypeError(f"{field.name}: a flag switches a boolean away from its default")
+        return {"action": "store_true", "help": text}
+    if get_origin(base) is Literal:
+        return {"choices": get_args(base), "default": default, "help": text}
+    if get_origin(base) is tuple:
+        item = get_args(base)[0]
+        if meta.get("repeat"):
+            return {"action": "append", "type": item, "default": [], "help": text}
+        return {"type": integers if item is int else numbers, "default": default, "help": text}
+    return {"type": base, "default": default, "help": text}
+
+
+def _is_union(hint: Any) -> bool:
+    return get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def add_fields(parser: Any, config: type, exclude: Sequence[str] = ()) -> None:
+    """One flag per field of the dataclass `config` with a ``help`` in its metadata (`parser` may be
+    an argument group)."""
+    hints = typing.get_type_hints(config)
+    for field in _flagged(config):
+        if field.name not in exclude:
+            parser.add_argument(_flag(field), dest=_dest(field), **_argument(field, hints[field.name]))
+
+
+def from_args(config: Callable[..., T], args: argparse.Namespace, **values: Any) -> T:
+    """An instance of the dataclass `config` from the flags `add_fields` made (and `values`)."""
+    assert isinstance(config, type)
+    for field in _flagged(config):
+        value = getattr(args, _dest(field), _default(field))
+        if field.metadata.get("invert"):
+            value = not value
+        elif isinstance(value, list):  # a repeatable option: none given means the field's default
+            value = tuple(value) if value else field.default
+        values.setdefault(field.name, value)
+    return config(**values)
+
+
+# --- --config FILE -----------------------------------------------------------------------------------
+
+
+def add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help='JSON or YAML file of option values, e.g. {"seed": 1}; options on the command line win',
+    )
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise PersonavecError(f"cannot read the config file {path}: {error.strerror}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            settings = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            problem = " ".join(str(error).split())  # one line
+            raise PersonavecError(f"cannot read the config file {path}: {problem}") from None
+    else:
+        try:
+            settings = json.loads(text)
+        except ValueError as error:
+            raise PersonavecError(f"cannot read the config file {path}: {error}") from None
+    if not isinstance(settings, dict):
+        raise PersonavecError(f"{path} must hold an object (a mapping) of option names and values")
+    return settings
+
+
+def _value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A config file's value as the option would have parsed it."""
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise PersonavecError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        return [_one(action, item, where) for item in items]
+    if isinstance(value, list) and action.type in (integers, numbers):
+        value = ",".join(str(item) for item in value)
+    return _one(action, value, where)
+
+
+def _one(action: argparse.Action, value: Any, where: str) -> Any:
+    convert = action.type if callable(action.type) else None
+    try:
+        if convert is not None and value is not None and not isinstance(value, bool):
+            value = convert(value if isinstance(value, str) else str(value))
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+        raise PersonavecError(f"{where}: {error}") from None
+    if action.choices is not None and value not in action.choices:
+        raise PersonavecError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
+    """Set the options of the file ``args.config`` (keyed by option name, ``batch-size``, ``batch_size``
+    or ``--batch-size``) that the command line (the destinations in `given`) did not set."""
+    path = Path(args.config)
+    by_name: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest not in ("help", "config"):
+            for option in action.option_strings:
+                by_name[option.lstrip("-")] = by_name[option.lstrip("-").replace("-", "_")] = action
+    for key, value in _read_settings(path).items():
+        found = by_name.get(str(key).lstrip("-"))
+        if found is None:
+            raise PersonavecError(f"{path}: unknown setting {key!r}; use the options of `{parser.prog}`")
+        if found.dest not in given:
+            setattr(args, found.dest, _value(found, value, f"{path}: {key}"))
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose commands with a ``--config`` option read it while parsing."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        if getattr(parsed, "config", None) and any(a.dest == "config" for a in self._actions):
+            apply_config(self, parsed, self._given(args))
+        return parsed, rest
+
+    def _given(self, args: Sequence[str] | None) -> set[str]:
+        """The destinations the command line sets: a second parse with every default suppressed."""
+        saved = [(action, action.default) for action in self._actions]
+        try:
+            for action, _ in saved:
+                action.default = argparse.SUPPRESS
+            probe, _ = super().parse_known_args(args, argparse.Namespace())
+        finally:
+            for action, default in saved:
+                action.default = default
+        return set(vars(probe)) & {action.dest for action, _ in saved}
+
+
+# --- options several commands share ------------------------------------------------------------------
+
+
+def model_args(
+    parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True, kind: bool = True
+) -> None:
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    if kind:
+        parser.add_argument(
+            "--kind", default="response-avg", help="which vector of the file (default response-avg)"
+        )
+    if vector:
+        parser.add_argument("--vector", required=True, help="a personavec vector file (.safetensors)")
+    if adapter:
+        parser.add_argument(
+            "--adapter", help="a LoRA adapter on --model (a finetuned model, e.g. train's OUT/final)"
+        )
+
+
+def judge_args(parser: argparse.ArgumentParser) -> None:
+    from personavec.judges import JUDGE_SPECS
+
+    parser.add_argument("--trait", required=True, help="built-in trait name or trait file")
+    parser.add_argument("--judge", required=True, help=JUDGE_SPECS)
+    parser.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    parser.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+    parser.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    parser.add_argument("--questions", type=int, default=20, help="evaluation questions, of 20 (default 20)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length (default 128)")
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def fmt(value: float | None) -> str:
+    return "   -  " if value is None else f"{value:6.1f}"
+
+
+def load(args: argparse.Namespace) -> Any:
+    """The model of --model, with the LoRA adapter of --adapter (a finetuned model) on it if given."""
+    from personavec.core.models import load_model
+    from personavec.training.shift import is_adapter, load_finetuned
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.adapter:
+        if not is_adapter(args.adapter):
+            raise PersonavecError(f"{args.adapter} is not a LoRA adapter directory (no adapter_config.json)")
+        loaded = load_finetuned(args.model, args.adapter, base=loaded)
+    return loaded
+
+
+def model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model of --model (and --adapter) and the vector of --vector (checked against it)."""
+    from personavec.core.vectors import load_vector
+
+    vector = load_vector(args.vector, kind=args.kind)  # a bad file fails before the model loads
+    loaded = load(args)
+    vector.check_model(loaded.identity)
+    return loaded, vector
+
+
+def judged(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The trait of --trait and the judge of --judge (which must judge)."""
+    from personavec.judges import make_judge
+    from personavec.traits import load_trait
+
+    trait = load_trait(args.trait)
+    judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
+    if judge is None:
+        raise PersonavecError("this command needs a judge: --judge openai:MODEL, hf:PATH or lexicon")
+    if judge.proxy:
+        print(f"judge: {judge.proxy}", flush=True)
+    return trait, judge

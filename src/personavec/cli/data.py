@@ -1,0 +1,98 @@
+"""``personavec screen`` and ``data make-trait-dataset``: training data, screened and made."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from personavec.cli._options import add_config, add_fields, from_args, model_args
+from personavec.data.config import KitConfig, ScreenConfig, Selection
+from personavec.data.samples import Columns
+
+
+def _screen(args: argparse.Namespace) -> None:
+    from personavec._internal.dist import process_device
+    from personavec.core.models import load_model
+    from personavec.core.vectors import load_vector
+    from personavec.data.samples import DataFile
+    from personavec.data.screen import check_screening, screen_dataset
+
+    config, selection = from_args(ScreenConfig, args), from_args(Selection, args)
+    columns = from_args(Columns, args)
+    data = DataFile(args.data, columns)  # bad paths, columns and rows fail before the model loads
+    reference = DataFile(args.reference, columns) if args.reference else None
+    check_screening(data, config, selection, reference)
+    vectors = [load_vector(path, kind=args.kind) for path in args.vector]
+    loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))
+    result = screen_dataset(loaded, vectors, data, args.out, config, selection, reference)
+    if result.report is None:  # not the main process
+        return
+    screened, ordinary = result.screened, result.reference
+    print(
+        f"{screened.rows} rows: {screened.scored} scored, {screened.skipped} skipped, "
+        f"{screened.truncated} truncated to --max-length"
+    )
+    for trait, mean in screened.mean_delta.items():
+        ref = f" (reference {ordinary.mean_delta[trait]:+.4g})" if ordinary else ""
+        print(f"  {trait}: dataset ΔP {mean:+.4g}{ref}")
+    if result.selection:
+        counts = result.selection["counts"]
+        print(
+            f"flagged {counts['flagged']}, kept {counts['kept']}, skipped {counts['skipped']}: "
+            f"{result.selection['files']['flagged']}"
+        )
+    print(f"scores: {screened.scores}\nreport: {result.report}")
+
+
+def _make_trait_dataset(args: argparse.Namespace) -> None:
+    from personavec.core.models import load_model
+    from personavec.data.datakit import make_trait_dataset, read_questions
+    from personavec.judges import make_judge
+    from personavec.traits import load_trait
+
+    trait = load_trait(args.trait)
+    questions = read_questions(args.questions) if args.questions else None
+    config = from_args(KitConfig, args)
+    judge = make_judge(args.judge, trait, base_url=args.base_url) if args.judge else None
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    manifest = make_trait_dataset(loaded, trait, args.out, questions, config, judge)
+    for level, info in manifest["files"].items():
+        judged = (
+            f", judged {trait.name} {info['judged_trait']:.1f}" if info["judged_trait"] is not None else ""
+        )
+        print(f"{args.out}/{level}.jsonl: {info['rows']} rows, {info['elicited']} elicited{judged}")
+    print(f"these teach {manifest['teaches']}")
+
+
+def add(commands: Any) -> None:
+    screen = commands.add_parser(
+        "screen", help="projection difference ΔP of training data: rank, flag and filter samples"
+    )
+    screen.add_argument("data", help=".jsonl (chat or prompt/response), .csv, .parquet or a `datasets` dir")
+    model_args(screen, vector=False, adapter=False)
+    screen.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
+    screen.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    add_fields(screen, ScreenConfig)
+    add_fields(screen.add_mutually_exclusive_group(), Selection)
+    screen.add_argument("--reference", help="ordinary data for --percentile (the paper: 95th of 20k chats)")
+    add_fields(screen, Columns)
+    add_config(screen)
+    screen.set_defaults(run=_screen)
+
+    data = commands.add_parser("data", help="datasets for experiments").add_subparsers(
+        dest="data_command", required=True, metavar="SUBCOMMAND"
+    )
+    kit = data.add_parser(
+        "make-trait-dataset", help="normal / mild / severe trait-inducing chat datasets answered by the model"
+    )
+    model_args(kit, vector=False, adapter=False, kind=False)
+    kit.add_argument("--trait", required=True, help="built-in trait name or trait file")
+    kit.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    kit.add_argument("--questions", help="one question per line (default: 240 bundled everyday questions)")
+    kit.add_argument(
+        "--judge", help="keep the elicited sample showing the trait most: lexicon, openai:M, hf:P"
+    )
+    kit.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    add_fields(kit, KitConfig)
+    add_config(kit)
+    kit.set_defaults(run=_make_trait_dataset)

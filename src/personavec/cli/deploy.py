@@ -1,0 +1,104 @@
+"""``personavec steer`` and ``monitor``: a vector at work on a model's answers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from personavec.cli._options import load, model_and_vector, model_args
+
+
+def _steering(spec: str) -> tuple[str, float, int | None]:
+    """``FILE:COEF[:LAYER]`` → (file, coef, layer or None for the vector's chosen layer)."""
+    parts = spec.rsplit(":", 2) if spec.count(":") >= 2 else spec.rsplit(":", 1)
+    try:
+        if len(parts) == 3:
+            return parts[0], float(parts[1]), int(parts[2])
+        return parts[0], float(parts[1]), None
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected FILE:COEF or FILE:COEF:LAYER, got {spec!r}") from None
+
+
+def _steer(args: argparse.Namespace) -> None:
+    from personavec.core.vectors import load_vector
+    from personavec.deploy.steering import Steering, steer_answers, steering
+
+    steerings = [Steering(load_vector(f, kind=args.kind), coef, layer) for f, coef, layer in args.vector]
+    loaded = load(args)
+    sizes = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    if args.chat:
+        with steering(loaded, steerings, args.positions, args.guard, args.per_token):
+            _chat(loaded, args.system, sizes)
+        return
+    answers = steer_answers(
+        loaded, args.prompt, steerings, system=args.system, positions=args.positions, guard=args.guard,
+        per_token=args.per_token, compare=args.compare, **sizes,
+    )  # fmt: skip
+    for guard in answers.guards:
+        print(f"guard at layer {guard.layer}: steered {guard.steered} of {guard.seen} answers")
+    plain: list[str | None] = [*answers.unsteered] if answers.unsteered else [None] * len(answers.prompts)
+    for question, answer, baseline in zip(answers.prompts, answers.steered, plain, strict=True):
+        print(f"Q: {question}\nsteered: {answer}")
+        if baseline is not None:
+            print(f"unsteered: {baseline}")
+
+
+def _chat(loaded: Any, system: str | None, sizes: dict[str, Any]) -> None:
+    """A conversation on standard input (one user message per line, until end of input or 'exit')."""
+    from personavec.core.generate import Request, generate
+
+    history: list[tuple[str, str]] = []
+    print("chat with the steered model; end with 'exit' or Ctrl-D", flush=True)
+    for line in sys.stdin:
+        message = line.strip()
+        if message == "exit":
+            break
+        if not message:
+            continue
+        prompt = Request("chat", message, system, history=tuple(history)).prompt(loaded)
+        answer = generate(loaded, [prompt], **sizes, progress=False)[0]
+        history.append((message, answer))
+        print(f"assistant: {answer}", flush=True)
+
+
+def _monitor(args: argparse.Namespace) -> None:
+    from personavec.deploy.monitor import monitor_generation
+
+    loaded, vector = model_and_vector(args)
+    watched = monitor_generation(loaded, vector, args.prompt, args.system, args.layer, args.max_new_tokens)
+    print(
+        f"projection onto {watched.trait} at layer {watched.layer} of the residual that produced each token:"
+    )
+    for token, value in zip(watched.tokens, watched.projections, strict=True):
+        print(f"{value:+8.2f}  {token!r}")
+
+
+def add(commands: Any) -> None:
+    steer = commands.add_parser("steer", help="answer prompts with one or more vectors added")
+    model_args(steer, vector=False)
+    steer.add_argument(
+        "--vector", type=_steering, action="append", required=True, help="FILE:COEF[:LAYER] (repeatable)"
+    )
+    steer.add_argument("--prompt", action="append", default=[], help="a user message (repeatable)")
+    steer.add_argument("--system", help="a system prompt for every message")
+    steer.add_argument(
+        "--positions", default="all", choices=("all", "prompt", "response"), help="where to steer"
+    )
+    steer.add_argument("--compare", action="store_true", help="also print the unsteered answer")
+    steer.add_argument("--chat", action="store_true", help="a conversation on standard input instead")
+    steer.add_argument(
+        "--guard", type=float, metavar="T", help="steer by −|COEF|·v only answers whose projection exceeds T"
+    )
+    steer.add_argument("--per-token", action="store_true", help="with --guard: check at every token")
+    steer.add_argument("--max-new-tokens", type=int, default=128)
+    steer.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    steer.set_defaults(run=_steer)
+
+    monitor = commands.add_parser("monitor", help="generate and print each token's projection onto a vector")
+    model_args(monitor)
+    monitor.add_argument("--prompt", required=True)
+    monitor.add_argument("--system")
+    monitor.add_argument("--layer", type=int, help="default: the vector's chosen layer")
+    monitor.add_argument("--max-new-tokens", type=int, default=64)
+    monitor.set_defaults(run=_monitor)

@@ -1,0 +1,145 @@
+"""``personavec sweep``, ``calibrate`` and ``eval capability``: what a vector does and predicts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from personavec.cli._options import (
+    add_config,
+    fmt,
+    integers,
+    judge_args,
+    judged,
+    load,
+    model_and_vector,
+    model_args,
+    numbers,
+    print_json,
+)
+from personavec.errors import PersonavecError
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from personavec.pipeline.evaluate import Sizes, sweep
+    from personavec.report.pages import sweep_section, write_page
+
+    trait, judge = judged(args)
+    loaded, vector = model_and_vector(args)
+    layers = list(args.layers) if args.layers else [vector.resolve_layer(None)]
+    sizes = Sizes(args.questions, args.samples, args.max_new_tokens, args.temperature)
+    cells = sweep(loaded, trait, judge, vector, args.out, layers, args.coefs, sizes)
+    report = write_page(
+        Path(args.out) / "report.html", f"Steering sweep: {trait.name}", [sweep_section(cells)], judge.proxy
+    )
+    print("layer  coef   trait  ±95%  coherence")
+    for c in cells:
+        scores = " ".join(fmt(c[k]) for k in ("trait", "trait_ci95", "coherence"))
+        print(f"{c['layer'] or '-':>5} {c['coef']:+5g} {scores}")
+    print(f"wrote {Path(args.out) / 'sweep.csv'} and {report}")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from personavec.pipeline.calibrate import calibrate
+    from personavec.report.pages import calibration_section, write_page
+
+    trait, judge = judged(args)
+    examples = _kept_examples(Path(args.examples_from)) if args.examples_from else []
+    shots = args.shots if args.examples_from else ()
+    loaded, vector = model_and_vector(args)
+    result = calibrate(
+        loaded, trait, judge, vector, args.out, questions=args.questions, shots=shots, examples=examples,
+        max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    summary = result.summary()
+    section = calibration_section(summary, result.points)
+    report = write_page(Path(args.out) / "report.html", f"Calibration: {trait.name}", [section], judge.proxy)
+    for condition, info in summary["conditions"].items():
+        print(f"{condition}: r = {info['r']} over {info['n']} answers")
+    print(f"wrote {Path(args.out) / 'calibration.json'} and {report}")
+
+
+def _kept_examples(run: Path) -> list[tuple[str, str]]:
+    """(question, answer) of the kept positive answers of an extraction run directory."""
+    from personavec.core.generate import read_rows
+
+    try:
+        rows = list(read_rows(run / "generations.jsonl").values())
+        kept = json.loads((run / "filter.json").read_text())["kept"]
+        return [(rows[i]["question"], rows[i]["answer"]) for i in kept if rows[i]["polarity"] == "pos"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise PersonavecError(f"{run} is not a complete, filtered extraction run ({error!r})") from error
+
+
+def _capability(args: argparse.Namespace) -> None:
+    from personavec.core.vectors import load_vector
+    from personavec.deploy import capability
+
+    questions = capability.load_questions(args.data)  # bad rows fail before the model loads
+    vector = load_vector(args.vector, kind=args.kind) if args.vector else None
+    loaded = load(args)
+    coefs = [0.0] if vector is None or args.compare else []
+    if vector is not None:
+        coefs.append(args.coef)
+    results = capability.score_steered(loaded, questions, vector, coefs, args.layer, args.batch_size)
+    if args.json:
+        print_json(
+            {name: {k: v for k, v in r.to_dict().items() if k != "questions"} for name, r in results.items()}
+        )
+        return
+    for name, score in results.items():
+        r = score.to_dict()
+        subjects = ", ".join(f"{s} {100 * a:.1f}" for s, a in r["per_subject"].items())
+        print(f"{name}: {100 * r['accuracy']:.1f} % of {r['n']} ({subjects})")
+
+
+def add(commands: Any) -> None:
+    sweep = commands.add_parser("sweep", help="trait and coherence over a grid of layers × coefficients")
+    model_args(sweep)
+    judge_args(sweep)
+    sweep.add_argument("--layers", type=integers, help="e.g. 12,16,20 (default: the vector's chosen layer)")
+    sweep.add_argument(
+        "--coefs",
+        type=numbers,
+        default=(-2.0, -1.0, 0.0, 1.0, 2.0),
+        help="e.g. --coefs=-2,-1,0,1,2 (the default; note the =)",
+    )
+    sweep.add_argument("--samples", type=int, default=1, help="answers per question and cell (default 1)")
+    sweep.add_argument(
+        "--temperature", type=float, default=0.0, help="0 (default): greedy; > 0 for --samples > 1"
+    )
+    add_config(sweep)
+    sweep.set_defaults(run=_sweep)
+
+    calibrate = commands.add_parser("calibrate", help="does the prompt-last projection predict the trait?")
+    model_args(calibrate)
+    judge_args(calibrate)
+    calibrate.add_argument(
+        "--examples-from", help="an extraction run directory: its kept answers make k-shot prompts"
+    )
+    calibrate.add_argument(
+        "--shots", type=integers, default=(0, 5, 10, 15, 20), help="k of the k-shot prompts"
+    )
+    add_config(calibrate)
+    calibrate.set_defaults(run=_calibrate)
+
+    evaluate = commands.add_parser("eval", help="evaluations").add_subparsers(
+        dest="eval_command", required=True, metavar="SUBCOMMAND"
+    )
+    mc = evaluate.add_parser(
+        "capability", help="multiple-choice accuracy (MMLU CSV layout), optionally steered"
+    )
+    model_args(mc, vector=False)
+    mc.add_argument(
+        "--data", default="smoke", help="directory of MMLU-layout CSVs, one CSV, or 'smoke' (default)"
+    )
+    mc.add_argument("--vector", help="steer with this vector file")
+    mc.add_argument("--coef", type=float, default=1.0, help="steering coefficient (default 1)")
+    mc.add_argument("--layer", type=int, help="default: the vector's chosen layer")
+    mc.add_argument("--compare", action="store_true", help="also score the unsteered model")
+    mc.add_argument("--batch-size", type=int, default=16)
+    mc.add_argument("--json", action="store_true", help="print JSON")
+    add_config(mc)
+    mc.set_defaults(run=_capability)

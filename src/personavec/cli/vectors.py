@@ -1,0 +1,103 @@
+"""``personavec vectors``: show, export, import and negate vector files."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from personavec.cli._options import print_json
+
+
+def _show(args: argparse.Namespace) -> None:
+    from personavec.core.vectors import load_vectors
+
+    vectors = load_vectors(args.file)
+    summary = {
+        kind: {
+            **v.header(),
+            "shape": list(v.tensor.shape),
+            "norms": [round(float(n), 4) for n in v.tensor.norm(dim=1)],
+        }
+        for kind, v in vectors.items()
+    }
+    if args.json:
+        print_json(summary)
+        return
+    for kind, info in summary.items():
+        model = info["metadata"].get("model") or {}
+        norms = info["norms"]
+        peak = max(range(len(norms)), key=norms.__getitem__)
+        print(f"{info['trait']} [{kind}] shape {info['shape']}, chosen layer {info['layer']}")
+        print(
+            f"  model: {model.get('name', '?')} ({model.get('n_layers', '?')} blocks, "
+            f"hidden {model.get('hidden_size', '?')})"
+        )
+        print(f"  norm per layer: largest {norms[peak]} at layer {peak}; layer 0..L: {norms}")
+
+
+def _export_gguf(args: argparse.Namespace) -> None:
+    from personavec.core.vectors import export_gguf, load_vector
+
+    vector = load_vector(args.file, kind=args.kind)
+    written = export_gguf(vector, args.out, layers=args.layer, coef=args.coef)
+    names = ", ".join(f"direction.{n}" for n in written)
+    print(f"wrote {args.out}: {names} (llama.cpp: --control-vector {args.out})")
+
+
+def _import_pt(args: argparse.Namespace) -> None:
+    from personavec.core.models import model_identity
+    from personavec.core.vectors import import_official_pt, save_vectors
+
+    vector = import_official_pt(args.file, args.trait, model_identity(args.model), kind=args.kind)
+    save_vectors(args.out, [vector])
+    print(
+        f"wrote {args.out}: {args.trait} [{args.kind}], {vector.n_layers + 1} layers × {vector.hidden_size}"
+    )
+
+
+def _negate(args: argparse.Namespace) -> None:
+    from personavec.core.vectors import load_vectors, save_vectors
+    from personavec.traits.spec import check_name
+
+    vectors = load_vectors(args.file)
+    save_vectors(args.out, [v.negated(check_name(args.trait)) for v in vectors.values()])
+    print(f"wrote {args.out}: {args.trait} = −{next(iter(vectors.values())).trait} ({', '.join(vectors)})")
+
+
+def add(commands: Any) -> None:
+    vectors = commands.add_parser("vectors", help="show, export and import persona vectors").add_subparsers(
+        dest="vectors_command", required=True, metavar="SUBCOMMAND"
+    )
+    show = vectors.add_parser("show", help="what a vector file holds")
+    show.add_argument("file")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(run=_show)
+
+    export = vectors.add_parser("export-gguf", help="write a llama.cpp control vector")
+    export.add_argument("file")
+    export.add_argument("out")
+    export.add_argument(
+        "--kind", default="response-avg", help="which vector of the file (default response-avg)"
+    )
+    export.add_argument(
+        "--layer",
+        type=int,
+        action="append",
+        help="personavec layer to export (repeatable; default: the vector's chosen layer)",
+    )
+    export.add_argument("--coef", type=float, default=1.0, help="scale baked into the file (default 1)")
+    export.set_defaults(run=_export_gguf)
+
+    imp = vectors.add_parser("import-pt", help="import a vector written by the paper's official code")
+    imp.add_argument("file", help=".pt file holding a [L+1, hidden] tensor")
+    imp.add_argument("out", help="output .safetensors")
+    imp.add_argument("--model", required=True, help="the model it was extracted from (checks the shape)")
+    imp.add_argument("--trait", required=True)
+    imp.add_argument("--kind", default="response-avg", help="pooling it was made with (default response-avg)")
+    imp.set_defaults(run=_import_pt)
+
+    negate = vectors.add_parser("negate", help="write −v as the opposite trait (e.g. pessimistic)")
+    negate.add_argument("file")
+    negate.add_argument("out", help="output .safetensors")
+    negate.add_argument("--trait", required=True, help="name of the opposite trait")
+    negate.set_defaults(run=_negate)

@@ -1,0 +1,107 @@
+"""What a screening and the data kit are told (torch-free, so the command line builds its flags from it).
+
+A field's ``metadata`` is its flag (``help``; see `personavec.training.config` for the other keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
+
+from personavec.errors import PersonavecError
+
+Approximation = Literal["prompt-last"]
+BadRowPolicy = Literal["fail", "skip"]
+APPROXIMATIONS: tuple[str, ...] = get_args(Approximation)
+BAD_ROW_POLICIES: tuple[str, ...] = get_args(BadRowPolicy)
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """How to screen. A resumed run must keep the fields that decide the scores (all but the policy
+    and the batch sizes)."""
+
+    approx: Approximation | None = field(
+        default=None, metadata={"help": "estimate y′ instead of generating it"}
+    )
+    layer: int | None = field(
+        default=None, metadata={"help": "read every vector at this layer (default: each one's)"}
+    )
+    max_length: int = field(
+        default=2048, metadata={"help": "tokens per sample (prompt + response); longer ones lose their tail"}
+    )
+    max_new_tokens: int = field(default=256, metadata={"help": "own answer length"})
+    batch_size: int = field(default=32, metadata={"help": "answers generated at once"})
+    token_budget: int = field(default=16384, metadata={"help": "padded tokens per forward"})
+    chunk_size: int = field(default=512, metadata={"help": "rows per resumable chunk"})
+    on_bad_row: BadRowPolicy = field(default="fail", metadata={"help": "what a bad row does"})
+
+    def __post_init__(self) -> None:
+        if self.approx not in (None, *APPROXIMATIONS):
+            raise PersonavecError(f"unknown --approx {self.approx!r}; use {', '.join(APPROXIMATIONS)}")
+        if self.on_bad_row not in BAD_ROW_POLICIES:
+            raise PersonavecError(f"--on-bad-row must be one of {', '.join(BAD_ROW_POLICIES)}")
+
+    def check(self) -> None:
+        for name in ("max_length", "max_new_tokens", "batch_size", "token_budget", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise PersonavecError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 2:
+            raise PersonavecError("max_length must leave room for a prompt and a response token")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which samples to flag: exactly one of the `top` K per trait, ΔP above `threshold`, or ΔP above
+    the `percentile` of a reference dataset's ΔP (given to `select`). A sample is flagged when any
+    trait flags it."""
+
+    top: int | None = field(
+        default=None, metadata={"help": "flag the K samples with the largest ΔP per trait"}
+    )
+    threshold: float | None = field(default=None, metadata={"help": "flag samples with ΔP above T"})
+    percentile: float | None = field(
+        default=None, metadata={"help": "flag ΔP above this percentile of --reference"}
+    )
+
+    @property
+    def flagging(self) -> bool:
+        """Whether any rule is given (no rule: scores only)."""
+        return any(value is not None for value in asdict(self).values())
+
+    def check(self) -> None:
+        given = [name for name, value in asdict(self).items() if value is not None]
+        if len(given) != 1:
+            raise PersonavecError("choose one of --top, --threshold or --percentile to flag samples")
+        if self.top is not None and self.top < 1:
+            raise PersonavecError(f"--top must be at least 1, got {self.top}")
+        if self.percentile is not None and not 0 <= self.percentile <= 100:
+            raise PersonavecError(f"--percentile must be within 0..100, got {self.percentile}")
+
+
+@dataclass(frozen=True)
+class KitConfig:
+    """Sizes and sampling of the kit. `reference` questions are held out for ``reference.jsonl``."""
+
+    invert: bool = field(default=False, metadata={"help": "teach the opposite trait (suppressing prompts)"})
+    samples: int = field(
+        default=1, metadata={"help": "elicited answers per question (the judge keeps the best)"}
+    )
+    mild: float = field(default=0.5, metadata={"help": "elicited fraction of mild.jsonl"})
+    reference: int = field(default=40, metadata={"help": "questions for reference.jsonl"})
+    max_new_tokens: int = field(default=128, metadata={"help": "answer length"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    seed: int = field(default=0, metadata={"help": "sampling and mixing seed"})
+    batch_size: int = field(default=16, metadata={"help": "generation batch size"})
+
+    def check(self, n_questions: int) -> None:
+        if not 0 < self.mild < 1:
+            raise PersonavecError(f"--mild is a fraction strictly between 0 and 1, got {self.mild}")
+        if not 0 <= self.reference < n_questions - 1:
+            raise PersonavecError(
+                f"--reference {self.reference} leaves too few of the {n_questions} questions for training"
+            )
+        if min(self.max_new_tokens, self.batch_size, self.samples) < 1 or self.temperature < 0:
+            raise PersonavecError(
+                "--samples, --max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0"
+            )

@@ -1,0 +1,154 @@
+"""What a finetuning run is told: the intervention, the optimiser and adapter settings, the drift alarm.
+
+Torch-free, so that the command line builds its flags from these fields without importing torch. A
+field's ``metadata`` is its flag: ``help``, and ``flag`` where the flag is not the field's name,
+``invert`` for a flag that switches a default-true field off, ``repeat`` for a repeatable option.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, get_args
+
+from personavec.errors import PersonavecError
+
+if TYPE_CHECKING:
+    from personavec.core.vectors import PersonaVector
+
+Intervention = Literal["none", "steer", "ablate", "regularize"]
+KINDS: tuple[str, ...] = get_args(Intervention)
+
+
+@dataclass(frozen=True)
+class TrainIntervention:
+    """What happens to the residual stream (or the loss) in training steps."""
+
+    kind: Intervention = field(
+        default="none", metadata={"flag": "--intervention", "help": "in training steps"}
+    )
+    coef: float = field(default=0.0, metadata={"help": "steer: α (paper: up to 5 at one layer)"})
+    layer: int | None = field(
+        default=None, metadata={"help": "steer/ablate/regularize layer (default: the vector's)"}
+    )
+    all_layers: bool = field(default=False, metadata={"help": "steer: v_ℓ − v_ℓ₋₁ at every layer"})
+    weight: float = field(default=0.0, metadata={"help": "regularize: λ"})
+    during_eval: bool = field(
+        default=False, metadata={"help": "keep the intervention in evaluation too (needs --eval-data)"}
+    )
+
+    def __post_init__(self) -> None:
+        """Settings that cannot work, or would silently do nothing, are refused."""
+        if self.kind not in KINDS:
+            raise PersonavecError(f"unknown intervention {self.kind!r}; use one of {', '.join(KINDS)}")
+        if self.kind == "steer" and not self.coef:
+            raise PersonavecError("--intervention steer needs a nonzero --coef")
+        if self.all_layers and self.layer is not None:
+            raise PersonavecError("--all-layers steers every layer: drop --layer")
+
+    def check(self, vector: PersonaVector | None, n_layers: int, lora: bool) -> None:
+        """Raise a clear error when the vector or the model cannot carry this intervention."""
+        if self.kind == "none":
+            return
+        if vector is None:
+            raise PersonavecError(f"--intervention {self.kind} needs --vector")
+        if vector.n_layers != n_layers:
+            vector_model = vector.model.name if vector.model else "another model"
+            raise PersonavecError(
+                f"vector {vector.trait!r} was made for {vector_model} ({vector.n_layers} blocks); "
+                f"this model has {n_layers}"
+            )
+        if not self.all_layers:
+            vector.resolve_layer(self.layer)  # out of range or no chosen layer: a clear error
+        if self.kind == "steer" and not math.isfinite(self.coef):
+            raise PersonavecError(f"the steering coefficient must be a finite number, got {self.coef}")
+        if self.kind == "regularize" and (not lora or not self.weight > 0):
+            raise PersonavecError(
+                "regularize needs LoRA (the base model is the adapter off) and --weight > 0"
+            )
+        if self.all_layers and self.kind != "steer":
+            raise PersonavecError("--all-layers is for steer only")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Finetuning settings; the defaults are the paper's (LoRA r 32, α 64, rsLoRA, all projections,
+    lr 1e-5, one epoch)."""
+
+    lora: bool = field(
+        default=True, metadata={"flag": "--full", "invert": True, "help": "train every weight, not a LoRA"}
+    )
+    rank: int = field(default=32, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
+    rslora: bool = field(
+        default=True,
+        metadata={"flag": "--no-rslora", "invert": True, "help": "plain LoRA scaling instead of rsLoRA"},
+    )
+    dropout: float = field(default=0.0, metadata={"flag": "--lora-dropout", "help": "LoRA dropout"})
+    target_modules: tuple[str, ...] | None = field(
+        default=None,
+        metadata={
+            "flag": "--target-module",
+            "repeat": True,
+            "help": "LoRA target (repeatable; default: every linear layer of the blocks)",
+        },
+    )
+    learning_rate: float = field(default=1e-5, metadata={"flag": "--lr", "help": "learning rate"})
+    epochs: float = field(default=1.0, metadata={"help": "epochs"})
+    batch_size: int = field(default=8, metadata={"help": "per device"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_length: int = field(default=1024, metadata={"help": "tokens per conversation"})
+    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+    save_steps: int = field(default=100, metadata={"help": "checkpoint interval"})
+    logging_steps: int = field(default=5, metadata={"help": "log interval in steps"})
+    report_to: tuple[str, ...] = field(
+        default=(), metadata={"repeat": True, "help": "tensorboard, wandb, ... (repeatable)"}
+    )
+    intervention: TrainIntervention = field(default_factory=TrainIntervention)
+
+    def check(self, eval_data: object = None) -> None:
+        """Raise a clear error for sizes that cannot train, or (given the evaluation data, or None) an
+        intervention kept in evaluation that never runs."""
+        positive = ("rank", "alpha", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise PersonavecError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0 or not self.epochs > 0:
+            raise PersonavecError("the learning rate and the epochs must be positive")
+        if self.intervention.during_eval and not eval_data:
+            raise PersonavecError("--during-eval needs --eval-data")
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """The drift alarm of a training run: every `every` steps, the projections of `trait`'s evaluation
+    questions onto the `vectors` are compared with the start's (0: off)."""
+
+    every: int = field(
+        default=0, metadata={"flag": "--drift-every", "help": "drift alarm interval in steps (0: off)"}
+    )
+    vectors: tuple[str, ...] = field(
+        default=(),
+        metadata={"flag": "--drift-vector", "repeat": True, "help": "vector the drift alarm watches"},
+    )
+    trait: str | None = field(
+        default=None,
+        metadata={"flag": "--drift-trait", "help": "trait whose evaluation questions are the drift probes"},
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={"flag": "--drift-threshold", "help": "warn when a projection shift exceeds ±T"},
+    )
+    stop: bool = field(
+        default=False, metadata={"flag": "--drift-stop", "help": "stop training when the alarm fires"}
+    )
+
+    def __post_init__(self) -> None:
+        """Drift settings without an interval would do nothing; an interval needs what to watch."""
+        if not self.every and (self.threshold is not None or self.stop or self.vectors or self.trait):
+            raise PersonavecError("the --drift-* options need --drift-every N")
+        if self.every and (not self.vectors or not self.trait):
+            raise PersonavecError(
+                "--drift-every needs --drift-vector (what to watch) and --drift-trait (probes)"
+            )
