@@ -307,3 +307,66 @@ def test_deployment_bad_input(tiny_dir, tiny_vector, tmp_path, capsys, argv: lis
     (tmp_path / "bad.csv").write_text("What is 1+1?,1,2,3,4,B\nBroken row,1,2,3\n")
     argv = [a.format(tmp=tmp_path, smol=smol, vector=tiny_vector) for a in argv]
     _one_line_error(capsys, main([*argv, "--model", str(tiny_dir)]), pattern)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["traits", "list"], ["extract", "--help"]])
+def test_help_and_listing_import_neither_torch_nor_transformers(argv: list[str]) -> None:
+    code = (
+        "import sys\nfrom personavec.cli import build_parser, main\nbuild_parser()\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "LOADED []"
+
+
+def _extract_args(tmp_path: Path, *extra: str) -> object:
+    from personavec.cli import build_parser
+
+    argv = ["extract", "--model", "m", "--trait", "evil", "--judge", "none", "--out", str(tmp_path / "r")]
+    return build_parser().parse_args([*argv, *extra])
+
+
+def test_config_file_json_or_yaml_sets_what_the_command_line_does_not(tmp_path) -> None:
+    (tmp_path / "c.yaml").write_text("samples: 3\nbatch-size: 4\nlayers: [5, 7]\npairing: per-side\n")
+    args = _extract_args(tmp_path, "--config", str(tmp_path / "c.yaml"), "--samples", "10")
+    assert (args.samples, args.batch_size, args.layers, args.pairing) == (10, 4, (5, 7), "per-side")
+    (tmp_path / "c.json").write_text('{"--seed": 9, "max_new_tokens": 12, "force": true}')
+    args = _extract_args(tmp_path, "--config", str(tmp_path / "c.json"))
+    assert (args.seed, args.max_new_tokens, args.force, args.samples) == (9, 12, True, 10)
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('{"colour": "red"}', "c.json: unknown setting 'colour'; use the options of `personavec extract`"),
+        ('{"pairing": "both"}', "c.json: pairing: 'both' is not one of paired, per-side"),
+        ('{"samples": "many"}', "c.json: samples: invalid literal"),
+        ('{"force": "yes"}', "c.json: force: expected true or false"),
+        ("[1, 2]", "must hold an object"),
+        ("{not json", "cannot read the config file"),
+    ],
+)
+def test_config_file_mistakes_are_one_line_errors(tmp_path, capsys, text: str, pattern: str) -> None:
+    (tmp_path / "c.json").write_text(text)
+    argv = ["extract", "--model", "m", "--trait", "evil", "--judge", "none", "--out", str(tmp_path / "r")]
+    _one_line_error(capsys, main([*argv, "--config", str(tmp_path / "c.json")]), pattern)
+
+
+def test_flags_come_from_the_config_fields() -> None:
+    from personavec.cli import build_parser
+    from personavec.cli._options import from_args
+    from personavec.training.config import TrainConfig, TrainIntervention
+
+    parser = build_parser()
+    base = ["train", "d.jsonl", "--model", "m", "--out", "o"]
+    args = parser.parse_args([*base, "--full", "--no-rslora", "--lr", "0.5", "--target-module", "q_proj"])
+    config = from_args(TrainConfig, args, intervention=from_args(TrainIntervention, args))
+    assert (config.lora, config.rslora, config.learning_rate, config.target_modules) == (
+        False, False, 0.5, ("q_proj",),
+    )  # fmt: skip
+    assert from_args(TrainConfig, parser.parse_args(base)) == TrainConfig()  # defaults written once
+    train = next(
+        a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "rank"
+    )
+    assert train.default == 32 and train.help == "LoRA rank (default 32)"

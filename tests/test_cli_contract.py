@@ -52,3 +52,15 @@ def test_every_command_and_option_of_the_release_stays() -> None:
             # a default the release wrote must stay; one it left to the library may now be spelled out
             if old["default"] is not None:
                 assert new["default"] == old["default"], (command, flag)
+
+
+LONG_RUNNING = (
+    "extract", "sweep", "calibrate", "screen", "data make-trait-dataset", "train", "shift",
+    "eval capability", "demo",
+)  # fmt: skip
+
+
+def test_every_long_running_command_reads_a_config_file() -> None:
+    now = _options(build_parser())
+    for command in LONG_RUNNING:
+        assert now[command]["--config"]["action"] == "_StoreAction", command

@@ -311,3 +311,31 @@ def test_cli_refuses_a_vector_for_another_model(tiny_dir, tmp_path, capsys) -> N
         "personavec: error: vector 'big' was made for another model (30 blocks, hidden 576)"
     )
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_screen_dataset_does_what_the_command_does(loaded, tmp_path) -> None:
+    from personavec.data.screen import check_screening, screen_dataset, write_screen_report
+
+    data = DataFile(write(tmp_path / "d.jsonl", rows(8)))
+    reference = DataFile(write(tmp_path / "r.jsonl", rows(6)))
+    vs = vectors(loaded)
+    rule = Selection(percentile=50.0)
+    result = screen_dataset(loaded, vs, data, tmp_path / "one", CONFIG, rule, reference, progress=False)
+    screened = screen(loaded, vs, data, tmp_path / "steps", CONFIG, progress=False)
+    ordinary = screen(loaded, vs, reference, tmp_path / "steps" / "reference", CONFIG, progress=False)
+    summary = select(screened, data, rule, ordinary)
+    write_screen_report(screened, data, summary, ordinary)
+    assert result.selection is not None and result.selection["counts"] == summary["counts"]
+    assert result.selection["thresholds"] == summary["thresholds"]
+    assert result.screened.mean_delta == screened.mean_delta
+    assert result.reference is not None and result.reference.mean_delta == ordinary.mean_delta
+    for name in ("scores.jsonl", "flagged.jsonl", "kept.jsonl"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "steps" / name).read_text()
+    assert result.report == tmp_path / "one" / "report.html" and result.report.exists()
+    assert result.to_dict()["screened"]["rows"] == 8
+    plain = screen_dataset(loaded, vs, data, tmp_path / "scores-only", CONFIG, progress=False)
+    assert plain.selection is None and not (tmp_path / "scores-only" / "flagged.jsonl").exists()
+    with pytest.raises(PersonavecError, match="--percentile and --reference go together"):
+        check_screening(data, CONFIG, rule)
+    with pytest.raises(PersonavecError, match="--top must be at least 1"):
+        check_screening(data, CONFIG, Selection(top=0))

@@ -198,3 +198,21 @@ def test_a_byte_order_mark_is_not_part_of_the_first_question(tmp_path) -> None:
 
     (tmp_path / "bom.csv").write_bytes("\ufeffWhat is 1+1?,1,2,3,4,B\n".encode())
     assert load_questions(tmp_path)[0].question == "What is 1+1?"
+
+
+def test_score_steered_scores_each_coefficient_as_score_does_inside_the_steering() -> None:
+    from personavec.core.vectors import PersonaVector
+    from personavec.deploy.capability import load_questions, score, score_steered
+
+    loaded = tiny_loaded()
+    generator = torch.Generator().manual_seed(0)
+    shape = (loaded.identity.n_layers + 1, loaded.identity.hidden_size)
+    v = PersonaVector("t", torch.randn(shape, generator=generator) * 8, layer=2)
+    questions = load_questions("smoke")[:8]
+    results = score_steered(loaded, questions, v, [0.0, 3.0])
+    assert list(results) == ["unsteered", "steered +3"]
+    assert results["unsteered"].to_dict() == score(loaded, questions, progress=False).to_dict()
+    with v.apply(loaded.model, 3.0):
+        steered = score(loaded, questions, progress=False)
+    assert results["steered +3"].to_dict() == steered.to_dict()
+    assert list(score_steered(loaded, questions, None, [3.0])) == ["unsteered"]

@@ -94,3 +94,20 @@ def test_bad_input() -> None:
         project(loaded, [other], ["x"], progress=False)
     with pytest.raises(PersonavecError, match="layer 9"):
         project(loaded, vs, ["x"], layer=9, progress=False)
+
+
+def test_monitor_generation_is_the_greedy_answer_and_its_trace() -> None:
+    from personavec.deploy.monitor import monitor_generation
+
+    loaded = tiny_loaded("llama")
+    v = vectors(loaded)[1]
+    watched = monitor_generation(loaded, v, "Hi", max_new_tokens=4)
+    batch = loaded.tokenizer([loaded.chat("Hi")], return_tensors="pt", add_special_tokens=False)
+    with LiveMonitor(loaded.model, [v]) as watch:
+        out = loaded.model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    new = out[0, batch["input_ids"].shape[1] :].tolist()
+    assert watched.tokens == [loaded.tokenizer.decode([t]) for t in new] and len(new) == 4
+    assert watched.projections == pytest.approx(watch.trace()[0, :, 0].tolist(), abs=1e-5)
+    assert (watched.trait, watched.layer) == ("t1", 2) and watched.to_dict()["layer"] == 2
+    with pytest.raises(PersonavecError, match="at least 1"):
+        monitor_generation(loaded, v, "Hi", max_new_tokens=0)

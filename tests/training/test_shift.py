@@ -52,3 +52,35 @@ def test_shift_of_an_adapter_equals_the_definition_in_float64(tmp_path) -> None:
 def test_load_finetuned_refuses_a_directory_without_weights(tmp_path) -> None:
     with pytest.raises(PersonavecError, match="neither a LoRA adapter"):
         load_finetuned("smollm2", tmp_path)
+
+
+def test_measure_shift_loads_base_then_adapter_and_judges(tiny_dir, tmp_path) -> None:
+    from personavec.core.models import load_model
+    from personavec.judges import make_judge
+    from personavec.training.shift import measure_shift
+    from personavec.traits import load_trait
+
+    base = load_model(str(tiny_dir), dtype="float32", device="cpu")
+    model = get_peft_model(base.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save_pretrained(tmp_path / "adapter")
+    identity = base.identity.to_dict()
+    vs = [PersonaVector(v.trait, v.tensor, layer=v.layer, metadata={"model": identity}) for v in vectors()]
+    trait = load_trait("optimistic")
+    judge = make_judge("lexicon", trait)
+    result = measure_shift(
+        str(tiny_dir), tmp_path / "adapter", vs, trait, dtype="float32", device="cpu", judge=judge,
+        out=tmp_path / "judged", max_new_tokens=3,
+    )  # fmt: skip
+    fresh = load_model(str(tiny_dir), dtype="float32", device="cpu")
+    tuned = load_finetuned(str(tiny_dir), tmp_path / "adapter", dtype="float32", device="cpu")
+    prompts = [fresh.chat(q) for q in trait.evaluation_questions]
+    expected = finetuning_shift(fresh, tuned, vs, prompts)
+    assert result.shift == pytest.approx(expected, abs=1e-5) and result.questions == len(prompts)
+    assert result.judged is not None and set(result.judged) == {"trait", "trait_ci95", "coherence"}
+    assert (tmp_path / "judged" / "answers.jsonl").exists() and result.to_dict()["trait"] == "optimistic"
+    with pytest.raises(PersonavecError, match="--judge needs --out"):
+        measure_shift(str(tiny_dir), tmp_path / "adapter", vs, trait, judge=judge)

@@ -1,0 +1,20 @@
+import pytest
+
+from personavec.data.config import KitConfig, ScreenConfig, Selection
+from personavec.errors import PersonavecError
+
+
+def test_fixed_values_are_checked_when_the_config_is_made() -> None:
+    with pytest.raises(PersonavecError, match="unknown --approx 'last'"):
+        ScreenConfig(approx="last")  # type: ignore[arg-type]
+    with pytest.raises(PersonavecError, match="--on-bad-row must be one of fail, skip"):
+        ScreenConfig(on_bad_row="drop")  # type: ignore[arg-type]
+    assert ScreenConfig(approx="prompt-last").approx == "prompt-last"
+
+
+def test_a_selection_knows_whether_it_flags() -> None:
+    assert not Selection().flagging and Selection(threshold=0.0).flagging
+    with pytest.raises(PersonavecError, match="choose one of"):
+        Selection(top=1, threshold=2.0).check()
+    with pytest.raises(PersonavecError, match="strictly between 0 and 1"):
+        KitConfig(mild=1.0).check(240)

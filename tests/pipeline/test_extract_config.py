@@ -1,0 +1,18 @@
+import pytest
+
+from personavec.errors import PersonavecError
+from personavec.pipeline.config import ExtractConfig
+from personavec.traits import load_trait
+
+
+def test_the_pairing_is_checked_when_the_config_is_made() -> None:
+    with pytest.raises(PersonavecError, match="pairing must be one of paired, per-side, got 'both'"):
+        ExtractConfig(pairing="both")  # type: ignore[arg-type]
+    ExtractConfig(pairing="per-side").check(load_trait("evil"))
+
+
+def test_layers_are_checked_against_the_model_only_when_it_is_known() -> None:
+    config = ExtractConfig(layers=(40,))
+    config.check(load_trait("evil"))  # no model yet: nothing to check the layer against
+    with pytest.raises(PersonavecError, match="layer 40"):
+        config.check(load_trait("evil"), n_layers=30)
