@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -67,6 +68,8 @@ def peak_bytes_during(run: Callable[[], object]) -> int | None:
     if not torch.cuda.is_available():
         run()
         return None
+    gc.collect()  # what earlier work left unreachable goes first
+    torch.cuda.empty_cache()
     sync()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -92,21 +95,31 @@ def load(record: Record, shape: Shape) -> LoadedModel:
     return loaded
 
 
-def generation_overheads(record: Record, loaded: LoadedModel, shape: Shape) -> None:
-    """Steered and live-monitored ÷ plain greedy generate, interleaved, per batch size."""
-    n = loaded.identity.n_layers
+def random_vectors(loaded: LoadedModel, layers: Sequence[int]) -> list[PersonaVector]:
+    """One random persona vector per layer in `layers`, each chosen at that layer."""
+    rows = (loaded.identity.n_layers + 1, loaded.identity.hidden_size)
+    identity = {"model": loaded.identity.to_dict()}
+    return [
+        PersonaVector(f"t{i}", torch.randn(rows), layer=x, metadata=identity) for i, x in enumerate(layers)
+    ]
+
+
+def steering_overhead(record: Record, loaded: LoadedModel, shape: Shape) -> None:
+    """Steered ÷ plain greedy generate, interleaved, per batch size."""
+    layer = loaded.identity.n_layers // 2
     vector = torch.randn(loaded.identity.hidden_size) * 4
     ratios = compare_generate(
-        loaded, lambda: steer(loaded.model, {n // 2: vector}, coef=1.0), shape.generate_tokens,
+        loaded, lambda: steer(loaded.model, {layer: vector}, coef=1.0), shape.generate_tokens,
         shape.repeats, shape.generate_batches,
     )  # fmt: skip
     for batch, ratio in zip(shape.generate_batches, ratios, strict=True):
         record.add(f"steer_over_plain_b{batch}", ratio, "x time", "<= 1.03")
-    shape_ = (n + 1, loaded.identity.hidden_size)
-    vectors = [
-        PersonaVector(f"t{i}", torch.randn(shape_), layer=x)
-        for i, x in enumerate((n // 3, n // 2, 2 * n // 3))
-    ]
+
+
+def monitor_overhead(record: Record, loaded: LoadedModel, shape: Shape) -> None:
+    """Generate watched by LiveMonitor (3 vectors at 3 layers) ÷ plain generate, per batch size."""
+    n = loaded.identity.n_layers
+    vectors = random_vectors(loaded, (n // 3, n // 2, 2 * n // 3))
     ratios = compare_generate(
         loaded, lambda: LiveMonitor(loaded.model, vectors), shape.generate_tokens, shape.repeats,
         shape.generate_batches,
@@ -184,9 +197,7 @@ def pooled_memory(record: Record, loaded: LoadedModel, shape: Shape) -> None:
 
 def screening(record: Record, loaded: LoadedModel, shape: Shape) -> None:
     """screen --approx prompt-last and full ΔP (the model's own answers generated), rows/s."""
-    n = loaded.identity.n_layers
-    shape_ = (n + 1, loaded.identity.hidden_size)
-    vectors = [PersonaVector(f"t{i}", torch.randn(shape_), layer=2 * n // 3) for i in range(3)]
+    vectors = random_vectors(loaded, [2 * loaded.identity.n_layers // 3] * 3)
     budget = 65536 if shape.device == "cuda" else 4096
     with tempfile.TemporaryDirectory() as tmp:
         runs = [("prompt-last", "prompt-last", shape.screen_rows), (None, "full_delta", shape.delta_rows)]
@@ -225,9 +236,7 @@ class StepTimer(TrainerCallback):
 
 def training(record: Record, loaded: LoadedModel, shape: Shape) -> None:
     """LoRA finetuning (personavec.train, the paper's settings) plain and under steer, on model copies."""
-    n = loaded.identity.n_layers
-    tensor = torch.randn(n + 1, loaded.identity.hidden_size)
-    vector = PersonaVector("t", tensor, layer=n // 2, metadata={"model": loaded.identity.to_dict()})
+    (vector,) = random_vectors(loaded, [loaded.identity.n_layers // 2])
     speed = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.jsonl"
@@ -267,7 +276,8 @@ def sections(shape: Shape) -> list[tuple[list[str], float, Section]]:
     b, large, small, t = shape.decode_batch, *shape.pooled_samples[::-1], shape.pooled_tokens
     gen = shape.generate_batches
     return [
-        ([f"{w}_over_plain_b{x}" for w in ("steer", "monitor") for x in gen], 50, generation_overheads),
+        ([f"steer_over_plain_b{x}" for x in gen], 25, steering_overhead),
+        ([f"monitor_over_plain_b{x}" for x in gen], 25, monitor_overhead),
         (["memory_bandwidth_tb_s", f"decode_tok_s_b{b}", f"decode_floor_fraction_b{b}"], 15, decode),
         (["capture_tok_s", "capture_over_backbone"], 25, capture_speed),
         ([f"pooled_peak_gib_{large}x{t}", f"pooled_peak_{large}_over_{small}"], 20, pooled_memory),
