@@ -97,29 +97,132 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
 
-if TYPE_CHECKING:  # what type checkers and editors see
-    from personavec.core.activations import Pooled, iter_pooled, pooled_activations
-    from personavec.core.generate import generate
-    from personavec.core.hooks import Capture, ablate, capture, steer
-    from personavec.core.layers import find_blocks, set_blocks_path
-    from personavec.core.models import LoadedModel, ModelIdentity, format_chat, load_model
-    from personavec.core.vectors import KINDS, PersonaVector, load_vector, load_vectors, save_vectors
-    from personavec.data.config import KitConfig, ScreenConfig, Selection
-    from personavec.data.datakit import make_trait_dataset
-    from personavec.data.samples import DataFile
-    from personavec.data.screen import ScreenResult, screen, screen_dataset
-    from personavec.demo import run_demo
-    from personavec.deploy.capability import score_steered
-    from personavec.deploy.guard import Guard
-    from personavec.deploy.monitor import LiveMonitor, Monitored, monitor_generation, project
-    from personavec.deploy.steering import SteeredAnswers, Steering, steer_answers, steering
-    from personavec.judges import make_judge
-    from personavec.pipeline.calibrate import calibrate
-    from personavec.pipeline.config import ExtractConfig
-    from personavec.pipeline.evaluate import Setting, Sizes, evaluate, sweep
-    from personavec.pipeline.extract import extract
-    from personavec.training.config import DriftConfig, TrainConfig, TrainIntervention
-    from personavec.training.drift import DriftAlarm
-    from personavec.training.shift import ShiftResult, finetuning_shift, measure_shift
-    from personavec.training.train import train
-    from personavec.traits.spec import TraitSpec, load_trait
+if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit re-export)
+    from personavec.core.activations import (
+        Pooled as Pooled,
+    )
+    from personavec.core.activations import (
+        iter_pooled as iter_pooled,
+    )
+    from personavec.core.activations import (
+        pooled_activations as pooled_activations,
+    )
+    from personavec.core.generate import generate as generate
+    from personavec.core.hooks import Capture as Capture
+    from personavec.core.hooks import ablate as ablate
+    from personavec.core.hooks import capture as capture
+    from personavec.core.hooks import steer as steer
+    from personavec.core.layers import find_blocks as find_blocks
+    from personavec.core.layers import set_blocks_path as set_blocks_path
+    from personavec.core.models import (
+        LoadedModel as LoadedModel,
+    )
+    from personavec.core.models import (
+        ModelIdentity as ModelIdentity,
+    )
+    from personavec.core.models import (
+        format_chat as format_chat,
+    )
+    from personavec.core.models import (
+        load_model as load_model,
+    )
+    from personavec.core.vectors import (
+        KINDS as KINDS,
+    )
+    from personavec.core.vectors import (
+        PersonaVector as PersonaVector,
+    )
+    from personavec.core.vectors import (
+        load_vector as load_vector,
+    )
+    from personavec.core.vectors import (
+        load_vectors as load_vectors,
+    )
+    from personavec.core.vectors import (
+        save_vectors as save_vectors,
+    )
+    from personavec.data.config import (
+        KitConfig as KitConfig,
+    )
+    from personavec.data.config import (
+        ScreenConfig as ScreenConfig,
+    )
+    from personavec.data.config import (
+        Selection as Selection,
+    )
+    from personavec.data.datakit import make_trait_dataset as make_trait_dataset
+    from personavec.data.samples import DataFile as DataFile
+    from personavec.data.screen import (
+        ScreenResult as ScreenResult,
+    )
+    from personavec.data.screen import (
+        screen as screen,
+    )
+    from personavec.data.screen import (
+        screen_dataset as screen_dataset,
+    )
+    from personavec.demo import run_demo as run_demo
+    from personavec.deploy.capability import score_steered as score_steered
+    from personavec.deploy.guard import Guard as Guard
+    from personavec.deploy.monitor import (
+        LiveMonitor as LiveMonitor,
+    )
+    from personavec.deploy.monitor import (
+        Monitored as Monitored,
+    )
+    from personavec.deploy.monitor import (
+        monitor_generation as monitor_generation,
+    )
+    from personavec.deploy.monitor import (
+        project as project,
+    )
+    from personavec.deploy.steering import (
+        SteeredAnswers as SteeredAnswers,
+    )
+    from personavec.deploy.steering import (
+        Steering as Steering,
+    )
+    from personavec.deploy.steering import (
+        steer_answers as steer_answers,
+    )
+    from personavec.deploy.steering import (
+        steering as steering,
+    )
+    from personavec.judges import make_judge as make_judge
+    from personavec.pipeline.calibrate import calibrate as calibrate
+    from personavec.pipeline.config import ExtractConfig as ExtractConfig
+    from personavec.pipeline.evaluate import (
+        Setting as Setting,
+    )
+    from personavec.pipeline.evaluate import (
+        Sizes as Sizes,
+    )
+    from personavec.pipeline.evaluate import (
+        evaluate as evaluate,
+    )
+    from personavec.pipeline.evaluate import (
+        sweep as sweep,
+    )
+    from personavec.pipeline.extract import extract as extract
+    from personavec.training.config import (
+        DriftConfig as DriftConfig,
+    )
+    from personavec.training.config import (
+        TrainConfig as TrainConfig,
+    )
+    from personavec.training.config import (
+        TrainIntervention as TrainIntervention,
+    )
+    from personavec.training.drift import DriftAlarm as DriftAlarm
+    from personavec.training.shift import (
+        ShiftResult as ShiftResult,
+    )
+    from personavec.training.shift import (
+        finetuning_shift as finetuning_shift,
+    )
+    from personavec.training.shift import (
+        measure_shift as measure_shift,
+    )
+    from personavec.training.train import train as train
+    from personavec.traits.spec import TraitSpec as TraitSpec
+    from personavec.traits.spec import load_trait as load_trait
