@@ -81,6 +81,10 @@ def _existing_manifest(path: Path, kind: str) -> dict[str, Any] | None:
     return found
 
 
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
 def _versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"personavec": __version__}
     for package in ("torch", "transformers"):
@@ -132,7 +136,7 @@ class RunDir:
             if differs and not force:
                 fix = "use another --out" + (", or --force to start it over" if force is False else "")
                 raise PersonavecError(
-                    f"{path} holds a {kind} made with other settings (differs in {', '.join(differs)}): {fix}"
+                    f"{path} holds {_a(kind)} made with other settings (differs in {', '.join(differs)}): {fix}"
                 )
             run.manifest = old
             if differs:  # start over: outputs first, the manifest last (a kill meanwhile leaves it refused)
