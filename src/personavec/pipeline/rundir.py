@@ -76,7 +76,7 @@ def _existing_manifest(path: Path, kind: str) -> dict[str, Any] | None:
     assert isinstance(found, dict)
     if found.get("kind") != kind:
         raise PersonavecError(
-            f"{path} holds a personavec {found.get('kind')}, not a {kind}: use another --out"
+            f"{path} holds a personavec run of kind {found.get('kind')!r}, not {kind!r}: use another --out"
         )
     return found
 
@@ -118,8 +118,9 @@ class RunDir:
         """Start or resume the run of `kind` in `path`.
 
         `outputs`: stage → its files (relative to `path`, ``{key}`` filled from the manifest), in
-        pipeline order. `later`: setting → (first stage it invalidates, value). `force` None: the command has no --force, so another
-        identity is refused; False: refused with --force named as a fix; True: start over.
+        pipeline order. `later`: setting → (first stage it invalidates, value). `force` None: the
+        command has no --force, so another identity is refused; False: refused with --force named as
+        a fix; True: start over.
         """
         path = Path(path)
         run = cls(path, {}, {k: tuple(v) for k, v in outputs.items()}, tuple(derived))
@@ -135,8 +136,9 @@ class RunDir:
             differs = sorted(k for k in keys if old.get(k) != given.get(k))
             if differs and not force:
                 fix = "use another --out" + (", or --force to start it over" if force is False else "")
+                listed = ", ".join(differs)
                 raise PersonavecError(
-                    f"{path} holds {_a(kind)} made with other settings (differs in {', '.join(differs)}): {fix}"
+                    f"{path} holds {_a(kind)} made with other settings (differs in {listed}): {fix}"
                 )
             run.manifest = old
             if differs:  # start over: outputs first, the manifest last (a kill meanwhile leaves it refused)
