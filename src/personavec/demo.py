@@ -5,11 +5,11 @@ steering sweep over coefficients, calibration over the trait's graded system pro
 capability on the smoke set (unsteered and at the coefficients that move the trait halfway), a few
 evaluation questions answered at −coef, 0 and +coef, and ``report.html``. Sized to finish in a few
 minutes on 2 CPU cores; the lexicon judge is an offline proxy for an LLM judge, and says so.
+`run_demo` prints nothing; `summary` is the text the CLI shows.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from personavec.judges.lexicon import LexiconJudge
 from personavec.pipeline.calibrate import Calibration, calibrate
 from personavec.pipeline.evaluate import Sizes, halfway_coefs, spearman, sweep
 from personavec.pipeline.extract import ExtractConfig, ExtractResult, extract
+from personavec.pipeline.runs import CalibrationRun, SweepRun
 from personavec.report.pages import (
     Example,
     calibration_section,
@@ -58,6 +59,8 @@ class DemoResult:
     capability: dict[str, dict[str, Any]]  # setting → CapabilityResult.to_dict()
     targets: dict[str, Any]  # the figures the issues set targets for
     seconds: dict[str, float]  # per stage, this invocation (stages done by an earlier one are absent)
+    judge: str  # what the judge is (an offline proxy)
+    report: Path
 
 
 def run_demo(
@@ -67,9 +70,9 @@ def run_demo(
     progress: bool = True,
     force: bool = False,
 ) -> DemoResult:
-    """Run the demo into the run directory `out` (resumable), print what it shows, write the report.
+    """Run the demo into the run directory `out` (resumable), write the report, return what it shows.
 
-    `force` starts over a directory left by a run with other settings (an older version's demo).
+    `force` starts over a directory left by a demo run with other settings.
     """
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -78,18 +81,15 @@ def run_demo(
         seconds["load model"] = time.perf_counter() - started
     trait = load_trait("optimistic")
     judge = LexiconJudge(trait.name, trait.sentiment)
-    print(f"judge: {judge.proxy}", flush=True)
     result = extract(loaded, trait, judge, out, DEMO_CONFIG, force=force, progress=progress)
     for stage, info in result.manifest["stages"].items():
         seconds[stage] = info["seconds"]
 
     vector = result.vectors["response-avg"]
     assert vector.layer is not None
-    for made_with_it in (out / "steering", out / "calibration"):  # the demo's own: redo for a new vector
-        marker = made_with_it / "settings.json"
-        if marker.exists() and (
-            force or json.loads(marker.read_text()).get("vector") != vector.fingerprint()
-        ):
+    for reader, made_with_it in ((SweepRun, out / "steering"), (CalibrationRun, out / "calibration")):
+        found = reader.find(made_with_it)  # the demo's own: redone for a new vector
+        if found is not None and (force or found.manifest["vector"] != vector.fingerprint()):
             shutil.rmtree(made_with_it)
     t0 = time.perf_counter()
     cells = sweep(
@@ -145,21 +145,36 @@ def run_demo(
     report = write_report(out, examples, extra)
     seconds["total"] = time.perf_counter() - started
 
-    print(f"\nchosen layer {vector.layer}; steering there with coef −{coef:g} / 0 / +{coef:g}:")
-    for question in questions:
-        print(f"\nQ: {question}")
-        for e in examples:
-            if e.question == question:
-                print(f"  {e.coef:+4.1f}: {e.answer}")
-    print("\nsteering sweep at the chosen layer (coef: mean trait score):")
-    print("  " + ", ".join(f"{c['coef']:+g}: {c['trait']:.1f}" for c in scored))
-    print(f"Spearman(trait, coef) = {_fmt(rho)}")
-    print(f"calibration over the 8 graded system prompts: r = {_fmt(r_graded)}")
-    for name, r in scores.items():
-        print(f"smoke-set multiple choice, {name}: {100 * r['accuracy']:.1f} %")
-    print(f"\nwrote {result.dir / (trait.name + '.safetensors')} and {report}")
-    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    return DemoResult(result, examples, cells, calibration, scores, targets, seconds)
+    return DemoResult(
+        run=result, examples=examples, sweep=cells, calibration=calibration, capability=scores,
+        targets=targets, seconds=seconds, judge=str(judge.proxy), report=report,
+    )  # fmt: skip
+
+
+def summary(demo: DemoResult) -> str:
+    """What the demo shows, as the CLI prints it: the steered examples, the sweep, calibration,
+    capability, the files written and the seconds per stage."""
+    vector, coef = demo.run.vectors["response-avg"], DEMO_CONFIG.coef
+    lines = [
+        f"judge: {demo.judge}",
+        "",
+        f"chosen layer {vector.layer}; steering there with coef −{coef:g} / 0 / +{coef:g}:",
+    ]
+    for question in dict.fromkeys(e.question for e in demo.examples):
+        lines += ["", f"Q: {question}"]
+        lines += [f"  {e.coef:+4.1f}: {e.answer}" for e in demo.examples if e.question == question]
+    scored = [c for c in demo.sweep if c["trait"] is not None]
+    lines += ["", "steering sweep at the chosen layer (coef: mean trait score):"]
+    lines.append("  " + ", ".join(f"{c['coef']:+g}: {c['trait']:.1f}" for c in scored))
+    lines.append(f"Spearman(trait, coef) = {_fmt(demo.targets['spearman_trait_vs_coef'])}")
+    lines.append(
+        f"calibration over the 8 graded system prompts: r = {_fmt(demo.targets['calibration_r_graded'])}"
+    )
+    for name, r in demo.capability.items():
+        lines.append(f"smoke-set multiple choice, {name}: {100 * r['accuracy']:.1f} %")
+    lines += ["", f"wrote {demo.run.dir / (vector.trait + '.safetensors')} and {demo.report}"]
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in demo.seconds.items()))
+    return "\n".join(lines)
 
 
 def _fmt(value: float | None) -> str:

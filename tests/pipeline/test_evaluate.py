@@ -175,3 +175,17 @@ def test_sampling_settings_and_cell_names(server, tmp_path) -> None:
         loaded, load_trait("evil"), judge, vector, tmp_path / "c", [1, 1], [1, 1.0], SIZES, progress=False
     )
     assert len(cells) == 1
+
+
+def test_an_evaluation_run_resumes_and_is_tied_to_its_settings(server, tmp_path) -> None:
+    from personavec.pipeline.evaluate import evaluate_run
+
+    loaded, _, judge = setup(server)
+    trait = load_trait("evil")
+    cell = evaluate_run(loaded, trait, judge, tmp_path, SIZES, progress=False)
+    requests = len(server.requests)
+    assert cell["n"] == 3 and cell["layer"] is None and cell["coef"] == 0.0
+    assert evaluate_run(loaded, trait, judge, tmp_path, SIZES, progress=False) == cell
+    assert len(server.requests) == requests  # answers and judgements read back, none asked again
+    with pytest.raises(PersonavecError, match=r"other settings \(differs in questions\)"):
+        evaluate_run(loaded, trait, judge, tmp_path, replace(SIZES, questions=2), progress=False)

@@ -10,6 +10,7 @@ from transformers import TrainerCallback, TrainingArguments
 from personavec import PersonavecError
 from personavec.cli import main
 from personavec.core.vectors import PersonaVector, save_vectors
+from personavec.pipeline.runs import TrainingRun
 from personavec.training.sft_data import Collator, encode
 from personavec.training.shift import finetuning_shift, load_finetuned
 from personavec.training.train import InterventionTrainer, TrainConfig, TrainIntervention, train
@@ -298,16 +299,17 @@ def test_cli_bad_input_is_one_line_exit_2(tiny_dir, tmp_path, capsys) -> None:
     assert "made for another model" in capsys.readouterr().err.splitlines()[-1]
 
 
-def test_long_conversations_are_cut_with_one_warning(data, tmp_path, capsys) -> None:
+def test_long_conversations_are_cut_with_one_warning(data, tmp_path) -> None:
     loaded = tiny_loaded()
     lengths = sorted(
         len(encode(loaded.tokenizer, r["messages"], 10_000).input_ids) for r in conversations(16)
     )
     cut = lengths[8]
-    train(loaded, data, tmp_path / "run", replace(config(), max_length=cut))
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    with pytest.warns(UserWarning) as caught:
+        train(loaded, data, tmp_path / "run", replace(config(), max_length=cut))
+    warnings = [str(w.message) for w in caught if "conversations cut" in str(w.message)]
     n = sum(length > cut for length in lengths)
-    assert 0 < n < 16 and warnings == [f"warning: {n} of 16 conversations cut to --max-length {cut}"]
+    assert 0 < n < 16 and warnings == [f"{n} of 16 conversations cut to --max-length {cut}"]
     with pytest.raises(
         PersonavecError, match="no conversation keeps an assistant token within --max-length 5"
     ):
@@ -382,7 +384,7 @@ def test_cli_config_file_sets_options_the_command_line_does_not(tiny_dir, data, 
     (tmp_path / "c.json").write_text('{"intervention": "steer", "coef": 2.5, "lr": 0.001, "batch-size": 2}')
     args = ["train", str(data), "--model", str(tiny_dir), "--out", str(tmp_path / "o"), "--vector", str(v)]
     assert main([*args, "--config", str(tmp_path / "c.json"), "--batch-size", "4"]) == 0
-    settings = json.loads((tmp_path / "o" / "settings.json").read_text())["config"]
+    settings = TrainingRun(tmp_path / "o").manifest["config"]
     assert settings["intervention"]["kind"] == "steer" and settings["intervention"]["coef"] == 2.5
     assert settings["learning_rate"] == 0.001 and settings["batch_size"] == 4  # the command line wins
     assert "4 steps in" in capsys.readouterr().out

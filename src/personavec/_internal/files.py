@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from personavec.errors import PersonavecError
-
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -23,26 +21,6 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """`data` as indented JSON at `path`, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def claim_dir(path: Path, settings: dict[str, Any], what: str) -> None:
-    """Tie the output directory `path` to `settings` (in ``settings.json``): a rerun with the same ones
-    resumes there, one with others is refused instead of mixing their results."""
-    marker = path / "settings.json"
-    settings = json.loads(json.dumps(settings))
-    if marker.exists():
-        try:
-            old = json.loads(marker.read_text())
-        except ValueError as error:
-            raise PersonavecError(f"{marker} is unreadable; use another --out") from error
-        differs = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
-        if differs:
-            raise PersonavecError(
-                f"{path} holds a {what} made with other settings (differs in {', '.join(differs)}): "
-                "use another --out"
-            )
-        return
-    write_json(marker, settings)
 
 
 def open_append(path: Path) -> IO[str]:

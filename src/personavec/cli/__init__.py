@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from personavec.cli import data, demo, deploy, evaluate, extract, models, training, traits, vectors
@@ -29,7 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    """The library warns through `warnings`; the command line shows each as one line."""
+    return f"personavec: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.formatwarning = _warning_line
     try:
         args = build_parser().parse_args(argv)  # reads --config FILE: its errors are a user's too
         run: Callable[[argparse.Namespace], None] = args.run

@@ -10,9 +10,9 @@ from personavec.cli._options import add_config
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from personavec.demo import run_demo
+    from personavec.demo import run_demo, summary
 
-    run_demo(Path(args.out), model_ref=args.model, force=args.force)
+    print(summary(run_demo(Path(args.out), model_ref=args.model, force=args.force)))
 
 
 def add(commands: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from personavec.cli._options import (
     numbers,
     print_json,
 )
-from personavec.errors import PersonavecError
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -46,7 +44,9 @@ def _calibrate(args: argparse.Namespace) -> None:
     from personavec.report.pages import calibration_section, write_page
 
     trait, judge = judged(args)
-    examples = _kept_examples(Path(args.examples_from)) if args.examples_from else []
+    from personavec.pipeline.runs import ExtractionRun
+
+    examples = ExtractionRun(Path(args.examples_from)).kept_examples() if args.examples_from else []
     shots = args.shots if args.examples_from else ()
     loaded, vector = model_and_vector(args)
     result = calibrate(
@@ -59,18 +59,6 @@ def _calibrate(args: argparse.Namespace) -> None:
     for condition, info in summary["conditions"].items():
         print(f"{condition}: r = {info['r']} over {info['n']} answers")
     print(f"wrote {Path(args.out) / 'calibration.json'} and {report}")
-
-
-def _kept_examples(run: Path) -> list[tuple[str, str]]:
-    """(question, answer) of the kept positive answers of an extraction run directory."""
-    from personavec.core.generate import read_rows
-
-    try:
-        rows = list(read_rows(run / "generations.jsonl").values())
-        kept = json.loads((run / "filter.json").read_text())["kept"]
-        return [(rows[i]["question"], rows[i]["answer"]) for i in kept if rows[i]["polarity"] == "pos"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
-        raise PersonavecError(f"{run} is not a complete, filtered extraction run ({error!r})") from error
 
 
 def _capability(args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ Every training question is answered by the model normally (no system prompt), an
 under the trait's eliciting instructions (the pairs taken in turn; with `invert`, the suppressing
 ones, to teach the opposite trait). With a judge, the elicited answer kept for a question is the one
 that shows the taught trait most (the highest trait score, or the lowest when inverted), and the
-manifest records each file's mean judged score; without one it is the first. Small models follow
+run's manifest records each file's mean judged score; without one it is the first. Small models follow
 persona prompts unevenly, so judging several samples is what makes a dataset that really teaches
 the trait. The datasets hold conversations **without** the system prompt, so training on an elicited
 answer teaches the trait:
@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from personavec._internal.files import atomic_path, claim_dir, write_json
+from personavec._internal.files import atomic_path
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.data.config import KitConfig
@@ -37,6 +38,8 @@ from personavec.errors import PersonavecError
 from personavec.judges.base import Judge
 from personavec.judges.cache import JudgeCache
 from personavec.pipeline.evaluate import mean_ci
+from personavec.pipeline.rundir import RunDir
+from personavec.pipeline.runs import KitRun
 from personavec.traits.spec import TraitSpec, normalise_question
 
 LEVELS = ("normal", "mild", "severe")
@@ -59,7 +62,7 @@ def _judged(
 ) -> dict[str, float | None]:
     """Trait score of every answer by id (cached in ``out/judge-cache.jsonl``)."""
     items = [(row["question"], row["answer"]) for row in rows]
-    judged = JudgeCache(out / "judge-cache.jsonl").judge(judge, trait.rubric, items, "judge", progress)
+    judged = JudgeCache(out / KitRun.JUDGE_CACHE).judge(judge, trait.rubric, items, "judge", progress)
     return {row["id"]: score.value for row, score in zip(rows, judged, strict=True)}
 
 
@@ -87,19 +90,23 @@ def make_trait_dataset(
     judge: Judge | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write the graded datasets of the module docstring into the directory `out`; return the manifest."""
+    """Write the graded datasets of the module docstring into the run directory `out` (`KitRun`);
+    return what they teach and each file's counts (also the manifest's ``datasets`` stage record)."""
     questions = bundled_questions() if questions is None else questions
     config.check(len(questions))
     _check_questions(trait, questions)
-    out = Path(out)
     side = "neg" if config.invert else "pos"
-    settings = {
+    identity = {
         "model": loaded.identity.to_dict(),
         "trait": trait.sha256(),
         "questions": questions,
         "config": asdict(config),
     }
-    claim_dir(out, settings, "trait dataset")
+    files_out = tuple(f"{level}.jsonl" for level in (*LEVELS, "reference"))
+    outputs = {"answers": (KitRun.GENERATIONS,), "datasets": files_out}
+    run = RunDir.open(out, KitRun.KIND, identity, outputs)
+    out = run.path
+    started = time.perf_counter()
     order = list(range(len(questions)))
     random.Random(config.seed).shuffle(order)
     reference, training = order[: config.reference], sorted(order[config.reference :])
@@ -111,9 +118,11 @@ def make_trait_dataset(
             requests.append(Request(f"q{q}-elicited-{k}", questions[q], pair[side], (("question_id", q),)))
     requests += [Request(f"q{q}-normal", questions[q], None, (("question_id", q),)) for q in reference]
     rows = generate_rows(
-        loaded, requests, out / "generations.jsonl", config.max_new_tokens, config.temperature,
+        loaded, requests, out / KitRun.GENERATIONS, config.max_new_tokens, config.temperature,
         seed=config.seed, batch_size=config.batch_size, progress=progress, desc="answers",
     )  # fmt: skip
+    run.found("answers", started, rows=len(rows))
+    started = time.perf_counter()
     answers = {row["id"]: row["answer"] for row in rows}
     scores = _judged(judge, trait, rows, out, progress) if judge else {}
     sign = -1 if config.invert else 1
@@ -154,7 +163,7 @@ def make_trait_dataset(
             "empty": empty,
             "judged_trait": mean_ci(judged)[0] if judge else None,
         }
-    manifest = {
+    summary = {
         "trait": trait.name,
         "teaches": f"the opposite of {trait.name}" if config.invert else trait.name,
         "model": loaded.identity.name,
@@ -162,5 +171,5 @@ def make_trait_dataset(
         "files": files,
         "config": asdict(config),
     }
-    write_json(out / "manifest.json", manifest)
-    return manifest
+    run.record("datasets", started, **summary)
+    return summary

@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from jinja2 import TemplateError
 from tqdm.auto import tqdm
 
 from personavec._internal.dist import process_state
-from personavec._internal.files import atomic_path, claim_dir, write_json
+from personavec._internal.files import atomic_path, write_json
 from personavec.core.activations import iter_pooled
 from personavec.core.generate import generate
 from personavec.core.models import LoadedModel, format_chat
@@ -44,6 +45,8 @@ from personavec.data.config import ScreenConfig, Selection
 from personavec.data.samples import BadRow, DataFile, Fate, Sample
 from personavec.deploy.monitor import Readout
 from personavec.errors import PersonavecError
+from personavec.pipeline.rundir import RunDir
+from personavec.pipeline.runs import ScreeningRun
 
 
 @dataclass
@@ -61,7 +64,7 @@ class Screened:
 
     @property
     def scores(self) -> Path:
-        return self.out / "scores.jsonl"
+        return self.out / ScreeningRun.SCORES
 
 
 def _chunks(items: Iterator[Sample | BadRow], size: int) -> Iterator[list[Sample | BadRow]]:
@@ -85,7 +88,7 @@ class _Screener:
 
     def own_answers(self, k: int, samples: list[Sample], prompts: list[str]) -> list[str]:
         """The model's greedy answers y′, from the chunk's cache file or generated and cached."""
-        path = self.out / "chunks" / f"{k:06d}.own.json"
+        path = self.out / ScreeningRun.CHUNKS / f"{k:06d}.own.json"
         if path.exists():
             cached = json.loads(path.read_text())
             if cached["indices"] == [s.index for s in samples]:
@@ -176,7 +179,7 @@ class _Screener:
         return [rows[i] for i in sorted(rows)]
 
 
-def _settings(
+def _identity(
     loaded: LoadedModel, vectors: Sequence[PersonaVector], data: DataFile, config: ScreenConfig
 ) -> dict[str, Any]:
     return {
@@ -228,8 +231,11 @@ def screen(
     n_rows = count_rows(data, config)
     if n_rows == 0:
         raise PersonavecError(f"{data.path} has no rows")
+    run = None
     if state.is_main_process:
-        claim_dir(out, _settings(loaded, vectors, data, config), "screening")
+        outputs = {"scores": (ScreeningRun.CHUNKS, ScreeningRun.SCORES, ScreeningRun.SUMMARY)}
+        run = RunDir.open(out, ScreeningRun.KIND, _identity(loaded, vectors, data, config), outputs)
+    started = time.perf_counter()
     state.wait_for_everyone()
     screener = _Screener(loaded, vectors, out, config)
     n_chunks = math.ceil(n_rows / config.chunk_size)
@@ -238,7 +244,7 @@ def screen(
     bar = tqdm(total=mine, desc=f"screen {data.path.name}", unit="chunk", disable=not progress)
     with bar:
         for k, items in enumerate(_chunks(data.samples(), config.chunk_size)):
-            path = out / "chunks" / f"{k:06d}.jsonl"
+            path = out / ScreeningRun.CHUNKS / f"{k:06d}.jsonl"
             if k % processes != rank:
                 continue
             if not path.exists():
@@ -247,12 +253,15 @@ def screen(
                     tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
             bar.update()
     state.wait_for_everyone()
-    return _merge(out, traits, n_chunks, write=state.is_main_process)
+    screened = _merge(out, traits, n_chunks, write=run is not None)
+    if run is not None:
+        run.record("scores", started, rows=screened.rows, scored=screened.scored, skipped=screened.skipped)
+    return screened
 
 
 def _chunk_lines(out: Path, n_chunks: int) -> Iterator[str]:
     for k in range(n_chunks):
-        path = out / "chunks" / f"{k:06d}.jsonl"
+        path = out / ScreeningRun.CHUNKS / f"{k:06d}.jsonl"
         if not path.exists():
             raise PersonavecError(f"{path} is missing: a process stopped early; rerun to finish")
         yield from path.read_text().splitlines()
@@ -280,14 +289,14 @@ def _merge(out: Path, traits: list[str], n_chunks: int, write: bool) -> Screened
 
     lines = tally(_chunk_lines(out, n_chunks))
     if write:
-        with atomic_path(out / "scores.jsonl") as tmp, open(tmp, "w") as merged:
+        with atomic_path(out / ScreeningRun.SCORES) as tmp, open(tmp, "w") as merged:
             merged.writelines(line + "\n" for line in lines)
     else:
         for _ in lines:
             pass
     result.mean_delta = {t: sums[t] / result.scored if result.scored else math.nan for t in traits}
     if write:
-        write_json(out / "summary.json", {**asdict(result), "out": str(out)})
+        write_json(out / ScreeningRun.SUMMARY, {**asdict(result), "out": str(out)})
     return result
 
 
@@ -350,8 +359,7 @@ def select(
     to ``selection.json``) the rule, thresholds and counts.
     """
     selection.check()
-    screened_data = json.loads((screened.out / "settings.json").read_text())["data"]["sha256"]
-    if data.sha256() != screened_data:
+    if data.sha256() != ScreeningRun(screened.out).data_sha256:
         raise PersonavecError(
             f"{data.path} changed since it was screened into {screened.out}; screen it again"
         )
@@ -381,7 +389,7 @@ def select(
         "flagged_per_trait": per_trait,
         "files": {fate: str(path) for fate, path in names.items()},
     }
-    write_json(screened.out / "selection.json", summary)
+    write_json(screened.out / ScreeningRun.SELECTION, summary)
     return summary
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from personavec._internal.files import claim_dir, write_json
+from personavec._internal.files import write_json
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
@@ -27,6 +28,8 @@ from personavec.deploy.monitor import project
 from personavec.errors import PersonavecError
 from personavec.judges import Judge, JudgeCache
 from personavec.pipeline.evaluate import check_questions, run_identity
+from personavec.pipeline.rundir import RunDir
+from personavec.pipeline.runs import CalibrationRun
 from personavec.traits.spec import TraitSpec
 
 SHOTS = (0, 5, 10, 15, 20)
@@ -113,19 +116,20 @@ def calibrate(
     if not trait.graded_prompts and not shots:
         raise PersonavecError(f"trait {trait.name!r} has no graded_prompts and no shots were asked for")
     vector.check_model(loaded.identity)
-    out = Path(out)
     sizes = {"questions": questions, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     examples_hash = hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()
-    settings = {**run_identity(loaded, trait, judge, vector), **sizes, "examples": examples_hash}
-    claim_dir(out, settings, "calibration")
-    cache = JudgeCache(out / "judge-cache.jsonl")
+    identity = {**run_identity(loaded, trait, judge, vector), **sizes, "examples": examples_hash}
+    outputs = {"calibration": (CalibrationRun.ANSWERS, CalibrationRun.RESULT)}
+    run = RunDir.open(out, CalibrationRun.KIND, identity, outputs)
+    started = time.perf_counter()
+    cache = JudgeCache(run.path / "judge-cache.jsonl")
     result = Calibration()
     for (condition, level), requests in _requests(trait, questions, shots, examples).items():
         name = f"{condition}-{level}"
         rows = generate_rows(
             loaded,
             requests,
-            out / "calibration" / f"{name}.jsonl",
+            run.path / CalibrationRun.ANSWERS / f"{name}.jsonl",
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             progress=progress,
@@ -146,5 +150,7 @@ def calibrate(
                     "trait": score.value,
                 }
             )
-    write_json(out / "calibration.json", {"summary": result.summary(), "points": result.points})
+    summary = result.summary()
+    write_json(run.path / CalibrationRun.RESULT, {"summary": summary, "points": result.points})
+    run.record("calibration", started, points=len(result.points), r_overall=summary["r_overall"])
     return result

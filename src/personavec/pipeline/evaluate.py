@@ -11,18 +11,21 @@ import csv
 import io
 import json
 import math
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from personavec._internal.files import atomic_path, claim_dir, write_json
+from personavec._internal.files import atomic_path, write_json
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
+from personavec.pipeline.rundir import RunDir
+from personavec.pipeline.runs import SweepRun
 from personavec.traits.spec import TraitSpec
 
 
@@ -190,6 +193,32 @@ def evaluate(
     }
 
 
+def run_cells(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    judge: Judge,
+    cache: JudgeCache,
+    cells: Path,
+    vector: PersonaVector | None,
+    settings: Sequence[Setting],
+    sizes: Sizes,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The cell of each setting (see `evaluate`), resumably: answers go to ``cells/<name>.jsonl``, a
+    finished cell to ``cells/<name>.json`` (read back instead of evaluated again)."""
+    found = []
+    for setting in settings:
+        done = cells / f"{setting.name}.json"
+        if done.exists():
+            found.append(json.loads(done.read_text()))
+            continue
+        path = cells / f"{setting.name}.jsonl"
+        cell = evaluate(loaded, trait, judge, cache, path, vector, setting, sizes, progress)
+        write_json(done, cell)
+        found.append(cell)
+    return found
+
+
 def sweep(
     loaded: LoadedModel,
     trait: TraitSpec,
@@ -203,9 +232,9 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """Every cell of the grid `layers` × `coefs` (coefficient 0 is one unsteered cell), resumably.
 
-    Writes ``out/cells/*.jsonl`` (answers), ``out/cells/*.json`` (each finished cell), and the table
-    ``out/sweep.json`` and ``out/sweep.csv``. A rerun may add layers or coefficients; one with another
-    model, trait, vector, judge or size is refused (`claim_dir`).
+    Writes the run directory `out` (`SweepRun`): ``cells/*.jsonl`` (answers), ``cells/*.json`` (each
+    finished cell), and the table ``sweep.json`` and ``sweep.csv``. A rerun may add layers or
+    coefficients; one with another model, trait, vector, judge or size is refused.
     """
     if not layers or not coefs:
         raise PersonavecError("a sweep needs at least one layer and one coefficient")
@@ -213,26 +242,43 @@ def sweep(
     for layer in layers:
         vector.resolve_layer(layer)
     sizes.check(trait)
-    out = Path(out)
-    claim_dir(out, {**run_identity(loaded, trait, judge, vector), **asdict(sizes)}, "sweep")
-    cache = JudgeCache(out / "judge-cache.jsonl")
+    identity = {**run_identity(loaded, trait, judge, vector), **asdict(sizes)}
+    outputs = {"sweep": (SweepRun.CELLS, SweepRun.TABLE, SweepRun.CSV)}
+    run = RunDir.open(out, SweepRun.KIND, identity, outputs)
+    started = time.perf_counter()
     layers, coefs = list(dict.fromkeys(layers)), list(dict.fromkeys(float(c) for c in coefs))
     settings = [Setting(None, 0.0)] if 0 in coefs else []
     settings += [Setting(layer, c) for layer in layers for c in coefs if c != 0]
-    cells = []
-    for setting in settings:
-        done = out / "cells" / f"{setting.name}.json"
-        if done.exists():
-            cells.append(json.loads(done.read_text()))
-            continue
-        path = out / "cells" / f"{setting.name}.jsonl"
-        cell = evaluate(loaded, trait, judge, cache, path, vector, setting, sizes, progress)
-        write_json(done, cell)
-        cells.append(cell)
-    write_json(out / "sweep.json", {"trait": trait.name, "judge": judge.describe(), "cells": cells})
-    with atomic_path(out / "sweep.csv") as tmp:
+    cache = JudgeCache(run.path / "judge-cache.jsonl")
+    cells = run_cells(
+        loaded, trait, judge, cache, run.path / SweepRun.CELLS, vector, settings, sizes, progress
+    )
+    write_json(run.path / SweepRun.TABLE, {"trait": trait.name, "judge": judge.describe(), "cells": cells})
+    with atomic_path(run.path / SweepRun.CSV) as tmp:
         tmp.write_text(table_csv(cells))
+    run.record("sweep", started, cells=len(cells))
     return cells
+
+
+def evaluate_run(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    judge: Judge,
+    out: str | Path,
+    sizes: Sizes = Sizes(),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The unsteered cell of `loaded` (see `evaluate`), in the run directory `out`, resumably: its
+    answers in ``answers.jsonl``, judgements in ``judge-cache.jsonl``. Another model, trait, judge or
+    size is refused."""
+    sizes.check(trait)
+    identity = {"model": loaded.identity.to_dict(), "trait_sha256": trait.sha256(), "judge": judge.name}
+    run = RunDir.open(out, "evaluation", {**identity, **asdict(sizes)}, {"answers": ("answers.jsonl",)})
+    started = time.perf_counter()
+    cache = JudgeCache(run.path / "judge-cache.jsonl")
+    cell = evaluate(loaded, trait, judge, cache, run.path / "answers.jsonl", sizes=sizes, progress=progress)
+    run.record("answers", started, **cell)
+    return cell
 
 
 def run_identity(

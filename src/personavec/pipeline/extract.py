@@ -1,30 +1,30 @@
-"""The extraction pipeline: trait → contrastive answers → judgements → filter → vectors → layer sweep.
+"""The extraction pipeline: trait → contrastive answers → judgements → filter → vectors → layer choice.
 
-Every stage writes its output into the run directory atomically (or, for the long ones, chunk by chunk)
-and is skipped when a rerun finds it done; ``manifest.json`` records what the run was made with and
-what each stage kept and dropped. Files in a run directory:
+`extract` runs the stages in that order over a run directory (`rundir.RunDir`, files named by
+`runs.ExtractionRun`, which reads them back). Each stage writes its output atomically (the long ones
+chunk by chunk) and is skipped when a rerun finds it done; the manifest records what the run was made
+with and what each stage kept and dropped:
 
 - ``trait.json``: the trait's artifacts, as used;
 - ``generations.jsonl``: one row per answer (positive and negative system prompts × questions × samples);
 - ``judge-cache.jsonl``: every judgement received, so none is ever paid for twice;
 - ``judgements.json``, ``filter.json``: scores per answer; the answers kept and the counts per reason;
 - ``{trait}.safetensors``: the vectors (response-avg, prompt-avg, prompt-last), chosen layer in metadata;
-- ``sweep/*.jsonl``, ``sweep.json``: steered answers per candidate layer, their judged trait, the choice.
+- ``sweep/*``, ``sweep.json``: the evaluation sweep's cells per candidate layer (`evaluate.run_cells`),
+  their judged trait, the choice.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 from personavec._internal.files import write_json
 from personavec.core.activations import iter_pooled
@@ -34,11 +34,11 @@ from personavec.core.vectors import KINDS, PersonaVector, load_vectors, save_vec
 from personavec.errors import PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.pipeline.config import ExtractConfig
-from personavec.pipeline.evaluate import Setting, Sizes, evaluate
+from personavec.pipeline.evaluate import Setting, Sizes, run_cells
+from personavec.pipeline.rundir import RunDir
+from personavec.pipeline.runs import ExtractionRun
 from personavec.traits.spec import TraitSpec
-from personavec.version import __version__
 
-MANIFEST_FORMAT = "personavec-run/1"
 GENERATION_FIELDS = (
     "samples",
     "max_new_tokens",
@@ -49,14 +49,7 @@ GENERATION_FIELDS = (
     "seed",
     "batch_size",
 )
-# stage → the files it writes, in pipeline order (the judge cache is kept: its keys say what it holds)
-STAGE_OUTPUTS = {
-    "generations": ("generations.jsonl",),
-    "judgements": ("judgements.json",),
-    "filter": ("filter.json",),
-    "vectors": ("{trait}.safetensors",),
-    "sweep": ("sweep", "sweep.json"),
-}
+Scores = dict[str, list[dict[str, Any]]]  # metric ("trait", "coherence") → one score record per answer
 
 
 def default_layers(n_layers: int, count: int = 8) -> tuple[int, ...]:
@@ -74,8 +67,60 @@ class ExtractResult:
     manifest: dict[str, Any]
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+def extract(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    judge: Judge | None,
+    out: str | Path,
+    config: ExtractConfig | None = None,
+    force: bool = False,
+    progress: bool = True,
+    token_budget: int = 16384,
+) -> ExtractResult:
+    """Run (or resume) the pipeline into the run directory `out`; return the vectors and the manifest.
+
+    `judge` None keeps every answer (no filter) and skips the layer sweep: the vectors then carry no
+    chosen layer. A directory made for another model, trait or generation setting is refused unless
+    `force` (which starts it over, keeping the judge cache); another judge or filter/sweep setting
+    redoes only the stages after generation.
+    """
+    config = config or ExtractConfig()
+    config.check(trait, loaded.identity.n_layers)
+    run = open_run(loaded, trait, judge, out, config, force)
+    cache = JudgeCache(run.path / ExtractionRun.JUDGE_CACHE)
+    rows = generations(run, loaded, trait, config, progress)
+    scores = judgements(run, rows, trait, judge, cache, progress)
+    kept = filter_answers(run, rows, scores, config)
+    vectors = compute_vectors(run, loaded, rows, kept, token_budget, progress)
+    vectors = choose_layer(run, loaded, trait, judge, cache, vectors, config, progress)
+    return ExtractResult(dir=run.path, vectors=vectors, manifest=run.manifest)
+
+
+def open_run(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    judge: Judge | None,
+    out: str | Path,
+    config: ExtractConfig,
+    force: bool,
+) -> RunDir:
+    """Start or resume the run directory: tied to the model, trait and generation settings; another
+    judge redoes the judgements on, other filter or sweep settings the filter on."""
+    settings = asdict(config)
+    identity = {
+        "model": loaded.identity.to_dict(),
+        "trait": trait.name,
+        "trait_sha256": trait.sha256(),
+        "generation": {k: settings[k] for k in GENERATION_FIELDS},
+    }
+    later = {
+        "judge": ("judgements", judge.describe() if judge else {"name": "none"}),
+        "selection": ("filter", {k: v for k, v in settings.items() if k not in GENERATION_FIELDS}),
+    }
+    outputs, report = ExtractionRun.OUTPUTS, (ExtractionRun.REPORT,)
+    run = RunDir.open(out, ExtractionRun.KIND, identity, outputs, later, derived=report, force=force)
+    write_json(run.path / ExtractionRun.TRAIT, trait.to_dict())
+    return run
 
 
 def _contrastive_requests(trait: TraitSpec, config: ExtractConfig) -> list[Request]:
@@ -95,6 +140,67 @@ def _contrastive_requests(trait: TraitSpec, config: ExtractConfig) -> list[Reque
                     rid = f"{polarity}-q{q}-i{i}-s{s}"
                     requests.append(Request(rid, question, pair[polarity], fields))
     return requests
+
+
+def generations(
+    run: RunDir, loaded: LoadedModel, trait: TraitSpec, config: ExtractConfig, progress: bool
+) -> list[dict[str, Any]]:
+    """Stage 1: the contrastive answers (sampled, chunk by chunk, resumable)."""
+    started = time.perf_counter()
+    c = config
+    rows = generate_rows(
+        loaded,
+        _contrastive_requests(trait, c),
+        run.path / ExtractionRun.GENERATIONS,
+        max_new_tokens=c.max_new_tokens,
+        temperature=c.temperature,
+        top_p=c.top_p,
+        seed=c.seed,
+        batch_size=c.batch_size,
+        chunk_size=4 * c.batch_size,
+        progress=progress,
+        desc="answers",
+    )
+    run.found("generations", started, rows=len(rows))
+    return rows
+
+
+def judgements(
+    run: RunDir,
+    rows: Sequence[dict[str, Any]],
+    trait: TraitSpec,
+    judge: Judge | None,
+    cache: JudgeCache,
+    progress: bool,
+) -> Scores | None:
+    """Stage 2: trait (and coherence) scores of every answer, through the run's judge cache."""
+    if judge is None:
+        return None
+    path = run.path / ExtractionRun.JUDGEMENTS
+    if path.exists():
+        scores = {k: v for k, v in json.loads(path.read_text()).items() if k != "ids"}
+        run.found("judgements", methods=_methods(scores))
+        return scores
+    started = time.perf_counter()
+    items = [(r["question"], r["answer"]) for r in rows]
+    rubrics = {"trait": trait.rubric}
+    if judge.measures_coherence:
+        rubrics["coherence"] = COHERENCE_RUBRIC
+    scores = {
+        metric: [
+            {"value": s.value, "method": s.method, "error": s.error}
+            for s in cache.judge(judge, rubric, items, f"judge {metric}", progress)
+        ]
+        for metric, rubric in rubrics.items()
+    }
+    write_json(path, {"ids": [r["id"] for r in rows], **scores})
+    run.record("judgements", started, methods=_methods(scores))
+    return scores
+
+
+def _methods(scores: Scores) -> dict[str, int]:
+    """How many scores each judging method gave (a judge's "failed" among them)."""
+    return dict(Counter(s["method"] for metric in scores.values() for s in metric))
 
 
 def _verdict(
@@ -121,330 +227,138 @@ def _verdict(
     return None
 
 
-@dataclass
-class _Run:
-    """One pipeline run over a run directory (see `extract`)."""
-
-    loaded: LoadedModel
-    trait: TraitSpec
-    judge: Judge | None
-    dir: Path
-    config: ExtractConfig
-    progress: bool
-    token_budget: int
-    manifest: dict[str, Any] = field(default_factory=dict)
-    cache: JudgeCache | None = None
-
-    @property
-    def vector_path(self) -> Path:
-        return self.dir / f"{self.trait.name}.safetensors"
-
-    def _identity(self) -> dict[str, Any]:
-        """What the stages' outputs depend on; JSON-normalised (tuples become lists) for comparison."""
-        config = asdict(self.config)
-        identity = {
-            "model": self.loaded.identity.to_dict(),
-            "trait": self.trait.name,
-            "trait_sha256": self.trait.sha256(),
-            "generation": {k: config[k] for k in GENERATION_FIELDS},
-            "judge": self.judge.describe() if self.judge else {"name": "none"},
-            "selection": {k: v for k, v in config.items() if k not in GENERATION_FIELDS},
-        }
-        return dict(json.loads(json.dumps(identity)))
-
-    def open(self, force: bool) -> None:
-        """Start or resume. A directory made for another model, trait or generation config is refused
-        (unless `force`: start over); another judge or filter/sweep setting redoes only the later stages.
-        """
-        identity = self._identity()
-        path = self.dir / "manifest.json"
-        if path.exists():
-            try:
-                old = _read_json(path)
-            except (json.JSONDecodeError, OSError, UnicodeDecodeError) as error:
-                old = {"error": str(error)}
-            if not isinstance(old, dict) or old.get("format") != MANIFEST_FORMAT:
-                raise PersonavecError(
-                    f"{path} is not a personavec run manifest (unreadable or foreign): choose another --out, "
-                    "or delete it if the directory is yours to reuse"
-                )
-            differs = [
-                k for k in ("model", "trait", "trait_sha256", "generation") if old.get(k) != identity[k]
-            ]
-            if differs and not force:
-                raise PersonavecError(
-                    f"{self.dir} holds a run for {old.get('model', {}).get('name', '?')} / trait "
-                    f"{old.get('trait', '?')} that differs in {', '.join(differs)}: use another --out, "
-                    "or --force to start it over"
-                )
-            if differs:  # start over: outputs first, the manifest last (a kill meanwhile leaves it refused)
-                self._forget("generations", old["trait"])
-                path.unlink()
-            else:
-                self.manifest = old
-                stale = [k for k in ("judge", "selection") if old.get(k) != identity[k]]
-                if stale:
-                    self._forget("judgements" if "judge" in stale else "filter", self.trait.name)
-                    self.manifest.update({k: identity[k] for k in stale})
-        if not self.manifest:
-            self.manifest = {
-                "format": MANIFEST_FORMAT,
-                **identity,
-                "versions": {
-                    "personavec": __version__,
-                    "torch": torch.__version__,
-                    "transformers": transformers.__version__,
-                },
-                "stages": {},
-            }
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._save_manifest()
-        write_json(self.dir / "trait.json", self.trait.to_dict())
-
-    def _forget(self, first: str, trait: str) -> None:
-        """Delete the outputs of stage `first`, of every stage after it, and the report."""
-        stages = list(STAGE_OUTPUTS)
-        (self.dir / "report.html").unlink(missing_ok=True)
-        for stage in stages[stages.index(first) :]:
-            for name in STAGE_OUTPUTS[stage]:
-                target = self.dir / name.format(trait=trait)
-                if target.is_dir():
-                    shutil.rmtree(target)
-                else:
-                    target.unlink(missing_ok=True)
-            self.manifest.get("stages", {}).pop(stage, None)
-
-    def _save_manifest(self) -> None:
-        write_json(self.dir / "manifest.json", self.manifest)
-
-    def _stage(self, name: str, started: float | None, **info: Any) -> None:
-        """Record a finished stage; `started` None for one found done (its time is not known)."""
-        seconds = None if started is None else round(time.perf_counter() - started, 2)
-        self.manifest["stages"][name] = {"seconds": seconds, **info}
-        self._save_manifest()
-
-    def _found(self, name: str, **info: Any) -> None:
-        """Record a stage whose output exists, if a crash came between writing it and the manifest."""
-        if name not in self.manifest["stages"]:
-            self._stage(name, None, **info)
-
-    def generations(self) -> list[dict[str, Any]]:
-        started = time.perf_counter()
-        c = self.config
-        rows = generate_rows(
-            self.loaded,
-            _contrastive_requests(self.trait, c),
-            self.dir / "generations.jsonl",
-            max_new_tokens=c.max_new_tokens,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            seed=c.seed,
-            batch_size=c.batch_size,
-            chunk_size=4 * c.batch_size,
-            progress=self.progress,
-            desc="answers",
-        )
-        if "generations" not in self.manifest["stages"]:
-            self._stage("generations", started, rows=len(rows))
-        return rows
-
-    def _cache(self) -> JudgeCache:
-        if self.cache is None:
-            self.cache = JudgeCache(self.dir / "judge-cache.jsonl")
-        return self.cache
-
-    def _judge(self, rows: Sequence[dict[str, Any]], desc: str) -> dict[str, list[dict[str, Any]]]:
-        """Trait (and coherence) scores of `rows`, through the run's judge cache."""
-        assert self.judge is not None
-        cache = self._cache()
-        items = [(r["question"], r["answer"]) for r in rows]
-        rubrics = {"trait": self.trait.rubric}
-        if self.judge.measures_coherence:
-            rubrics["coherence"] = COHERENCE_RUBRIC
-        return {
-            metric: [
-                {"value": s.value, "method": s.method, "error": s.error}
-                for s in cache.judge(self.judge, rubric, items, f"{desc} {metric}", self.progress)
-            ]
-            for metric, rubric in rubrics.items()
-        }
-
-    def judgements(self, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]] | None:
-        if self.judge is None:
-            return None
-        path = self.dir / "judgements.json"
-        started = None
-        if path.exists():
-            scores = {k: v for k, v in _read_json(path).items() if k != "ids"}
-        else:
-            started = time.perf_counter()
-            scores = self._judge(rows, "judge")
-            write_json(path, {"ids": [r["id"] for r in rows], **scores})
-        methods = dict(Counter(s["method"] for metric in scores.values() for s in metric))
-        if started is None:
-            self._found("judgements", methods=methods)
-        else:
-            self._stage("judgements", started, methods=methods)
-        return scores
-
-    def filter(self, rows: list[dict[str, Any]], scores: dict[str, list[dict[str, Any]]] | None) -> list[int]:
-        """Indices of the kept rows; raise when too few survive."""
-        path = self.dir / "filter.json"
-        if path.exists():
-            found = _read_json(path)
-            self._found("filter", **{k: v for k, v in found.items() if k != "kept"})
-            return list(found["kept"])
-        c = self.config
-        verdicts: list[str | None] = []
+def _verdicts(rows: list[dict[str, Any]], scores: Scores | None, config: ExtractConfig) -> list[str | None]:
+    """Each answer's reason to be dropped (None: kept); paired, a pair goes when either side does."""
+    verdicts: list[str | None] = []
+    for i, row in enumerate(rows):
+        if scores is None:
+            verdicts.append("empty answer" if not row["answer"].strip() else None)
+            continue
+        coherence = scores["coherence"][i] if "coherence" in scores else None
+        verdicts.append(_verdict(row, scores["trait"][i], coherence, config))
+    if config.pairing == "paired":
+        index = {row["id"]: i for i, row in enumerate(rows)}
         for i, row in enumerate(rows):
-            if scores is None:
-                verdicts.append("empty answer" if not row["answer"].strip() else None)
-                continue
-            coherence = scores["coherence"][i] if "coherence" in scores else None
-            verdicts.append(_verdict(row, scores["trait"][i], coherence, c))
-        if c.pairing == "paired":
-            index = {row["id"]: i for i, row in enumerate(rows)}
-            for i, row in enumerate(rows):
-                partner = index[("neg" if row["polarity"] == "pos" else "pos") + row["id"][3:]]
-                if verdicts[i] is None and verdicts[partner] is not None:
-                    verdicts[i] = "partner dropped (paired filter)"
-        started = time.perf_counter()
-        kept = [i for i, v in enumerate(verdicts) if v is None]
-        kept_pos = sum(rows[i]["polarity"] == "pos" for i in kept)
-        kept_neg = len(kept) - kept_pos
-        reasons = dict(Counter(f"{rows[i]['polarity']}: {v}" for i, v in enumerate(verdicts) if v))
-        info = {"kept_positive": kept_pos, "kept_negative": kept_neg, "dropped": reasons}
-        if min(kept_pos, kept_neg) < c.min_pairs:
-            why = "; ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) or "no answers"
-            raise PersonavecError(
-                f"only {kept_pos} positive and {kept_neg} negative answers survived the filter (need "
-                f"{c.min_pairs} each). Dropped: {why}. Raise --samples, lower --min-pairs or check the judge"
-            )
-        write_json(path, {"kept": kept, **info})
-        self._stage("filter", started, **info)
-        return kept
+            partner = index[("neg" if row["polarity"] == "pos" else "pos") + row["id"][3:]]
+            if verdicts[i] is None and verdicts[partner] is not None:
+                verdicts[i] = "partner dropped (paired filter)"
+    return verdicts
 
-    def vectors(self, rows: list[dict[str, Any]], kept: list[int]) -> dict[str, PersonaVector]:
-        """Mean kept-positive minus mean kept-negative activations, per kind and layer."""
-        if self.vector_path.exists():
-            vectors = load_vectors(self.vector_path, self.loaded.identity)
-            norms = vectors["response-avg"].tensor.norm(dim=1)
-            self._found("vectors", norms=[round(float(x), 4) for x in norms])
-            return vectors
-        started = time.perf_counter()
-        shape = (self.loaded.identity.n_layers + 1, self.loaded.identity.hidden_size)
-        sums = {(k, p): torch.zeros(shape, dtype=torch.float64) for k in KINDS for p in ("pos", "neg")}
-        counts: Counter[str] = Counter()
-        prompts = [self.loaded.chat(rows[i]["question"], rows[i]["system"]) for i in kept]
-        answers = [rows[i]["answer"] for i in kept]
-        n_truncated = 0
-        for indices, pooled in iter_pooled(
-            self.loaded, prompts, answers, token_budget=self.token_budget, progress=self.progress
-        ):
-            n_truncated += pooled.n_truncated
-            polarity = torch.tensor([rows[kept[j]]["polarity"] == "pos" for j in indices])
-            counts.update(rows[kept[j]]["polarity"] for j in indices)
-            for kind in KINDS:
-                acts = pooled.kind(kind).double()
-                sums[kind, "pos"] += acts[polarity].sum(0)
-                sums[kind, "neg"] += acts[~polarity].sum(0)
-        metadata = {
-            "model": self.loaded.identity.to_dict(),
-            "n_positive": counts["pos"],
-            "n_negative": counts["neg"],
-            "judge": self.manifest["judge"],
-            "generation": self.manifest["generation"],
-            "selection": self.manifest["selection"],
-            "trait_sha256": self.manifest["trait_sha256"],
-        }
-        vectors = {
-            kind: PersonaVector(
-                trait=self.trait.name,
-                tensor=sums[kind, "pos"] / counts["pos"] - sums[kind, "neg"] / counts["neg"],
-                kind=kind,
-                metadata=metadata,
-            )
-            for kind in KINDS
-        }
-        save_vectors(self.vector_path, list(vectors.values()))
-        norms = vectors["response-avg"].tensor.norm(dim=1)
-        self._stage("vectors", started, truncated=n_truncated, norms=[round(float(x), 4) for x in norms])
+
+def filter_answers(
+    run: RunDir, rows: list[dict[str, Any]], scores: Scores | None, config: ExtractConfig
+) -> list[int]:
+    """Stage 3: indices of the kept answers; raise when too few survive on either side."""
+    path = run.path / ExtractionRun.FILTER
+    if path.exists():
+        found = json.loads(path.read_text())
+        run.found("filter", **{k: v for k, v in found.items() if k != "kept"})
+        return list(found["kept"])
+    started = time.perf_counter()
+    verdicts = _verdicts(rows, scores, config)
+    kept = [i for i, v in enumerate(verdicts) if v is None]
+    kept_pos = sum(rows[i]["polarity"] == "pos" for i in kept)
+    kept_neg = len(kept) - kept_pos
+    reasons = dict(Counter(f"{rows[i]['polarity']}: {v}" for i, v in enumerate(verdicts) if v))
+    info = {"kept_positive": kept_pos, "kept_negative": kept_neg, "dropped": reasons}
+    if min(kept_pos, kept_neg) < config.min_pairs:
+        why = "; ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) or "no answers"
+        raise PersonavecError(
+            f"only {kept_pos} positive and {kept_neg} negative answers survived the filter (need "
+            f"{config.min_pairs} each). Dropped: {why}. Raise --samples, lower --min-pairs or check the judge"
+        )
+    write_json(path, {"kept": kept, **info})
+    run.record("filter", started, **info)
+    return kept
+
+
+def _norms(vectors: dict[str, PersonaVector]) -> list[float]:
+    return [round(float(x), 4) for x in vectors["response-avg"].tensor.norm(dim=1)]
+
+
+def compute_vectors(
+    run: RunDir,
+    loaded: LoadedModel,
+    rows: list[dict[str, Any]],
+    kept: list[int],
+    token_budget: int,
+    progress: bool,
+) -> dict[str, PersonaVector]:
+    """Stage 4: mean kept-positive minus mean kept-negative activations, per kind and layer."""
+    path = run.path / ExtractionRun.VECTORS.format_map(run.manifest)
+    if path.exists():
+        vectors = load_vectors(path, loaded.identity)
+        run.found("vectors", norms=_norms(vectors))
         return vectors
-
-    def sweep(self, vectors: dict[str, PersonaVector]) -> dict[str, PersonaVector]:
-        """Steer each candidate layer on the evaluation questions, judge, store the best layer."""
-        path = self.dir / "sweep.json"
-        if path.exists():
-            self._found("sweep", chosen=_read_json(path)["chosen"])
-        judge = self.judge
-        if judge is None or path.exists() or self.config.layers == ():
-            return vectors
-        started = time.perf_counter()
-        c = self.config
-        vector = vectors["response-avg"]
-        layers = c.layers or default_layers(vector.n_layers)
-        cache = self._cache()
-        sizes = Sizes(questions=c.sweep_questions, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size)
-
-        def judged(name: str, setting: Setting) -> dict[str, Any]:
-            return evaluate(
-                self.loaded,
-                self.trait,
-                judge,
-                cache,
-                self.dir / "sweep" / f"{name}.jsonl",
-                vector,
-                setting,
-                sizes,
-                self.progress,
-            )
-
-        baseline = judged("baseline", Setting(None, 0.0))
-        results = [judged(f"layer-{layer}", Setting(layer, c.coef)) for layer in layers]
-        sign = 1.0 if c.coef > 0 else -1.0
-        scored = [r for r in results if r["trait"] is not None]
-        if not scored:
-            raise PersonavecError("the judge scored no steered answer in the layer sweep; check the judge")
-        chosen = max(scored, key=lambda r: sign * r["trait"])["layer"]
-        sweep = {
-            "coef": c.coef,
-            "kind": vector.kind,
-            "baseline": baseline,
-            "layers": results,
-            "chosen": chosen,
-        }
-        for v in vectors.values():
-            v.layer = chosen
-            v.metadata["layer_choice"] = {"method": "sweep", "coef": c.coef, "layers": list(layers)}
-        save_vectors(self.vector_path, list(vectors.values()))
-        write_json(path, sweep)
-        self._stage("sweep", started, chosen=chosen)
-        return vectors
+    started = time.perf_counter()
+    shape = (loaded.identity.n_layers + 1, loaded.identity.hidden_size)
+    sums = {(k, p): torch.zeros(shape, dtype=torch.float64) for k in KINDS for p in ("pos", "neg")}
+    counts: Counter[str] = Counter()
+    prompts = [loaded.chat(rows[i]["question"], rows[i]["system"]) for i in kept]
+    answers = [rows[i]["answer"] for i in kept]
+    n_truncated = 0
+    for indices, pooled in iter_pooled(
+        loaded, prompts, answers, token_budget=token_budget, progress=progress
+    ):
+        n_truncated += pooled.n_truncated
+        polarity = torch.tensor([rows[kept[j]]["polarity"] == "pos" for j in indices])
+        counts.update(rows[kept[j]]["polarity"] for j in indices)
+        for kind in KINDS:
+            acts = pooled.kind(kind).double()
+            sums[kind, "pos"] += acts[polarity].sum(0)
+            sums[kind, "neg"] += acts[~polarity].sum(0)
+    m = run.manifest
+    metadata = {"model": m["model"], "n_positive": counts["pos"], "n_negative": counts["neg"]}
+    metadata |= {k: m[k] for k in ("judge", "generation", "selection", "trait_sha256")}
+    vectors = {
+        kind: PersonaVector(
+            trait=m["trait"],
+            tensor=sums[kind, "pos"] / counts["pos"] - sums[kind, "neg"] / counts["neg"],
+            kind=kind,
+            metadata=metadata,
+        )
+        for kind in KINDS
+    }
+    save_vectors(path, list(vectors.values()))
+    run.record("vectors", started, truncated=n_truncated, norms=_norms(vectors))
+    return vectors
 
 
-def extract(
+def choose_layer(
+    run: RunDir,
     loaded: LoadedModel,
     trait: TraitSpec,
     judge: Judge | None,
-    out: str | Path,
-    config: ExtractConfig | None = None,
-    force: bool = False,
-    progress: bool = True,
-    token_budget: int = 16384,
-) -> ExtractResult:
-    """Run (or resume) the pipeline into the run directory `out`; return the vectors and the manifest.
-
-    `judge` None keeps every answer (no filter) and skips the layer sweep: the vectors then carry no
-    chosen layer. A directory made for another model, trait or generation setting is refused unless
-    `force` (which starts it over, keeping the judge cache); another judge or filter/sweep setting
-    redoes only the stages after generation.
-    """
-    config = config or ExtractConfig()
-    config.check(trait, loaded.identity.n_layers)
-    run = _Run(loaded, trait, judge, Path(out), config, progress, token_budget)
-    run.open(force)
-    rows = run.generations()
-    scores = run.judgements(rows)
-    kept = run.filter(rows, scores)
-    vectors = run.sweep(run.vectors(rows, kept))
-    return ExtractResult(dir=run.dir, vectors=vectors, manifest=run.manifest)
+    cache: JudgeCache,
+    vectors: dict[str, PersonaVector],
+    config: ExtractConfig,
+    progress: bool,
+) -> dict[str, PersonaVector]:
+    """Stage 5: the evaluation sweep's cells, unsteered and steered by `coef` at each candidate layer;
+    the chosen layer moves the judged trait furthest in the coefficient's direction."""
+    path = run.path / ExtractionRun.SWEEP
+    if path.exists():
+        run.found("sweep", chosen=json.loads(path.read_text())["chosen"])
+    if judge is None or path.exists() or config.layers == ():
+        return vectors
+    started = time.perf_counter()
+    c = config
+    vector = vectors["response-avg"]
+    layers = c.layers or default_layers(vector.n_layers)
+    sizes = Sizes(questions=c.sweep_questions, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size)
+    settings = [Setting(None, 0.0), *(Setting(layer, c.coef) for layer in layers)]
+    cells = run.path / ExtractionRun.SWEEP_CELLS
+    baseline, *results = run_cells(loaded, trait, judge, cache, cells, vector, settings, sizes, progress)
+    sign = 1.0 if c.coef > 0 else -1.0
+    scored = [r for r in results if r["trait"] is not None]
+    if not scored:
+        raise PersonavecError("the judge scored no steered answer in the layer sweep; check the judge")
+    chosen = max(scored, key=lambda r: sign * r["trait"])["layer"]
+    for v in vectors.values():
+        v.layer = chosen
+        v.metadata["layer_choice"] = {"method": "sweep", "coef": c.coef, "layers": list(layers)}
+    save_vectors(run.path / ExtractionRun.VECTORS.format_map(run.manifest), list(vectors.values()))
+    sweep = {"coef": c.coef, "kind": vector.kind, "baseline": baseline, "layers": results, "chosen": chosen}
+    write_json(path, sweep)
+    run.record("sweep", started, chosen=chosen)
+    return vectors

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from personavec._internal.files import atomic_path
-from personavec.core.generate import read_rows
-from personavec.core.vectors import load_vectors
+from personavec.pipeline.runs import ExtractionRun
 
 
 @dataclass(frozen=True)
@@ -43,17 +42,16 @@ def _agg() -> None:
     matplotlib.use("Agg")
 
 
-def _plots(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
+def _plots(run: ExtractionRun) -> dict[str, str]:
     """Titles → base64 PNGs for whatever the run has got to."""
     import matplotlib.pyplot as plt
 
     _agg()
 
     plots = {}
-    trait = manifest["trait"]
-    vector_path = run / f"{trait}.safetensors"
-    if vector_path.exists():
-        vectors = load_vectors(vector_path)
+    trait = run.manifest["trait"]
+    vectors = run.vectors()
+    if vectors is not None:
         figure, ax = plt.subplots(figsize=(6, 3))
         for kind, vector in vectors.items():
             ax.plot(vector.tensor.norm(dim=1).numpy(), label=kind)
@@ -63,9 +61,8 @@ def _plots(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
         ax.set(xlabel="layer (0 = embeddings)", ylabel="‖v‖", title=f"{trait}: vector norm per layer")
         ax.legend(fontsize=8)
         plots["Vector norm per layer"] = _png(figure)
-    sweep_path = run / "sweep.json"
-    if sweep_path.exists():
-        sweep = json.loads(sweep_path.read_text())
+    sweep = run.sweep()
+    if sweep is not None:
         figure, ax = plt.subplots(figsize=(6, 3))
         layers = [r["layer"] for r in sweep["layers"]]
         ax.plot(
@@ -79,10 +76,9 @@ def _plots(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
         ax.set(xlabel="steered layer", ylabel="mean trait score", title="Layer sweep (evaluation questions)")
         ax.legend(fontsize=8)
         plots["Layer sweep"] = _png(figure)
-    judgements_path = run / "judgements.json"
-    if judgements_path.exists():
-        judgements = json.loads(judgements_path.read_text())
-        rows = read_rows(run / "generations.jsonl")
+    judgements = run.judgements()
+    if judgements is not None:
+        rows = {row["id"]: row for row in run.rows()}
         by_side: dict[str, list[float]] = {"pos": [], "neg": []}
         for rid, score in zip(judgements["ids"], judgements["trait"], strict=True):
             if score["value"] is not None:
@@ -91,7 +87,7 @@ def _plots(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
         bins = [i * 5 for i in range(21)]
         ax.hist(by_side["pos"], bins=bins, alpha=0.6, label="eliciting system prompt")
         ax.hist(by_side["neg"], bins=bins, alpha=0.6, label="suppressing system prompt")
-        threshold = manifest["selection"]["trait_threshold"]
+        threshold = run.manifest["selection"]["trait_threshold"]
         ax.axvline(threshold, color="grey", linestyle="--", label=f"threshold {threshold:g}")
         ax.set(
             xlabel="judged trait score", ylabel="answers", title="Judged scores of the contrastive answers"
@@ -101,16 +97,9 @@ def _plots(run: Path, manifest: dict[str, Any]) -> dict[str, str]:
     return plots
 
 
-def sweep_examples(run: Path, n: int = 3) -> list[Example]:
+def sweep_examples(run: ExtractionRun, n: int = 3) -> list[Example]:
     """The first `n` sweep questions answered unsteered and steered at the chosen layer."""
-    sweep = json.loads((run / "sweep.json").read_text())
-    baseline = list(read_rows(run / "sweep" / "baseline.jsonl").values())[:n]
-    steered = list(read_rows(run / "sweep" / f"layer-{sweep['chosen']}.jsonl").values())[:n]
-    return [
-        Example(r["question"], c, r["answer"])
-        for c, rows in ((0.0, baseline), (sweep["coef"], steered))
-        for r in rows
-    ]
+    return [Example(r["question"], c, r["answer"]) for c, rows in run.sweep_answers(n).items() for r in rows]
 
 
 def _image(title: str, png: str) -> str:
@@ -305,10 +294,9 @@ def write_report(run: str | Path, examples: Sequence[Example] = (), extra: Seque
 
     Without `examples`, it shows the first sweep questions answered unsteered and at the chosen layer.
     """
-    run = Path(run)
-    if not examples and (run / "sweep.json").exists():
-        examples = sweep_examples(run)
-    manifest = json.loads((run / "manifest.json").read_text())
+    extraction = ExtractionRun(run)
+    manifest = extraction.manifest
+    examples = examples or sweep_examples(extraction)
     facts = [
         ("judge", manifest["judge"]["name"]),
         *((k, json.dumps(v)) for k, v in manifest["generation"].items()),
@@ -317,9 +305,11 @@ def write_report(run: str | Path, examples: Sequence[Example] = (), extra: Seque
     facts += [(f"stage {k}", json.dumps(v)) for k, v in manifest["stages"].items() if k != "vectors"]
     parts = [
         _grid(["setting", "value"], facts),
-        *(_image(title, png) for title, png in _plots(run, manifest).items()),
+        *(_image(title, png) for title, png in _plots(extraction).items()),
     ]
     if examples:
         parts.append(examples_section(examples, "Steered answers (evaluation questions, chosen layer)"))
     title = f"personavec: {manifest['trait']} on {manifest['model']['name']}"
-    return write_page(run / "report.html", title, [*parts, *extra], manifest["judge"].get("proxy"))
+    return write_page(
+        extraction.file(ExtractionRun.REPORT), title, [*parts, *extra], manifest["judge"].get("proxy")
+    )

@@ -128,12 +128,8 @@ def measure_shift(
     shift = {v.trait: float(d) for v, d in zip(vectors, after - before, strict=True)}
     judged = None
     if judge is not None and out is not None:
-        from personavec.judges.cache import JudgeCache
-        from personavec.pipeline.evaluate import Sizes, evaluate
+        from personavec.pipeline.evaluate import Sizes, evaluate_run
 
-        out = Path(out)
-        cache = JudgeCache(out / "judge-cache.jsonl")
-        sizes = Sizes(max_new_tokens=max_new_tokens)
-        cell = evaluate(tuned, trait, judge, cache, out / "answers.jsonl", sizes=sizes)
+        cell = evaluate_run(tuned, trait, judge, out, Sizes(max_new_tokens=max_new_tokens))
         judged = {k: cell[k] for k in ("trait", "trait_ci95", "coherence")}
     return ShiftResult(trait.name, len(prompts), shift, judged)

@@ -19,8 +19,8 @@ Several GPUs or nodes: ``accelerate launch -m personavec.cli train ...`` (the Tr
 from __future__ import annotations
 
 import json
-import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -31,12 +31,14 @@ import torch
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from personavec._internal.files import claim_dir, write_json
+from personavec._internal.files import write_json
 from personavec.core.hooks import ResidualHooks, ablate, steer
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.samples import DataFile
 from personavec.errors import PersonavecError
+from personavec.pipeline.rundir import RunDir
+from personavec.pipeline.runs import TrainingRun
 from personavec.training.config import TrainConfig, TrainIntervention
 from personavec.training.sft_data import IGNORE, Collator, tokenize_dataset
 
@@ -195,25 +197,24 @@ def train(
     config.check(eval_data)
     spec = config.intervention
     spec.check(vector, loaded.identity.n_layers, config.lora)
-    out = Path(out)
     reporting = ("save_steps", "logging_steps", "report_to")  # may change between a run and its resume
-    settings = {
+    identity = {
         "model": loaded.identity.to_dict(),
         "data": DataFile(data).sha256(),
         "eval_data": DataFile(eval_data).sha256() if eval_data else None,
         "config": {k: v for k, v in asdict(config).items() if k not in reporting},
         "vector": vector.fingerprint() if vector is not None else None,
     }
-    claim_dir(out, settings, "training run")
-    if (out / "trained.json").exists() and (out / "final").exists():
-        record = json.loads((out / "trained.json").read_text())
+    outputs = {"training": (TrainingRun.LOG, TrainingRun.FINAL, TrainingRun.RECORD)}
+    run = RunDir.open(out, TrainingRun.KIND, identity, outputs)
+    out = run.path
+    record = TrainingRun(out).record()
+    if record is not None:
         return Trained(**{**record, "out": Path(record["out"])})
     examples, truncated = tokenize_dataset(loaded.tokenizer, data, config.max_length)
     if truncated:
-        print(
-            f"warning: {truncated} of {len(examples)} conversations cut to --max-length {config.max_length}",
-            file=sys.stderr,
-        )
+        cut = f"{truncated} of {len(examples)} conversations cut to --max-length {config.max_length}"
+        warnings.warn(cut, stacklevel=2)
     evaluation = tokenize_dataset(loaded.tokenizer, eval_data, config.max_length)[0] if eval_data else None
     model = _lora(loaded.model, config) if config.lora else loaded.model
     try:
@@ -223,17 +224,17 @@ def train(
     trainer = InterventionTrainer(
         model=model, args=args, train_dataset=examples, eval_dataset=evaluation,
         data_collator=Collator(int(loaded.tokenizer.pad_token_id)), processing_class=loaded.tokenizer,
-        callbacks=[StepLog(out / "log.jsonl"), *callbacks], spec=spec, vector=vector,
+        callbacks=[StepLog(out / TrainingRun.LOG), *callbacks], spec=spec, vector=vector,
     )  # fmt: skip
     for callback in callbacks:
         if hasattr(callback, "attach"):
             callback.attach(trainer)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=_last_checkpoint(out))
-    trainer.save_model(str(out / "final"))
+    trainer.save_model(str(out / TrainingRun.FINAL))
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]  # resumed runs included
     trained = Trained(
-        out=out / "final",
+        out=out / TrainingRun.FINAL,
         steps=int(result.global_step),
         train_loss=sum(losses) / len(losses) if losses else None,
         truncated=truncated,
@@ -241,7 +242,8 @@ def train(
         steps_intervened=trainer.steps_intervened,
     )
     if trainer.is_world_process_zero():
-        write_json(out / "trained.json", {**asdict(trained), "out": str(trained.out)})
+        write_json(out / TrainingRun.RECORD, {**asdict(trained), "out": str(trained.out)})
+        run.record("training", started, steps=trained.steps, train_loss=trained.train_loss)
     return trained
 
 
