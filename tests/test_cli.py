@@ -294,7 +294,7 @@ def test_sweep_calibrate_and_capability(tiny_dir, tiny_vector, tmp_path, capsys)
                 "--examples-from",
                 "{tmp}",
             ],
-            "is not a complete, filtered extraction run",
+            "holds no personavec extraction run",
         ),
         (["monitor", "--vector", "{vector}", "--prompt", "Hi", "--max-new-tokens", "0"], "at least 1"),
     ],
