@@ -1,0 +1,93 @@
+"""The README's and the docs' Python snippets run, in order per page, on the bundled SmolLM2.
+
+Each page's ```python blocks share one namespace. Hub ids (``"Qwen/Qwen2.5-7B-Instruct"``) become the
+bundled model, which is loaded once: ``personavec.load_model`` returns it whatever it is asked for.
+The blocks run in a temporary directory holding ``runs/evil/evil.safetensors`` (a random vector for
+the bundled model), so relative run paths land there. A block preceded by
+``<!-- no-run: reason -->`` is skipped; the reason is required, and the opt-outs are counted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import personavec
+from personavec.core.models import LoadedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(?:<!--\s*no-run:(?P<reason>[^>]*)-->\s*\n)?^```python\n(?P<code>.*?)^```", re.S | re.M)
+HUB_ID = re.compile(r"\"(?:Qwen|meta-llama|google|mistralai|microsoft|allenai)/[^\"]+\"")
+NO_RUN = 2  # blocks opted out across README and docs: raise only with a reason in the page
+
+
+@dataclass
+class Snippet:
+    page: Path
+    line: int
+    code: str
+    no_run: str | None  # the reason, when opted out
+
+
+def snippets(page: Path) -> list[Snippet]:
+    text = page.read_text(encoding="utf-8")
+    return [
+        Snippet(page, text.count("\n", 0, m.start("code")) + 1, m["code"], m["reason"])
+        for m in BLOCK.finditer(text)
+    ]
+
+
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+RUNNABLE = [p for p in PAGES if any(s.no_run is None for s in snippets(p))]
+
+
+def test_opt_outs_state_a_reason_and_are_counted() -> None:
+    opted_out = [s for p in PAGES for s in snippets(p) if s.no_run is not None]
+    assert all(s.no_run and s.no_run.strip() for s in opted_out), [
+        f"{_name(s.page)}:{s.line}" for s in opted_out if not (s.no_run or "").strip()
+    ]
+    assert len(opted_out) == NO_RUN, [f"{_name(s.page)}:{s.line}: {s.no_run}" for s in opted_out]
+
+
+def test_the_readme_has_runnable_python() -> None:
+    assert ROOT / "README.md" in RUNNABLE
+
+
+def test_a_no_run_comment_is_recognised(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- no-run: needs a GPU -->\n```python\nraise SystemExit\n```\n\n```python\nx = 1\n```\n"
+    )
+    found = snippets(page)
+    assert [(s.no_run, s.code) for s in found] == [(" needs a GPU ", "raise SystemExit\n"), (None, "x = 1\n")]
+
+
+@pytest.mark.bundled
+@pytest.mark.parametrize("page", RUNNABLE, ids=_name)
+def test_snippets_run(
+    page: Path, smollm2: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(personavec, "load_model", lambda *args, **kwargs: smollm2)
+    identity = smollm2.identity
+    evil = personavec.PersonaVector(
+        "evil",
+        torch.randn(identity.n_layers + 1, identity.hidden_size, generator=torch.Generator().manual_seed(0)),
+        layer=identity.n_layers // 2,
+        metadata={"model": identity.to_dict()},
+    )
+    (tmp_path / "runs" / "evil").mkdir(parents=True)
+    personavec.save_vectors(tmp_path / "runs" / "evil" / "evil.safetensors", [evil])
+    namespace: dict[str, object] = {"__name__": "__snippets__"}
+    for snippet in snippets(page):
+        if snippet.no_run is None:
+            code = HUB_ID.sub('"smollm2"', snippet.code)
+            exec(compile(code, f"{_name(page)}:{snippet.line}", "exec"), namespace)
