@@ -24,8 +24,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks experiments docs
-	$(BIN)/ruff format --check src tests benchmarks experiments docs
+	$(BIN)/ruff check src tests benchmarks experiments docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks experiments docs/hooks
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict --quiet   # broken links and bad docstrings fail here
 

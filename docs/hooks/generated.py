@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     if CLI_MARKER in markdown:
         from personavec.cli import build_parser
 
+        os.environ["COLUMNS"] = "100"  # argparse wraps usage lines to the terminal: the same on every machine
         markdown = markdown.replace(CLI_MARKER, cli_reference(build_parser()))
     if BENCH_MARKER in markdown:
         markdown = markdown.replace(BENCH_MARKER, benchmark_tables(load_results(RESULTS)))
@@ -188,7 +190,7 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
 
 def _value(figure: dict[str, Any]) -> str:
     value = figure["value"]
-    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    text = f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
     unit = figure.get("unit") or ""
     return f"{text} {unit}".strip() + (" ✗" if figure.get("met") is False else "")
 
