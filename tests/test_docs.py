@@ -9,9 +9,12 @@ the bundled model), so relative run paths land there. A block preceded by
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -91,3 +94,65 @@ def test_snippets_run(
         if snippet.no_run is None:
             code = HUB_ID.sub('"smollm2"', snippet.code)
             exec(compile(code, f"{_name(page)}:{snippet.line}", "exec"), namespace)
+
+
+# --- the generated pages (docs/hooks/generated.py) and the benchmark results they read ----------
+
+
+@pytest.fixture(scope="module")
+def hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_hook", ROOT / "docs" / "hooks" / "generated.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cli_reference_lists_every_command(hook: ModuleType) -> None:
+    from personavec.cli import build_parser
+
+    text = hook.cli_reference(build_parser())
+    for command in ("demo", "extract", "screen", "train", "traits generate", "vectors export-gguf"):
+        assert f"`personavec {command}`" in text
+    assert "`--max-new-tokens`" in text and "| `256` |" in text
+
+
+def test_benchmark_tables_put_machines_side_by_side(hook: ModuleType) -> None:
+    def record(machine: str, value: float, met: bool) -> dict[str, object]:
+        figure = {"name": "capture / forward", "value": value, "unit": "×", "target": "≥ 0.95", "met": met}
+        return {
+            "benchmark": "capture",
+            "machine": machine,
+            "date": "2026-11-28",
+            "command": "c",
+            "file": "f",
+            "figures": [figure],
+        }
+
+    text = hook.benchmark_tables([record("gpu-h200", 0.9, False), record("cpu-2core", 1.2, True)])
+    assert "| figure | cpu-2core | gpu-h200 | target |" in text
+    assert "| capture / forward | 1.2 × | 0.9 × ✗ | ≥ 0.95 |" in text
+
+
+def test_the_package_map_covers_every_module(hook: ModuleType) -> None:
+    text = hook.package_map(ROOT / "src" / "personavec")
+    for module in (ROOT / "src" / "personavec").rglob("*.py"):
+        if module.name != "__init__.py":
+            assert module.relative_to(ROOT / "src").as_posix() in text
+
+
+def test_benchmark_figures_judge_their_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import _common
+
+    assert _common.Figure("ratio", 1.02, "×", "≤ 1.03").met is True
+    assert _common.Figure("ratio", 0.90, "×", "≥ 0.95").met is False
+    assert _common.Figure("speed", 10.0, "tok/s").met is None
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    path = _common.report("demo", [_common.Figure("ratio", 1.0, "×", "≤ 1.03")])
+    record = json.loads(path.read_text())
+    assert record["benchmark"] == "demo" and record["machine"] == _common.machine()
+    assert set(record) == {"benchmark", "machine", "date", "command", "figures"}
+    assert record["figures"] == [
+        {"name": "ratio", "value": 1.0, "unit": "×", "target": "≤ 1.03", "met": True}
+    ]
