@@ -129,17 +129,17 @@ class Figure:
             self.met = self.value >= limit if bound.group(1) == "≥" else self.value <= limit
 
 
-def machine() -> str:
-    """``gpu-<model>`` (``gpu-h200``) on a CUDA device, else ``cpu-<N>core``."""
-    if torch.cuda.is_available():
+def machine(on_gpu: bool) -> str:
+    """``gpu-<model>`` (``gpu-h200``) for a run on the GPU, else ``cpu-<N>core``."""
+    if on_gpu:
         return "gpu-" + torch.cuda.get_device_name().split()[-1].lower()
     return f"cpu-{os.cpu_count()}core"
 
 
-def report(benchmark: str, figures: list[Figure]) -> Path:
+def report(benchmark: str, figures: list[Figure], on_gpu: bool = False) -> Path:
     """Print the figures and write ``results/<benchmark>-<machine>.json``, which the docs'
-    benchmarks page is generated from."""
-    where = machine()
+    benchmarks page is generated from (a table per benchmark, a column per machine)."""
+    where = machine(on_gpu)
     for f in figures:
         target = f"  (target {f.target}: {'met' if f.met else 'NOT met'})" if f.met is not None else ""
         print(f"{f.name}: {f.value:.4g} {f.unit}{target}".rstrip())

@@ -64,6 +64,7 @@ def main() -> None:
             Figure("personavec capability score", n / t_score, "questions/s"),
             Figure("capability score / plain forward (logits_to_keep=1) throughput", t_last / t_score, "×"),
         ],
+        args.gpu_7b,
     )
 
 

@@ -51,17 +51,17 @@ def main() -> None:
         return tokens(answers) / (time.perf_counter() - start)
 
     batched = timed(n)
-    figures = [Figure(f"batched ({n} at once)", batched, "new tok/s")]
+    figures = [Figure("batched (every prompt at once)", batched, "new tok/s")]
     if args.gpu_7b:
         weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         floor = n * bandwidth_bytes_per_s() / weight_bytes
-        figures.append(Figure(f"decode floor at batch {n} (weight bytes / bandwidth)", floor, "tok/s"))
+        figures.append(Figure("decode floor at that batch (weight bytes / bandwidth)", floor, "tok/s"))
         figures.append(Figure("batched / decode floor", batched / floor, "×"))
     single = timed(1)
     figures.append(Figure("one at a time", single, "new tok/s"))
     figures.append(Figure("batched / one at a time", batched / single, "×"))
     print(f"model: {loaded.identity.name} on {loaded.device}, {n} prompts, up to {new_tokens} new tokens")
-    report("generate", figures)
+    report("generate", figures, args.gpu_7b)
 
 
 if __name__ == "__main__":

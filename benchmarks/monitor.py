@@ -34,6 +34,7 @@ def main() -> None:
             Figure("monitored (3 vectors) / plain generate time, batch 1", ratios[0], "×", "≤ 1.05"),
             Figure("monitored (3 vectors) / plain generate time, batch 16", ratios[1], "×", "≤ 1.05"),
         ],
+        args.gpu_7b,
     )
 
 

@@ -117,11 +117,12 @@ def own_answers(loaded, n: int, new_tokens: int, repeats: int) -> list[Figure]:
             lambda: generate(loaded, prompts, new_tokens, batch_size=batch_size, progress=False), 1
         )
 
+    print(f"own answers y′: {n} prompts × {new_tokens} new tokens")
     batched = min(run(n) for _ in range(repeats))
     single = min(run(1) for _ in range(repeats))
     return [
-        Figure(f"own answers y′, {n} × {new_tokens} tokens, batched", batched, "s"),
-        Figure(f"own answers y′, {n} × {new_tokens} tokens, one at a time", single, "s"),
+        Figure("own answers y′, batched", batched, "s"),
+        Figure("own answers y′, one at a time", single, "s"),
         Figure("own answers, batched / one at a time speed-up", single / batched, "×"),
     ]
 
@@ -152,7 +153,7 @@ def main() -> None:
         figures += own_answers(loaded, 64 if args.gpu_7b else 8, 64 if args.gpu_7b else 24, 1)
         if not args.gpu_7b:
             figures += memory(Path(tmp))
-    report("screen", figures)
+    report("screen", figures, args.gpu_7b)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def main() -> None:
             Figure("steered / unsteered generate time, batch 1", ratios[0], "×", "≤ 1.03"),
             Figure("steered / unsteered generate time, batch 16", ratios[1], "×", "≤ 1.03"),
         ],
+        args.gpu_7b,
     )
 
 

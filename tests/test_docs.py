@@ -151,7 +151,7 @@ def test_benchmark_figures_judge_their_target(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(_common, "RESULTS", tmp_path)
     path = _common.report("demo", [_common.Figure("ratio", 1.0, "×", "≤ 1.03")])
     record = json.loads(path.read_text())
-    assert record["benchmark"] == "demo" and record["machine"] == _common.machine()
+    assert record["benchmark"] == "demo" and record["machine"] == _common.machine(on_gpu=False)
     assert set(record) == {"benchmark", "machine", "date", "command", "figures"}
     assert record["figures"] == [
         {"name": "ratio", "value": 1.0, "unit": "×", "target": "≤ 1.03", "met": True}
