@@ -156,3 +156,14 @@ def test_benchmark_figures_judge_their_target(tmp_path: Path, monkeypatch: pytes
     assert record["figures"] == [
         {"name": "ratio", "value": 1.0, "unit": "×", "target": "≤ 1.03", "met": True}
     ]
+
+
+def test_every_public_module_has_an_api_page(hook: ModuleType) -> None:
+    prefixes = [
+        prefix
+        for page in (ROOT / "docs" / "api").glob("*.md")
+        for m in hook.MODULES_MARKER.finditer(page.read_text(encoding="utf-8"))
+        for prefix in m[1].split()
+    ]
+    missing = [n for n in hook.public_modules(ROOT / "src" / "personavec") if not hook.covered(n, prefixes)]
+    assert not missing, f"add these modules to a page under docs/api/: {missing}"

@@ -6,7 +6,8 @@
   benchmark scripts), a column per machine, in place of ``<!-- benchmark-results -->``;
 - ``architecture.md``: the package map (each module's line count and the first line of its docstring)
   in place of ``<!-- package-map -->``;
-- ``api.md``: the top-level names (``personavec._EXPORTS``) in place of ``<!-- exports -->``.
+- ``api/*.md``: the top-level names (``personavec._EXPORTS``) in place of ``<!-- exports -->``, and a
+  mkdocstrings block per public module under the dotted prefixes of ``<!-- api: PREFIX ... -->``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import ast
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ CLI_MARKER = "<!-- cli-reference -->"
 BENCH_MARKER = "<!-- benchmark-results -->"
 MAP_MARKER = "<!-- package-map -->"
 EXPORTS_MARKER = "<!-- exports -->"
-MODULES_MARKER = "<!-- api-modules -->"
+MODULES_MARKER = re.compile(r"<!-- api: ([\w. ]+) -->")
 NOT_API = ("personavec.cli", "personavec.version")  # the CLI has its own page; the version is one string
 
 
@@ -43,8 +45,7 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
         markdown = markdown.replace(MAP_MARKER, package_map(PACKAGE))
     if EXPORTS_MARKER in markdown:
         markdown = markdown.replace(EXPORTS_MARKER, exports_table())
-    if MODULES_MARKER in markdown:
-        markdown = markdown.replace(MODULES_MARKER, api_modules(PACKAGE))
+    markdown = MODULES_MARKER.sub(lambda m: api_modules(PACKAGE, m[1].split()), markdown)
     return markdown
 
 
@@ -87,25 +88,14 @@ def public_modules(root: Path) -> list[str]:
     return names
 
 
-def api_modules(root: Path) -> str:
-    """A mkdocstrings block per public module: a package's modules under its heading, a top-level
-    module (``personavec.demo``) as a heading of its own."""
-    parts, package = [], ""
-    for name in public_modules(root):
-        dotted = name.split(".")
-        is_package = (root.parent.joinpath(*dotted) / "__init__.py").is_file()
-        if len(dotted) == 2 and not is_package:
-            parts.append(f"::: {name}\n    options:\n      heading_level: 2\n")
-            package = ""
-            continue
-        if dotted[1] != package:
-            parts.append(f"## `personavec.{dotted[1]}`\n")
-            package = dotted[1]
-        if not is_package:
-            parts.append(f"::: {name}\n    options:\n      heading_level: 3\n")
-        else:
-            parts.append(f"::: {name}\n    options:\n      heading_level: 3\n")
-    return "\n".join(parts)
+def covered(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def api_modules(root: Path, prefixes: list[str]) -> str:
+    """A mkdocstrings block per public module under `prefixes`, each module a section."""
+    names = [name for name in public_modules(root) if covered(name, prefixes)]
+    return "\n".join(f"::: {name}\n    options:\n      heading_level: 2\n" for name in names)
 
 
 def exports_table() -> str:
