@@ -167,3 +167,12 @@ def test_every_public_module_has_an_api_page(hook: ModuleType) -> None:
     ]
     missing = [n for n in hook.public_modules(ROOT / "src" / "personavec") if not hook.covered(n, prefixes)]
     assert not missing, f"add these modules to a page under docs/api/: {missing}"
+
+
+def test_the_readme_is_a_front_door_whose_links_resolve() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.encode()) <= 6 * 1024
+    targets = re.findall(r"\]\((?!https?:)([^)#]+)", text)
+    assert targets and all((ROOT / t).exists() for t in targets), [
+        t for t in targets if not (ROOT / t).exists()
+    ]
