@@ -17,6 +17,7 @@ import ast
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ NOT_API = ("personavec.cli", "personavec.version")  # the CLI has its own page; 
 
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     """Fill the generated parts of the CLI reference and the benchmarks page."""
+    if sys.path[0] != str(PACKAGE.parent):  # this checkout's personavec, as mkdocstrings reads it
+        sys.path.insert(0, str(PACKAGE.parent))
     if CLI_MARKER in markdown:
         from personavec.cli import build_parser
 
