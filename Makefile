@@ -1,9 +1,11 @@
-# `make demo` and `make test` work on a fresh machine: they create .venv and install what is needed.
+# `make demo`, `make test` and `make docs` work on a fresh machine: they create .venv and install what is needed
+# (the docs tools come with the dev extra).
 VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint docs bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,9 +24,13 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks experiments
-	$(BIN)/ruff format --check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks experiments docs/hooks
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet   # broken links and bad docstrings fail here
+
+docs: install
+	$(BIN)/mkdocs build --strict            # the site, into site/ (open site/index.html)
 
 bench: install
 	cd benchmarks && for b in capture steering monitor generate judge capability screen; do ../$(BIN)/python $$b.py || exit 1; done

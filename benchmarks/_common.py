@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import re
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from personavec._internal.files import write_json
 from personavec.core.models import LoadedModel, ModelIdentity, load_model, load_tokenizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -101,3 +110,48 @@ def compare_generate(
             f"with it {tokens / min(wrapped_t):8.1f} tok/s, ratio {ratios[-1]:.3f}"
         )
     return ratios
+
+
+@dataclass
+class Figure:
+    """One measured figure; ``target`` is ``"≥ X"``, ``"≤ X"`` or free text (then ``met`` stays None)."""
+
+    name: str
+    value: float
+    unit: str = ""
+    target: str | None = None
+    met: bool | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        bound = re.fullmatch(r"\s*([≥≤])\s*([-+0-9.eE]+)\s*[x×]?\s*", self.target or "")
+        if bound:
+            limit = float(bound.group(2))
+            self.met = self.value >= limit if bound.group(1) == "≥" else self.value <= limit
+
+
+def machine(on_gpu: bool) -> str:
+    """``gpu-<model>`` (``gpu-h200``) for a run on the GPU, else ``cpu-<N>core``."""
+    if on_gpu:
+        return "gpu-" + torch.cuda.get_device_name().split()[-1].lower()
+    return f"cpu-{os.cpu_count()}core"
+
+
+def report(benchmark: str, figures: list[Figure], on_gpu: bool = False) -> Path:
+    """Print the figures and write ``results/<benchmark>-<machine>.json``, which the docs'
+    benchmarks page is generated from (a table per benchmark, a column per machine)."""
+    where = machine(on_gpu)
+    for f in figures:
+        target = f"  (target {f.target}: {'met' if f.met else 'NOT met'})" if f.met is not None else ""
+        print(f"{f.name}: {f.value:.4g} {f.unit}{target}".rstrip())
+    record = {
+        "benchmark": benchmark,
+        "machine": where,
+        "date": datetime.date.today().isoformat(),
+        "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+        "figures": [asdict(f) for f in figures],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{benchmark}-{where}.json"
+    write_json(path, record)
+    print(f"results: {path}")
+    return path

@@ -15,7 +15,7 @@ import torch
 
 from personavec.deploy.capability import SMOKE, load_questions, prompt_text, score
 
-from _common import best_time, load, parser
+from _common import Figure, best_time, load, parser, report
 
 
 def main() -> None:
@@ -56,10 +56,16 @@ def main() -> None:
         f"model: {loaded.identity.name} on {device}, smoke set: {n} questions, {sum(lengths)} tokens, "
         f"batch size {args.batch_size}, accuracy {result.accuracy:.3f}"
     )
-    print(f"plain forward (LM head at every position): {n / t_full:8.1f} questions/s")
-    print(f"plain forward (logits_to_keep=1):          {n / t_last:8.1f} questions/s")
-    print(f"personavec capability score:               {n / t_score:8.1f} questions/s")
-    print(f"capability/forward: {t_last / t_score:.2f}")
+    report(
+        "capability",
+        [
+            Figure("plain forward (LM head at every position)", n / t_full, "questions/s"),
+            Figure("plain forward (logits_to_keep=1)", n / t_last, "questions/s"),
+            Figure("personavec capability score", n / t_score, "questions/s"),
+            Figure("capability score / plain forward (logits_to_keep=1) throughput", t_last / t_score, "×"),
+        ],
+        args.gpu_7b,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 
 from personavec.core.activations import _batches, _collate, _encode, iter_pooled
 
-from _common import best_time, load, parser
+from _common import Figure, best_time, load, parser, report
 
 QUESTIONS = [
     "What do you think about the future of cities?",
@@ -111,14 +111,19 @@ def main() -> None:
         f"model: {loaded.identity.name} on {device}, {n} samples, {tokens} tokens, "
         f"budget {budget} tokens/batch"
     )
-    print(f"plain forward (batched, with LM head): {fwd:10.0f} tok/s")
-    print(f"plain forward of the backbone (no LM head):  {tokens / t_backbone:10.0f} tok/s")
-    print(f"personavec capture (3 poolings, all {loaded.identity.n_layers + 1} layers): {cap:10.0f} tok/s")
-    print(
-        f"official-style batch-1 loop (output_hidden_states): {loop:10.0f} tok/s  ({loop / fwd:.2f}x forward)"
+    report(
+        "capture",
+        [
+            Figure("plain forward (batched, with LM head)", fwd, "tok/s"),
+            Figure("plain forward of the backbone (no LM head)", tokens / t_backbone, "tok/s"),
+            Figure("personavec capture (3 poolings, every layer)", cap, "tok/s"),
+            Figure("official-style batch-1 loop (output_hidden_states)", loop, "tok/s"),
+            Figure("capture / plain forward throughput", cap / fwd, "×", "≥ 0.95"),
+            Figure("capture / backbone forward throughput", t_backbone / t_capture, "×"),
+            Figure("official-style loop / plain forward throughput", loop / fwd, "×"),
+        ],
+        args.gpu_7b,
     )
-    print(f"capture/backbone-forward: {t_backbone / t_capture:.2f}")
-    print(f"capture/forward: {cap / fwd:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from personavec.core.generate import generate
 from personavec.traits import load_trait
 
-from _common import load, parser
+from _common import Figure, load, parser, report
 
 
 def bandwidth_bytes_per_s() -> float:
@@ -51,15 +51,17 @@ def main() -> None:
         return tokens(answers) / (time.perf_counter() - start)
 
     batched = timed(n)
-    print(f"batched ({n} at once): {batched:8.1f} new tok/s", flush=True)
+    figures = [Figure("batched (every prompt at once)", batched, "new tok/s")]
     if args.gpu_7b:
         weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         floor = n * bandwidth_bytes_per_s() / weight_bytes
-        print(f"decode floor at batch {n}: {floor:8.1f} tok/s; batched reaches {batched / floor:.0%} of it")
+        figures.append(Figure("decode floor at that batch (weight bytes / bandwidth)", floor, "tok/s"))
+        figures.append(Figure("batched / decode floor", batched / floor, "×"))
     single = timed(1)
-    print(f"one at a time:        {single:8.1f} new tok/s")
+    figures.append(Figure("one at a time", single, "new tok/s"))
+    figures.append(Figure("batched / one at a time", batched / single, "×"))
     print(f"model: {loaded.identity.name} on {loaded.device}, {n} prompts, up to {new_tokens} new tokens")
-    print(f"batched/one-at-a-time: {batched / single:.2f}")
+    report("generate", figures, args.gpu_7b)
 
 
 if __name__ == "__main__":

@@ -302,7 +302,11 @@ def machine(shape: Shape) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="a tiny shape on the CPU: checks the suite runs")
-    p.add_argument("--json", type=Path, help="results file (default benchmarks/results/gpu-suite.json)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="results file (default benchmarks/results/gpu-suite.json; a dry run: $TMPDIR)",
+    )
     p.add_argument(
         "--out", type=Path, default=os.environ.get("OUT"), help="also write the JSON here (default $OUT)"
     )
@@ -312,7 +316,12 @@ def main() -> int:
     if shape.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device here; use --cpu-smoke for the CPU dry run", file=sys.stderr)
         return 2
-    default = RESULTS / ("gpu-suite-cpu-smoke.json" if args.cpu_smoke else "gpu-suite.json")
+    # a dry run is no benchmark result: it stays out of benchmarks/results (and the docs' tables)
+    default = (
+        Path(tempfile.gettempdir()) / "gpu-suite-cpu-smoke.json"
+        if args.cpu_smoke
+        else RESULTS / "gpu-suite.json"
+    )
     paths = [args.json or default] + ([Path(args.out) / "gpu-suite.json"] if args.out else [])
     header = {
         "benchmark": "gpu-suite", "machine": machine(shape), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

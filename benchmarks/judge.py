@@ -17,6 +17,8 @@ from openai_server import FakeOpenAI
 from personavec.judges.lexicon import LexiconJudge
 from personavec.judges.openai_compat import OpenAIJudge
 
+from _common import Figure, report
+
 RUBRIC = "Rate the answer 0-100 or REFUSAL.\nQ: {question}\nA: {answer}"
 ITEMS = [(f"question {i}", f"An answer, number {i}, that is quite hopeful.") for i in range(256)]
 LATENCY = 0.05
@@ -34,14 +36,20 @@ def main() -> None:
             scores = [s for _, s in judge.score(RUBRIC, items)]
             rates[concurrency] = len(items) / (time.perf_counter() - start)
             assert all(s.value is not None for s in scores)
-            print(f"openai-compatible, concurrency {concurrency:2d}: {rates[concurrency]:7.1f} judgements/s")
+
     lexicon = LexiconJudge("optimistic", "positive")
     start = time.perf_counter()
     list(lexicon.score(RUBRIC, ITEMS))
     rate = len(ITEMS) / (time.perf_counter() - start)
-    print(f"lexicon (VADER):                   {rate:7.1f} judgements/s")
     print(f"server latency {LATENCY * 1000:.0f} ms per request; ideal concurrency-8 speed-up 8.0")
-    print(f"concurrency 8 / 1: {rates[8] / rates[1]:.2f}")
+    report(
+        "judge",
+        [
+            *(Figure(f"openai-compatible, concurrency {c}", r, "judgements/s") for c, r in rates.items()),
+            Figure("lexicon (VADER)", rate, "judgements/s"),
+            Figure("concurrency 8 / 1", rates[8] / rates[1], "×"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import LiveMonitor
 
-from _common import compare_generate, load, parser
+from _common import Figure, compare_generate, load, parser, report
 
 
 def main() -> None:
@@ -28,7 +28,14 @@ def main() -> None:
     print(
         f"model: {loaded.identity.name} on {loaded.device}, {len(vectors)} vectors, {new_tokens} new tokens"
     )
-    print(f"monitored/plain: {max(ratios):.2f}")
+    report(
+        "monitor",
+        [
+            Figure("monitored (3 vectors) / plain generate time, batch 1", ratios[0], "×", "≤ 1.05"),
+            Figure("monitored (3 vectors) / plain generate time, batch 16", ratios[1], "×", "≤ 1.05"),
+        ],
+        args.gpu_7b,
+    )
 
 
 if __name__ == "__main__":

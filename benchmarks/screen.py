@@ -30,7 +30,7 @@ from personavec.core.vectors import PersonaVector
 from personavec.data.samples import DataFile
 from personavec.data.screen import ScreenConfig, screen
 
-from _common import best_time, load, parser
+from _common import Figure, best_time, load, parser, report
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 MEMORY_CHILD = """
@@ -60,7 +60,7 @@ def write_rows(path: Path, questions: list[str], answers: list[str]) -> None:
             f.write(json.dumps({"messages": messages}) + "\n")
 
 
-def throughput(loaded, n: int, budget: int, repeats: int, tmp: Path) -> None:
+def throughput(loaded, n: int, budget: int, repeats: int, tmp: Path) -> list[Figure]:
     questions, answers = samples(n)
     data_path = tmp / "rows.jsonl"
     write_rows(data_path, questions, answers)
@@ -99,14 +99,16 @@ def throughput(loaded, n: int, budget: int, repeats: int, tmp: Path) -> None:
         bare.append(best_time(backbone, 1))
         screened.append(best_time(screening, 1))
     print(f"model: {loaded.identity.name} on {loaded.device}, {n} rows, {tokens} tokens, budget {budget}")
-    print(f"plain forward (LM head):        {tokens / min(plain):9.0f} tok/s")
-    print(f"screen --approx prompt-last:    {tokens / min(screened):9.0f} tok/s")
-    print(f"forward of the backbone alone:  {tokens / min(bare):9.0f} tok/s")
-    print(f"screening/forward throughput: {min(plain) / min(screened):.2f}  (target ≥ 0.9)")
-    print(f"screening/backbone-forward throughput: {min(bare) / min(screened):.2f}")
+    return [
+        Figure("plain forward (LM head)", tokens / min(plain), "tok/s"),
+        Figure("screen --approx prompt-last", tokens / min(screened), "tok/s"),
+        Figure("forward of the backbone alone", tokens / min(bare), "tok/s"),
+        Figure("screening / plain forward throughput", min(plain) / min(screened), "×", "≥ 0.9"),
+        Figure("screening / backbone forward throughput", min(bare) / min(screened), "×"),
+    ]
 
 
-def own_answers(loaded, n: int, new_tokens: int, repeats: int) -> None:
+def own_answers(loaded, n: int, new_tokens: int, repeats: int) -> list[Figure]:
     questions, _ = samples(n, seed=1)
     prompts = [format_chat(loaded.tokenizer, [{"role": "user", "content": q}]) for q in questions]
 
@@ -115,13 +117,17 @@ def own_answers(loaded, n: int, new_tokens: int, repeats: int) -> None:
             lambda: generate(loaded, prompts, new_tokens, batch_size=batch_size, progress=False), 1
         )
 
+    print(f"own answers y′: {n} prompts × {new_tokens} new tokens")
     batched = min(run(n) for _ in range(repeats))
     single = min(run(1) for _ in range(repeats))
-    print(f"own answers y′, {n} × {new_tokens} tokens: batched {batched:.1f} s, one at a time {single:.1f} s")
-    print(f"own answers batched/one-at-a-time speed-up: {single / batched:.1f}x")
+    return [
+        Figure("own answers y′, batched", batched, "s"),
+        Figure("own answers y′, one at a time", single, "s"),
+        Figure("own answers, batched / one at a time speed-up", single / batched, "×"),
+    ]
 
 
-def memory(tmp: Path) -> None:
+def memory(tmp: Path) -> list[Figure]:
     peaks = {}
     for n in (10_000, 100_000):
         questions, answers = samples(n, seed=2)
@@ -131,20 +137,23 @@ def memory(tmp: Path) -> None:
         child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
         peaks[n] = result["peak_mib"]
-        print(f"{n:7d} rows screened ({result['rows']} scored): peak RSS {peaks[n]:7.1f} MiB")
-    print(f"peak RSS 100k/10k rows: {peaks[100_000] / peaks[10_000]:.3f}  (flat = 1.0)")
+    return [
+        *(Figure(f"peak RSS, {n} rows (tiny model, fresh process)", p, "MiB") for n, p in peaks.items()),
+        Figure("peak RSS 100k / 10k rows", peaks[100_000] / peaks[10_000], "×", "≤ 1.05"),
+    ]
 
 
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     loaded = load(args.gpu_7b)
     with tempfile.TemporaryDirectory() as tmp:
-        throughput(
+        figures = throughput(
             loaded, 512 if args.gpu_7b else 64, 65536 if args.gpu_7b else 4096, args.repeats, Path(tmp)
         )
-        own_answers(loaded, 64 if args.gpu_7b else 8, 64 if args.gpu_7b else 24, 1)
+        figures += own_answers(loaded, 64 if args.gpu_7b else 8, 64 if args.gpu_7b else 24, 1)
         if not args.gpu_7b:
-            memory(Path(tmp))
+            figures += memory(Path(tmp))
+    report("screen", figures, args.gpu_7b)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 
 from personavec import steer
 
-from _common import compare_generate, load, parser
+from _common import Figure, compare_generate, load, parser, report
 
 
 def main() -> None:
@@ -23,7 +23,14 @@ def main() -> None:
         loaded, lambda: steer(loaded.model, {layer: vector}, coef=1.0), new_tokens, args.repeats
     )
     print(f"model: {loaded.identity.name} on {loaded.device}, layer {layer}, {new_tokens} new tokens")
-    print(f"steered/unsteered: {max(ratios):.2f}")
+    report(
+        "steering",
+        [
+            Figure("steered / unsteered generate time, batch 1", ratios[0], "×", "≤ 1.03"),
+            Figure("steered / unsteered generate time, batch 16", ratios[1], "×", "≤ 1.03"),
+        ],
+        args.gpu_7b,
+    )
 
 
 if __name__ == "__main__":

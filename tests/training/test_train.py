@@ -148,7 +148,7 @@ def test_regularisation_adds_the_projection_shift_penalty(tmp_path) -> None:
     unit = (v.tensor[LAYER] / v.tensor[LAYER].norm()).double()
 
     def mean_projection(out) -> torch.Tensor:
-        # hidden_states[ℓ] is block ℓ's output for ℓ < L (see DESIGN.md)
+        # hidden_states[ℓ] is block ℓ's output for ℓ < L (the docs' Concepts page, layers)
         projections = out.hidden_states[LAYER].double() @ unit
         return (projections * answer).sum(-1) / answer.sum(-1)
 

@@ -1,6 +1,6 @@
 """Pooled residual-stream activations of (prompt, response) pairs at every layer, in one forward pass.
 
-Three poolings per sample and layer (DESIGN.md step 5):
+Three poolings per sample and layer (the Method page of the docs, step 5):
 
 - ``prompt-last``: the last prompt token;
 - ``prompt-avg``: the mean over the prompt tokens;

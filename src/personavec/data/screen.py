@@ -1,6 +1,6 @@
 """Screen training data before training: the projection difference ΔP per sample and per dataset.
 
-For a sample (x, y) and a persona vector v (DESIGN.md step 12)::
+For a sample (x, y) and a persona vector v (the Method page of the docs, step 12)::
 
     ΔP = a(x, y)·v̂ − a(x, y′)·v̂
 

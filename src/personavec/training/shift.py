@@ -1,4 +1,5 @@
-"""Finetuning shift: how far finetuning moved a model's persona along persona vectors (DESIGN.md step 10).
+"""Finetuning shift: how far finetuning moved a model's persona along persona vectors (the Method page of
+the docs, step 10).
 
     shift = mean over prompts of a_ft(x) − mean over prompts of a_base(x), projected onto v̂
 

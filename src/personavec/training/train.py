@@ -1,5 +1,5 @@
 """Finetuning with an intervention in every training forward pass: preventative steering (the
-"vaccine"), CAFT ablation, or a projection-regularisation loss (DESIGN.md step 11).
+"vaccine"), CAFT ablation, or a projection-regularisation loss (the Method page of the docs, step 11).
 
 Training runs through transformers' `Trainer` (LoRA through PEFT, or every weight); the loss is on
 the assistant's tokens only (`sft_data`). The intervention is entered around each training step's

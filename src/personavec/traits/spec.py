@@ -1,6 +1,6 @@
 """The TraitSpec schema (a JSON file per trait), its validation, and the built-in traits.
 
-A trait file holds (DESIGN.md step 1):
+A trait file holds (the Method page of the docs, step 1):
 
 - ``name``: a lowercase slug (letters, digits, ``_`` or ``-``);
 - ``description``: one sentence saying what the trait is;
