@@ -1,0 +1,42 @@
+"""The layering the docs' Architecture page draws: each room imports only the rooms below it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import personavec
+
+# bottom to top; `_internal`, `errors` and `version` sit under everything
+ROOMS = ["core", "traits", "judges", "deploy", "pipeline", "report", "data", "training", "demo", "cli"]
+BASE = {"_internal", "errors", "version"}
+PACKAGE = Path(personavec.__file__).parent
+
+
+def _imports() -> list[tuple[str, str, str]]:
+    """(room, imported room, file) for every `from personavec.X… import` inside the package."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).parts
+        room = parts[0] if len(parts) > 1 else path.stem
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("personavec."):
+                found.append((room, node.module.split(".")[1], str(path.relative_to(PACKAGE))))
+    return found
+
+
+def test_rooms_import_only_rooms_below_them() -> None:
+    imports = _imports()
+    assert len(imports) > 100  # the walk saw the package
+    upward = [
+        (file, target)
+        for room, target, file in imports
+        if room in ROOMS and target in ROOMS and ROOMS.index(target) > ROOMS.index(room)
+    ]
+    assert upward == []
+
+
+def test_every_room_is_placed() -> None:
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    rooms |= {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert rooms == set(ROOMS) | BASE
