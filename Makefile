@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install demo test lint docs bench
+.PHONY: install demo test lint docs bench gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,3 +34,6 @@ docs: install
 
 bench: install
 	cd benchmarks && for b in capture steering monitor generate judge capability screen; do ../$(BIN)/python $$b.py || exit 1; done
+
+gpu-check: install   # the GPU suite (benchmarks/GPU.md) where CUDA is, else its CPU dry run
+	$(BIN)/python benchmarks/gpu_suite.py $$($(BIN)/python -c 'import torch; print("" if torch.cuda.is_available() else "--cpu-smoke")')
