@@ -27,10 +27,12 @@ _EXPORTS = {
     "ablate": "personavec.core.hooks",
     "capture": "personavec.core.hooks",
     "steer": "personavec.core.hooks",
+    "TokenPositions": "personavec.core.hooks",
+    "POOLINGS": "personavec.core.activations",
     "Pooled": "personavec.core.activations",
+    "Pooling": "personavec.core.activations",
     "iter_pooled": "personavec.core.activations",
     "pooled_activations": "personavec.core.activations",
-    "KINDS": "personavec.core.vectors",
     "PersonaVector": "personavec.core.vectors",
     "load_vector": "personavec.core.vectors",
     "load_vectors": "personavec.core.vectors",
@@ -99,7 +101,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit re-export)
     from personavec.core.activations import (
+        POOLINGS as POOLINGS,
+    )
+    from personavec.core.activations import (
         Pooled as Pooled,
+    )
+    from personavec.core.activations import (
+        Pooling as Pooling,
     )
     from personavec.core.activations import (
         iter_pooled as iter_pooled,
@@ -109,6 +117,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     )
     from personavec.core.generate import generate as generate
     from personavec.core.hooks import Capture as Capture
+    from personavec.core.hooks import TokenPositions as TokenPositions
     from personavec.core.hooks import ablate as ablate
     from personavec.core.hooks import capture as capture
     from personavec.core.hooks import steer as steer
@@ -125,9 +134,6 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     )
     from personavec.core.models import (
         load_model as load_model,
-    )
-    from personavec.core.vectors import (
-        KINDS as KINDS,
     )
     from personavec.core.vectors import (
         PersonaVector as PersonaVector,

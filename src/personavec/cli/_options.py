@@ -212,14 +212,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def model_args(
-    parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True, kind: bool = True
+    parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True, pooling: bool = True
 ) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    if kind:
+    if pooling:
         parser.add_argument(
-            "--kind", default="response-avg", help="which vector of the file (default response-avg)"
+            "--kind",
+            dest="pooling",
+            default="response-avg",
+            help="which vector of the file (default response-avg)",
         )
     if vector:
         parser.add_argument("--vector", required=True, help="a personavec vector file (.safetensors)")
@@ -266,7 +269,7 @@ def model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model of --model (and --adapter) and the vector of --vector (checked against it)."""
     from personavec.core.vectors import load_vector
 
-    vector = load_vector(args.vector, kind=args.kind)  # a bad file fails before the model loads
+    vector = load_vector(args.vector, pooling=args.pooling)  # a bad file fails before the model loads
     loaded = load(args)
     vector.check_model(loaded.identity)
     return loaded, vector

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -27,6 +28,9 @@ from tqdm.auto import tqdm
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
 from personavec.errors import PersonavecError
+
+Pooling = Literal["response-avg", "prompt-avg", "prompt-last"]
+POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
 
 
 @dataclass
@@ -46,13 +50,15 @@ class Pooled:
     def n_truncated(self) -> int:
         return int(self.truncated.sum())
 
-    def kind(self, name: str) -> Tensor:
-        """The tensor for a pooling named as in persona vectors: prompt-last, prompt-avg, response-avg."""
-        tensor = {"prompt-last": self.prompt_last, "prompt-avg": self.prompt_avg}.get(name)
-        if name == "response-avg":
+    def tensor(self, pooling: Pooling) -> Tensor:
+        """The activations of one pooling: prompt-last, prompt-avg or response-avg."""
+        tensor = {"prompt-last": self.prompt_last, "prompt-avg": self.prompt_avg}.get(pooling)
+        if pooling == "response-avg":
             tensor = self.response_avg
         if tensor is None:
-            raise PersonavecError(f"no {name!r} activations here (unknown kind, or no responses were given)")
+            raise PersonavecError(
+                f"no {pooling!r} activations here (unknown pooling, or no responses were given)"
+            )
         return tensor
 
 

@@ -8,7 +8,8 @@
         model.generate(**batch)
 
 Layer ℓ is the output of block ℓ (1-based); layer 0 is the input of the first block (see layers.py).
-Pad positions (attention mask 0) are never edited. `positions` chooses the other ones:
+Pad positions (attention mask 0) are never edited. `positions` (a ``TokenPositions`` name or a mask;
+not to be confused with the poolings of activations.py) chooses the other ones:
 
 - ``"all"``: every non-pad token;
 - ``"prompt"``: tokens of the first forward pass over a sequence (the prompt, in ``generate``), i.e.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +37,9 @@ from torch.utils.hooks import RemovableHandle
 from personavec.core.layers import Blocks, check_layer, find_blocks, unwrap
 from personavec.errors import PersonavecError
 
-Positions = Literal["all", "prompt", "response"] | Tensor
-_NAMED_POSITIONS = ("all", "prompt", "response")
+TokenPositions = Literal["all", "prompt", "response"]
+TOKEN_POSITIONS: tuple[TokenPositions, ...] = get_args(TokenPositions)
+Edit = Literal["steer", "ablate"]
 
 
 class _CallState:
@@ -78,7 +80,7 @@ class _CallState:
                 "the last position of a row is a pad token here"
             )
 
-    def select(self, positions: Positions) -> Tensor:
+    def select(self, positions: TokenPositions | Tensor) -> Tensor:
         """Boolean [batch, tokens] of the current call's tokens that `positions` selects."""
         if self.real is None:
             raise PersonavecError(
@@ -103,16 +105,14 @@ class _CallState:
         return real & (in_prompt if positions == "prompt" else ~in_prompt)
 
 
-def _check_positions(positions: Positions) -> None:
+def _check_positions(positions: TokenPositions | Tensor) -> None:
     if isinstance(positions, Tensor):
         if positions.dim() != 2:
             raise PersonavecError(
                 f"a positions mask must be [batch, seq], got shape {tuple(positions.shape)}"
             )
-    elif positions not in _NAMED_POSITIONS:
-        raise PersonavecError(
-            f"unknown positions {positions!r}; use one of {_NAMED_POSITIONS} or a bool mask"
-        )
+    elif positions not in TOKEN_POSITIONS:
+        raise PersonavecError(f"unknown positions {positions!r}; use one of {TOKEN_POSITIONS} or a bool mask")
 
 
 class ResidualHooks:
@@ -204,15 +204,15 @@ class Capture(ResidualHooks):
 
 
 class Intervention(ResidualHooks):
-    """Adds coef·v (steer) or removes the component along v̂ (ablate) at each layer's vector."""
+    """Adds coef·v (`op` "steer") or removes the component along v̂ ("ablate") at each layer's vector."""
 
     def __init__(
         self,
         model: nn.Module,
         vectors: Mapping[int, Tensor],
-        op: Literal["steer", "ablate"],
+        op: Edit,
         coef: float = 1.0,
-        positions: Positions = "all",
+        positions: TokenPositions | Tensor = "all",
     ):
         super().__init__(model, vectors)
         _check_positions(positions)
@@ -295,12 +295,17 @@ def capture(model: nn.Module, layers: Iterable[int], to_cpu: bool = False) -> Ca
 
 
 def steer(
-    model: nn.Module, vectors: Mapping[int, Tensor], coef: float = 1.0, positions: Positions = "all"
+    model: nn.Module,
+    vectors: Mapping[int, Tensor],
+    coef: float = 1.0,
+    positions: TokenPositions | Tensor = "all",
 ) -> Intervention:
     """Add ``coef * vectors[ℓ]`` to the residual stream at each layer ℓ (coef < 0 suppresses)."""
     return Intervention(model, vectors, "steer", coef=coef, positions=positions)
 
 
-def ablate(model: nn.Module, vectors: Mapping[int, Tensor], positions: Positions = "all") -> Intervention:
+def ablate(
+    model: nn.Module, vectors: Mapping[int, Tensor], positions: TokenPositions | Tensor = "all"
+) -> Intervention:
     """Project the direction of ``vectors[ℓ]`` out of the residual stream: h ← h − (h·v̂)v̂."""
     return Intervention(model, vectors, "ablate", positions=positions)

@@ -184,7 +184,7 @@ def _identity(
 ) -> dict[str, Any]:
     return {
         "model": {**loaded.identity.to_dict(), "dtype": str(loaded.model.dtype)},
-        "vectors": [{"trait": v.trait, "kind": v.kind, "fingerprint": v.fingerprint()} for v in vectors],
+        "vectors": [{"trait": v.trait, "kind": v.pooling, "fingerprint": v.fingerprint()} for v in vectors],
         "data": {"path": str(data.path), "sha256": data.sha256(), "columns": asdict(data.columns)},
         # batching may change on a resume (say, after running out of memory): it moves the last bits only
         "config": {

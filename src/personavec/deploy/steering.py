@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from personavec.core.generate import generate
-from personavec.core.hooks import Positions
+from personavec.core.hooks import TokenPositions
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.guard import Guard
@@ -35,7 +35,7 @@ class Steering:
 def steering(
     loaded: LoadedModel,
     steerings: Sequence[Steering],
-    positions: Positions = "all",
+    positions: TokenPositions = "all",
     guard: float | None = None,
     per_token: bool = False,
 ) -> Iterator[list[Guard]]:
@@ -81,7 +81,7 @@ def steer_answers(
     prompts: Sequence[str],
     steerings: Sequence[Steering],
     system: str | None = None,
-    positions: Positions = "all",
+    positions: TokenPositions = "all",
     guard: float | None = None,
     per_token: bool = False,
     compare: bool = False,

@@ -16,15 +16,15 @@ from personavec.errors import PersonavecError
 if TYPE_CHECKING:
     from personavec.core.vectors import PersonaVector
 
-Intervention = Literal["none", "steer", "ablate", "regularize"]
-KINDS: tuple[str, ...] = get_args(Intervention)
+InterventionMethod = Literal["none", "steer", "ablate", "regularize"]
+INTERVENTIONS: tuple[InterventionMethod, ...] = get_args(InterventionMethod)
 
 
 @dataclass(frozen=True)
 class TrainIntervention:
     """What happens to the residual stream (or the loss) in training steps."""
 
-    kind: Intervention = field(
+    method: InterventionMethod = field(
         default="none", metadata={"flag": "--intervention", "help": "in training steps"}
     )
     coef: float = field(default=0.0, metadata={"help": "steer: α (paper: up to 5 at one layer)"})
@@ -39,19 +39,21 @@ class TrainIntervention:
 
     def __post_init__(self) -> None:
         """Settings that cannot work, or would silently do nothing, are refused."""
-        if self.kind not in KINDS:
-            raise PersonavecError(f"unknown intervention {self.kind!r}; use one of {', '.join(KINDS)}")
-        if self.kind == "steer" and not self.coef:
+        if self.method not in INTERVENTIONS:
+            raise PersonavecError(
+                f"unknown intervention {self.method!r}; use one of {', '.join(INTERVENTIONS)}"
+            )
+        if self.method == "steer" and not self.coef:
             raise PersonavecError("--intervention steer needs a nonzero --coef")
         if self.all_layers and self.layer is not None:
             raise PersonavecError("--all-layers steers every layer: drop --layer")
 
     def check(self, vector: PersonaVector | None, n_layers: int, lora: bool) -> None:
         """Raise a clear error when the vector or the model cannot carry this intervention."""
-        if self.kind == "none":
+        if self.method == "none":
             return
         if vector is None:
-            raise PersonavecError(f"--intervention {self.kind} needs --vector")
+            raise PersonavecError(f"--intervention {self.method} needs --vector")
         if vector.n_layers != n_layers:
             vector_model = vector.model.name if vector.model else "another model"
             raise PersonavecError(
@@ -60,13 +62,13 @@ class TrainIntervention:
             )
         if not self.all_layers:
             vector.resolve_layer(self.layer)  # out of range or no chosen layer: a clear error
-        if self.kind == "steer" and not math.isfinite(self.coef):
+        if self.method == "steer" and not math.isfinite(self.coef):
             raise PersonavecError(f"the steering coefficient must be a finite number, got {self.coef}")
-        if self.kind == "regularize" and (not lora or not self.weight > 0):
+        if self.method == "regularize" and (not lora or not self.weight > 0):
             raise PersonavecError(
                 "regularize needs LoRA (the base model is the adapter off) and --weight > 0"
             )
-        if self.all_layers and self.kind != "steer":
+        if self.all_layers and self.method != "steer":
             raise PersonavecError("--all-layers is for steer only")
 
 

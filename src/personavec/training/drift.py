@@ -67,7 +67,7 @@ class DriftAlarm(TrainerCallback):
         model.eval()
         try:
             loaded = LoadedModel(model=model, tokenizer=self.tokenizer, identity=self.identity)
-            values = project(loaded, self.vectors, self.probes, position="prompt-last", progress=False)
+            values = project(loaded, self.vectors, self.probes, pooling="prompt-last", progress=False)
         finally:
             model.train(was_training)
         return [float(v) for v in values.mean(0)]

@@ -78,9 +78,7 @@ def mean_projections(
 ) -> Tensor:
     """Mean prompt-last projection of `prompts` onto each vector ([vectors], float64)."""
     return (
-        project(loaded, vectors, prompts, position="prompt-last", layer=layer, progress=False)
-        .double()
-        .mean(0)
+        project(loaded, vectors, prompts, pooling="prompt-last", layer=layer, progress=False).double().mean(0)
     )
 
 

@@ -80,17 +80,17 @@ class InterventionTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.spec, self.vector = spec, vector
         self.vectors = (
-            intervention_vectors(spec, vector) if vector is not None and spec.kind != "none" else {}
+            intervention_vectors(spec, vector) if vector is not None and spec.method != "none" else {}
         )
         self.steps_intervened = 0  # training forward passes run inside the intervention
 
     @contextmanager
     def _intervention(self, model: nn.Module) -> Iterator[None]:
         model = self.accelerator.unwrap_model(model)  # hooks go on the modules inside a DDP wrapper
-        if self.spec.kind == "steer":
+        if self.spec.method == "steer":
             with steer(model, self.vectors, coef=self.spec.coef):
                 yield
-        elif self.spec.kind == "ablate":
+        elif self.spec.method == "ablate":
             with ablate(model, self.vectors):
                 yield
         else:
@@ -103,8 +103,8 @@ class InterventionTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Tensor | int | None = None,
     ) -> Any:
-        active = self.spec.kind != "none" and (model.training or self.spec.during_eval)
-        if self.spec.kind == "regularize" and model.training:
+        active = self.spec.method != "none" and (model.training or self.spec.during_eval)
+        if self.spec.method == "regularize" and model.training:
             return self._regularized_loss(model, inputs, return_outputs, num_items_in_batch)
         with self._intervention(model) if active else nullcontext():
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
