@@ -16,6 +16,12 @@ from personavec.version import __version__
 
 # public name → the module that defines it
 _EXPORTS = {
+    # the kinds of PersonavecError, for callers that tell them apart
+    "ConfigError": "personavec.errors",
+    "DataError": "personavec.errors",
+    "JudgeError": "personavec.errors",
+    "ModelError": "personavec.errors",
+    "RunDirError": "personavec.errors",
     # the engine
     "LoadedModel": "personavec.core.models",
     "ModelIdentity": "personavec.core.models",
@@ -194,6 +200,11 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.deploy.steering import (
         steering as steering,
     )
+    from personavec.errors import ConfigError as ConfigError
+    from personavec.errors import DataError as DataError
+    from personavec.errors import JudgeError as JudgeError
+    from personavec.errors import ModelError as ModelError
+    from personavec.errors import RunDirError as RunDirError
     from personavec.judges import make_judge as make_judge
     from personavec.pipeline.calibrate import calibrate as calibrate
     from personavec.pipeline.config import ExtractConfig as ExtractConfig

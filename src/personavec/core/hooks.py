@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from personavec.core.layers import Blocks, check_layer, find_blocks, unwrap
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, ModelError
 
 TokenPositions = Literal["all", "prompt", "response"]
 TOKEN_POSITIONS: tuple[TokenPositions, ...] = get_args(TokenPositions)
@@ -56,7 +56,7 @@ class _CallState:
         embeds = kwargs.get("inputs_embeds")
         inputs = ids if ids is not None else embeds
         if inputs is None:
-            raise PersonavecError("personavec hooks need the model called with input_ids or inputs_embeds")
+            raise ModelError("personavec hooks need the model called with input_ids or inputs_embeds")
         batch, tokens = inputs.shape[0], inputs.shape[1]
         self.calls += 1
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -75,7 +75,7 @@ class _CallState:
     def check_last_real(self) -> None:
         """Raise unless every row's last token in this call is a real one (left padding, 2-D mask)."""
         if self.real is None or not bool(self.real[:, -1].all()):
-            raise PersonavecError(
+            raise ConfigError(
                 "per-sequence monitoring needs left padding and generate's default dynamic cache: "
                 "the last position of a row is a pad token here"
             )
@@ -83,7 +83,7 @@ class _CallState:
     def select(self, positions: TokenPositions | Tensor) -> Tensor:
         """Boolean [batch, tokens] of the current call's tokens that `positions` selects."""
         if self.real is None:
-            raise PersonavecError(
+            raise ConfigError(
                 "interventions need a 2-D attention mask to leave pad tokens alone; this call passed a "
                 "4-D one (a static KV cache does): use generate's default dynamic cache"
             )
@@ -91,9 +91,7 @@ class _CallState:
         if isinstance(positions, Tensor):
             batch, tokens = real.shape
             if positions.shape[0] not in (1, batch):
-                raise PersonavecError(
-                    f"the positions mask has {positions.shape[0]} rows; this batch has {batch}"
-                )
+                raise ConfigError(f"the positions mask has {positions.shape[0]} rows; this batch has {batch}")
             chosen = torch.zeros_like(real)
             window = positions[:, self.offset : self.offset + tokens].to(real.device).bool()
             chosen[:, : window.shape[1]] = window
@@ -108,11 +106,9 @@ class _CallState:
 def _check_positions(positions: TokenPositions | Tensor) -> None:
     if isinstance(positions, Tensor):
         if positions.dim() != 2:
-            raise PersonavecError(
-                f"a positions mask must be [batch, seq], got shape {tuple(positions.shape)}"
-            )
+            raise ConfigError(f"a positions mask must be [batch, seq], got shape {tuple(positions.shape)}")
     elif positions not in TOKEN_POSITIONS:
-        raise PersonavecError(f"unknown positions {positions!r}; use one of {TOKEN_POSITIONS} or a bool mask")
+        raise ConfigError(f"unknown positions {positions!r}; use one of {TOKEN_POSITIONS} or a bool mask")
 
 
 class ResidualHooks:
@@ -195,7 +191,7 @@ class Capture(ResidualHooks):
     def __getitem__(self, layer: int) -> Tensor:
         """All tokens seen at `layer`, calls joined along the sequence (prefill + each decode step)."""
         if layer not in self.calls:
-            raise PersonavecError(f"layer {layer} was not captured; captured layers: {self.layers}")
+            raise ConfigError(f"layer {layer} was not captured; captured layers: {self.layers}")
         return torch.cat(self.calls[layer], dim=1)
 
     def __enter__(self) -> Capture:
@@ -217,13 +213,13 @@ class Intervention(ResidualHooks):
         super().__init__(model, vectors)
         _check_positions(positions)
         if not math.isfinite(coef):
-            raise PersonavecError(f"the steering coefficient must be a finite number, got {coef}")
+            raise ConfigError(f"the steering coefficient must be a finite number, got {coef}")
         hidden_size = _hidden_size(model)
         self.vectors = {layer: _check_vector(vectors[layer], hidden_size, layer) for layer in self.layers}
         if op == "ablate":
             zero = [layer for layer, v in self.vectors.items() if not v.norm() > 0]
             if zero:
-                raise PersonavecError(f"cannot ablate a zero vector (layers {zero})")
+                raise DataError(f"cannot ablate a zero vector (layers {zero})")
             self.vectors = {layer: v / v.norm() for layer, v in self.vectors.items()}
         self.op, self.coef, self.positions = op, float(coef), positions
         self._placed: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
@@ -281,11 +277,11 @@ def _check_vector(vector: Tensor, hidden_size: int, layer: int) -> Tensor:
     if not isinstance(vector, Tensor):
         vector = torch.as_tensor(vector)
     if vector.dim() != 1 or vector.shape[0] != hidden_size:
-        raise PersonavecError(
+        raise ModelError(
             f"vector for layer {layer} has shape {tuple(vector.shape)}; this model needs ({hidden_size},)"
         )
     if not torch.isfinite(vector).all():
-        raise PersonavecError(f"vector for layer {layer} contains NaN or inf")
+        raise DataError(f"vector for layer {layer} contains NaN or inf")
     return vector.detach().float()
 
 

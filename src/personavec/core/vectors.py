@@ -23,7 +23,7 @@ from personavec.core.activations import POOLINGS, Pooling
 from personavec.core.hooks import Intervention, TokenPositions, ablate, steer
 from personavec.core.layers import check_layer
 from personavec.core.models import ModelIdentity
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, ModelError
 from personavec.version import __version__
 
 FORMAT = "personavec/1"
@@ -48,15 +48,15 @@ class PersonaVector:
         if not isinstance(self.tensor, Tensor):
             self.tensor = torch.as_tensor(self.tensor)
         if self.tensor.dim() != 2:
-            raise PersonavecError(
+            raise DataError(
                 f"a persona vector is [layers, hidden]; got a tensor of rank {self.tensor.dim()} "
                 f"(shape {tuple(self.tensor.shape)})"
             )
         if not torch.isfinite(self.tensor).all():
             bad = sorted({int(r) for r in (~torch.isfinite(self.tensor)).nonzero()[:, 0]})
-            raise PersonavecError(f"persona vector {self.trait!r} has NaN or inf values at layers {bad}")
+            raise DataError(f"persona vector {self.trait!r} has NaN or inf values at layers {bad}")
         if self.pooling not in POOLINGS:
-            raise PersonavecError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
+            raise ConfigError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
         self.tensor = self.tensor.detach().float().cpu().contiguous()
         self.metadata = dict(self.metadata)  # never change the caller's dict
         if self.layer is not None:
@@ -82,7 +82,7 @@ class PersonaVector:
         """`layer` checked against the model's blocks, or the chosen layer when None."""
         if layer is None:
             if self.layer is None:
-                raise PersonavecError(f"vector {self.trait!r} has no chosen layer; pass one explicitly")
+                raise ConfigError(f"vector {self.trait!r} has no chosen layer; pass one explicitly")
             return self.layer
         return check_layer(layer, self.n_layers)
 
@@ -95,7 +95,7 @@ class PersonaVector:
         vector = self.at(layer)
         norm = vector.norm()
         if norm == 0:
-            raise PersonavecError(f"vector {self.trait!r} is zero at layer {self.resolve_layer(layer)}")
+            raise DataError(f"vector {self.trait!r} is zero at layer {self.resolve_layer(layer)}")
         return vector / norm
 
     def project(self, activations: Tensor, layer: int | None = None) -> Tensor:
@@ -112,7 +112,7 @@ class PersonaVector:
         """Raise a clear error if this vector's shape does not fit the model."""
         if (identity.n_layers, identity.hidden_size) != (self.n_layers, self.hidden_size):
             made_for = self.model.name if self.model else "another model"
-            raise PersonavecError(
+            raise ModelError(
                 f"vector {self.trait!r} was made for {made_for} ({self.n_layers} blocks, hidden "
                 f"{self.hidden_size}); {identity.name} has {identity.n_layers} blocks, "
                 f"hidden {identity.hidden_size}"
@@ -151,10 +151,10 @@ def save_vectors(path: str | os.PathLike[str], vectors: Sequence[PersonaVector])
 
     Each tensor is stored under its pooling's name (``response-avg``, ...)."""
     if not vectors:
-        raise PersonavecError("nothing to save: no vectors given")
+        raise ConfigError("nothing to save: no vectors given")
     poolings = [v.pooling for v in vectors]
     if len(set(poolings)) != len(poolings):
-        raise PersonavecError(f"one vector per pooling in a file; got poolings {poolings}")
+        raise ConfigError(f"one vector per pooling in a file; got poolings {poolings}")
     header = {v.pooling: v.header() for v in vectors}
     with atomic_path(path) as tmp:
         save_file(
@@ -170,12 +170,12 @@ def load_vectors(
     """Read every vector in a personavec safetensors file, by pooling; check them against `model` if given."""
     path = Path(path)
     if not path.is_file():
-        raise PersonavecError(f"vector file not found: {path}")
+        raise DataError(f"vector file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
-                raise PersonavecError(f"{path} is not a personavec vector file (no {FORMAT!r} header)")
+                raise DataError(f"{path} is not a personavec vector file (no {FORMAT!r} header)")
             header = json.loads(meta["personavec"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
         vectors = {
@@ -189,7 +189,7 @@ def load_vectors(
             for pooling, h in header.items()
         }
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PersonavecError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
     if model is not None:
         for vector in vectors.values():
             vector.check_model(model)
@@ -202,7 +202,7 @@ def load_vector(
     """Read one vector (by default the response-avg one) from a personavec safetensors file."""
     vectors = load_vectors(path, model)
     if pooling not in vectors:
-        raise PersonavecError(f"{path} has no {pooling!r} vector; it has {', '.join(vectors)}")
+        raise ConfigError(f"{path} has no {pooling!r} vector; it has {', '.join(vectors)}")
     return vectors[pooling]
 
 
@@ -217,11 +217,11 @@ def import_official_pt(
     try:
         tensor = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise PersonavecError(f"vector file not found: {path}") from exc
+        raise DataError(f"vector file not found: {path}") from exc
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise PersonavecError(f"cannot read {path} as a tensor file: {exc}") from exc
+        raise DataError(f"cannot read {path} as a tensor file: {exc}") from exc
     if not isinstance(tensor, Tensor):
-        raise PersonavecError(f"{path} holds a {type(tensor).__name__}, not a tensor")
+        raise DataError(f"{path} holds a {type(tensor).__name__}, not a tensor")
     vector = PersonaVector(
         trait=trait,
         tensor=tensor,
@@ -249,14 +249,12 @@ def export_gguf(
     import gguf
 
     if not math.isfinite(coef):
-        raise PersonavecError(f"the coefficient must be a finite number, got {coef}")
+        raise ConfigError(f"the coefficient must be a finite number, got {coef}")
     chosen = sorted(set(layers)) if layers is not None else [vector.resolve_layer(None)]
     for layer in chosen:
         check_layer(layer, vector.n_layers)
         if layer < 2:
-            raise PersonavecError(
-                f"layer {layer} cannot be expressed as a llama.cpp control vector (needs ≥ 2)"
-            )
+            raise ConfigError(f"layer {layer} cannot be expressed as a llama.cpp control vector (needs ≥ 2)")
     model = vector.model
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
@@ -280,7 +278,7 @@ def read_gguf(path: str | os.PathLike[str]) -> dict[int, Tensor]:
     reader = gguf.GGUFReader(str(path))
     arch = reader.get_field("general.architecture")
     if arch is None or arch.contents() != "controlvector":
-        raise PersonavecError(f"{path} is not a llama.cpp control vector")
+        raise DataError(f"{path} is not a llama.cpp control vector")
     return {
         int(t.name.split(".")[1]): torch.from_numpy(np.array(t.data, dtype=np.float32))
         for t in reader.tensors

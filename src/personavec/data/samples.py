@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from personavec._internal.files import atomic_path
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, PersonavecError
 
 Message = dict[str, str]
 Fate = str  # which output a row goes to when a dataset is split: "kept", "flagged", "skipped", ...
@@ -206,9 +206,9 @@ class _Csv(_Format):
                     yield start, fields
                 start = reader.line_num + 1
         except csv.Error as error:
-            raise PersonavecError(f"{self.path}:{start}: not valid CSV ({error})") from None
+            raise DataError(f"{self.path}:{start}: not valid CSV ({error})") from None
         except UnicodeDecodeError:
-            raise PersonavecError(f"{self.path}:{start}: not UTF-8 text") from None
+            raise DataError(f"{self.path}:{start}: not UTF-8 text") from None
 
     def _open(self) -> IO[str]:
         return open(self.path, newline="", encoding="utf-8-sig")  # Excel writes a BOM
@@ -261,7 +261,7 @@ class _Parquet(_Format):
         try:
             return pa.parquet.ParquetFile(self.path)
         except pa.ArrowException as error:
-            raise PersonavecError(f"{self.path} is not a readable Parquet file ({error})") from None
+            raise DataError(f"{self.path} is not a readable Parquet file ({error})") from None
 
     def fields(self) -> list[str]:
         return list(self._file().schema_arrow.names)
@@ -309,7 +309,7 @@ class _Saved(_Format):
             ) from None
         data = load_from_disk(str(self.path))
         if not isinstance(data, Dataset):
-            raise PersonavecError(
+            raise ConfigError(
                 f"{self.path} holds several splits ({', '.join(data)}); "
                 f"pass one of them, e.g. {self.path / next(iter(data))}"
             )
@@ -363,18 +363,18 @@ class DataFile:
     def __init__(self, path: str | os.PathLike[str], columns: Columns = Columns()):
         self.path, self.columns = Path(path), columns
         if not self.path.exists():
-            raise PersonavecError(f"{self.path} does not exist")
+            raise DataError(f"{self.path} does not exist")
         if self.path.is_dir():
             if (
                 not (self.path / "dataset_info.json").exists()
                 and not (self.path / "dataset_dict.json").exists()
             ):
-                raise PersonavecError(f"{self.path} is a directory but not a dataset saved by `datasets`")
+                raise DataError(f"{self.path} is a directory but not a dataset saved by `datasets`")
             self.format: _Format = _Saved(self.path)
         elif self.path.suffix.lower() in SUFFIXES:
             self.format = SUFFIXES[self.path.suffix.lower()](self.path)
         else:
-            raise PersonavecError(
+            raise DataError(
                 f"{self.path}: unknown format; use .jsonl, .csv, .parquet or a `datasets` directory"
             )
         self._check_columns()
@@ -400,7 +400,7 @@ class DataFile:
         )
         missing = [name for name in wanted if name not in fields]
         if missing:
-            raise PersonavecError(
+            raise DataError(
                 f"{self.path}: no column {missing[0]!r} (columns: {', '.join(fields)}); "
                 "name the right ones with --messages-column / --prompt-column / --response-column"
             )

@@ -20,13 +20,13 @@ from personavec.core.activations import POOLINGS, Pooling, iter_pooled
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, PersonavecError
 
 
 def _layers(vectors: Sequence[PersonaVector], layer: int | None) -> list[int]:
     """The layer each vector is read at: `layer` for all, or each one's chosen layer."""
     if not vectors:
-        raise PersonavecError("no vectors given")
+        raise ConfigError("no vectors given")
     return [v.resolve_layer(layer) for v in vectors]
 
 
@@ -69,11 +69,11 @@ def project(
     every vector.
     """
     if not prompts:
-        raise PersonavecError("no prompts to project")
+        raise ConfigError("no prompts to project")
     if pooling not in POOLINGS:
-        raise PersonavecError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
     if pooling == "response-avg" and responses is None:
-        raise PersonavecError("response-avg projections need the responses")
+        raise ConfigError("response-avg projections need the responses")
     for vector in vectors:
         vector.check_model(loaded.identity)
     readout = Readout.of(vectors, layer)
@@ -173,7 +173,7 @@ def monitor_generation(
     """Answer the user message `prompt` greedily, watching each new token's projection onto `vector`
     at `layer` (default: the vector's chosen layer)."""
     if max_new_tokens < 1:
-        raise PersonavecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     vector.check_model(loaded.identity)
     batch = loaded.tokenizer([loaded.chat(prompt, system)], return_tensors="pt", add_special_tokens=False)
     model: Any = loaded.model  # a PreTrainedModel: generate() is typed through GenerationMixin

@@ -19,7 +19,7 @@ from personavec.core.hooks import TokenPositions
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.guard import Guard
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def steer_answers(
 ) -> SteeredAnswers:
     """Answer each user message of `prompts` (with the `system` prompt) under `steering`."""
     if not prompts:
-        raise PersonavecError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
+        raise ConfigError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
     chats = [loaded.chat(p, system) for p in prompts]
     sizes: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "progress": False}
     with steering(loaded, steerings, positions, guard, per_token) as guards:

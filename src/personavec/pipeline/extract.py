@@ -31,7 +31,7 @@ from personavec.core.activations import POOLINGS, iter_pooled
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector, load_vectors, save_vectors
-from personavec.errors import PersonavecError
+from personavec.errors import JudgeError, PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.pipeline.config import ExtractConfig
 from personavec.pipeline.evaluate import Setting, Sizes, run_cells
@@ -352,7 +352,7 @@ def choose_layer(
     sign = 1.0 if c.coef > 0 else -1.0
     scored = [r for r in results if r["trait"] is not None]
     if not scored:
-        raise PersonavecError("the judge scored no steered answer in the layer sweep; check the judge")
+        raise JudgeError("the judge scored no steered answer in the layer sweep; check the judge")
     chosen = max(scored, key=lambda r: sign * r["trait"])["layer"]
     for v in vectors.values():
         v.layer = chosen

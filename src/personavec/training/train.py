@@ -36,7 +36,7 @@ from personavec.core.hooks import ResidualHooks, ablate, steer
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.samples import DataFile
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, PersonavecError
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import TrainingRun
 from personavec.training.config import TrainConfig, TrainIntervention
@@ -220,7 +220,7 @@ def train(
     try:
         args = _arguments(out, config, model, loaded.device.type == "cpu", evaluation is not None)
     except (ValueError, RuntimeError) as error:  # e.g. an unknown or uninstalled --report-to
-        raise PersonavecError(f"training settings refused: {error}") from None
+        raise ConfigError(f"training settings refused: {error}") from None
     trainer = InterventionTrainer(
         model=model, args=args, train_dataset=examples, eval_dataset=evaluation,
         data_collator=Collator(int(loaded.tokenizer.pad_token_id)), processing_class=loaded.tokenizer,
