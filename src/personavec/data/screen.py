@@ -42,7 +42,8 @@ from personavec.core.generate import generate
 from personavec.core.models import LoadedModel, format_chat
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig, Selection
-from personavec.data.samples import BadRow, DataFile, Fate, Sample
+from personavec.data.formats import Fate
+from personavec.data.samples import BadRow, DataFile, Sample
 from personavec.deploy.monitor import Readout
 from personavec.errors import ConfigError, DataError, RunDirError
 from personavec.pipeline.rundir import RunDir

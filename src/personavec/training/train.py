@@ -197,14 +197,7 @@ def train(
     config.check(eval_data)
     spec = config.intervention
     spec.check(vector, loaded.identity.n_layers, config.lora)
-    reporting = ("save_steps", "logging_steps", "report_to")  # may change between a run and its resume
-    identity = {
-        "model": loaded.identity.to_dict(),
-        "data": DataFile(data).sha256(),
-        "eval_data": DataFile(eval_data).sha256() if eval_data else None,
-        "config": {k: v for k, v in asdict(config).items() if k not in reporting},
-        "vector": vector.fingerprint() if vector is not None else None,
-    }
+    identity = _identity(loaded, data, eval_data, config, vector)
     outputs = {"training": (TrainingRun.LOG, TrainingRun.FINAL, TrainingRun.RECORD)}
     run = RunDir.open(out, TrainingRun.KIND, identity, outputs)
     out = run.path
@@ -245,6 +238,24 @@ def train(
         write_json(out / TrainingRun.RECORD, {**asdict(trained), "out": str(trained.out)})
         run.record("training", started, steps=trained.steps, train_loss=trained.train_loss)
     return trained
+
+
+def _identity(
+    loaded: LoadedModel,
+    data: str | Path,
+    eval_data: str | Path | None,
+    config: TrainConfig,
+    vector: PersonaVector | None,
+) -> dict[str, Any]:
+    """What a training run is: resuming it with anything here changed is refused."""
+    reporting = ("save_steps", "logging_steps", "report_to")  # may change between a run and its resume
+    return {
+        "model": loaded.identity.to_dict(),
+        "data": DataFile(data).sha256(),
+        "eval_data": DataFile(eval_data).sha256() if eval_data else None,
+        "config": {k: v for k, v in asdict(config).items() if k not in reporting},
+        "vector": vector.fingerprint() if vector is not None else None,
+    }
 
 
 def _arguments(
