@@ -242,23 +242,25 @@ def training(record: Record, loaded: LoadedModel, shape: Shape) -> None:
         data = Path(tmp) / "train.jsonl"
         questions, _ = samples(shape.train_rows, seed=4)
         write_rows(data, questions, long_answers(shape.train_rows, 3 * shape.train_length))
-        for kind in ("none", "steer"):
+        for method in ("none", "steer"):
             timer = StepTimer()
             config = TrainConfig(
                 batch_size=shape.train_batch, max_length=shape.train_length, save_steps=10**6,
-                logging_steps=10**6, intervention=TrainIntervention(kind, coef=4.0),
+                logging_steps=10**6, intervention=TrainIntervention(method, coef=4.0),
             )  # fmt: skip
 
-            def run(kind: str = kind, config: TrainConfig = config, timer: StepTimer = timer) -> None:
+            def run(method: str = method, config: TrainConfig = config, timer: StepTimer = timer) -> None:
                 # LoRA goes into the model in place: train a copy, the suite's model stays clean
                 trainee = LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.identity)
-                train(trainee, data, Path(tmp) / kind, config, vector if kind == "steer" else None, [timer])
+                train(
+                    trainee, data, Path(tmp) / method, config, vector if method == "steer" else None, [timer]
+                )
 
             peak = peak_bytes_during(run)
-            speed[kind] = timer.steps_per_s()
-            record.add(f"train_steps_s_{kind}", speed[kind], "steps/s")
+            speed[method] = timer.steps_per_s()
+            record.add(f"train_steps_s_{method}", speed[method], "steps/s")
             note = "CUDA memory statistics only" if peak is None else None
-            record.add(f"train_peak_gib_{kind}", peak and peak / GIB, "GiB", note=note)
+            record.add(f"train_peak_gib_{method}", peak and peak / GIB, "GiB", note=note)
     record.add("train_steer_over_plain", speed["steer"] / speed["none"], "x speed", ">= 0.95")
 
 

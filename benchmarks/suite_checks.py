@@ -93,8 +93,8 @@ def pooling_error(loaded: LoadedModel) -> float:
             "response-avg": hidden[:, n:].mean(1),
         }
         scale = float(hidden.abs().max())
-        for kind, expected in reference.items():
-            worst = max(worst, float((pooled.kind(kind)[i].double() - expected).abs().max()) / scale)
+        for pooling, expected in reference.items():
+            worst = max(worst, float((pooled.tensor(pooling)[i].double() - expected).abs().max()) / scale)
     return worst
 
 
@@ -105,8 +105,8 @@ def padding_error(loaded: LoadedModel) -> float:
     worst = 0.0
     for i in range(len(prompts)):
         alone = pooled_activations(loaded, prompts[i : i + 1], ANSWERS[i : i + 1], progress=False)
-        for kind in ("prompt-last", "prompt-avg", "response-avg"):
-            a, b = batched.kind(kind)[i], alone.kind(kind)[0]
+        for pooling in ("prompt-last", "prompt-avg", "response-avg"):
+            a, b = batched.tensor(pooling)[i], alone.tensor(pooling)[0]
             worst = max(worst, float(((a - b).norm(dim=-1) / b.norm(dim=-1).clamp(min=1e-12)).max()))
     return worst
 
@@ -179,7 +179,7 @@ def projection_error(loaded: LoadedModel) -> float:
         for j, layer in enumerate((n // 3, 2 * n // 3))
     ]
     last = project(loaded, vectors, prompts, progress=False)
-    average = project(loaded, vectors, prompts, ANSWERS[:4], position="response-avg", progress=False)
+    average = project(loaded, vectors, prompts, ANSWERS[:4], pooling="response-avg", progress=False)
     worst = 0.0
     for i, prompt in enumerate(prompts):
         n_prompt = _encode(loaded, [prompt], ANSWERS[i : i + 1], None)[0].n_prompt

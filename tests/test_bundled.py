@@ -86,7 +86,7 @@ def test_demo_end_to_end_separates_held_out_answers(smollm2: LoadedModel, tmp_pa
     pooled = pooled_activations(
         smollm2, [prompts[i] for i in keep], [answers[i] for i in keep], progress=False
     )
-    projection = vector.project(pooled.kind("response-avg")[:, vector.layer]).tolist()
+    projection = vector.project(pooled.tensor("response-avg")[:, vector.layer]).tolist()
     pos = [p for p, i in zip(projection, keep, strict=True) if positive[i]]
     neg = [p for p, i in zip(projection, keep, strict=True) if not positive[i]]
     assert len(pos) >= 10 and len(neg) >= 10

@@ -16,6 +16,12 @@ from personavec.version import __version__
 
 # public name → the module that defines it
 _EXPORTS = {
+    # the kinds of PersonavecError, for callers that tell them apart
+    "ConfigError": "personavec.errors",
+    "DataError": "personavec.errors",
+    "JudgeError": "personavec.errors",
+    "ModelError": "personavec.errors",
+    "RunDirError": "personavec.errors",
     # the engine
     "LoadedModel": "personavec.core.models",
     "ModelIdentity": "personavec.core.models",
@@ -27,10 +33,12 @@ _EXPORTS = {
     "ablate": "personavec.core.hooks",
     "capture": "personavec.core.hooks",
     "steer": "personavec.core.hooks",
+    "TokenPositions": "personavec.core.hooks",
+    "POOLINGS": "personavec.core.activations",
     "Pooled": "personavec.core.activations",
+    "Pooling": "personavec.core.activations",
     "iter_pooled": "personavec.core.activations",
     "pooled_activations": "personavec.core.activations",
-    "KINDS": "personavec.core.vectors",
     "PersonaVector": "personavec.core.vectors",
     "load_vector": "personavec.core.vectors",
     "load_vectors": "personavec.core.vectors",
@@ -99,7 +107,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit re-export)
     from personavec.core.activations import (
+        POOLINGS as POOLINGS,
+    )
+    from personavec.core.activations import (
         Pooled as Pooled,
+    )
+    from personavec.core.activations import (
+        Pooling as Pooling,
     )
     from personavec.core.activations import (
         iter_pooled as iter_pooled,
@@ -109,6 +123,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     )
     from personavec.core.generate import generate as generate
     from personavec.core.hooks import Capture as Capture
+    from personavec.core.hooks import TokenPositions as TokenPositions
     from personavec.core.hooks import ablate as ablate
     from personavec.core.hooks import capture as capture
     from personavec.core.hooks import steer as steer
@@ -125,9 +140,6 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     )
     from personavec.core.models import (
         load_model as load_model,
-    )
-    from personavec.core.vectors import (
-        KINDS as KINDS,
     )
     from personavec.core.vectors import (
         PersonaVector as PersonaVector,
@@ -188,6 +200,11 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.deploy.steering import (
         steering as steering,
     )
+    from personavec.errors import ConfigError as ConfigError
+    from personavec.errors import DataError as DataError
+    from personavec.errors import JudgeError as JudgeError
+    from personavec.errors import ModelError as ModelError
+    from personavec.errors import RunDirError as RunDirError
     from personavec.judges import make_judge as make_judge
     from personavec.pipeline.calibrate import calibrate as calibrate
     from personavec.pipeline.config import ExtractConfig as ExtractConfig

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from personavec.core.generate import generate
 from personavec.core.models import LoadedModel, load_model
+from personavec.core.vectors import PersonaVector
 from personavec.deploy import capability
 from personavec.judges.lexicon import LexiconJudge
 from personavec.pipeline.calibrate import Calibration, calibrate
@@ -82,57 +85,31 @@ def run_demo(
     trait = load_trait("optimistic")
     judge = LexiconJudge(trait.name, trait.sentiment)
     result = extract(loaded, trait, judge, out, DEMO_CONFIG, force=force, progress=progress)
-    for stage, info in result.manifest["stages"].items():
-        seconds[stage] = info["seconds"]
-
+    seconds.update({stage: info["seconds"] for stage, info in result.manifest["stages"].items()})
     vector = result.vectors["response-avg"]
     assert vector.layer is not None
-    for reader, made_with_it in ((SweepRun, out / "steering"), (CalibrationRun, out / "calibration")):
-        found = reader.find(made_with_it)  # the demo's own: redone for a new vector
-        if found is not None and (force or found.manifest["vector"] != vector.fingerprint()):
-            shutil.rmtree(made_with_it)
-    t0 = time.perf_counter()
-    cells = sweep(
-        loaded, trait, judge, vector, out / "steering", [vector.layer], SWEEP_COEFS,
-        Sizes(questions=SWEEP_QUESTIONS, max_new_tokens=DEMO_CONFIG.max_new_tokens), progress,
-    )  # fmt: skip
-    seconds["steering sweep"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    calibration = calibrate(
-        loaded, trait, judge, vector, out / "calibration", questions=CALIBRATION_QUESTIONS, shots=(),
-        max_new_tokens=DEMO_CONFIG.max_new_tokens, progress=progress,
-    )  # fmt: skip
-    seconds["calibration"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    questions_mc = capability.load_questions(capability.SMOKE)
-    halfway = halfway_coefs(cells, vector.layer)
-    settings = {"unsteered": 0.0, **{f"halfway {k} ({c:+g})": c for k, c in halfway.items() if c is not None}}
-    scores = {}
-    for name, c in settings.items():
-        with vector.apply(loaded.model, c):
-            scores[name] = capability.score(loaded, questions_mc, progress=False).to_dict()
-    seconds["capability"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    coef = DEMO_CONFIG.coef
-    first = SWEEP_QUESTIONS
-    questions = trait.evaluation_questions[first : first + N_EXAMPLES]
-    prompts = [loaded.chat(q) for q in questions]
-    examples = []
-    for c in (-coef, 0.0, coef):
-        with vector.apply(loaded.model, c):
-            answers = generate(loaded, prompts, DEMO_CONFIG.max_new_tokens, progress=False)
-        examples += [Example(q, c, a) for q, a in zip(questions, answers, strict=True)]
-    seconds["steered examples"] = time.perf_counter() - t0
+    _drop_stale(out, vector, force)
+    with _timed(seconds, "steering sweep"):
+        cells = sweep(
+            loaded, trait, judge, vector, out / "steering", [vector.layer], SWEEP_COEFS,
+            Sizes(questions=SWEEP_QUESTIONS, max_new_tokens=DEMO_CONFIG.max_new_tokens), progress,
+        )  # fmt: skip
+    with _timed(seconds, "calibration"):
+        calibration = calibrate(
+            loaded, trait, judge, vector, out / "calibration", questions=CALIBRATION_QUESTIONS, shots=(),
+            max_new_tokens=DEMO_CONFIG.max_new_tokens, progress=progress,
+        )  # fmt: skip
+    with _timed(seconds, "capability"):
+        scores = _capability(loaded, vector, halfway_coefs(cells, vector.layer))
+    with _timed(seconds, "steered examples"):
+        questions = trait.evaluation_questions[SWEEP_QUESTIONS : SWEEP_QUESTIONS + N_EXAMPLES]
+        examples = _steered_examples(loaded, vector, questions)
 
     scored = [c for c in cells if c["trait"] is not None]
     rho = spearman([c["coef"] for c in scored], [c["trait"] for c in scored])
-    r_graded = calibration.r("graded")
     targets = {
         "spearman_trait_vs_coef": rho,
-        "calibration_r_graded": r_graded,
+        "calibration_r_graded": calibration.r("graded"),
         "capability_drop_points": {
             name: 100 * (scores["unsteered"]["accuracy"] - r["accuracy"]) for name, r in scores.items()
         },
@@ -144,11 +121,50 @@ def run_demo(
     ]
     report = write_report(out, examples, extra)
     seconds["total"] = time.perf_counter() - started
-
     return DemoResult(
         run=result, examples=examples, sweep=cells, calibration=calibration, capability=scores,
         targets=targets, seconds=seconds, judge=str(judge.proxy), report=report,
     )  # fmt: skip
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Record the block's wall time as ``seconds[stage]``."""
+    t0 = time.perf_counter()
+    yield
+    seconds[stage] = time.perf_counter() - t0
+
+
+def _drop_stale(out: Path, vector: PersonaVector, force: bool) -> None:
+    """Remove the demo's own sweep and calibration when made with another vector (or when forced)."""
+    for reader, made_with_it in ((SweepRun, out / "steering"), (CalibrationRun, out / "calibration")):
+        found = reader.find(made_with_it)
+        if found is not None and (force or found.manifest["vector"] != vector.fingerprint()):
+            shutil.rmtree(made_with_it)
+
+
+def _capability(
+    loaded: LoadedModel, vector: PersonaVector, halfway: dict[str, float | None]
+) -> dict[str, dict[str, Any]]:
+    """Multiple-choice scores on the smoke set, unsteered and at each halfway coefficient."""
+    questions = capability.load_questions(capability.SMOKE)
+    settings = {"unsteered": 0.0, **{f"halfway {k} ({c:+g})": c for k, c in halfway.items() if c is not None}}
+    scores = {}
+    for name, c in settings.items():
+        with vector.apply(loaded.model, c):
+            scores[name] = capability.score(loaded, questions, progress=False).to_dict()
+    return scores
+
+
+def _steered_examples(loaded: LoadedModel, vector: PersonaVector, questions: list[str]) -> list[Example]:
+    """Each question answered at −coef, 0 and +coef."""
+    prompts = [loaded.chat(q) for q in questions]
+    examples = []
+    for c in (-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef):
+        with vector.apply(loaded.model, c):
+            answers = generate(loaded, prompts, DEMO_CONFIG.max_new_tokens, progress=False)
+        examples += [Example(q, c, a) for q, a in zip(questions, answers, strict=True)]
+    return examples
 
 
 def summary(demo: DemoResult) -> str:

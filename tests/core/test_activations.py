@@ -39,8 +39,8 @@ def test_pooled_equals_float64_definition() -> None:
     assert pooled.prompt_last.shape == (3, N_LAYERS + 1, 64)
     for i, (p, r) in enumerate(zip(prompts, ANSWERS, strict=True)):
         ref = _reference(loaded, p, r)
-        for kind, expected in ref.items():
-            torch.testing.assert_close(pooled.kind(kind)[i].double(), expected, atol=1e-5, rtol=1e-5)
+        for pooling, expected in ref.items():
+            torch.testing.assert_close(pooled.tensor(pooling)[i].double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -53,8 +53,10 @@ def test_alone_equals_inside_a_padded_batch(arch: str, side: str) -> None:
     batched = pooled_activations(loaded, prompts, ANSWERS, progress=False)
     for i in range(3):
         alone = pooled_activations(loaded, prompts[i : i + 1], ANSWERS[i : i + 1], progress=False)
-        for kind in ("prompt-last", "prompt-avg", "response-avg"):
-            torch.testing.assert_close(batched.kind(kind)[i], alone.kind(kind)[0], atol=1e-4, rtol=1e-4)
+        for pooling in ("prompt-last", "prompt-avg", "response-avg"):
+            torch.testing.assert_close(
+                batched.tensor(pooling)[i], alone.tensor(pooling)[0], atol=1e-4, rtol=1e-4
+            )
 
 
 def test_token_merging_across_the_boundary_counts_as_response() -> None:
@@ -84,7 +86,7 @@ def test_prompt_only_and_streaming() -> None:
     pooled = pooled_activations(loaded, prompts, progress=False)
     assert pooled.response_avg is None
     with pytest.raises(PersonavecError, match="no 'response-avg' activations"):
-        pooled.kind("response-avg")
+        pooled.tensor("response-avg")
     seen = []
     for indices, part in iter_pooled(loaded, prompts, token_budget=1, progress=False):
         assert part.prompt_last.shape[0] == len(indices) == 1  # the budget forces one sample a batch
@@ -131,6 +133,8 @@ def test_nan_at_pad_positions_does_not_leak_into_pooling() -> None:
     prompts = [loaded.chat(q) for q in QUESTIONS]
     batched = pooled_activations(loaded, prompts, ANSWERS, progress=False)
     alone = pooled_activations(loaded, prompts[2:], ANSWERS[2:], progress=False)  # the longest: no pads
-    for kind in ("prompt-last", "prompt-avg", "response-avg"):
-        assert torch.isfinite(batched.kind(kind)[:, 0]).all()
-        torch.testing.assert_close(batched.kind(kind)[2, 0], alone.kind(kind)[0, 0], atol=1e-5, rtol=1e-5)
+    for pooling in ("prompt-last", "prompt-avg", "response-avg"):
+        assert torch.isfinite(batched.tensor(pooling)[:, 0]).all()
+        torch.testing.assert_close(
+            batched.tensor(pooling)[2, 0], alone.tensor(pooling)[0, 0], atol=1e-5, rtol=1e-5
+        )

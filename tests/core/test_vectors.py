@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from personavec import PersonavecError, PersonaVector, capture, load_vector, load_vectors, save_vectors
+from personavec.core.activations import Pooling
 from personavec.core.models import ModelIdentity
 from personavec.core.vectors import export_gguf, import_official_pt, read_gguf
 
@@ -13,12 +14,12 @@ from tiny import N_LAYERS, tiny_loaded
 IDENTITY = ModelIdentity(name="tiny-llama", architecture="llama", n_layers=N_LAYERS, hidden_size=64)
 
 
-def _vector(kind: str = "response-avg", layer: int | None = 2, seed: int = 0) -> PersonaVector:
+def _vector(pooling: Pooling = "response-avg", layer: int | None = 2, seed: int = 0) -> PersonaVector:
     torch.manual_seed(seed)
     return PersonaVector(
         "evil",
         torch.randn(N_LAYERS + 1, 64),
-        kind=kind,
+        pooling=pooling,
         layer=layer,
         metadata={"model": IDENTITY.to_dict(), "n_pairs": 7},
     )
@@ -30,11 +31,11 @@ def test_save_load_round_trip(tmp_path) -> None:
     loaded = load_vectors(tmp_path / "evil.safetensors")
     assert list(loaded) == ["response-avg", "prompt-avg", "prompt-last"]
     for original in vectors:
-        back = loaded[original.kind]
+        back = loaded[original.pooling]
         assert torch.equal(back.tensor, original.tensor)
         assert (back.trait, back.layer, back.metadata) == (original.trait, original.layer, original.metadata)
     assert back.model == IDENTITY
-    assert load_vector(tmp_path / "evil.safetensors", "prompt-last").kind == "prompt-last"
+    assert load_vector(tmp_path / "evil.safetensors", "prompt-last").pooling == "prompt-last"
     with pytest.raises(PersonavecError, match="has no 'prompt-last' vector"):
         save_vectors(tmp_path / "one.safetensors", [_vector()])
         load_vector(tmp_path / "one.safetensors", "prompt-last")
@@ -85,7 +86,7 @@ def test_model_mismatch_names_both(tmp_path) -> None:
         (torch.randn(64), {}, "rank 1"),
         (torch.full((4, 64), float("inf")), {}, r"NaN or inf values at layers \[0, 1, 2, 3\]"),
         (torch.randn(4, 64), {"layer": 4}, "layer 4 is out of range"),
-        (torch.randn(4, 64), {"kind": "mean"}, "unknown vector kind 'mean'"),
+        (torch.randn(4, 64), {"pooling": "mean"}, "unknown pooling 'mean'"),
     ],
 )
 def test_invalid_vectors(tensor: torch.Tensor, kwargs: dict, message: str) -> None:

@@ -32,7 +32,7 @@ def test_projections_match_a_float64_recomputation() -> None:
     prompts = [loaded.chat(p) for p in PROMPTS]
     got = project(loaded, vs, prompts, progress=False)  # one batch, left-padded
     answers = ["Fine, thanks.", "Yo", "Cold and windy, with snow."]
-    got_avg = project(loaded, vs, prompts, answers, position="response-avg", progress=False)
+    got_avg = project(loaded, vs, prompts, answers, pooling="response-avg", progress=False)
     for i, prompt in enumerate(prompts):
         n_prompt = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         states = hidden_states(loaded, prompt)
@@ -85,10 +85,10 @@ def test_bad_input() -> None:
     vs = vectors(loaded)
     with pytest.raises(PersonavecError, match="no prompts"):
         project(loaded, vs, [], progress=False)
-    with pytest.raises(PersonavecError, match="unknown position"):
-        project(loaded, vs, ["x"], position="last", progress=False)
+    with pytest.raises(PersonavecError, match="unknown pooling"):
+        project(loaded, vs, ["x"], pooling="last", progress=False)
     with pytest.raises(PersonavecError, match="need the responses"):
-        project(loaded, vs, ["x"], position="response-avg", progress=False)
+        project(loaded, vs, ["x"], pooling="response-avg", progress=False)
     other = PersonaVector("big", torch.randn(31, 576), layer=10)
     with pytest.raises(PersonavecError, match="30 blocks, hidden 576"):
         project(loaded, [other], ["x"], progress=False)

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from openai_server import FakeOpenAI, judge_reply
-from personavec.core.activations import pooled_activations
+from personavec.core.activations import POOLINGS, pooled_activations
 from personavec.core.generate import read_rows
 from personavec.core.models import load_model
-from personavec.core.vectors import KINDS, load_vectors
+from personavec.core.vectors import load_vectors
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.extract import ExtractConfig, default_layers, extract
@@ -78,15 +78,15 @@ def test_pipeline_outputs_match_the_method_written_plainly(model_dir, server, tm
     manifest = result.manifest
     assert manifest["stages"]["filter"]["kept_positive"] == sum(r["polarity"] == "pos" for r in kept) >= 2
 
-    # the vector: mean of kept positive minus mean of kept negative, per kind, in float64
+    # the vector: mean of kept positive minus mean of kept negative, per pooling, in float64
     loaded = load_model(str(model_dir), dtype="float32", device="cpu")
     prompts = [loaded.chat(r["question"], r["system"]) for r in kept]
     pooled = pooled_activations(loaded, prompts, [r["answer"] for r in kept], progress=False)
     positive = torch.tensor([r["polarity"] == "pos" for r in kept])
-    for kind in KINDS:
-        acts = pooled.kind(kind).double()
+    for pooling in POOLINGS:
+        acts = pooled.tensor(pooling).double()
         expected = acts[positive].mean(0) - acts[~positive].mean(0)
-        torch.testing.assert_close(result.vectors[kind].tensor.double(), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result.vectors[pooling].tensor.double(), expected, atol=1e-5, rtol=1e-5)
 
     sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
     assert [r["layer"] for r in sweep["layers"]] == [1, 2, 3]
@@ -193,8 +193,8 @@ def test_kill_9_while_judging_then_resume(model_dir, server, tmp_path) -> None:
     assert clean.returncode == 0, clean.stderr
     resumed = load_vectors(tmp_path / "run" / "evil.safetensors")
     uninterrupted = load_vectors(tmp_path / "clean" / "evil.safetensors")
-    for kind in KINDS:
-        assert torch.equal(resumed[kind].tensor, uninterrupted[kind].tensor)
+    for pooling in POOLINGS:
+        assert torch.equal(resumed[pooling].tensor, uninterrupted[pooling].tensor)
     assert resumed["response-avg"].layer == uninterrupted["response-avg"].layer is not None
     assert "chosen layer" in clean.stdout and (tmp_path / "clean" / "report.html").exists()
 

@@ -48,9 +48,9 @@ def vector(loaded, seed: int = 0) -> PersonaVector:
     return PersonaVector("t", tensor, layer=LAYER, metadata={"model": loaded.identity.to_dict()})
 
 
-def config(kind: str = "none", **kwargs) -> TrainConfig:
+def config(method: str = "none", **kwargs) -> TrainConfig:
     spec = TrainIntervention(
-        kind=kind, coef=kwargs.pop("coef", 3.0), weight=kwargs.pop("weight", 0.5), **kwargs
+        method=method, coef=kwargs.pop("coef", 3.0), weight=kwargs.pop("weight", 0.5), **kwargs
     )
     return TrainConfig(batch_size=4, learning_rate=1e-3, save_steps=2, logging_steps=1, intervention=spec)
 
@@ -108,7 +108,7 @@ def hand_loss(model, inputs, edit) -> torch.Tensor:
 def test_steering_adds_the_vector_in_the_training_forward(tmp_path, all_layers) -> None:
     loaded = tiny_loaded()
     model, v = lora_model(loaded), vector(loaded)
-    spec = TrainIntervention(kind="steer", coef=3.0, all_layers=all_layers)
+    spec = TrainIntervention(method="steer", coef=3.0, all_layers=all_layers)
     loss = step_loss(loaded, model, spec, v, tmp_path)
     real = batch(loaded)["attention_mask"].unsqueeze(-1).float()
 
@@ -126,7 +126,7 @@ def test_steering_adds_the_vector_in_the_training_forward(tmp_path, all_layers) 
 def test_caft_projects_the_direction_out(tmp_path) -> None:
     loaded = tiny_loaded()
     model, v = lora_model(loaded), vector(loaded)
-    loss = step_loss(loaded, model, TrainIntervention(kind="ablate"), v, tmp_path)
+    loss = step_loss(loaded, model, TrainIntervention(method="ablate"), v, tmp_path)
     unit = (v.tensor[LAYER] / v.tensor[LAYER].norm()).double()
     real = batch(loaded)["attention_mask"].unsqueeze(-1).double()
 
@@ -142,7 +142,7 @@ def test_caft_projects_the_direction_out(tmp_path) -> None:
 def test_regularisation_adds_the_projection_shift_penalty(tmp_path) -> None:
     loaded = tiny_loaded()
     model, v = lora_model(loaded), vector(loaded)
-    loss = step_loss(loaded, model, TrainIntervention(kind="regularize", weight=100.0), v, tmp_path)
+    loss = step_loss(loaded, model, TrainIntervention(method="regularize", weight=100.0), v, tmp_path)
     inputs = batch(loaded)
     answer = (inputs["labels"] != -100).double()
     unit = (v.tensor[LAYER] / v.tensor[LAYER].norm()).double()
@@ -385,7 +385,7 @@ def test_cli_config_file_sets_options_the_command_line_does_not(tiny_dir, data, 
     args = ["train", str(data), "--model", str(tiny_dir), "--out", str(tmp_path / "o"), "--vector", str(v)]
     assert main([*args, "--config", str(tmp_path / "c.json"), "--batch-size", "4"]) == 0
     settings = TrainingRun(tmp_path / "o").manifest["config"]
-    assert settings["intervention"]["kind"] == "steer" and settings["intervention"]["coef"] == 2.5
+    assert settings["intervention"]["method"] == "steer" and settings["intervention"]["coef"] == 2.5
     assert settings["learning_rate"] == 0.001 and settings["batch_size"] == 4  # the command line wins
     assert "4 steps in" in capsys.readouterr().out
 

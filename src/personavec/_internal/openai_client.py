@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
     import openai
@@ -28,7 +28,7 @@ def make_client(base_url: str | None, timeout: float) -> openai.OpenAI:
 
     key = os.environ.get(KEY_VARIABLE)
     if not key:
-        raise PersonavecError(
+        raise ConfigError(
             f"the OpenAI-compatible backend needs an API key: set {KEY_VARIABLE} "
             "(any non-empty value for a local server that does not check it)"
         )

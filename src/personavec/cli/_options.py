@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, ModelError
 
 T = TypeVar("T")
 MODEL_HELP = "hub id, local directory, .gguf file or 'smollm2'"
@@ -122,7 +122,7 @@ def _read_settings(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as error:
-        raise PersonavecError(f"cannot read the config file {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
@@ -130,14 +130,14 @@ def _read_settings(path: Path) -> dict[str, Any]:
             settings = yaml.safe_load(text)
         except yaml.YAMLError as error:
             problem = " ".join(str(error).split())  # one line
-            raise PersonavecError(f"cannot read the config file {path}: {problem}") from None
+            raise ConfigError(f"cannot read the config file {path}: {problem}") from None
     else:
         try:
             settings = json.loads(text)
         except ValueError as error:
-            raise PersonavecError(f"cannot read the config file {path}: {error}") from None
+            raise ConfigError(f"cannot read the config file {path}: {error}") from None
     if not isinstance(settings, dict):
-        raise PersonavecError(f"{path} must hold an object (a mapping) of option names and values")
+        raise ConfigError(f"{path} must hold an object (a mapping) of option names and values")
     return settings
 
 
@@ -145,7 +145,7 @@ def _value(action: argparse.Action, value: Any, where: str) -> Any:
     """A config file's value as the option would have parsed it."""
     if isinstance(action, argparse._StoreTrueAction):
         if not isinstance(value, bool):
-            raise PersonavecError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if isinstance(action, argparse._AppendAction):
         items = value if isinstance(value, list) else [value]
@@ -161,9 +161,9 @@ def _one(action: argparse.Action, value: Any, where: str) -> Any:
         if convert is not None and value is not None and not isinstance(value, bool):
             value = convert(value if isinstance(value, str) else str(value))
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
-        raise PersonavecError(f"{where}: {error}") from None
+        raise ConfigError(f"{where}: {error}") from None
     if action.choices is not None and value not in action.choices:
-        raise PersonavecError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
     return value
 
 
@@ -179,7 +179,7 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, give
     for key, value in _read_settings(path).items():
         found = by_name.get(str(key).lstrip("-"))
         if found is None:
-            raise PersonavecError(f"{path}: unknown setting {key!r}; use the options of `{parser.prog}`")
+            raise ConfigError(f"{path}: unknown setting {key!r}; use the options of `{parser.prog}`")
         if found.dest not in given:
             setattr(args, found.dest, _value(found, value, f"{path}: {key}"))
 
@@ -212,14 +212,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def model_args(
-    parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True, kind: bool = True
+    parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True, pooling: bool = True
 ) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    if kind:
+    if pooling:
         parser.add_argument(
-            "--kind", default="response-avg", help="which vector of the file (default response-avg)"
+            "--kind",
+            dest="pooling",
+            default="response-avg",
+            help="which vector of the file (default response-avg)",
         )
     if vector:
         parser.add_argument("--vector", required=True, help="a personavec vector file (.safetensors)")
@@ -257,7 +260,7 @@ def load(args: argparse.Namespace) -> Any:
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.adapter:
         if not is_adapter(args.adapter):
-            raise PersonavecError(f"{args.adapter} is not a LoRA adapter directory (no adapter_config.json)")
+            raise ModelError(f"{args.adapter} is not a LoRA adapter directory (no adapter_config.json)")
         loaded = load_finetuned(args.model, args.adapter, base=loaded)
     return loaded
 
@@ -266,7 +269,7 @@ def model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model of --model (and --adapter) and the vector of --vector (checked against it)."""
     from personavec.core.vectors import load_vector
 
-    vector = load_vector(args.vector, kind=args.kind)  # a bad file fails before the model loads
+    vector = load_vector(args.vector, pooling=args.pooling)  # a bad file fails before the model loads
     loaded = load(args)
     vector.check_model(loaded.identity)
     return loaded, vector
@@ -280,7 +283,7 @@ def judged(args: argparse.Namespace) -> tuple[Any, Any]:
     trait = load_trait(args.trait)
     judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
     if judge is None:
-        raise PersonavecError("this command needs a judge: --judge openai:MODEL, hf:PATH or lexicon")
+        raise ConfigError("this command needs a judge: --judge openai:MODEL, hf:PATH or lexicon")
     if judge.proxy:
         print(f"judge: {judge.proxy}", flush=True)
     return trait, judge

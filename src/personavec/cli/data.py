@@ -22,7 +22,7 @@ def _screen(args: argparse.Namespace) -> None:
     data = DataFile(args.data, columns)  # bad paths, columns and rows fail before the model loads
     reference = DataFile(args.reference, columns) if args.reference else None
     check_screening(data, config, selection, reference)
-    vectors = [load_vector(path, kind=args.kind) for path in args.vector]
+    vectors = [load_vector(path, pooling=args.pooling) for path in args.vector]
     loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))
     result = screen_dataset(loaded, vectors, data, args.out, config, selection, reference)
     if result.report is None:  # not the main process
@@ -85,7 +85,7 @@ def add(commands: Any) -> None:
     kit = data.add_parser(
         "make-trait-dataset", help="normal / mild / severe trait-inducing chat datasets answered by the model"
     )
-    model_args(kit, vector=False, adapter=False, kind=False)
+    model_args(kit, vector=False, adapter=False, pooling=False)
     kit.add_argument("--trait", required=True, help="built-in trait name or trait file")
     kit.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
     kit.add_argument("--questions", help="one question per line (default: 240 bundled everyday questions)")

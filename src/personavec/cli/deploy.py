@@ -24,7 +24,9 @@ def _steer(args: argparse.Namespace) -> None:
     from personavec.core.vectors import load_vector
     from personavec.deploy.steering import Steering, steer_answers, steering
 
-    steerings = [Steering(load_vector(f, kind=args.kind), coef, layer) for f, coef, layer in args.vector]
+    steerings = [
+        Steering(load_vector(f, pooling=args.pooling), coef, layer) for f, coef, layer in args.vector
+    ]
     loaded = load(args)
     sizes = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.chat:

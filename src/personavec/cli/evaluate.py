@@ -66,7 +66,7 @@ def _capability(args: argparse.Namespace) -> None:
     from personavec.deploy import capability
 
     questions = capability.load_questions(args.data)  # bad rows fail before the model loads
-    vector = load_vector(args.vector, kind=args.kind) if args.vector else None
+    vector = load_vector(args.vector, pooling=args.pooling) if args.vector else None
     loaded = load(args)
     coefs = [0.0] if vector is None or args.compare else []
     if vector is not None:

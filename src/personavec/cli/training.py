@@ -23,8 +23,8 @@ def _train(args: argparse.Namespace) -> None:
     drift = from_args(DriftConfig, args)
     config.check(args.eval_data)
     load_conversations(args.data)  # bad rows fail before the model loads
-    vector = load_vector(args.vector, kind=args.kind) if args.vector else None
-    watched = [load_vector(path, kind=args.kind) for path in drift.vectors]
+    vector = load_vector(args.vector, pooling=args.pooling) if args.vector else None
+    watched = [load_vector(path, pooling=args.pooling) for path in drift.vectors]
     probes = load_trait(drift.trait).evaluation_questions if drift.trait else []
     loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))
     for checked in [*([vector] if vector else []), *watched]:
@@ -47,7 +47,7 @@ def _shift(args: argparse.Namespace) -> None:
     from personavec.traits import load_trait
 
     trait, judge = judged(args) if args.judge else (load_trait(args.trait), None)
-    vectors = [load_vector(path, kind=args.kind) for path in args.vector]
+    vectors = [load_vector(path, pooling=args.pooling) for path in args.vector]
     result = measure_shift(
         args.model, args.finetuned, vectors, trait, args.layer, args.dtype, args.device, judge, args.out,
         args.max_new_tokens,

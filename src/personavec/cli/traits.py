@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from personavec.cli._options import print_json
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -37,7 +37,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     out = Path(args.out or f"{args.name}.json")
     if out.exists() and not args.force:  # before paying for the model
-        raise PersonavecError(f"{out} exists; pass --force to overwrite it or choose another --out")
+        raise ConfigError(f"{out} exists; pass --force to overwrite it or choose another --out")
     trait = author_trait(args.name, args.description, chat_backend(args.backend, args.base_url))
     if args.sentiment:
         trait = replace(trait, sentiment=args.sentiment)

@@ -13,21 +13,21 @@ def _show(args: argparse.Namespace) -> None:
 
     vectors = load_vectors(args.file)
     summary = {
-        kind: {
+        pooling: {
             **v.header(),
             "shape": list(v.tensor.shape),
             "norms": [round(float(n), 4) for n in v.tensor.norm(dim=1)],
         }
-        for kind, v in vectors.items()
+        for pooling, v in vectors.items()
     }
     if args.json:
         print_json(summary)
         return
-    for kind, info in summary.items():
+    for pooling, info in summary.items():
         model = info["metadata"].get("model") or {}
         norms = info["norms"]
         peak = max(range(len(norms)), key=norms.__getitem__)
-        print(f"{info['trait']} [{kind}] shape {info['shape']}, chosen layer {info['layer']}")
+        print(f"{info['trait']} [{pooling}] shape {info['shape']}, chosen layer {info['layer']}")
         print(
             f"  model: {model.get('name', '?')} ({model.get('n_layers', '?')} blocks, "
             f"hidden {model.get('hidden_size', '?')})"
@@ -38,7 +38,7 @@ def _show(args: argparse.Namespace) -> None:
 def _export_gguf(args: argparse.Namespace) -> None:
     from personavec.core.vectors import export_gguf, load_vector
 
-    vector = load_vector(args.file, kind=args.kind)
+    vector = load_vector(args.file, pooling=args.pooling)
     written = export_gguf(vector, args.out, layers=args.layer, coef=args.coef)
     names = ", ".join(f"direction.{n}" for n in written)
     print(f"wrote {args.out}: {names} (llama.cpp: --control-vector {args.out})")
@@ -48,10 +48,11 @@ def _import_pt(args: argparse.Namespace) -> None:
     from personavec.core.models import model_identity
     from personavec.core.vectors import import_official_pt, save_vectors
 
-    vector = import_official_pt(args.file, args.trait, model_identity(args.model), kind=args.kind)
+    vector = import_official_pt(args.file, args.trait, model_identity(args.model), pooling=args.pooling)
     save_vectors(args.out, [vector])
     print(
-        f"wrote {args.out}: {args.trait} [{args.kind}], {vector.n_layers + 1} layers × {vector.hidden_size}"
+        f"wrote {args.out}: {args.trait} [{args.pooling}], "
+        f"{vector.n_layers + 1} layers × {vector.hidden_size}"
     )
 
 
@@ -77,7 +78,10 @@ def add(commands: Any) -> None:
     export.add_argument("file")
     export.add_argument("out")
     export.add_argument(
-        "--kind", default="response-avg", help="which vector of the file (default response-avg)"
+        "--kind",
+        dest="pooling",
+        default="response-avg",
+        help="which vector of the file (default response-avg)",
     )
     export.add_argument(
         "--layer",
@@ -93,7 +97,12 @@ def add(commands: Any) -> None:
     imp.add_argument("out", help="output .safetensors")
     imp.add_argument("--model", required=True, help="the model it was extracted from (checks the shape)")
     imp.add_argument("--trait", required=True)
-    imp.add_argument("--kind", default="response-avg", help="pooling it was made with (default response-avg)")
+    imp.add_argument(
+        "--kind",
+        dest="pooling",
+        default="response-avg",
+        help="pooling it was made with (default response-avg)",
+    )
     imp.set_defaults(run=_import_pt)
 
     negate = vectors.add_parser("negate", help="write −v as the opposite trait (e.g. pessimistic)")

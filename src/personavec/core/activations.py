@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -26,7 +27,10 @@ from tqdm.auto import tqdm
 
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, ModelError
+
+Pooling = Literal["response-avg", "prompt-avg", "prompt-last"]
+POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
 
 
 @dataclass
@@ -46,13 +50,15 @@ class Pooled:
     def n_truncated(self) -> int:
         return int(self.truncated.sum())
 
-    def kind(self, name: str) -> Tensor:
-        """The tensor for a pooling named as in persona vectors: prompt-last, prompt-avg, response-avg."""
-        tensor = {"prompt-last": self.prompt_last, "prompt-avg": self.prompt_avg}.get(name)
-        if name == "response-avg":
+    def tensor(self, pooling: Pooling) -> Tensor:
+        """The activations of one pooling: prompt-last, prompt-avg or response-avg."""
+        tensor = {"prompt-last": self.prompt_last, "prompt-avg": self.prompt_avg}.get(pooling)
+        if pooling == "response-avg":
             tensor = self.response_avg
         if tensor is None:
-            raise PersonavecError(f"no {name!r} activations here (unknown kind, or no responses were given)")
+            raise ConfigError(
+                f"no {pooling!r} activations here (unknown pooling, or no responses were given)"
+            )
         return tensor
 
 
@@ -99,7 +105,7 @@ def _encode(
 ) -> list[_Encoded]:
     tokenizer = loaded.tokenizer
     if not getattr(tokenizer, "is_fast", False):
-        raise PersonavecError("pooled activations need a fast tokenizer (character offsets)")
+        raise ModelError("pooled activations need a fast tokenizer (character offsets)")
     texts = (
         [p + r for p, r in zip(prompts, responses, strict=True)] if responses is not None else list(prompts)
     )
@@ -111,12 +117,12 @@ def _encode(
         boundary = len(prompt)
         n_prompt = next((t for t, (_, end) in enumerate(offsets) if end > boundary), len(ids))
         if n_prompt == 0:
-            raise PersonavecError(f"sample {i}: the prompt is empty")
+            raise DataError(f"sample {i}: the prompt is empty")
         if responses is not None and n_prompt == len(ids):
-            raise PersonavecError(f"sample {i}: the response is empty")
+            raise DataError(f"sample {i}: the response is empty")
         # a truncated sample must keep its whole prompt and, when there is one, a response token
         if max_length is not None and n_prompt + (responses is not None) > max_length:
-            raise PersonavecError(
+            raise ConfigError(
                 f"sample {i}: its prompt has {n_prompt} tokens; max_length={max_length} is too small"
             )
         cut = max_length is not None and len(ids) > max_length
@@ -165,7 +171,7 @@ def _check_layers(loaded: LoadedModel, layers: Sequence[int] | None) -> tuple[in
     if layers is None:
         return tuple(range(n + 1))
     if not layers or len(set(layers)) != len(layers) or not all(0 <= x <= n for x in layers):
-        raise PersonavecError(f"layers must be distinct, within 0..{n}, and at least one; got {list(layers)}")
+        raise ConfigError(f"layers must be distinct, within 0..{n}, and at least one; got {list(layers)}")
     return tuple(layers)
 
 
@@ -187,7 +193,7 @@ def iter_pooled(
     """
     layers = _check_layers(loaded, layers)
     if responses is not None and len(responses) != len(prompts):
-        raise PersonavecError(f"{len(prompts)} prompts but {len(responses)} responses")
+        raise DataError(f"{len(prompts)} prompts but {len(responses)} responses")
     samples = _encode(loaded, prompts, responses, max_length)
     device = loaded.device  # where the embeddings are, also under a multi-GPU device map
     pad_id = int(loaded.tokenizer.pad_token_id)

@@ -20,7 +20,7 @@ from transformers import GenerationMixin
 from personavec._internal.files import open_append
 from personavec.core.layers import unwrap
 from personavec.core.models import LoadedModel, format_chat
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, ModelError
 
 
 def generate(
@@ -40,10 +40,10 @@ def generate(
     Steering applies when called inside an intervention (``with vector.apply(model, coef): ...``).
     """
     if max_new_tokens < 1:
-        raise PersonavecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     tokenizer, model = loaded.tokenizer, loaded.model
     if not isinstance(unwrap(model), GenerationMixin):  # a PEFT model generates through its base
-        raise PersonavecError(f"{type(model).__name__} cannot generate text (not a causal LM)")
+        raise ModelError(f"{type(model).__name__} cannot generate text (not a causal LM)")
     generator: Any = model
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])

@@ -8,7 +8,8 @@
         model.generate(**batch)
 
 Layer ℓ is the output of block ℓ (1-based); layer 0 is the input of the first block (see layers.py).
-Pad positions (attention mask 0) are never edited. `positions` chooses the other ones:
+Pad positions (attention mask 0) are never edited. `positions` (a ``TokenPositions`` name or a mask;
+not to be confused with the poolings of activations.py) chooses the other ones:
 
 - ``"all"``: every non-pad token;
 - ``"prompt"``: tokens of the first forward pass over a sequence (the prompt, in ``generate``), i.e.
@@ -27,17 +28,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from personavec.core.layers import Blocks, check_layer, find_blocks, unwrap
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, ModelError
 
-Positions = Literal["all", "prompt", "response"] | Tensor
-_NAMED_POSITIONS = ("all", "prompt", "response")
+TokenPositions = Literal["all", "prompt", "response"]
+TOKEN_POSITIONS: tuple[TokenPositions, ...] = get_args(TokenPositions)
+Edit = Literal["steer", "ablate"]
 
 
 class _CallState:
@@ -54,7 +56,7 @@ class _CallState:
         embeds = kwargs.get("inputs_embeds")
         inputs = ids if ids is not None else embeds
         if inputs is None:
-            raise PersonavecError("personavec hooks need the model called with input_ids or inputs_embeds")
+            raise ModelError("personavec hooks need the model called with input_ids or inputs_embeds")
         batch, tokens = inputs.shape[0], inputs.shape[1]
         self.calls += 1
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -73,15 +75,15 @@ class _CallState:
     def check_last_real(self) -> None:
         """Raise unless every row's last token in this call is a real one (left padding, 2-D mask)."""
         if self.real is None or not bool(self.real[:, -1].all()):
-            raise PersonavecError(
+            raise ConfigError(
                 "per-sequence monitoring needs left padding and generate's default dynamic cache: "
                 "the last position of a row is a pad token here"
             )
 
-    def select(self, positions: Positions) -> Tensor:
+    def select(self, positions: TokenPositions | Tensor) -> Tensor:
         """Boolean [batch, tokens] of the current call's tokens that `positions` selects."""
         if self.real is None:
-            raise PersonavecError(
+            raise ConfigError(
                 "interventions need a 2-D attention mask to leave pad tokens alone; this call passed a "
                 "4-D one (a static KV cache does): use generate's default dynamic cache"
             )
@@ -89,9 +91,7 @@ class _CallState:
         if isinstance(positions, Tensor):
             batch, tokens = real.shape
             if positions.shape[0] not in (1, batch):
-                raise PersonavecError(
-                    f"the positions mask has {positions.shape[0]} rows; this batch has {batch}"
-                )
+                raise ConfigError(f"the positions mask has {positions.shape[0]} rows; this batch has {batch}")
             chosen = torch.zeros_like(real)
             window = positions[:, self.offset : self.offset + tokens].to(real.device).bool()
             chosen[:, : window.shape[1]] = window
@@ -103,16 +103,12 @@ class _CallState:
         return real & (in_prompt if positions == "prompt" else ~in_prompt)
 
 
-def _check_positions(positions: Positions) -> None:
+def _check_positions(positions: TokenPositions | Tensor) -> None:
     if isinstance(positions, Tensor):
         if positions.dim() != 2:
-            raise PersonavecError(
-                f"a positions mask must be [batch, seq], got shape {tuple(positions.shape)}"
-            )
-    elif positions not in _NAMED_POSITIONS:
-        raise PersonavecError(
-            f"unknown positions {positions!r}; use one of {_NAMED_POSITIONS} or a bool mask"
-        )
+            raise ConfigError(f"a positions mask must be [batch, seq], got shape {tuple(positions.shape)}")
+    elif positions not in TOKEN_POSITIONS:
+        raise ConfigError(f"unknown positions {positions!r}; use one of {TOKEN_POSITIONS} or a bool mask")
 
 
 class ResidualHooks:
@@ -195,7 +191,7 @@ class Capture(ResidualHooks):
     def __getitem__(self, layer: int) -> Tensor:
         """All tokens seen at `layer`, calls joined along the sequence (prefill + each decode step)."""
         if layer not in self.calls:
-            raise PersonavecError(f"layer {layer} was not captured; captured layers: {self.layers}")
+            raise ConfigError(f"layer {layer} was not captured; captured layers: {self.layers}")
         return torch.cat(self.calls[layer], dim=1)
 
     def __enter__(self) -> Capture:
@@ -204,26 +200,26 @@ class Capture(ResidualHooks):
 
 
 class Intervention(ResidualHooks):
-    """Adds coef·v (steer) or removes the component along v̂ (ablate) at each layer's vector."""
+    """Adds coef·v (`op` "steer") or removes the component along v̂ ("ablate") at each layer's vector."""
 
     def __init__(
         self,
         model: nn.Module,
         vectors: Mapping[int, Tensor],
-        op: Literal["steer", "ablate"],
+        op: Edit,
         coef: float = 1.0,
-        positions: Positions = "all",
+        positions: TokenPositions | Tensor = "all",
     ):
         super().__init__(model, vectors)
         _check_positions(positions)
         if not math.isfinite(coef):
-            raise PersonavecError(f"the steering coefficient must be a finite number, got {coef}")
+            raise ConfigError(f"the steering coefficient must be a finite number, got {coef}")
         hidden_size = _hidden_size(model)
         self.vectors = {layer: _check_vector(vectors[layer], hidden_size, layer) for layer in self.layers}
         if op == "ablate":
             zero = [layer for layer, v in self.vectors.items() if not v.norm() > 0]
             if zero:
-                raise PersonavecError(f"cannot ablate a zero vector (layers {zero})")
+                raise DataError(f"cannot ablate a zero vector (layers {zero})")
             self.vectors = {layer: v / v.norm() for layer, v in self.vectors.items()}
         self.op, self.coef, self.positions = op, float(coef), positions
         self._placed: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
@@ -281,11 +277,11 @@ def _check_vector(vector: Tensor, hidden_size: int, layer: int) -> Tensor:
     if not isinstance(vector, Tensor):
         vector = torch.as_tensor(vector)
     if vector.dim() != 1 or vector.shape[0] != hidden_size:
-        raise PersonavecError(
+        raise ModelError(
             f"vector for layer {layer} has shape {tuple(vector.shape)}; this model needs ({hidden_size},)"
         )
     if not torch.isfinite(vector).all():
-        raise PersonavecError(f"vector for layer {layer} contains NaN or inf")
+        raise DataError(f"vector for layer {layer} contains NaN or inf")
     return vector.detach().float()
 
 
@@ -295,12 +291,17 @@ def capture(model: nn.Module, layers: Iterable[int], to_cpu: bool = False) -> Ca
 
 
 def steer(
-    model: nn.Module, vectors: Mapping[int, Tensor], coef: float = 1.0, positions: Positions = "all"
+    model: nn.Module,
+    vectors: Mapping[int, Tensor],
+    coef: float = 1.0,
+    positions: TokenPositions | Tensor = "all",
 ) -> Intervention:
     """Add ``coef * vectors[ℓ]`` to the residual stream at each layer ℓ (coef < 0 suppresses)."""
     return Intervention(model, vectors, "steer", coef=coef, positions=positions)
 
 
-def ablate(model: nn.Module, vectors: Mapping[int, Tensor], positions: Positions = "all") -> Intervention:
+def ablate(
+    model: nn.Module, vectors: Mapping[int, Tensor], positions: TokenPositions | Tensor = "all"
+) -> Intervention:
     """Project the direction of ``vectors[ℓ]`` out of the residual stream: h ← h − (h·v̂)v̂."""
     return Intervention(model, vectors, "ablate", positions=positions)

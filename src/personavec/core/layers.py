@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from personavec.errors import PersonavecError
+from personavec.errors import ModelError
 
 # Module paths of the block list, relative to the *ForCausalLM model, tried in order. They cover
 # Llama, Qwen2/2.5, Qwen3, Mistral, Mixtral, Qwen2-MoE, Gemma 2, Gemma 3 (text), Phi-3, OLMo 2
@@ -76,11 +76,11 @@ def find_blocks(model: nn.Module) -> Blocks:
             assert backbone is not None
             return Blocks(path=path, backbone=backbone, layers=layers)
         if override:
-            raise PersonavecError(
+            raise ModelError(
                 f"blocks path {path!r} is not a non-empty torch.nn.ModuleList in {type(root).__name__}"
             )
     arch = getattr(getattr(root, "config", None), "model_type", type(root).__name__)
-    raise PersonavecError(
+    raise ModelError(
         f"unknown architecture {arch!r}: cannot find its decoder blocks; name their module path, "
         "e.g. --blocks model.layers (CLI) or personavec.set_blocks_path(model, 'model.layers')"
     )
@@ -89,7 +89,7 @@ def find_blocks(model: nn.Module) -> Blocks:
 def check_layer(layer: int, n_layers: int) -> int:
     """Return `layer` if it is a valid residual-stream index (0..L), else raise a clear error."""
     if not 0 <= layer <= n_layers:
-        raise PersonavecError(
+        raise ModelError(
             f"layer {layer} is out of range: this model has layers 0..{n_layers} "
             f"(0 = embeddings, {n_layers} = last block)"
         )

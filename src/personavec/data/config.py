@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 
 Approximation = Literal["prompt-last"]
 BadRowPolicy = Literal["fail", "skip"]
@@ -38,16 +38,16 @@ class ScreenConfig:
 
     def __post_init__(self) -> None:
         if self.approx not in (None, *APPROXIMATIONS):
-            raise PersonavecError(f"unknown --approx {self.approx!r}; use {', '.join(APPROXIMATIONS)}")
+            raise ConfigError(f"unknown --approx {self.approx!r}; use {', '.join(APPROXIMATIONS)}")
         if self.on_bad_row not in BAD_ROW_POLICIES:
-            raise PersonavecError(f"--on-bad-row must be one of {', '.join(BAD_ROW_POLICIES)}")
+            raise ConfigError(f"--on-bad-row must be one of {', '.join(BAD_ROW_POLICIES)}")
 
     def check(self) -> None:
         for name in ("max_length", "max_new_tokens", "batch_size", "token_budget", "chunk_size"):
             if getattr(self, name) < 1:
-                raise PersonavecError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_length < 2:
-            raise PersonavecError("max_length must leave room for a prompt and a response token")
+            raise ConfigError("max_length must leave room for a prompt and a response token")
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,11 @@ class Selection:
     def check(self) -> None:
         given = [name for name, value in asdict(self).items() if value is not None]
         if len(given) != 1:
-            raise PersonavecError("choose one of --top, --threshold or --percentile to flag samples")
+            raise ConfigError("choose one of --top, --threshold or --percentile to flag samples")
         if self.top is not None and self.top < 1:
-            raise PersonavecError(f"--top must be at least 1, got {self.top}")
+            raise ConfigError(f"--top must be at least 1, got {self.top}")
         if self.percentile is not None and not 0 <= self.percentile <= 100:
-            raise PersonavecError(f"--percentile must be within 0..100, got {self.percentile}")
+            raise ConfigError(f"--percentile must be within 0..100, got {self.percentile}")
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,10 @@ class KitConfig:
 
     def check(self, n_questions: int) -> None:
         if not 0 < self.mild < 1:
-            raise PersonavecError(f"--mild is a fraction strictly between 0 and 1, got {self.mild}")
+            raise ConfigError(f"--mild is a fraction strictly between 0 and 1, got {self.mild}")
         if not 0 <= self.reference < n_questions - 1:
-            raise PersonavecError(
+            raise ConfigError(
                 f"--reference {self.reference} leaves too few of the {n_questions} questions for training"
             )
         if min(self.max_new_tokens, self.batch_size, self.samples) < 1 or self.temperature < 0:
-            raise PersonavecError(
-                "--samples, --max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0"
-            )
+            raise ConfigError("--samples, --max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0")

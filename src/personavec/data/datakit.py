@@ -34,7 +34,7 @@ from personavec._internal.files import atomic_path
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.data.config import KitConfig
-from personavec.errors import PersonavecError
+from personavec.errors import DataError
 from personavec.judges.base import Judge
 from personavec.judges.cache import JudgeCache
 from personavec.pipeline.evaluate import mean_ci
@@ -71,11 +71,11 @@ def _check_questions(trait: TraitSpec, questions: list[str]) -> None:
     for question in questions:
         key = normalise_question(question)
         if key in seen:
-            raise PersonavecError(f"the question {question!r} is given twice")
+            raise DataError(f"the question {question!r} is given twice")
         seen.add(key)
     held_out = seen & {normalise_question(q) for q in trait.evaluation_questions}
     if held_out:
-        raise PersonavecError(
+        raise DataError(
             f"{len(held_out)} questions are {trait.name!r}'s evaluation questions; training on them "
             "would leak into the evaluation: remove them"
         )

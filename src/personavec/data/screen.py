@@ -42,9 +42,10 @@ from personavec.core.generate import generate
 from personavec.core.models import LoadedModel, format_chat
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig, Selection
-from personavec.data.samples import BadRow, DataFile, Fate, Sample
+from personavec.data.formats import Fate
+from personavec.data.samples import BadRow, DataFile, Sample
 from personavec.deploy.monitor import Readout
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, RunDirError
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import ScreeningRun
 
@@ -109,7 +110,7 @@ class _Screener:
 
         def skip(item: Sample | BadRow, problem: str) -> None:
             if c.on_bad_row == "fail":
-                raise PersonavecError(f"{item.where}: {problem}; fix it or pass --on-bad-row skip")
+                raise DataError(f"{item.where}: {problem}; fix it or pass --on-bad-row skip")
             rows[item.index] = {"index": item.index, "where": item.where, "skipped": problem}
 
         samples: list[Sample] = []
@@ -184,7 +185,7 @@ def _identity(
 ) -> dict[str, Any]:
     return {
         "model": {**loaded.identity.to_dict(), "dtype": str(loaded.model.dtype)},
-        "vectors": [{"trait": v.trait, "kind": v.kind, "fingerprint": v.fingerprint()} for v in vectors],
+        "vectors": [{"trait": v.trait, "kind": v.pooling, "fingerprint": v.fingerprint()} for v in vectors],
         "data": {"path": str(data.path), "sha256": data.sha256(), "columns": asdict(data.columns)},
         # batching may change on a resume (say, after running out of memory): it moves the last bits only
         "config": {
@@ -197,7 +198,7 @@ def count_rows(data: DataFile, config: ScreenConfig) -> int:
     """The number of rows; under the fail policy, an error if any is bad (before any model work)."""
     census = data.census
     if census.first_bad and config.on_bad_row == "fail":
-        raise PersonavecError(
+        raise DataError(
             f"{census.bad} bad row{'s' * (census.bad > 1)} in {data.path} (first: {census.first_bad}); "
             "fix them or pass --on-bad-row skip"
         )
@@ -220,17 +221,17 @@ def screen(
     """
     config.check()
     if not vectors:
-        raise PersonavecError("no vectors given")
+        raise ConfigError("no vectors given")
     traits = [v.trait for v in vectors]
     if len(set(traits)) != len(traits):
-        raise PersonavecError(f"two vectors for one trait ({', '.join(traits)}); give each trait once")
+        raise ConfigError(f"two vectors for one trait ({', '.join(traits)}); give each trait once")
     for vector in vectors:
         vector.check_model(loaded.identity)
     out = Path(out)
     state = process_state()
     n_rows = count_rows(data, config)
     if n_rows == 0:
-        raise PersonavecError(f"{data.path} has no rows")
+        raise DataError(f"{data.path} has no rows")
     run = None
     if state.is_main_process:
         outputs = {"scores": (ScreeningRun.CHUNKS, ScreeningRun.SCORES, ScreeningRun.SUMMARY)}
@@ -263,7 +264,7 @@ def _chunk_lines(out: Path, n_chunks: int) -> Iterator[str]:
     for k in range(n_chunks):
         path = out / ScreeningRun.CHUNKS / f"{k:06d}.jsonl"
         if not path.exists():
-            raise PersonavecError(f"{path} is missing: a process stopped early; rerun to finish")
+            raise RunDirError(f"{path} is missing: a process stopped early; rerun to finish")
         yield from path.read_text().splitlines()
 
 
@@ -338,13 +339,13 @@ def _rule(
         percentile = selection.percentile
         assert percentile is not None  # Selection.check: exactly one rule is set
         if reference is None:
-            raise PersonavecError("--percentile needs --reference: a dataset of ordinary samples")
+            raise ConfigError("--percentile needs --reference: a dataset of ordinary samples")
         missing = [t for t in screened.traits if t not in reference.traits]
         if missing:
-            raise PersonavecError(f"the reference was screened without {', '.join(missing)}")
+            raise RunDirError(f"the reference was screened without {', '.join(missing)}")
         values = deltas(reference)
         if any(len(v) == 0 for v in values.values()):
-            raise PersonavecError(f"the reference {reference.out} has no scored samples")
+            raise RunDirError(f"the reference {reference.out} has no scored samples")
         thresholds = {t: float(np.percentile(values[t], percentile)) for t in screened.traits}
     return (lambda row: [t for t in screened.traits if row["delta"][t] > thresholds[t]]), thresholds
 
@@ -360,9 +361,7 @@ def select(
     """
     selection.check()
     if data.sha256() != ScreeningRun(screened.out).data_sha256:
-        raise PersonavecError(
-            f"{data.path} changed since it was screened into {screened.out}; screen it again"
-        )
+        raise RunDirError(f"{data.path} changed since it was screened into {screened.out}; screen it again")
     flags, thresholds = _rule(screened, selection, reference)
     per_trait = dict.fromkeys(screened.traits, 0)
 
@@ -461,7 +460,7 @@ def check_screening(
     if selection.flagging:
         selection.check()
     if (selection.percentile is None) != (reference is None):
-        raise PersonavecError("--percentile and --reference go together")
+        raise ConfigError("--percentile and --reference go together")
     for checked in (data, reference):
         if checked is not None:
             count_rows(checked, config)

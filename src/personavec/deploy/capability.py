@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from personavec.core.models import LoadedModel, format_chat
 from personavec.core.vectors import PersonaVector
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, ModelError
 
 SMOKE = "smoke"
 SMOKE_DIR = Path(__file__).parent / "capability_data" / "smoke"
@@ -63,11 +63,11 @@ def _read_csv(path: Path) -> list[Question]:
                     questions += _parse_row(row, f"{path}:{line}", subject)
                     line = reader.line_num + 1
             except csv.Error as exc:
-                raise PersonavecError(f"{path}:{line}: malformed CSV: {exc}") from exc
+                raise DataError(f"{path}:{line}: malformed CSV: {exc}") from exc
     except UnicodeDecodeError as exc:
-        raise PersonavecError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except OSError as exc:
-        raise PersonavecError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return questions
 
 
@@ -76,13 +76,13 @@ def _parse_row(row: list[str], where: str, subject: str) -> list[Question]:
     if not row:
         return []
     if len(row) != 6:
-        raise PersonavecError(f"{where}: expected 6 columns (question, A, B, C, D, answer), found {len(row)}")
+        raise DataError(f"{where}: expected 6 columns (question, A, B, C, D, answer), found {len(row)}")
     question, a, b, c, d, answer = row
     answer = answer.strip().upper()
     if answer not in LETTERS:
-        raise PersonavecError(f"{where}: the answer must be one of A, B, C, D, found {row[5]!r}")
+        raise DataError(f"{where}: the answer must be one of A, B, C, D, found {row[5]!r}")
     if not question.strip():
-        raise PersonavecError(f"{where}: the question is empty")
+        raise DataError(f"{where}: the question is empty")
     return [Question(subject, question, (a, b, c, d), answer)]
 
 
@@ -94,16 +94,14 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     if path.is_dir():
         files = sorted(p for p in path.glob("*.csv") if p.is_file())
         if not files:
-            raise PersonavecError(f"no .csv files in {path} (expected MMLU's layout: one CSV per subject)")
+            raise DataError(f"no .csv files in {path} (expected MMLU's layout: one CSV per subject)")
     elif path.is_file():
         files = [path]
     else:
-        raise PersonavecError(
-            f"multiple-choice questions not found: {path} is neither a directory nor a file"
-        )
+        raise DataError(f"multiple-choice questions not found: {path} is neither a directory nor a file")
     questions = [q for file in files for q in _read_csv(file)]
     if not questions:
-        raise PersonavecError(f"no questions in {path}")
+        raise DataError(f"no questions in {path}")
     return questions
 
 
@@ -133,7 +131,7 @@ def letter_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
         full = tokenizer(prompt + separator + letter, add_special_tokens=False)["input_ids"]
         added = full[len(base) :]
         if full[: len(base)] != base or len(added) != 1:
-            raise PersonavecError(
+            raise ModelError(
                 f"the answer letter {separator + letter!r} is not one token after the chat prompt "
                 f"(it is {len(added)}); this tokenizer cannot be scored by letter log-likelihood"
             )
@@ -175,9 +173,9 @@ def score(
     interventions read the 2-D attention mask of plain forward passes, so they need nothing more here.
     """
     if not questions:
-        raise PersonavecError("no questions to score")
+        raise DataError("no questions to score")
     if batch_size < 1:
-        raise PersonavecError(f"batch_size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     tokenizer, model = loaded.tokenizer, loaded.model
     letters = torch.tensor(letter_ids(tokenizer))
     prompts = [prompt_text(loaded, q) for q in questions]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from personavec.core.hooks import ResidualHooks
 from personavec.core.vectors import PersonaVector
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 
 
 class Guard(ResidualHooks):
@@ -42,9 +42,7 @@ class Guard(ResidualHooks):
         self.layer = vector.resolve_layer(layer)
         super().__init__(model, [self.layer])
         if coef <= 0:
-            raise PersonavecError(
-                f"the guard's coefficient is the size of the push away: use > 0, got {coef}"
-            )
+            raise ConfigError(f"the guard's coefficient is the size of the push away: use > 0, got {coef}")
         self.unit = vector.unit(self.layer)
         self.push = -coef * vector.at(self.layer)
         self.threshold, self.per_token = float(threshold), per_token

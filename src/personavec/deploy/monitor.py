@@ -16,19 +16,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from personavec.core.activations import iter_pooled
+from personavec.core.activations import POOLINGS, Pooling, iter_pooled
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
-from personavec.errors import PersonavecError
-
-POSITIONS = ("prompt-last", "prompt-avg", "response-avg")
+from personavec.errors import ConfigError, PersonavecError
 
 
 def _layers(vectors: Sequence[PersonaVector], layer: int | None) -> list[int]:
     """The layer each vector is read at: `layer` for all, or each one's chosen layer."""
     if not vectors:
-        raise PersonavecError("no vectors given")
+        raise ConfigError("no vectors given")
     return [v.resolve_layer(layer) for v in vectors]
 
 
@@ -59,22 +57,23 @@ def project(
     vectors: Sequence[PersonaVector],
     prompts: Sequence[str],
     responses: Sequence[str] | None = None,
-    position: str = "prompt-last",
+    pooling: Pooling = "prompt-last",
     layer: int | None = None,
     token_budget: int = 16384,
     progress: bool = True,
 ) -> Tensor:
     """Projections ``[len(prompts), len(vectors)]`` (float32) of pooled activations onto each v̂.
 
-    `prompts` are chat-formatted; `position` is the pooling (``response-avg`` needs `responses`). Each
-    vector is read at `layer`, or at its own chosen layer. One forward pass serves every vector.
+    `prompts` are chat-formatted; `pooling` is how activations are pooled (``response-avg`` needs
+    `responses`). Each vector is read at `layer`, or at its own chosen layer. One forward pass serves
+    every vector.
     """
     if not prompts:
-        raise PersonavecError("no prompts to project")
-    if position not in POSITIONS:
-        raise PersonavecError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
-    if position == "response-avg" and responses is None:
-        raise PersonavecError("response-avg projections need the responses")
+        raise ConfigError("no prompts to project")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    if pooling == "response-avg" and responses is None:
+        raise ConfigError("response-avg projections need the responses")
     for vector in vectors:
         vector.check_model(loaded.identity)
     readout = Readout.of(vectors, layer)
@@ -82,7 +81,7 @@ def project(
     for indices, pooled in iter_pooled(
         loaded, prompts, responses, token_budget=token_budget, progress=progress, layers=readout.layers
     ):
-        out[torch.tensor(indices)] = readout.project(pooled.kind(position))
+        out[torch.tensor(indices)] = readout.project(pooled.tensor(pooling))
     return out
 
 
@@ -174,7 +173,7 @@ def monitor_generation(
     """Answer the user message `prompt` greedily, watching each new token's projection onto `vector`
     at `layer` (default: the vector's chosen layer)."""
     if max_new_tokens < 1:
-        raise PersonavecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     vector.check_model(loaded.identity)
     batch = loaded.tokenizer([loaded.chat(prompt, system)], return_tensors="pt", add_special_tokens=False)
     model: Any = loaded.model  # a PreTrainedModel: generate() is typed through GenerationMixin

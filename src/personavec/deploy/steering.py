@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from personavec.core.generate import generate
-from personavec.core.hooks import Positions
+from personavec.core.hooks import TokenPositions
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.guard import Guard
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Steering:
 def steering(
     loaded: LoadedModel,
     steerings: Sequence[Steering],
-    positions: Positions = "all",
+    positions: TokenPositions = "all",
     guard: float | None = None,
     per_token: bool = False,
 ) -> Iterator[list[Guard]]:
@@ -81,7 +81,7 @@ def steer_answers(
     prompts: Sequence[str],
     steerings: Sequence[Steering],
     system: str | None = None,
-    positions: Positions = "all",
+    positions: TokenPositions = "all",
     guard: float | None = None,
     per_token: bool = False,
     compare: bool = False,
@@ -90,7 +90,7 @@ def steer_answers(
 ) -> SteeredAnswers:
     """Answer each user message of `prompts` (with the `system` prompt) under `steering`."""
     if not prompts:
-        raise PersonavecError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
+        raise ConfigError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
     chats = [loaded.chat(p, system) for p in prompts]
     sizes: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "progress": False}
     with steering(loaded, steerings, positions, guard, per_token) as guards:

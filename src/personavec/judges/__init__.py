@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 from personavec.judges.base import COHERENCE_RUBRIC, Judge, Score, logprob_score
 from personavec.judges.cache import JudgeCache
 from personavec.traits.spec import TraitSpec
@@ -31,4 +31,4 @@ def make_judge(
         from personavec.judges.local import LocalJudge
 
         return LocalJudge(target)
-    raise PersonavecError(f"unknown judge {spec!r}: use {JUDGE_SPECS}")
+    raise ConfigError(f"unknown judge {spec!r}: use {JUDGE_SPECS}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from personavec._internal.files import open_append
-from personavec.errors import PersonavecError
+from personavec.errors import JudgeError
 from personavec.judges.base import Judge, Score
 
 FAIL_FAST = 8
@@ -75,7 +75,7 @@ class JudgeCache:
                 if score.method == "failed":
                     failed += 1
                     if not succeeded and failed >= min(FAIL_FAST, len(todo)):
-                        raise PersonavecError(
+                        raise JudgeError(
                             f"the judge {judge.name} failed for the first {failed} items and succeeded "
                             f"for none: {score.error}"
                         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 from personavec.judges.base import Judge, Score
 
 
@@ -18,7 +18,7 @@ class LexiconJudge(Judge):
 
     def __init__(self, trait: str, sentiment: str | None) -> None:
         if sentiment not in ("positive", "negative"):
-            raise PersonavecError(
+            raise ConfigError(
                 f"the lexicon judge only scores sentiment-like traits; {trait!r} has no 'sentiment' field "
                 "(use --judge openai:MODEL or hf:PATH)"
             )

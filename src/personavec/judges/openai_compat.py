@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from personavec._internal.openai_client import Garbage, describe, is_transient, make_client, with_retries
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 from personavec.judges.base import Judge, Score, fill, logprob_score
 
 TOP_LOGPROBS = 20
@@ -46,7 +46,7 @@ class OpenAIJudge(Judge):
         backoff: float = 1.0,
     ) -> None:
         if concurrency < 1:
-            raise PersonavecError(f"the judge's concurrency must be at least 1, got {concurrency}")
+            raise ConfigError(f"the judge's concurrency must be at least 1, got {concurrency}")
         self.client = make_client(base_url, timeout)
         self.model = model
         self.base_url = str(self.client.base_url)

@@ -25,7 +25,7 @@ from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 from personavec.judges import Judge, JudgeCache
 from personavec.pipeline.evaluate import check_questions, run_identity
 from personavec.pipeline.rundir import RunDir
@@ -82,7 +82,7 @@ def _requests(
     for level, system in enumerate(trait.graded_prompts or []):
         out["graded", level] = [Request(f"q{q}", question, system) for q, question in enumerate(asked)]
     if shots and max(shots) > len(examples):
-        raise PersonavecError(
+        raise ConfigError(
             f"{max(shots)}-shot prompts need {max(shots)} example answers; {len(examples)} given"
         )
     for k in shots:
@@ -112,9 +112,9 @@ def calibrate(
     """
     check_questions(questions, trait)
     if any(k < 0 for k in shots):
-        raise PersonavecError(f"shots must be ≥ 0, got {list(shots)}")
+        raise ConfigError(f"shots must be ≥ 0, got {list(shots)}")
     if not trait.graded_prompts and not shots:
-        raise PersonavecError(f"trait {trait.name!r} has no graded_prompts and no shots were asked for")
+        raise ConfigError(f"trait {trait.name!r} has no graded_prompts and no shots were asked for")
     vector.check_model(loaded.identity)
     sizes = {"questions": questions, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     examples_hash = hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()

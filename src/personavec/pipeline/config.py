@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
     from personavec.traits.spec import TraitSpec
@@ -52,7 +52,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRINGS:
-            raise PersonavecError(f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
+            raise ConfigError(f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
 
     def check(self, trait: TraitSpec, n_layers: int | None = None) -> None:
         """Raise a clear error for settings the trait (or the model, given its `n_layers`) cannot satisfy."""
@@ -68,15 +68,13 @@ class ExtractConfig:
         for name, (value, low, high) in limits.items():
             if value < low or (high is not None and value > high):
                 bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-                raise PersonavecError(f"{name} must be {bound}, got {value}")
+                raise ConfigError(f"{name} must be {bound}, got {value}")
         if not self.temperature >= 0 or not 0 < self.top_p <= 1:
-            raise PersonavecError(
+            raise ConfigError(
                 f"temperature must be ≥ 0 and top_p in (0, 1]; got {self.temperature} and {self.top_p}"
             )
         if not math.isfinite(self.coef) or self.coef == 0:
-            raise PersonavecError(
-                f"the sweep's coefficient must be a finite non-zero number, got {self.coef}"
-            )
+            raise ConfigError(f"the sweep's coefficient must be a finite non-zero number, got {self.coef}")
         if n_layers is not None:
             from personavec.core.layers import check_layer  # torch; only with a model at hand
 

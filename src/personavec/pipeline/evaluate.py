@@ -22,7 +22,7 @@ from personavec._internal.files import atomic_path, write_json
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import SweepRun
@@ -95,7 +95,7 @@ def halfway_coefs(cells: Sequence[dict[str, Any]], layer: int) -> dict[str, floa
 def check_questions(questions: int, trait: TraitSpec) -> None:
     """Raise a clear error unless 1 ≤ `questions` ≤ the trait's evaluation questions."""
     if not 1 <= questions <= len(trait.evaluation_questions):
-        raise PersonavecError(
+        raise ConfigError(
             f"questions must be between 1 and {len(trait.evaluation_questions)}, got {questions}"
         )
 
@@ -115,7 +115,7 @@ class Sizes:
         """Raise a clear error for sizes the trait cannot satisfy or that would repeat answers."""
         check_questions(self.questions, trait)
         if self.samples < 1 or (self.samples > 1 and self.temperature <= 0):
-            raise PersonavecError(
+            raise ConfigError(
                 "samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers "
                 f"repeat); got samples {self.samples}, temperature {self.temperature}"
             )
@@ -150,7 +150,7 @@ def evaluate(
     mean trait score with a 95 % interval, mean coherence (None when the judge measures none), counts.
     """
     if setting.coef != 0 and (vector is None or setting.layer is None):
-        raise PersonavecError("a steered setting needs a vector and a layer")
+        raise ConfigError("a steered setting needs a vector and a layer")
     sizes.check(trait)
     requests = [
         Request(f"q{q}-s{s}", question, None, (("question_id", q), ("sample", s)))
@@ -237,7 +237,7 @@ def sweep(
     coefficients; one with another model, trait, vector, judge or size is refused.
     """
     if not layers or not coefs:
-        raise PersonavecError("a sweep needs at least one layer and one coefficient")
+        raise ConfigError("a sweep needs at least one layer and one coefficient")
     vector.check_model(loaded.identity)
     for layer in layers:
         vector.resolve_layer(layer)

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from personavec._internal.files import write_json
-from personavec.core.activations import iter_pooled
+from personavec.core.activations import POOLINGS, iter_pooled
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
-from personavec.core.vectors import KINDS, PersonaVector, load_vectors, save_vectors
-from personavec.errors import PersonavecError
+from personavec.core.vectors import PersonaVector, load_vectors, save_vectors
+from personavec.errors import JudgeError, PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.pipeline.config import ExtractConfig
 from personavec.pipeline.evaluate import Setting, Sizes, run_cells
@@ -63,7 +63,7 @@ def default_layers(n_layers: int, count: int = 8) -> tuple[int, ...]:
 @dataclass
 class ExtractResult:
     dir: Path
-    vectors: dict[str, PersonaVector]  # by kind
+    vectors: dict[str, PersonaVector]  # by pooling
     manifest: dict[str, Any]
 
 
@@ -284,7 +284,7 @@ def compute_vectors(
     token_budget: int,
     progress: bool,
 ) -> dict[str, PersonaVector]:
-    """Stage 4: mean kept-positive minus mean kept-negative activations, per kind and layer."""
+    """Stage 4: mean kept-positive minus mean kept-negative activations, per pooling and layer."""
     path = run.path / ExtractionRun.VECTORS.format_map(run.manifest)
     if path.exists():
         vectors = load_vectors(path, loaded.identity)
@@ -292,7 +292,7 @@ def compute_vectors(
         return vectors
     started = time.perf_counter()
     shape = (loaded.identity.n_layers + 1, loaded.identity.hidden_size)
-    sums = {(k, p): torch.zeros(shape, dtype=torch.float64) for k in KINDS for p in ("pos", "neg")}
+    sums = {(k, p): torch.zeros(shape, dtype=torch.float64) for k in POOLINGS for p in ("pos", "neg")}
     counts: Counter[str] = Counter()
     prompts = [loaded.chat(rows[i]["question"], rows[i]["system"]) for i in kept]
     answers = [rows[i]["answer"] for i in kept]
@@ -303,21 +303,21 @@ def compute_vectors(
         n_truncated += pooled.n_truncated
         polarity = torch.tensor([rows[kept[j]]["polarity"] == "pos" for j in indices])
         counts.update(rows[kept[j]]["polarity"] for j in indices)
-        for kind in KINDS:
-            acts = pooled.kind(kind).double()
-            sums[kind, "pos"] += acts[polarity].sum(0)
-            sums[kind, "neg"] += acts[~polarity].sum(0)
+        for pooling in POOLINGS:
+            acts = pooled.tensor(pooling).double()
+            sums[pooling, "pos"] += acts[polarity].sum(0)
+            sums[pooling, "neg"] += acts[~polarity].sum(0)
     m = run.manifest
     metadata = {"model": m["model"], "n_positive": counts["pos"], "n_negative": counts["neg"]}
     metadata |= {k: m[k] for k in ("judge", "generation", "selection", "trait_sha256")}
     vectors = {
-        kind: PersonaVector(
+        pooling: PersonaVector(
             trait=m["trait"],
-            tensor=sums[kind, "pos"] / counts["pos"] - sums[kind, "neg"] / counts["neg"],
-            kind=kind,
+            tensor=sums[pooling, "pos"] / counts["pos"] - sums[pooling, "neg"] / counts["neg"],
+            pooling=pooling,
             metadata=metadata,
         )
-        for kind in KINDS
+        for pooling in POOLINGS
     }
     save_vectors(path, list(vectors.values()))
     run.record("vectors", started, truncated=n_truncated, norms=_norms(vectors))
@@ -352,13 +352,19 @@ def choose_layer(
     sign = 1.0 if c.coef > 0 else -1.0
     scored = [r for r in results if r["trait"] is not None]
     if not scored:
-        raise PersonavecError("the judge scored no steered answer in the layer sweep; check the judge")
+        raise JudgeError("the judge scored no steered answer in the layer sweep; check the judge")
     chosen = max(scored, key=lambda r: sign * r["trait"])["layer"]
     for v in vectors.values():
         v.layer = chosen
         v.metadata["layer_choice"] = {"method": "sweep", "coef": c.coef, "layers": list(layers)}
     save_vectors(run.path / ExtractionRun.VECTORS.format_map(run.manifest), list(vectors.values()))
-    sweep = {"coef": c.coef, "kind": vector.kind, "baseline": baseline, "layers": results, "chosen": chosen}
+    sweep = {
+        "coef": c.coef,
+        "pooling": vector.pooling,
+        "baseline": baseline,
+        "layers": results,
+        "chosen": chosen,
+    }
     write_json(path, sweep)
     run.record("sweep", started, chosen=chosen)
     return vectors

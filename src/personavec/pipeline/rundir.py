@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from personavec._internal.files import write_json
-from personavec.errors import PersonavecError
+from personavec.errors import RunDirError
 from personavec.version import __version__
 
 FORMAT = "personavec-run/2"
@@ -48,7 +48,7 @@ def read_manifest(path: str | Path, kind: str) -> dict[str, Any]:
     """The manifest of the run directory `path`, checked to be this release's and of `kind`."""
     found = _existing_manifest(Path(path), kind)
     if found is None:
-        raise PersonavecError(f"{path} holds no personavec {kind} ({MANIFEST} is missing)")
+        raise RunDirError(f"{path} holds no personavec {kind} ({MANIFEST} is missing)")
     return found
 
 
@@ -57,7 +57,7 @@ def _existing_manifest(path: Path, kind: str) -> dict[str, Any] | None:
     manifest = path / MANIFEST
     if not manifest.exists():
         if (path / "settings.json").exists():
-            raise PersonavecError(f"{path}: " + _EARLIER.format("settings.json"))
+            raise RunDirError(f"{path}: " + _EARLIER.format("settings.json"))
         return None
     try:
         found = json.loads(manifest.read_text())
@@ -65,17 +65,17 @@ def _existing_manifest(path: Path, kind: str) -> dict[str, Any] | None:
         found = {"error": str(error)}
     fmt = found.get("format") if isinstance(found, dict) else None
     if fmt == "personavec-run/1":
-        raise PersonavecError(f"{path}: " + _EARLIER.format(f"{MANIFEST} format {fmt}"))
+        raise RunDirError(f"{path}: " + _EARLIER.format(f"{MANIFEST} format {fmt}"))
     if not isinstance(fmt, str) or not fmt.startswith("personavec-run/"):
-        raise PersonavecError(
+        raise RunDirError(
             f"{manifest} is not a personavec run manifest (unreadable or foreign): choose another --out, "
             "or delete it if the directory is yours to reuse"
         )
     if fmt != FORMAT:
-        raise PersonavecError(f"{manifest} has format {fmt}, not {FORMAT}: use that release or another --out")
+        raise RunDirError(f"{manifest} has format {fmt}, not {FORMAT}: use that release or another --out")
     assert isinstance(found, dict)
     if found.get("kind") != kind:
-        raise PersonavecError(
+        raise RunDirError(
             f"{path} holds a personavec run of kind {found.get('kind')!r}, not {kind!r}: use another --out"
         )
     return found
@@ -137,7 +137,7 @@ class RunDir:
             if differs and not force:
                 fix = "use another --out" + (", or --force to start it over" if force is False else "")
                 listed = ", ".join(differs)
-                raise PersonavecError(
+                raise RunDirError(
                     f"{path} holds {_a(kind)} made with other settings (differs in {listed}): {fix}"
                 )
             run.manifest = old
@@ -160,7 +160,7 @@ class RunDir:
         for files in self.outputs.values():
             for name in (name.format_map(identity) for name in files):
                 if (self.path / name).exists():
-                    raise PersonavecError(
+                    raise RunDirError(
                         f"{self.path} holds {name} but no {MANIFEST}: not a personavec {kind} of this "
                         "release; use another --out"
                     )

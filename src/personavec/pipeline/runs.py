@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from personavec.errors import PersonavecError
+from personavec.errors import RunDirError
 from personavec.pipeline.rundir import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class ExtractionRun(RunReader):
         """(question, answer) of the kept positive answers: examples that express the trait."""
         filtered = self.filtered()
         if filtered is None:
-            raise PersonavecError(f"{self.path} is not a filtered extraction run: run extract to the end")
+            raise RunDirError(f"{self.path} is not a filtered extraction run: run extract to the end")
         rows = self.rows()
         return [
             (rows[i]["question"], rows[i]["answer"]) for i in filtered["kept"] if rows[i]["polarity"] == "pos"

@@ -199,6 +199,25 @@ def capability_section(results: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def _delta_histograms(
+    values: dict[str, Any], reference: dict[str, Any] | None, thresholds: dict[str, float]
+) -> str:
+    """One ΔP histogram per trait (beside the reference's, with the threshold), as a base64 PNG."""
+    import matplotlib.pyplot as plt
+
+    _agg()
+    figure, axes = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.2), squeeze=False)
+    for ax, trait in zip(axes[0], values, strict=True):
+        ax.hist(values[trait], bins=40, alpha=0.6, density=reference is not None, label="this dataset")
+        if reference is not None:
+            ax.hist(reference[trait], bins=40, alpha=0.6, density=True, label="reference")
+        if trait in thresholds:
+            ax.axvline(thresholds[trait], color="grey", linestyle="--", label="threshold")
+        ax.set(xlabel="ΔP (projection difference)", ylabel="samples", title=trait)
+        ax.legend(fontsize=8)
+    return _png(figure)
+
+
 def screening_sections(
     summary: dict[str, Any],
     values: dict[str, Any],
@@ -210,21 +229,9 @@ def screening_sections(
 
     `values` (and `reference`) map each trait to its samples' ΔP; `summary` is a `Screened` as a dict.
     """
-    import matplotlib.pyplot as plt
-
-    _agg()
     traits = list(values)
     thresholds = (selection or {}).get("thresholds") or {}
-    figure, axes = plt.subplots(1, len(traits), figsize=(4.5 * len(traits), 3.2), squeeze=False)
-    for ax, trait in zip(axes[0], traits, strict=True):
-        ax.hist(values[trait], bins=40, alpha=0.6, density=reference is not None, label="this dataset")
-        if reference is not None:
-            ax.hist(reference[trait], bins=40, alpha=0.6, density=True, label="reference")
-        if trait in thresholds:
-            ax.axvline(thresholds[trait], color="grey", linestyle="--", label="threshold")
-        ax.set(xlabel="ΔP (projection difference)", ylabel="samples", title=trait)
-        ax.legend(fontsize=8)
-    png = _png(figure)
+    png = _delta_histograms(values, reference, thresholds)
     flagged = (selection or {}).get("flagged_per_trait", {})
     rows = [
         (

@@ -11,20 +11,20 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from personavec.core.vectors import PersonaVector
 
-Intervention = Literal["none", "steer", "ablate", "regularize"]
-KINDS: tuple[str, ...] = get_args(Intervention)
+InterventionMethod = Literal["none", "steer", "ablate", "regularize"]
+INTERVENTIONS: tuple[InterventionMethod, ...] = get_args(InterventionMethod)
 
 
 @dataclass(frozen=True)
 class TrainIntervention:
     """What happens to the residual stream (or the loss) in training steps."""
 
-    kind: Intervention = field(
+    method: InterventionMethod = field(
         default="none", metadata={"flag": "--intervention", "help": "in training steps"}
     )
     coef: float = field(default=0.0, metadata={"help": "steer: α (paper: up to 5 at one layer)"})
@@ -39,35 +39,33 @@ class TrainIntervention:
 
     def __post_init__(self) -> None:
         """Settings that cannot work, or would silently do nothing, are refused."""
-        if self.kind not in KINDS:
-            raise PersonavecError(f"unknown intervention {self.kind!r}; use one of {', '.join(KINDS)}")
-        if self.kind == "steer" and not self.coef:
-            raise PersonavecError("--intervention steer needs a nonzero --coef")
+        if self.method not in INTERVENTIONS:
+            raise ConfigError(f"unknown intervention {self.method!r}; use one of {', '.join(INTERVENTIONS)}")
+        if self.method == "steer" and not self.coef:
+            raise ConfigError("--intervention steer needs a nonzero --coef")
         if self.all_layers and self.layer is not None:
-            raise PersonavecError("--all-layers steers every layer: drop --layer")
+            raise ConfigError("--all-layers steers every layer: drop --layer")
 
     def check(self, vector: PersonaVector | None, n_layers: int, lora: bool) -> None:
         """Raise a clear error when the vector or the model cannot carry this intervention."""
-        if self.kind == "none":
+        if self.method == "none":
             return
         if vector is None:
-            raise PersonavecError(f"--intervention {self.kind} needs --vector")
+            raise ConfigError(f"--intervention {self.method} needs --vector")
         if vector.n_layers != n_layers:
             vector_model = vector.model.name if vector.model else "another model"
-            raise PersonavecError(
+            raise ModelError(
                 f"vector {vector.trait!r} was made for {vector_model} ({vector.n_layers} blocks); "
                 f"this model has {n_layers}"
             )
         if not self.all_layers:
             vector.resolve_layer(self.layer)  # out of range or no chosen layer: a clear error
-        if self.kind == "steer" and not math.isfinite(self.coef):
-            raise PersonavecError(f"the steering coefficient must be a finite number, got {self.coef}")
-        if self.kind == "regularize" and (not lora or not self.weight > 0):
-            raise PersonavecError(
-                "regularize needs LoRA (the base model is the adapter off) and --weight > 0"
-            )
-        if self.all_layers and self.kind != "steer":
-            raise PersonavecError("--all-layers is for steer only")
+        if self.method == "steer" and not math.isfinite(self.coef):
+            raise ConfigError(f"the steering coefficient must be a finite number, got {self.coef}")
+        if self.method == "regularize" and (not lora or not self.weight > 0):
+            raise ConfigError("regularize needs LoRA (the base model is the adapter off) and --weight > 0")
+        if self.all_layers and self.method != "steer":
+            raise ConfigError("--all-layers is for steer only")
 
 
 @dataclass(frozen=True)
@@ -113,11 +111,11 @@ class TrainConfig:
         positive = ("rank", "alpha", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps")
         for name in positive:
             if getattr(self, name) < 1:
-                raise PersonavecError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0 or not self.epochs > 0:
-            raise PersonavecError("the learning rate and the epochs must be positive")
+            raise ConfigError("the learning rate and the epochs must be positive")
         if self.intervention.during_eval and not eval_data:
-            raise PersonavecError("--during-eval needs --eval-data")
+            raise ConfigError("--during-eval needs --eval-data")
 
 
 @dataclass(frozen=True)
@@ -147,8 +145,6 @@ class DriftConfig:
     def __post_init__(self) -> None:
         """Drift settings without an interval would do nothing; an interval needs what to watch."""
         if not self.every and (self.threshold is not None or self.stop or self.vectors or self.trait):
-            raise PersonavecError("the --drift-* options need --drift-every N")
+            raise ConfigError("the --drift-* options need --drift-every N")
         if self.every and (not self.vectors or not self.trait):
-            raise PersonavecError(
-                "--drift-every needs --drift-vector (what to watch) and --drift-trait (probes)"
-            )
+            raise ConfigError("--drift-every needs --drift-vector (what to watch) and --drift-trait (probes)")

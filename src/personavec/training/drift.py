@@ -25,7 +25,7 @@ from personavec._internal.files import write_json
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, RunDirError
 
 
 class DriftAlarm(TrainerCallback):
@@ -41,11 +41,11 @@ class DriftAlarm(TrainerCallback):
         stop: bool = False,
     ):
         if every < 1:
-            raise PersonavecError(f"the drift alarm's interval must be at least 1 step, got {every}")
+            raise ConfigError(f"the drift alarm's interval must be at least 1 step, got {every}")
         if not probes:
-            raise PersonavecError("the drift alarm needs probe prompts")
+            raise ConfigError("the drift alarm needs probe prompts")
         if stop and threshold is None:
-            raise PersonavecError("stopping on drift needs a threshold")
+            raise ConfigError("stopping on drift needs a threshold")
         self.tokenizer, self.identity = loaded.tokenizer, loaded.identity
         self.vectors, self.every, self.threshold, self.stop = list(vectors), every, threshold, stop
         self.probes = [loaded.chat(p) for p in probes]
@@ -67,7 +67,7 @@ class DriftAlarm(TrainerCallback):
         model.eval()
         try:
             loaded = LoadedModel(model=model, tokenizer=self.tokenizer, identity=self.identity)
-            values = project(loaded, self.vectors, self.probes, position="prompt-last", progress=False)
+            values = project(loaded, self.vectors, self.probes, pooling="prompt-last", progress=False)
         finally:
             model.train(was_training)
         return [float(v) for v in values.mean(0)]
@@ -78,7 +78,7 @@ class DriftAlarm(TrainerCallback):
         if path.exists():  # a resumed run compares with the model before its first step
             saved = json.loads(path.read_text())
             if {k: saved.get(k) for k in watching} != watching:
-                raise PersonavecError(f"{path} was measured with other vectors or probes; use another --out")
+                raise RunDirError(f"{path} was measured with other vectors or probes; use another --out")
             self.baseline = saved["baseline"]
             return
         self.baseline = self.measure(model)

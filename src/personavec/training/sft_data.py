@@ -22,7 +22,7 @@ from torch import Tensor
 
 from personavec.core.models import format_chat
 from personavec.data.samples import BadRow, DataFile
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError, ModelError, PersonavecError
 
 IGNORE = -100  # the label that torch's cross-entropy (and transformers' loss) skips
 
@@ -46,7 +46,7 @@ def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple
         prompt = format_chat(tokenizer, list(messages[:i]), add_generation_prompt=True)
         rendered = format_chat(tokenizer, list(messages[: i + 1]), add_generation_prompt=False)
         if not (text.startswith(rendered) and rendered.startswith(prompt)):
-            raise PersonavecError(
+            raise ModelError(
                 "the chat template renders a conversation differently from its beginning (it rewrites "
                 "earlier turns), so assistant tokens cannot be found; use a model with a plainer template"
             )
@@ -71,10 +71,10 @@ def load_conversations(path: str | Path) -> list[tuple[str, list[dict[str, str]]
     conversations = []
     for item in DataFile(path).samples():
         if isinstance(item, BadRow):
-            raise PersonavecError(f"{item}; fix the row (training data is not skipped)")
+            raise DataError(f"{item}; fix the row (training data is not skipped)")
         conversations.append((item.where, [*item.prompt, {"role": "assistant", "content": item.response}]))
     if not conversations:
-        raise PersonavecError(f"{path} has no conversations")
+        raise DataError(f"{path} has no conversations")
     return conversations
 
 
@@ -86,10 +86,10 @@ def tokenize_dataset(tokenizer: Any, path: str | Path, max_length: int) -> tuple
         try:
             examples.append(encode(tokenizer, messages, max_length))
         except (PersonavecError, TemplateError) as error:
-            raise PersonavecError(f"{where}: {error}") from None
+            raise DataError(f"{where}: {error}") from None
     kept = [e for e in examples if any(label != IGNORE for label in e.labels)]
     if not kept:
-        raise PersonavecError(
+        raise ConfigError(
             f"{path}: no conversation keeps an assistant token within --max-length {max_length}"
         )
     return kept, sum(e.truncated for e in examples)

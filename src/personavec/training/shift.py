@@ -20,7 +20,7 @@ from torch import Tensor
 from personavec.core.models import LoadedModel, load_model
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, ModelError, PersonavecError
 from personavec.judges.base import Judge
 from personavec.traits.spec import TraitSpec
 
@@ -51,7 +51,7 @@ def load_finetuned(
         tuned: Any = PeftModel.from_pretrained(base.model, str(path)).eval()  # a PreTrainedModel's stand-in
         return LoadedModel(model=tuned, tokenizer=base.tokenizer, identity=base.identity)
     if not (path / "config.json").exists():
-        raise PersonavecError(
+        raise ModelError(
             f"{path} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)"
         )
     return load_model(str(path), dtype=dtype, device=device)
@@ -79,9 +79,7 @@ def mean_projections(
 ) -> Tensor:
     """Mean prompt-last projection of `prompts` onto each vector ([vectors], float64)."""
     return (
-        project(loaded, vectors, prompts, position="prompt-last", layer=layer, progress=False)
-        .double()
-        .mean(0)
+        project(loaded, vectors, prompts, pooling="prompt-last", layer=layer, progress=False).double().mean(0)
     )
 
 
@@ -116,7 +114,7 @@ def measure_shift(
     loaded base: no second copy), and return the difference; with a `judge`, also judge the finetuned
     model's answers (answers and judgements go to `out`, resumable)."""
     if judge is not None and out is None:
-        raise PersonavecError("--judge needs --out (where the answers and judgements go)")
+        raise ConfigError("--judge needs --out (where the answers and judgements go)")
     base = load_model(base_ref, dtype=dtype, device=device)
     for vector in vectors:
         vector.check_model(base.identity)

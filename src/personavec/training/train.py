@@ -36,7 +36,7 @@ from personavec.core.hooks import ResidualHooks, ablate, steer
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.samples import DataFile
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, PersonavecError
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import TrainingRun
 from personavec.training.config import TrainConfig, TrainIntervention
@@ -80,17 +80,17 @@ class InterventionTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.spec, self.vector = spec, vector
         self.vectors = (
-            intervention_vectors(spec, vector) if vector is not None and spec.kind != "none" else {}
+            intervention_vectors(spec, vector) if vector is not None and spec.method != "none" else {}
         )
         self.steps_intervened = 0  # training forward passes run inside the intervention
 
     @contextmanager
     def _intervention(self, model: nn.Module) -> Iterator[None]:
         model = self.accelerator.unwrap_model(model)  # hooks go on the modules inside a DDP wrapper
-        if self.spec.kind == "steer":
+        if self.spec.method == "steer":
             with steer(model, self.vectors, coef=self.spec.coef):
                 yield
-        elif self.spec.kind == "ablate":
+        elif self.spec.method == "ablate":
             with ablate(model, self.vectors):
                 yield
         else:
@@ -103,8 +103,8 @@ class InterventionTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Tensor | int | None = None,
     ) -> Any:
-        active = self.spec.kind != "none" and (model.training or self.spec.during_eval)
-        if self.spec.kind == "regularize" and model.training:
+        active = self.spec.method != "none" and (model.training or self.spec.during_eval)
+        if self.spec.method == "regularize" and model.training:
             return self._regularized_loss(model, inputs, return_outputs, num_items_in_batch)
         with self._intervention(model) if active else nullcontext():
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -197,14 +197,7 @@ def train(
     config.check(eval_data)
     spec = config.intervention
     spec.check(vector, loaded.identity.n_layers, config.lora)
-    reporting = ("save_steps", "logging_steps", "report_to")  # may change between a run and its resume
-    identity = {
-        "model": loaded.identity.to_dict(),
-        "data": DataFile(data).sha256(),
-        "eval_data": DataFile(eval_data).sha256() if eval_data else None,
-        "config": {k: v for k, v in asdict(config).items() if k not in reporting},
-        "vector": vector.fingerprint() if vector is not None else None,
-    }
+    identity = _identity(loaded, data, eval_data, config, vector)
     outputs = {"training": (TrainingRun.LOG, TrainingRun.FINAL, TrainingRun.RECORD)}
     run = RunDir.open(out, TrainingRun.KIND, identity, outputs)
     out = run.path
@@ -220,7 +213,7 @@ def train(
     try:
         args = _arguments(out, config, model, loaded.device.type == "cpu", evaluation is not None)
     except (ValueError, RuntimeError) as error:  # e.g. an unknown or uninstalled --report-to
-        raise PersonavecError(f"training settings refused: {error}") from None
+        raise ConfigError(f"training settings refused: {error}") from None
     trainer = InterventionTrainer(
         model=model, args=args, train_dataset=examples, eval_dataset=evaluation,
         data_collator=Collator(int(loaded.tokenizer.pad_token_id)), processing_class=loaded.tokenizer,
@@ -245,6 +238,24 @@ def train(
         write_json(out / TrainingRun.RECORD, {**asdict(trained), "out": str(trained.out)})
         run.record("training", started, steps=trained.steps, train_loss=trained.train_loss)
     return trained
+
+
+def _identity(
+    loaded: LoadedModel,
+    data: str | Path,
+    eval_data: str | Path | None,
+    config: TrainConfig,
+    vector: PersonaVector | None,
+) -> dict[str, Any]:
+    """What a training run is: resuming it with anything here changed is refused."""
+    reporting = ("save_steps", "logging_steps", "report_to")  # may change between a run and its resume
+    return {
+        "model": loaded.identity.to_dict(),
+        "data": DataFile(data).sha256(),
+        "eval_data": DataFile(eval_data).sha256() if eval_data else None,
+        "config": {k: v for k, v in asdict(config).items() if k not in reporting},
+        "vector": vector.fingerprint() if vector is not None else None,
+    }
 
 
 def _arguments(

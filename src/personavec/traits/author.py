@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from personavec._internal.files import atomic_path
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, JudgeError, PersonavecError
 from personavec.traits.spec import (
     N_INSTRUCTIONS,
     N_QUESTIONS,
@@ -122,7 +122,7 @@ def chat_backend(
             try:
                 return with_retries(call, retries=4, backoff=backoff)
             except Exception as error:  # any API failure: one line naming the endpoint
-                raise PersonavecError(f"{target} at {client.base_url} failed: {describe(error)}") from error
+                raise JudgeError(f"{target} at {client.base_url} failed: {describe(error)}") from error
 
         return remote
     if kind == "hf" and target:
@@ -135,14 +135,14 @@ def chat_backend(
             return generate(loaded, [loaded.chat(prompt)], max_new_tokens=4096, temperature=temperature)[0]
 
         return local
-    raise PersonavecError(f"unknown backend {spec!r}: use {BACKENDS}")
+    raise ConfigError(f"unknown backend {spec!r}: use {BACKENDS}")
 
 
 def write_trait(trait: TraitSpec, path: str | os.PathLike[str], force: bool = False) -> Path:
     """Write `trait` as a JSON trait file, atomically; an existing file is kept unless `force`."""
     path = Path(path)
     if path.exists() and not force:
-        raise PersonavecError(f"{path} exists; pass --force to overwrite it or choose another --out")
+        raise ConfigError(f"{path} exists; pass --force to overwrite it or choose another --out")
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(trait.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return path

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from personavec.errors import PersonavecError
+from personavec.errors import ConfigError, DataError
 
 N_INSTRUCTIONS = 5
 N_QUESTIONS = 20
@@ -64,7 +64,7 @@ class TraitSpec:
 def check_name(name: str) -> str:
     """`name` if it is a valid trait name (a lowercase slug), else a clear error."""
     if not _NAME.match(name):
-        raise PersonavecError(f"trait name {name!r} must be a lowercase slug (letters, digits, _ or -)")
+        raise DataError(f"trait name {name!r} must be a lowercase slug (letters, digits, _ or -)")
     return name
 
 
@@ -132,7 +132,7 @@ def parse_trait(data: Any, source: str = "trait") -> TraitSpec:
     """Validate parsed JSON and build a TraitSpec; one error lists every problem."""
     problems = _problems(data)
     if problems:
-        raise PersonavecError(f"{source}: invalid trait file: " + "; ".join(problems))
+        raise DataError(f"{source}: invalid trait file: " + "; ".join(problems))
     return TraitSpec(**{k: data[k] for k in _REQUIRED + _OPTIONAL if k in data})
 
 
@@ -140,12 +140,12 @@ def validate_trait_file(path: str | os.PathLike[str]) -> TraitSpec:
     """Read and validate a trait JSON file."""
     path = Path(path)
     if not path.is_file():
-        raise PersonavecError(f"trait file not found: {path}")
+        raise DataError(f"trait file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
-        raise PersonavecError(f"{path}: not valid JSON ({where}: {exc.msg})") from exc
+        raise DataError(f"{path}: not valid JSON ({where}: {exc.msg})") from exc
     return parse_trait(data, str(path))
 
 
@@ -161,4 +161,4 @@ def load_trait(name_or_path: str) -> TraitSpec:
     if name_or_path.endswith(".json") or os.sep in name_or_path:
         return validate_trait_file(name_or_path)
     known = ", ".join(builtin_names())
-    raise PersonavecError(f"unknown trait {name_or_path!r}: built-ins are {known}, or give a .json path")
+    raise ConfigError(f"unknown trait {name_or_path!r}: built-ins are {known}, or give a .json path")
