@@ -228,3 +228,32 @@ def test_static_cache_and_bad_arguments_fail_clearly() -> None:
     with pytest.raises(PersonavecError, match="finite number, got nan"):
         steer(model, {1: torch.randn(64)}, coef=float("nan"))
     assert _no_hooks_left(model)
+
+
+def test_explicit_mask_is_read_at_absolute_positions_inside_generate() -> None:
+    model = tiny_model("llama")
+    batch = _batch()  # 8 prompt positions; 4 new tokens: decode calls at positions 8, 9, 10
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[:, 9] = True
+    with (
+        torch.no_grad(),
+        capture(model, [1]) as b,
+        steer(model, {1: torch.randn(64)}, 1.0, mask),
+        capture(model, [1]) as a,
+    ):
+        model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    changed = (a[1] - b[1]).abs().amax(-1) > 0
+    assert torch.equal(changed, mask[:, :11])
+
+
+def test_ablation_edits_only_the_chosen_positions() -> None:
+    model = tiny_model("qwen2")
+    batch = _batch()
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[:, 5:] = True
+    v = torch.randn(64)
+    with torch.no_grad(), capture(model, [2]) as b, ablate(model, {2: v}, mask), capture(model, [2]) as a:
+        model(**batch)
+    changed = (a[2] - b[2]).abs().amax(-1) > 0
+    assert torch.equal(changed, mask & batch["attention_mask"].bool())
+    assert (a[2][mask] @ (v / v.norm())).abs().max() < 1e-5

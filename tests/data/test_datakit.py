@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -89,3 +94,32 @@ def test_bundled_questions_are_distinct_and_not_any_traits_evaluation_questions(
         assert not keys & {
             normalise_question(q) for q in trait.evaluation_questions + trait.extraction_questions
         }
+
+
+def test_kill_9_while_generating_then_resume_gives_identical_files(tiny_dir, tmp_path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def command(out) -> list[str]:  # 240 bundled questions: 440 answers, chunks of 128
+        return [
+            sys.executable, "-m", "personavec.cli", "data", "make-trait-dataset", "--model", str(tiny_dir),
+            "--trait", "optimistic", "--out", str(out), "--max-new-tokens", "12", "--batch-size", "16",
+        ]  # fmt: skip
+
+    generations = tmp_path / "run" / "generations.jsonl"
+    process = subprocess.Popen(command(tmp_path / "run"), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if generations.exists() and len(generations.read_bytes().splitlines()) >= 128:
+            break
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(generations.read_bytes().splitlines())
+    assert 128 <= written < 440, f"not killed while generating ({written} answers written)"
+    assert not (tmp_path / "run" / "severe.jsonl").exists()
+
+    for out in ("run", "clean"):
+        done = subprocess.run(command(tmp_path / out), env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    for name in ("generations.jsonl", "normal.jsonl", "mild.jsonl", "severe.jsonl", "reference.jsonl"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name

@@ -98,6 +98,22 @@ def test_delta_p_equals_the_definition_in_float64(loaded, tmp_path) -> None:
     assert json.loads((tmp_path / "full" / "summary.json").read_text())["scored"] == 10
 
 
+def test_own_answer_is_the_models_greedy_answer(loaded, tmp_path) -> None:
+    data = DataFile(write(tmp_path / "d.jsonl", rows(6)))
+    screen(loaded, vectors(loaded), data, tmp_path / "full", CONFIG, progress=False)
+    own = {}
+    for path in sorted((tmp_path / "full" / "chunks").glob("*.own.json")):
+        cached = json.loads(path.read_text())
+        own.update(zip(cached["indices"], cached["answers"], strict=True))
+    for i, row in enumerate(rows(6)):  # y′ = plain greedy decoding of x, one prompt at a time
+        prompt = format_chat(loaded.tokenizer, row["messages"][:1])
+        ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = loaded.model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        expected = loaded.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        assert own[i] == expected and expected
+
+
 def test_many_vectors_in_one_pass_equal_one_pass_per_vector(loaded, tmp_path) -> None:
     data = DataFile(write(tmp_path / "d.jsonl", rows(9)))
     vs = vectors(loaded, layers=(1, 2, 1))

@@ -59,6 +59,7 @@ def test_logprob_score_rule() -> None:
     assert logprob_score([("50", math.log(0.24)), ("REF", math.log(0.76))]) is None  # mass < 0.25
     assert logprob_score([("50", math.log(0.25)), ("REF", math.log(0.75))]) == pytest.approx(50)
     assert logprob_score([("-5", 0.0), ("1e3", 0.0), ("101", 0.0)]) is None  # none are integers 0-100
+    assert logprob_score([("0", math.log(0.3)), ("100", math.log(0.1))]) == pytest.approx(25)  # both ends
 
 
 def test_openai_judge_weighted_mean_against_a_real_server(key) -> None:

@@ -256,3 +256,41 @@ def test_sampling_settings_are_checked() -> None:
     ]:
         with pytest.raises(PersonavecError, match=message):
             ExtractConfig(**{**vars(CONFIG), **change}).check(trait)
+
+
+def test_kill_9_while_generating_then_resume_gives_identical_files(model_dir, tmp_path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    sizes = ["--samples", "3", "--max-new-tokens", "24", "--questions", "4", "--instructions", "2"]
+    sizes += ["--batch-size", "2", "--min-pairs", "1"]  # chunks of 8 answers; 48 answers in all
+
+    def command(out: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "personavec.cli", "extract", "--model", str(model_dir), "--trait", "evil",
+            "--judge", "none", "--out", str(out), *sizes,
+        ]  # fmt: skip
+
+    generations = tmp_path / "run" / "generations.jsonl"
+    process = subprocess.Popen(command(tmp_path / "run"), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if generations.exists() and len(generations.read_bytes().splitlines()) >= 8:
+            break
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(generations.read_bytes().splitlines())
+    assert 8 <= written < 48, f"not killed while generating ({written} answers written)"
+    assert not (tmp_path / "run" / "filter.json").exists()
+
+    for out in ("run", "clean"):
+        done = subprocess.run(command(tmp_path / out), env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    clean = tmp_path / "clean" / "generations.jsonl"
+    assert generations.read_bytes() == clean.read_bytes() and len(read_rows(generations)) == 48
+    # the vector files differ in their creation time and in the order safetensors writes header keys
+    resumed, uninterrupted = (load_vectors(tmp_path / d / "evil.safetensors") for d in ("run", "clean"))
+    for kind in KINDS:
+        assert torch.equal(resumed[kind].tensor, uninterrupted[kind].tensor)
+        for v in (resumed[kind], uninterrupted[kind]):
+            del v.metadata["created"]
+        assert resumed[kind].header() == uninterrupted[kind].header()

@@ -72,3 +72,18 @@ def test_bad_settings() -> None:
         DriftAlarm(loaded, vectors(loaded), PROBES, stop=True)
     with pytest.raises(PersonavecError, match="at least 1 step"):
         DriftAlarm(loaded, vectors(loaded), PROBES, every=0)
+
+
+def test_a_resumed_run_keeps_the_baseline_of_the_model_before_training(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    loaded = tiny_loaded()
+    args, state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(is_world_process_zero=True)
+    first = DriftAlarm(loaded, vectors(loaded), PROBES)
+    first.on_train_begin(args, state, None, model=loaded.model)
+    with torch.no_grad():  # "trained" since: a resumed run must not measure its baseline again
+        for p in loaded.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    resumed = DriftAlarm(loaded, vectors(loaded), PROBES)
+    resumed.on_train_begin(args, state, None, model=loaded.model)
+    assert resumed.baseline == first.baseline != resumed.measure(loaded.model)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationMixin
 
-from personavec._internal.files import open_append
+from personavec._internal.files import atomic_path, open_append
 from personavec.core.layers import unwrap
 from personavec.core.models import LoadedModel, format_chat
 from personavec.errors import ConfigError, ModelError
@@ -126,12 +126,19 @@ def generate_rows(
     """Answer `requests` into the JSONL file `path`; one row per request, in the order of `requests`.
 
     Requests are answered in chunks of `chunk_size`, chunk k sampled with seed ``seed + k``; each chunk's
-    rows are appended and flushed once it is done. Chunks already in the file are skipped, so a rerun
-    after a crash resumes where it stopped and gives the same rows as an uninterrupted run.
+    rows are appended and flushed once it is done. Chunks already in the file are skipped (the rows of
+    a chunk left half-written are dropped first), so a rerun after a crash resumes where it stopped and
+    writes the same file as an uninterrupted run.
     """
     rows = read_rows(path)
     chunks = [requests[i : i + chunk_size] for i in range(0, len(requests), chunk_size)]
     todo = [k for k, chunk in enumerate(chunks) if any(r.id not in rows for r in chunk)]
+    partial = [r.id for k in todo for r in chunks[k] if r.id in rows]
+    if partial:  # a crash while a chunk's lines were written: keep whole chunks only, each row once
+        for rid in partial:
+            del rows[rid]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows.values()))
     bar = tqdm(total=len(requests), desc=desc, unit="answer", disable=not progress)
     bar.update(len(requests) - sum(len(chunks[k]) for k in todo))
     with open_append(path) as out:
