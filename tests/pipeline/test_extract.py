@@ -289,8 +289,8 @@ def test_kill_9_while_generating_then_resume_gives_identical_files(model_dir, tm
     assert generations.read_bytes() == clean.read_bytes() and len(read_rows(generations)) == 48
     # the vector files differ in their creation time and in the order safetensors writes header keys
     resumed, uninterrupted = (load_vectors(tmp_path / d / "evil.safetensors") for d in ("run", "clean"))
-    for kind in KINDS:
-        assert torch.equal(resumed[kind].tensor, uninterrupted[kind].tensor)
-        for v in (resumed[kind], uninterrupted[kind]):
+    for pooling in POOLINGS:
+        assert torch.equal(resumed[pooling].tensor, uninterrupted[pooling].tensor)
+        for v in (resumed[pooling], uninterrupted[pooling]):
             del v.metadata["created"]
-        assert resumed[kind].header() == uninterrupted[kind].header()
+        assert resumed[pooling].header() == uninterrupted[pooling].header()
