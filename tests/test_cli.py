@@ -215,9 +215,9 @@ def test_steered_chat_keeps_the_conversation(tiny_dir, tiny_vector, capsys, monk
     prompts: list[str] = []
     real = personavec.core.generate.generate
 
-    def recording(loaded, batch, **kwargs):
+    def recording(loaded, batch, *args, **kwargs):
         prompts.extend(batch)
-        return real(loaded, batch, **kwargs)
+        return real(loaded, batch, *args, **kwargs)
 
     monkeypatch.setattr(personavec.core.generate, "generate", recording)
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n\nHow are you?\nexit\nnot read\n"))
