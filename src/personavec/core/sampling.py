@@ -21,7 +21,9 @@ class Sampling:
 
     max_new_tokens: int = field(default=64, metadata={"help": "answer length in tokens"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 decodes greedily"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: the top tokens of this mass"})
+    top_p: float = field(
+        default=1.0, metadata={"help": "nucleus sampling: the likeliest tokens holding this probability"}
+    )
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     batch_size: int = field(default=16, metadata={"help": "answers generated at once"})
 
