@@ -26,3 +26,11 @@ def test_the_own_answers_of_a_screening_are_greedy() -> None:
     with pytest.raises(PersonavecError, match="own answers y′ are greedy"):
         ScreenConfig(sampling=Sampling(temperature=1.0))
     assert ScreenConfig(sampling=Sampling(max_new_tokens=8)).sampling.max_new_tokens == 8
+
+
+def test_several_kit_samples_need_a_temperature() -> None:
+    from personavec.core.sampling import Sampling
+
+    with pytest.raises(PersonavecError, match="--samples 3 needs a --temperature > 0"):
+        KitConfig(samples=3, sampling=Sampling()).check(240)
+    KitConfig(samples=3).check(240)

@@ -119,3 +119,7 @@ class KitConfig:
             )
         if self.samples < 1:
             raise PersonavecError(f"--samples must be at least 1, got {self.samples}")
+        if self.samples > 1 and self.sampling.greedy:
+            raise PersonavecError(
+                f"--samples {self.samples} needs a --temperature > 0 (greedy answers repeat)"
+            )

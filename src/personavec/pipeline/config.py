@@ -76,6 +76,11 @@ class ExtractConfig:
             if value < low or (high is not None and value > high):
                 bound = f"between {low} and {high}" if high is not None else f"at least {low}"
                 raise PersonavecError(f"{name} must be {bound}, got {value}")
+        if self.samples > 1 and self.sampling.greedy:
+            raise PersonavecError(
+                f"{self.samples} samples need a temperature > 0 (greedy answers repeat); give "
+                "sampling=replace(ExtractConfig().sampling, ...) to keep the default temperature 1"
+            )
         if not math.isfinite(self.coef) or self.coef == 0:
             raise PersonavecError(
                 f"the sweep's coefficient must be a finite non-zero number, got {self.coef}"
