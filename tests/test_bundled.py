@@ -65,7 +65,7 @@ def test_demo_end_to_end_separates_held_out_answers(smollm2: LoadedModel, tmp_pa
     assert {"generations", "judgements", "vectors", "sweep", "calibration", "total"} <= set(result.seconds)
 
     # the steering sweep at the chosen layer: judged trait monotone in the coefficient
-    assert sorted(c["coef"] for c in result.sweep) == list(SWEEP_COEFS)
+    assert sorted(c.coef for c in result.sweep) == list(SWEEP_COEFS)
     assert result.targets["spearman_trait_vs_coef"] >= 0.9
     assert len(result.calibration.points) == 8 * 10 and result.targets["calibration_r_graded"] is not None
     assert "unsteered" in result.capability and result.capability["unsteered"]["n"] == 40
