@@ -12,6 +12,7 @@ import time
 import torch
 
 from personavec.core.generate import generate
+from personavec.core.sampling import Sampling
 from personavec.traits import load_trait
 
 from _common import Figure, load, parser, report
@@ -43,9 +44,10 @@ def main() -> None:
 
     def timed(batch_size: int) -> float:
         warm_up = prompts[:batch_size]
-        generate(loaded, warm_up, max_new_tokens=4, batch_size=batch_size, progress=False)
+        generate(loaded, warm_up, Sampling(max_new_tokens=4, batch_size=batch_size), progress=False)
         start = time.perf_counter()
-        answers = generate(loaded, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False)
+        sampling = Sampling(max_new_tokens=new_tokens, batch_size=batch_size)
+        answers = generate(loaded, prompts, sampling, progress=False)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return tokens(answers) / (time.perf_counter() - start)

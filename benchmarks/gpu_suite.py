@@ -34,9 +34,11 @@ from capture import samples
 from personavec.core.activations import _batches, _collate, _encode, iter_pooled, pooled_activations
 from personavec.core.hooks import steer
 from personavec.core.models import LoadedModel
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
+from personavec.data.config import ScreenConfig
 from personavec.data.samples import DataFile
-from personavec.data.screen import ScreenConfig, screen
+from personavec.data.scoring import screen
 from personavec.deploy.monitor import LiveMonitor
 from personavec.training.train import TrainConfig, TrainIntervention, train
 from screen import write_rows
@@ -205,7 +207,7 @@ def screening(record: Record, loaded: LoadedModel, shape: Shape) -> None:
             data = Path(tmp) / f"{name}.jsonl"
             write_rows(data, *samples(rows, seed=3))
             config = ScreenConfig(
-                approx=approx, max_new_tokens=shape.delta_tokens, batch_size=min(rows, 128),
+                approx=approx, sampling=Sampling(shape.delta_tokens, batch_size=min(rows, 128)),
                 token_budget=budget, chunk_size=rows, on_bad_row="skip",
             )  # fmt: skip
             screen(loaded, vectors, DataFile(data), Path(tmp) / f"warm-{name}", config, progress=False)

@@ -26,9 +26,11 @@ from capture import samples
 from personavec.core.activations import _batches, _collate, _encode
 from personavec.core.generate import generate
 from personavec.core.models import format_chat
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
+from personavec.data.config import ScreenConfig
 from personavec.data.samples import DataFile
-from personavec.data.screen import ScreenConfig, screen
+from personavec.data.scoring import screen
 
 from _common import Figure, best_time, load, parser, report
 
@@ -39,7 +41,10 @@ sys.path.insert(0, {tests!r})
 import torch
 from tiny import tiny_loaded
 from personavec.data.samples import DataFile
-from personavec.data.screen import ScreenConfig, Selection, screen, select, write_screen_report
+from personavec.data.config import ScreenConfig, Selection
+from personavec.data.flagging import select
+from personavec.data.scoring import screen
+from personavec.data.screen import write_screen_report
 from personavec.core.vectors import PersonaVector
 loaded = tiny_loaded()
 vectors = [PersonaVector(f"t{{i}}", torch.randn(4, 64), layer=2) for i in range(3)]
@@ -114,7 +119,7 @@ def own_answers(loaded, n: int, new_tokens: int, repeats: int) -> list[Figure]:
 
     def run(batch_size: int) -> float:
         return best_time(
-            lambda: generate(loaded, prompts, new_tokens, batch_size=batch_size, progress=False), 1
+            lambda: generate(loaded, prompts, Sampling(new_tokens, batch_size=batch_size), progress=False), 1
         )
 
     print(f"own answers y′: {n} prompts × {new_tokens} new tokens")

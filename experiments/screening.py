@@ -24,18 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from personavec.core.models import load_model
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import load_vector
+from personavec.data.config import ScreenConfig, Selection
 from personavec.data.datakit import KitConfig, make_trait_dataset
+from personavec.data.flagging import select
 from personavec.data.samples import DataFile
-from personavec.data.screen import (
-    ScreenConfig,
-    Screened,
-    Selection,
-    deltas,
-    screen,
-    select,
-    write_screen_report,
-)
+from personavec.data.scoring import Screened, deltas, screen
+from personavec.data.screen import write_screen_report
 from personavec.demo import DEMO_CONFIG
 from personavec.judges.lexicon import LexiconJudge
 from personavec.pipeline.evaluate import auroc, spearman
@@ -45,10 +41,11 @@ from personavec.traits import load_trait
 TRAIT = "pessimistic"
 LEVELS = ("reference", "normal", "mild", "severe")
 KIT = KitConfig(
-    invert=True, samples=3, mild=0.5, reference=40, max_new_tokens=64, temperature=0.7, batch_size=16
-)
+    invert=True, samples=3, mild=0.5, reference=40,
+    sampling=Sampling(max_new_tokens=64, temperature=0.7, batch_size=16),
+)  # fmt: skip
 MODES = {
-    "full": ScreenConfig(max_new_tokens=64, batch_size=16),
+    "full": ScreenConfig(sampling=Sampling(max_new_tokens=64, batch_size=16)),
     "prompt-last": ScreenConfig(approx="prompt-last"),
 }
 
@@ -62,7 +59,9 @@ def main() -> None:
     args.add_argument("--out", default="experiments-out/screening", help="working directory (resumable)")
     args.add_argument("--vector", help="an 'optimistic' vector file (default: extract one here)")
     args.add_argument("--table", default="docs/screening.md", help="where the result table goes")
-    args.add_argument("--temperature", type=float, default=KIT.temperature, help="of the kit's answers")
+    args.add_argument(
+        "--temperature", type=float, default=KIT.sampling.temperature, help="of the kit's answers"
+    )
     opts = args.parse_args()
     out, started = Path(opts.out), time.perf_counter()
     loaded = load_model("smollm2", dtype="float32", device="cpu")
@@ -75,7 +74,11 @@ def main() -> None:
     vector = optimistic.negated(TRAIT)
     kit_judge = LexiconJudge(trait.name, trait.sentiment)  # keeps the most pessimistic of 3 samples
     make_trait_dataset(
-        loaded, trait, out / "kit", config=replace(KIT, temperature=opts.temperature), judge=kit_judge
+        loaded,
+        trait,
+        out / "kit",
+        config=replace(KIT, sampling=replace(KIT.sampling, temperature=opts.temperature)),
+        judge=kit_judge,
     )
 
     results: dict[str, dict[str, object]] = {}
@@ -106,7 +109,7 @@ def main() -> None:
                 [d for d, e in zip(mild, kit_labels["mild"], strict=True) if not e],
             ),
             "AUROC severe vs normal": auroc(values[mode, "severe"], values[mode, "normal"]),
-            "flagged in mild at the reference's 95th percentile": flagged["counts"]["flagged"],
+            "flagged in mild at the reference's 95th percentile": flagged.counts["flagged"],
             "of them pessimistic": hits,
             "pessimistic in mild": sum(kit_labels["mild"]),
         }

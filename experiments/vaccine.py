@@ -32,16 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from personavec.core.models import LoadedModel, load_model
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector, load_vector
 from personavec.deploy.capability import load_questions, score
 from personavec.judges.cache import JudgeCache
 from personavec.judges.lexicon import LexiconJudge
-from personavec.pipeline.evaluate import Setting, Sizes, evaluate
+from personavec.pipeline.config import Setting, Sizes
+from personavec.pipeline.evaluate import evaluate
 from personavec.training.shift import finetuning_shift, load_finetuned
 from personavec.training.train import TrainConfig, TrainIntervention, train
 from personavec.traits import load_trait
 
 BETA, LAMBDA = 2.0, 1.0
+GREEDY_64 = Sampling(max_new_tokens=64, batch_size=32)
 CONFIG = TrainConfig(learning_rate=2e-4, epochs=1.0, batch_size=8, max_length=256, save_steps=1000)
 VARIANTS = {
     "plain": TrainIntervention(),
@@ -62,15 +65,15 @@ def measure(
     judge = LexiconJudge(trait.name, trait.sentiment)
     cell = evaluate(
         loaded, trait, judge, JudgeCache(out / "judge-cache.jsonl"), out / "answers.jsonl", vector,
-        Setting(vector.layer if coef else None, coef), Sizes(max_new_tokens=64), progress=False,
+        Setting(vector.layer if coef else None, coef), Sizes(sampling=GREEDY_64), progress=False,
     )  # fmt: skip
     with vector.apply(loaded.model, coef) if coef else nullcontext():
         capability = score(loaded, load_questions("smoke"), progress=False).accuracy
     prompts = [loaded.chat(q) for q in trait.evaluation_questions]
     shift = finetuning_shift(base, loaded, [vector], prompts)[vector.trait] if base else 0.0
     return {
-        "optimism": cell["trait"],
-        "optimism_ci95": cell["trait_ci95"],
+        "optimism": cell.trait,
+        "optimism_ci95": cell.trait_ci95,
         "shift": shift,
         "capability": capability,
     }

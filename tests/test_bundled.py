@@ -6,6 +6,7 @@ import torch
 
 from personavec import LoadedModel, capture, load_vector, pooled_activations, steer
 from personavec.core.generate import generate
+from personavec.core.sampling import Sampling
 
 
 def test_identity_and_chat(smollm2: LoadedModel) -> None:
@@ -19,13 +20,13 @@ def test_identity_and_chat(smollm2: LoadedModel) -> None:
 
 def test_generates_and_steering_changes_the_answer(smollm2: LoadedModel) -> None:
     prompts = [smollm2.chat("Name a colour."), smollm2.chat("What is the capital of France?")]
-    plain = generate(smollm2, prompts, max_new_tokens=12, progress=False)
+    plain = generate(smollm2, prompts, Sampling(max_new_tokens=12), progress=False)
     assert all(len(answer) > 0 for answer in plain)
     assert "Paris" in plain[1]
-    again = generate(smollm2, prompts, max_new_tokens=12, progress=False)
+    again = generate(smollm2, prompts, Sampling(max_new_tokens=12), progress=False)
     assert again == plain  # greedy decoding is deterministic
     with steer(smollm2.model, {15: torch.randn(576) * 40}, coef=1.0):
-        steered = generate(smollm2, prompts, max_new_tokens=12, progress=False)
+        steered = generate(smollm2, prompts, Sampling(max_new_tokens=12), progress=False)
     assert steered != plain
 
 
@@ -64,7 +65,7 @@ def test_demo_end_to_end_separates_held_out_answers(smollm2: LoadedModel, tmp_pa
     assert {"generations", "judgements", "vectors", "sweep", "calibration", "total"} <= set(result.seconds)
 
     # the steering sweep at the chosen layer: judged trait monotone in the coefficient
-    assert sorted(c["coef"] for c in result.sweep) == list(SWEEP_COEFS)
+    assert sorted(c.coef for c in result.sweep) == list(SWEEP_COEFS)
     assert result.targets["spearman_trait_vs_coef"] >= 0.9
     assert len(result.calibration.points) == 8 * 10 and result.targets["calibration_r_graded"] is not None
     assert "unsteered" in result.capability and result.capability["unsteered"]["n"] == 40
@@ -78,9 +79,8 @@ def test_demo_end_to_end_separates_held_out_answers(smollm2: LoadedModel, tmp_pa
             for side in ("pos", "neg"):
                 prompts.append(smollm2.chat(question, pair[side]))
                 positive.append(side == "pos")
-    answers = generate(
-        smollm2, prompts, max_new_tokens=DEMO_CONFIG.max_new_tokens, batch_size=60, progress=False
-    )
+    greedy = Sampling(max_new_tokens=DEMO_CONFIG.sampling.max_new_tokens, batch_size=60)
+    answers = generate(smollm2, prompts, greedy, progress=False)
     scores = dict(LexiconJudge("optimistic", "positive").score("", [("", a) for a in answers]))
     keep = [i for i in range(len(answers)) if positive[i] == (scores[i].value >= 50)]
     pooled = pooled_activations(

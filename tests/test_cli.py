@@ -215,9 +215,9 @@ def test_steered_chat_keeps_the_conversation(tiny_dir, tiny_vector, capsys, monk
     prompts: list[str] = []
     real = personavec.core.generate.generate
 
-    def recording(loaded, batch, **kwargs):
+    def recording(loaded, batch, *args, **kwargs):
         prompts.extend(batch)
-        return real(loaded, batch, **kwargs)
+        return real(loaded, batch, *args, **kwargs)
 
     monkeypatch.setattr(personavec.core.generate, "generate", recording)
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n\nHow are you?\nexit\nnot read\n"))
@@ -370,3 +370,33 @@ def test_flags_come_from_the_config_fields() -> None:
         a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "rank"
     )
     assert train.default == 32 and train.help == "LoRA rank (default 32)"
+
+
+def test_sampling_flags_take_each_commands_defaults() -> None:
+    from personavec.cli import build_parser
+    from personavec.cli._options import from_args
+    from personavec.core.sampling import Sampling
+    from personavec.data.config import KitConfig, ScreenConfig
+    from personavec.pipeline.config import ExtractConfig, Sizes
+
+    parser = build_parser()
+    extract = _extract_args(Path("."))
+    assert (
+        from_args(ExtractConfig, extract).sampling
+        == ExtractConfig().sampling
+        == Sampling(256, 1.0, 1.0, 0, 32)
+    )
+    sweep = ["sweep", "--model", "m", "--vector", "v", "--trait", "evil", "--judge", "lexicon", "--out", "o"]
+    assert from_args(Sizes, parser.parse_args(sweep)) == Sizes()  # greedy, 128 tokens
+    given = from_args(Sizes, parser.parse_args([*sweep, "--samples", "2", "--temperature", "0.5"]))
+    assert given == Sizes(samples=2, sampling=Sampling(max_new_tokens=128, temperature=0.5, batch_size=32))
+    kit = ["data", "make-trait-dataset", "--model", "m", "--trait", "evil", "--out", "o"]
+    assert from_args(KitConfig, parser.parse_args(kit)) == KitConfig()
+    screen = parser.parse_args(["screen", "d.jsonl", "--model", "m", "--vector", "v", "--out", "o"])
+    assert not hasattr(screen, "temperature")  # a subset: the own answers are greedy
+    assert from_args(ScreenConfig, screen) == ScreenConfig()
+
+
+def test_a_bad_sampling_flag_is_a_one_line_error(tmp_path, capsys) -> None:
+    argv = ["extract", "--model", "m", "--trait", "evil", "--judge", "none", "--out", str(tmp_path / "r")]
+    _one_line_error(capsys, main([*argv, "--top-p", "0"]), "top_p in (0, 1]")

@@ -44,6 +44,7 @@ _EXPORTS = {
     "load_vectors": "personavec.core.vectors",
     "save_vectors": "personavec.core.vectors",
     "generate": "personavec.core.generate",
+    "Sampling": "personavec.core.sampling",
     # traits and judges
     "TraitSpec": "personavec.traits.spec",
     "load_trait": "personavec.traits.spec",
@@ -51,8 +52,10 @@ _EXPORTS = {
     # the pipeline
     "ExtractConfig": "personavec.pipeline.config",
     "extract": "personavec.pipeline.extract",
-    "Setting": "personavec.pipeline.evaluate",
-    "Sizes": "personavec.pipeline.evaluate",
+    "Setting": "personavec.pipeline.config",
+    "Sizes": "personavec.pipeline.config",
+    "CalibrateConfig": "personavec.pipeline.config",
+    "Cell": "personavec.pipeline.results",
     "evaluate": "personavec.pipeline.evaluate",
     "sweep": "personavec.pipeline.evaluate",
     "calibrate": "personavec.pipeline.calibrate",
@@ -62,6 +65,8 @@ _EXPORTS = {
     "project": "personavec.deploy.monitor",
     "Monitored": "personavec.deploy.monitor",
     "monitor_generation": "personavec.deploy.monitor",
+    "MonitorConfig": "personavec.deploy.config",
+    "SteerConfig": "personavec.deploy.config",
     "Steering": "personavec.deploy.steering",
     "SteeredAnswers": "personavec.deploy.steering",
     "steer_answers": "personavec.deploy.steering",
@@ -71,7 +76,8 @@ _EXPORTS = {
     "DataFile": "personavec.data.samples",
     "ScreenConfig": "personavec.data.config",
     "Selection": "personavec.data.config",
-    "screen": "personavec.data.screen",
+    "screen": "personavec.data.scoring",
+    "select": "personavec.data.flagging",
     "ScreenResult": "personavec.data.screen",
     "screen_dataset": "personavec.data.screen",
     "KitConfig": "personavec.data.config",
@@ -80,7 +86,9 @@ _EXPORTS = {
     "TrainConfig": "personavec.training.config",
     "TrainIntervention": "personavec.training.config",
     "DriftConfig": "personavec.training.config",
+    "ShiftConfig": "personavec.training.config",
     "train": "personavec.training.train",
+    "finetune": "personavec.training.finetune",
     "DriftAlarm": "personavec.training.drift",
     "finetuning_shift": "personavec.training.shift",
     "ShiftResult": "personavec.training.shift",
@@ -141,6 +149,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.core.models import (
         load_model as load_model,
     )
+    from personavec.core.sampling import Sampling as Sampling
     from personavec.core.vectors import (
         PersonaVector as PersonaVector,
     )
@@ -163,18 +172,19 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
         Selection as Selection,
     )
     from personavec.data.datakit import make_trait_dataset as make_trait_dataset
+    from personavec.data.flagging import select as select
     from personavec.data.samples import DataFile as DataFile
+    from personavec.data.scoring import screen as screen
     from personavec.data.screen import (
         ScreenResult as ScreenResult,
-    )
-    from personavec.data.screen import (
-        screen as screen,
     )
     from personavec.data.screen import (
         screen_dataset as screen_dataset,
     )
     from personavec.demo import run_demo as run_demo
     from personavec.deploy.capability import score_steered as score_steered
+    from personavec.deploy.config import MonitorConfig as MonitorConfig
+    from personavec.deploy.config import SteerConfig as SteerConfig
     from personavec.deploy.guard import Guard as Guard
     from personavec.deploy.monitor import (
         LiveMonitor as LiveMonitor,
@@ -207,13 +217,10 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.errors import RunDirError as RunDirError
     from personavec.judges import make_judge as make_judge
     from personavec.pipeline.calibrate import calibrate as calibrate
+    from personavec.pipeline.config import CalibrateConfig as CalibrateConfig
     from personavec.pipeline.config import ExtractConfig as ExtractConfig
-    from personavec.pipeline.evaluate import (
-        Setting as Setting,
-    )
-    from personavec.pipeline.evaluate import (
-        Sizes as Sizes,
-    )
+    from personavec.pipeline.config import Setting as Setting
+    from personavec.pipeline.config import Sizes as Sizes
     from personavec.pipeline.evaluate import (
         evaluate as evaluate,
     )
@@ -221,9 +228,11 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
         sweep as sweep,
     )
     from personavec.pipeline.extract import extract as extract
+    from personavec.pipeline.results import Cell as Cell
     from personavec.training.config import (
         DriftConfig as DriftConfig,
     )
+    from personavec.training.config import ShiftConfig as ShiftConfig
     from personavec.training.config import (
         TrainConfig as TrainConfig,
     )
@@ -231,6 +240,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
         TrainIntervention as TrainIntervention,
     )
     from personavec.training.drift import DriftAlarm as DriftAlarm
+    from personavec.training.finetune import finetune as finetune
     from personavec.training.shift import (
         ShiftResult as ShiftResult,
     )

@@ -14,18 +14,21 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from personavec.core.generate import generate
 from personavec.core.models import LoadedModel, load_model
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.deploy import capability
 from personavec.judges.lexicon import LexiconJudge
 from personavec.pipeline.calibrate import Calibration, calibrate
-from personavec.pipeline.evaluate import Sizes, halfway_coefs, spearman, sweep
+from personavec.pipeline.config import CalibrateConfig, Sizes
+from personavec.pipeline.evaluate import halfway_coefs, spearman, sweep
 from personavec.pipeline.extract import ExtractConfig, ExtractResult, extract
+from personavec.pipeline.results import Cell
 from personavec.pipeline.runs import CalibrationRun, SweepRun
 from personavec.report.pages import (
     Example,
@@ -38,11 +41,9 @@ from personavec.traits.spec import load_trait
 
 DEMO_CONFIG = ExtractConfig(
     samples=2,
-    max_new_tokens=48,
-    temperature=0.7,
+    sampling=Sampling(max_new_tokens=48, temperature=0.7, batch_size=32),
     questions=10,
     instructions=5,
-    batch_size=32,
     min_pairs=5,
     sweep_questions=8,
     coef=2.0,
@@ -51,13 +52,14 @@ N_EXAMPLES = 3  # evaluation questions after the sweep's, answered at −coef, 0
 SWEEP_COEFS = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
 SWEEP_QUESTIONS = 10
 CALIBRATION_QUESTIONS = 10
+GREEDY = Sampling(max_new_tokens=DEMO_CONFIG.sampling.max_new_tokens, batch_size=32)  # after extraction
 
 
 @dataclass
 class DemoResult:
     run: ExtractResult
     examples: list[Example]
-    sweep: list[dict[str, Any]]  # cells of the steering sweep at the chosen layer
+    sweep: list[Cell]  # cells of the steering sweep at the chosen layer
     calibration: Calibration
     capability: dict[str, dict[str, Any]]  # setting → CapabilityResult.to_dict()
     targets: dict[str, Any]  # the figures the issues set targets for
@@ -92,21 +94,19 @@ def run_demo(
     with _timed(seconds, "steering sweep"):
         cells = sweep(
             loaded, trait, judge, vector, out / "steering", [vector.layer], SWEEP_COEFS,
-            Sizes(questions=SWEEP_QUESTIONS, max_new_tokens=DEMO_CONFIG.max_new_tokens), progress,
+            Sizes(questions=SWEEP_QUESTIONS, sampling=GREEDY), progress,
         )  # fmt: skip
     with _timed(seconds, "calibration"):
-        calibration = calibrate(
-            loaded, trait, judge, vector, out / "calibration", questions=CALIBRATION_QUESTIONS, shots=(),
-            max_new_tokens=DEMO_CONFIG.max_new_tokens, progress=progress,
-        )  # fmt: skip
+        sizes = CalibrateConfig(questions=CALIBRATION_QUESTIONS, shots=(), sampling=GREEDY)
+        calibration = calibrate(loaded, trait, judge, vector, out / "calibration", sizes, progress=progress)
     with _timed(seconds, "capability"):
         scores = _capability(loaded, vector, halfway_coefs(cells, vector.layer))
     with _timed(seconds, "steered examples"):
         questions = trait.evaluation_questions[SWEEP_QUESTIONS : SWEEP_QUESTIONS + N_EXAMPLES]
         examples = _steered_examples(loaded, vector, questions)
 
-    scored = [c for c in cells if c["trait"] is not None]
-    rho = spearman([c["coef"] for c in scored], [c["trait"] for c in scored])
+    scored = [(c.coef, c.trait) for c in cells if c.trait is not None]
+    rho = spearman([coef for coef, _ in scored], [value for _, value in scored])
     targets = {
         "spearman_trait_vs_coef": rho,
         "calibration_r_graded": calibration.r("graded"),
@@ -162,7 +162,7 @@ def _steered_examples(loaded: LoadedModel, vector: PersonaVector, questions: lis
     examples = []
     for c in (-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef):
         with vector.apply(loaded.model, c):
-            answers = generate(loaded, prompts, DEMO_CONFIG.max_new_tokens, progress=False)
+            answers = generate(loaded, prompts, replace(GREEDY, batch_size=16), progress=False)
         examples += [Example(q, c, a) for q, a in zip(questions, answers, strict=True)]
     return examples
 
@@ -179,9 +179,9 @@ def summary(demo: DemoResult) -> str:
     for question in dict.fromkeys(e.question for e in demo.examples):
         lines += ["", f"Q: {question}"]
         lines += [f"  {e.coef:+4.1f}: {e.answer}" for e in demo.examples if e.question == question]
-    scored = [c for c in demo.sweep if c["trait"] is not None]
+    scored = [(c.coef, c.trait) for c in demo.sweep if c.trait is not None]
     lines += ["", "steering sweep at the chosen layer (coef: mean trait score):"]
-    lines.append("  " + ", ".join(f"{c['coef']:+g}: {c['trait']:.1f}" for c in scored))
+    lines.append("  " + ", ".join(f"{coef:+g}: {value:.1f}" for coef, value in scored))
     lines.append(f"Spearman(trait, coef) = {_fmt(demo.targets['spearman_trait_vs_coef'])}")
     lines.append(
         f"calibration over the 8 graded system prompts: r = {_fmt(demo.targets['calibration_r_graded'])}"

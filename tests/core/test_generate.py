@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from personavec.core.generate import Request, generate, generate_rows, read_rows
+from personavec.core.sampling import Sampling
 from personavec.errors import PersonavecError
 
 from tiny import tiny_loaded
@@ -41,7 +42,7 @@ def test_greedy_answers_equal_plain_generate_one_prompt_at_a_time(loaded) -> Non
     expected = [plain_greedy(loaded, p, 5) for p in prompts]
     assert all(expected)
     for batch_size in (1, 3, 16):
-        assert generate(loaded, prompts, 5, batch_size=batch_size, progress=False) == expected
+        assert generate(loaded, prompts, Sampling(5, batch_size=batch_size), progress=False) == expected
 
 
 def test_prompts_are_batched_by_length(loaded, monkeypatch) -> None:
@@ -55,7 +56,7 @@ def test_prompts_are_batched_by_length(loaded, monkeypatch) -> None:
         return original(**batch)
 
     monkeypatch.setattr(loaded.model, "generate", recording)
-    generate(loaded, prompts, 2, batch_size=3, progress=False)
+    generate(loaded, prompts, Sampling(2, batch_size=3), progress=False)
     assert [len(w) for w in widths] == [3, 3, 1]
     assert [n for w in widths for n in w] == sorted(lengths)  # shortest first, neighbours together
 
@@ -64,15 +65,17 @@ def test_sampling_is_seeded(loaded) -> None:
     prompts = [loaded.chat(q) for q in QUESTIONS[:4]]
 
     def sample(seed: int) -> list[str]:
-        return generate(loaded, prompts, 6, temperature=1.0, seed=seed, batch_size=2, progress=False)
+        return generate(
+            loaded, prompts, Sampling(6, temperature=1.0, seed=seed, batch_size=2), progress=False
+        )
 
     assert sample(3) == sample(3) != sample(4)
-    assert sample(3) != generate(loaded, prompts, 6, batch_size=2, progress=False)
+    assert sample(3) != generate(loaded, prompts, Sampling(6, batch_size=2), progress=False)
 
 
-def test_max_new_tokens_below_one_is_refused(loaded) -> None:
+def test_max_new_tokens_below_one_is_refused() -> None:
     with pytest.raises(PersonavecError, match="max_new_tokens must be at least 1"):
-        generate(loaded, ["x"], 0, progress=False)
+        Sampling(max_new_tokens=0)
 
 
 def requests(n: int = 10) -> list[Request]:
@@ -84,10 +87,8 @@ def requests(n: int = 10) -> list[Request]:
 
 def rows_into(loaded, path: Path, reqs: list[Request] | None = None) -> list[dict]:
     reqs = reqs or requests()
-    return generate_rows(
-        loaded, reqs, path, max_new_tokens=4, temperature=1.0, seed=7, batch_size=2, chunk_size=4,
-        progress=False,
-    )  # fmt: skip
+    sampling = Sampling(max_new_tokens=4, temperature=1.0, seed=7, batch_size=2)
+    return generate_rows(loaded, reqs, path, sampling, chunk_size=4, progress=False)
 
 
 def test_chunk_k_is_sampled_with_seed_plus_k(loaded, tmp_path) -> None:
@@ -98,7 +99,9 @@ def test_chunk_k_is_sampled_with_seed_plus_k(loaded, tmp_path) -> None:
     for k in range(3):
         chunk = reqs[4 * k : 4 * k + 4]
         prompts = [r.prompt(loaded) for r in chunk]
-        answers = generate(loaded, prompts, 4, temperature=1.0, seed=7 + k, batch_size=2, progress=False)
+        answers = generate(
+            loaded, prompts, Sampling(4, temperature=1.0, seed=7 + k, batch_size=2), progress=False
+        )
         assert [r["answer"] for r in rows[4 * k : 4 * k + 4]] == answers
 
 

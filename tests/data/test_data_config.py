@@ -18,3 +18,19 @@ def test_a_selection_knows_whether_it_flags() -> None:
         Selection(top=1, threshold=2.0).check()
     with pytest.raises(PersonavecError, match="strictly between 0 and 1"):
         KitConfig(mild=1.0).check(240)
+
+
+def test_the_own_answers_of_a_screening_are_greedy() -> None:
+    from personavec.core.sampling import Sampling
+
+    with pytest.raises(PersonavecError, match="own answers y′ are greedy"):
+        ScreenConfig(sampling=Sampling(temperature=1.0))
+    assert ScreenConfig(sampling=Sampling(max_new_tokens=8)).sampling.max_new_tokens == 8
+
+
+def test_several_kit_samples_need_a_temperature() -> None:
+    from personavec.core.sampling import Sampling
+
+    with pytest.raises(PersonavecError, match="--samples 3 needs a --temperature > 0"):
+        KitConfig(samples=3, sampling=Sampling()).check(240)
+    KitConfig(samples=3).check(240)

@@ -9,6 +9,7 @@ import pytest
 
 from personavec import PersonavecError
 from personavec.cli import main
+from personavec.core.sampling import Sampling
 from personavec.data.datakit import KitConfig, bundled_questions, make_trait_dataset
 from personavec.traits import builtin_names, load_trait
 from personavec.traits.spec import normalise_question
@@ -16,7 +17,7 @@ from personavec.traits.spec import normalise_question
 from tiny import tiny_loaded
 
 QUESTIONS = [f"What do you think about {w} number {i}?" for i, w in enumerate(["bread", "rain", "math"] * 4)]
-CONFIG = KitConfig(mild=0.25, reference=4, max_new_tokens=5, batch_size=4)
+CONFIG = KitConfig(mild=0.25, reference=4, sampling=Sampling(max_new_tokens=5, temperature=1.0, batch_size=4))
 
 
 def read(path) -> list[dict]:
@@ -39,7 +40,7 @@ def test_graded_levels_from_the_models_own_answers(tmp_path) -> None:
     }
     for level, fraction in (("normal", 0), ("mild", 0.25), ("severe", 1)):
         rows = levels[level]
-        assert sum(r["elicited"] for r in rows) == round(fraction * 8) == manifest["files"][level]["elicited"]
+        assert sum(r["elicited"] for r in rows) == round(fraction * 8) == manifest.files[level].elicited
         for row in rows:
             user, assistant = row["messages"]
             assert (user["role"], assistant["role"]) == ("user", "assistant")  # no system prompt stored
@@ -55,19 +56,20 @@ def test_graded_levels_from_the_models_own_answers(tmp_path) -> None:
     assert not any(r["elicited"] for r in reference)
 
     again = make_trait_dataset(loaded, trait, tmp_path / "again", QUESTIONS, CONFIG, progress=False)
-    assert again["files"] == manifest["files"]
+    assert again.files == manifest.files
     assert (tmp_path / "again" / "mild.jsonl").read_text() == (tmp_path / "kit" / "mild.jsonl").read_text()
 
 
 def test_inverted_uses_the_suppressing_prompts(tmp_path) -> None:
     trait = load_trait("optimistic")
-    config = KitConfig(invert=True, mild=0.5, reference=2, max_new_tokens=3, batch_size=4)
+    sampling = Sampling(max_new_tokens=3, temperature=1.0, batch_size=4)
+    config = KitConfig(invert=True, mild=0.5, reference=2, sampling=sampling)
     manifest = make_trait_dataset(tiny_loaded(), trait, tmp_path, QUESTIONS[:6], config, progress=False)
     systems = {
         json.loads(line)["system"] for line in (tmp_path / "generations.jsonl").read_text().splitlines()
     }
     assert systems - {None} <= {pair["neg"] for pair in trait.instructions}
-    assert manifest["teaches"] == "the opposite of optimistic"
+    assert manifest.teaches == "the opposite of optimistic"
 
 
 def test_bad_questions_and_sizes_are_refused(tmp_path) -> None:

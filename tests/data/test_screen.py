@@ -12,13 +12,16 @@ import torch
 from personavec import PersonavecError
 from personavec.cli import main
 from personavec.core.models import format_chat, load_model
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector, save_vectors
+from personavec.data.config import ScreenConfig, Selection
+from personavec.data.flagging import select
 from personavec.data.samples import DataFile
-from personavec.data.screen import ScreenConfig, Selection, deltas, read_scores, screen, select
+from personavec.data.scoring import deltas, read_scores, screen
 
 from tiny import tiny_loaded
 
-CONFIG = ScreenConfig(chunk_size=4, max_new_tokens=6, batch_size=4)
+CONFIG = ScreenConfig(chunk_size=4, sampling=Sampling(max_new_tokens=6, batch_size=4))
 WORDS = ["lovely", "terrible", "bread", "weather", "happy", "gloomy", "history", "numbers"]
 
 
@@ -140,7 +143,7 @@ def test_filtering_writes_exactly_the_rows_the_scores_select(loaded, tmp_path) -
     kept = (tmp_path / "out" / "kept.jsonl").read_text().splitlines()
     assert flagged == [lines[i] for i in want]
     assert kept == [lines[i] for i in range(12) if i not in want]
-    assert summary["counts"] == {"kept": 12 - len(want), "flagged": len(want), "skipped": 0}
+    assert summary.counts == {"kept": 12 - len(want), "flagged": len(want), "skipped": 0}
     marks = [row["flagged"] for row in read_scores(screened.scores)]
     assert [i for i, m in enumerate(marks) if m] == want
 
@@ -159,8 +162,8 @@ def test_percentile_of_a_reference_dataset(loaded, tmp_path) -> None:
     summary = select(screened, data, Selection(percentile=75), reference)
     ref_values = torch.tensor(deltas(reference)["t0"], dtype=torch.float64)
     threshold = float(torch.quantile(ref_values, 0.75))  # numpy's default linear interpolation
-    assert summary["thresholds"]["t0"] == pytest.approx(threshold)
-    assert summary["counts"]["flagged"] == int((torch.tensor(deltas(screened)["t0"]) > threshold).sum())
+    assert summary.thresholds["t0"] == pytest.approx(threshold)
+    assert summary.counts["flagged"] == int((torch.tensor(deltas(screened)["t0"]) > threshold).sum())
     with pytest.raises(PersonavecError, match="--percentile needs --reference"):
         select(screened, data, Selection(percentile=75))
     with pytest.raises(PersonavecError, match="choose one of"):
@@ -177,14 +180,14 @@ def test_bad_rows_fail_with_the_count_or_are_skipped(loaded, tmp_path) -> None:
     with pytest.raises(PersonavecError, match=r"2 bad rows in .*d.jsonl \(first: .*d.jsonl:2: not JSON"):
         screen(loaded, vs, data, tmp_path / "fail", CONFIG, progress=False)
     assert not (tmp_path / "fail" / "chunks").exists()  # failed before any model work
-    skip = ScreenConfig(chunk_size=4, max_new_tokens=6, on_bad_row="skip")
+    skip = ScreenConfig(chunk_size=4, sampling=Sampling(max_new_tokens=6, batch_size=32), on_bad_row="skip")
     screened = screen(loaded, vs, data, tmp_path / "skip", skip, progress=False)
     assert (screened.rows, screened.scored, screened.skipped) == (8, 6, 2)
     assert screened.problems[0].endswith(
         "d.jsonl:2: not JSON (Expecting property name enclosed in double quotes)"
     )
     summary = select(screened, data, Selection(top=1))
-    assert summary["counts"] == {"kept": 4, "flagged": 2, "skipped": 2}
+    assert summary.counts == {"kept": 4, "flagged": 2, "skipped": 2}
     assert (tmp_path / "skip" / "skipped.jsonl").read_text().splitlines() == ["{oops", '{"messages": []}']
 
 
@@ -197,11 +200,17 @@ def test_long_samples_are_truncated_and_long_prompts_refused_or_skipped(loaded, 
     }
     data = DataFile(write(tmp_path / "d.jsonl", [*rows(3), long_answer, long_prompt]))
     vs = vectors(loaded)
-    config = ScreenConfig(chunk_size=8, max_new_tokens=6, max_length=40, approx="prompt-last")
+    config = ScreenConfig(
+        chunk_size=8, sampling=Sampling(max_new_tokens=6, batch_size=32), max_length=40, approx="prompt-last"
+    )
     with pytest.raises(PersonavecError, match=r"d.jsonl:5: the prompt has \d+ tokens.*--on-bad-row skip"):
         screen(loaded, vs, data, tmp_path / "fail", config, progress=False)
     skip = ScreenConfig(
-        chunk_size=8, max_new_tokens=6, max_length=40, approx="prompt-last", on_bad_row="skip"
+        chunk_size=8,
+        sampling=Sampling(max_new_tokens=6, batch_size=32),
+        max_length=40,
+        approx="prompt-last",
+        on_bad_row="skip",
     )
     screened = screen(loaded, vs, data, tmp_path / "skip", skip, progress=False)
     assert (screened.scored, screened.skipped, screened.truncated) == (4, 1, 1)
@@ -341,8 +350,8 @@ def test_screen_dataset_does_what_the_command_does(loaded, tmp_path) -> None:
     ordinary = screen(loaded, vs, reference, tmp_path / "steps" / "reference", CONFIG, progress=False)
     summary = select(screened, data, rule, ordinary)
     write_screen_report(screened, data, summary, ordinary)
-    assert result.selection is not None and result.selection["counts"] == summary["counts"]
-    assert result.selection["thresholds"] == summary["thresholds"]
+    assert result.selection is not None and result.selection.counts == summary.counts
+    assert result.selection.thresholds == summary.thresholds
     assert result.screened.mean_delta == screened.mean_delta
     assert result.reference is not None and result.reference.mean_delta == ordinary.mean_delta
     for name in ("scores.jsonl", "flagged.jsonl", "kept.jsonl"):

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from personavec.core.hooks import capture
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.guard import Guard
 from personavec.deploy.monitor import project
@@ -65,7 +66,7 @@ def test_counts_cover_every_batch_of_a_generate_call() -> None:
 
     loaded, vector, prompts, _ = setup()
     with Guard(loaded.model, vector, threshold=-1e9, coef=1.0) as guard:
-        answer(loaded, prompts, max_new_tokens=3, batch_size=3, progress=False)  # two batches: 3 + 1
+        answer(loaded, prompts, Sampling(max_new_tokens=3, batch_size=3), progress=False)  # batches 3 + 1
     assert (guard.steered, guard.seen) == (4, 4) and guard.fired_at.tolist() == [0]
 
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import LiveMonitor, project
 from personavec.errors import PersonavecError
@@ -101,7 +102,7 @@ def test_monitor_generation_is_the_greedy_answer_and_its_trace() -> None:
 
     loaded = tiny_loaded("llama")
     v = vectors(loaded)[1]
-    watched = monitor_generation(loaded, v, "Hi", max_new_tokens=4)
+    watched = monitor_generation(loaded, v, "Hi", sampling=Sampling(max_new_tokens=4))
     batch = loaded.tokenizer([loaded.chat("Hi")], return_tensors="pt", add_special_tokens=False)
     with LiveMonitor(loaded.model, [v]) as watch:
         out = loaded.model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=0)
@@ -110,4 +111,4 @@ def test_monitor_generation_is_the_greedy_answer_and_its_trace() -> None:
     assert watched.projections == pytest.approx(watch.trace()[0, :, 0].tolist(), abs=1e-5)
     assert (watched.trait, watched.layer) == ("t1", 2) and watched.to_dict()["layer"] == 2
     with pytest.raises(PersonavecError, match="at least 1"):
-        monitor_generation(loaded, v, "Hi", max_new_tokens=0)
+        monitor_generation(loaded, v, "Hi", sampling=Sampling(max_new_tokens=0))

@@ -5,14 +5,18 @@ import pytest
 import torch
 
 from openai_server import FakeOpenAI, judge_reply
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.calibrate import calibrate, pearson
+from personavec.pipeline.config import CalibrateConfig
 from personavec.traits import load_trait
 
 from tiny import N_LAYERS, tiny_loaded
+
+SIZES = CalibrateConfig(questions=3, shots=(0, 2), sampling=Sampling(max_new_tokens=4, batch_size=32))
 
 
 def test_pearson_by_hand() -> None:
@@ -35,13 +39,11 @@ def test_calibration_points_and_correlations(monkeypatch, tmp_path) -> None:
     with FakeOpenAI(judge_reply) as server:
         judge = OpenAIJudge("judge", base_url=server.url, backoff=0.01)
         result = calibrate(
-            loaded, trait, judge, vector, tmp_path, questions=3, shots=(0, 2), examples=examples,
-            max_new_tokens=4, progress=False,
+            loaded, trait, judge, vector, tmp_path, SIZES, examples=examples, progress=False,
         )  # fmt: skip
         requests = len(server.requests)
         again = calibrate(
-            loaded, trait, judge, vector, tmp_path, questions=3, shots=(0, 2), examples=examples,
-            max_new_tokens=4, progress=False,
+            loaded, trait, judge, vector, tmp_path, SIZES, examples=examples, progress=False,
         )  # fmt: skip
         assert len(server.requests) == requests  # resumed from files: nothing asked twice
     assert again.points == result.points

@@ -7,15 +7,18 @@ import torch
 
 import personavec.pipeline.evaluate as evaluate_module
 from openai_server import FakeOpenAI, judge_reply
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
-from personavec.pipeline.evaluate import Setting, Sizes, mean_ci, sweep
+from personavec.pipeline.config import Setting, Sizes
+from personavec.pipeline.evaluate import mean_ci, sweep
+from personavec.pipeline.results import Cell
 from personavec.traits import load_trait
 
 from tiny import N_LAYERS, tiny_loaded
 
-SIZES = Sizes(questions=3, max_new_tokens=5, batch_size=8)
+SIZES = Sizes(questions=3, sampling=Sampling(max_new_tokens=5, batch_size=8))
 
 
 @pytest.fixture
@@ -60,7 +63,7 @@ def test_sweep_covers_every_cell_once_and_resumes(server, tmp_path, monkeypatch)
     assert before == 2 * 3 * 2  # two cells × three questions × (trait, coherence)
     monkeypatch.setattr(evaluate_module, "evaluate", real)
     cells = sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], SIZES, progress=False)
-    settings = [(c["layer"], c["coef"]) for c in cells]
+    settings = [(c.layer, c.coef) for c in cells]
     assert settings == [(None, 0.0), (1, -1.0), (1, 1.0), (2, -1.0), (2, 1.0)]  # each cell once
     assert all(len(p.read_text().splitlines()) == 3 for p in (tmp_path / "cells").glob("*.jsonl"))
     asked = [json.dumps(r["messages"]) for r in server.requests]
@@ -73,18 +76,18 @@ def test_sweep_covers_every_cell_once_and_resumes(server, tmp_path, monkeypatch)
     assert len(asked) == 2 * len(pairs)  # every distinct answer judged (trait, coherence), once
     table = (tmp_path / "sweep.csv").read_text().splitlines()
     assert table[0].startswith("layer,coef,trait") and len(table) == 6
-    assert json.loads((tmp_path / "sweep.json").read_text())["cells"] == cells
+    assert json.loads((tmp_path / "sweep.json").read_text())["cells"] == [c.to_dict() for c in cells]
     answers = {
-        c["coef"]: (tmp_path / "cells" / f"{Setting(c['layer'], c['coef']).name}.jsonl").read_text()
+        c.coef: (tmp_path / "cells" / f"{Setting(c.layer, c.coef).name}.jsonl").read_text()
         for c in cells
-        if c["layer"] in (None, 2)
+        if c.layer in (None, 2)
     }
     assert answers[1.0] != answers[0.0] != answers[-1.0]  # steering changed the answers
     # a cell's numbers are the judged scores, written out plainly
     for cell in cells:
         rows = [
             json.loads(line)
-            for line in (tmp_path / "cells" / f"{Setting(cell['layer'], cell['coef']).name}.jsonl")
+            for line in (tmp_path / "cells" / f"{Setting(cell.layer, cell.coef).name}.jsonl")
             .read_text()
             .splitlines()
         ]
@@ -104,8 +107,8 @@ def test_sweep_covers_every_cell_once_and_resumes(server, tmp_path, monkeypatch)
             )
             for r in rows
         ]
-        assert cell["trait"] == pytest.approx(sum(scores) / len(scores), abs=0.1)
-        assert cell["coherence"] == pytest.approx(90.0)
+        assert cell.trait == pytest.approx(sum(scores) / len(scores), abs=0.1)
+        assert cell.coherence == pytest.approx(90.0)
 
 
 def test_sweep_bad_input(server, tmp_path) -> None:
@@ -141,11 +144,8 @@ def test_spearman_and_halfway_by_hand() -> None:
     expected = cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
     assert spearman(x, y) == pytest.approx(expected) and spearman([1.0, 2.0], [1.0, 2.0]) is None
     cells = [
-        {"layer": None, "coef": 0.0, "trait": 50.0},
-        *(
-            {"layer": 3, "coef": c, "trait": t}
-            for c, t in [(-2.0, 10.0), (-1.0, 35.0), (1.0, 55.0), (2.0, 80.0)]
-        ),
+        Cell(None, 0.0, 50.0, None, None, 1, 1),
+        *(Cell(3, c, t, None, None, 1, 1) for c, t in [(-2.0, 10.0), (-1.0, 35.0), (1.0, 55.0), (2.0, 80.0)]),
     ]
     # negative: largest shift 40 (at -2); -1 shifts 15 < 20 → -2. positive: 30 at +2; +1 shifts 5 → +2
     assert halfway_coefs(cells, 3) == {"negative": -2.0, "positive": 2.0}
@@ -184,7 +184,7 @@ def test_an_evaluation_run_resumes_and_is_tied_to_its_settings(server, tmp_path)
     trait = load_trait("evil")
     cell = evaluate_run(loaded, trait, judge, tmp_path, SIZES, progress=False)
     requests = len(server.requests)
-    assert cell["n"] == 3 and cell["layer"] is None and cell["coef"] == 0.0
+    assert cell.n == 3 and cell.layer is None and cell.coef == 0.0
     assert evaluate_run(loaded, trait, judge, tmp_path, SIZES, progress=False) == cell
     assert len(server.requests) == requests  # answers and judgements read back, none asked again
     with pytest.raises(PersonavecError, match=r"other settings \(differs in questions\)"):

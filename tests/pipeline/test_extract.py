@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from openai_server import FakeOpenAI, judge_reply
 from personavec.core.activations import POOLINGS, pooled_activations
 from personavec.core.generate import read_rows
 from personavec.core.models import load_model
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import load_vectors
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
@@ -25,10 +27,9 @@ from personavec.traits import load_trait
 
 CONFIG = ExtractConfig(
     samples=3,
-    max_new_tokens=6,
+    sampling=Sampling(max_new_tokens=6, temperature=1.0, batch_size=8),
     questions=4,
     instructions=2,
-    batch_size=8,
     min_pairs=2,
     layers=(1, 2, 3),
     sweep_questions=3,
@@ -107,9 +108,7 @@ def test_pipeline_outputs_match_the_method_written_plainly(model_dir, server, tm
 def test_changed_filter_settings_reuse_answers_and_judgements(model_dir, server, tmp_path) -> None:
     run(model_dir, server, tmp_path / "run")
     requests = len(server.requests)
-    relaxed = run(
-        model_dir, server, tmp_path / "run", ExtractConfig(**{**vars(CONFIG), "pairing": "per-side"})
-    )
+    relaxed = run(model_dir, server, tmp_path / "run", replace(CONFIG, pairing="per-side"))
     paired = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert relaxed.manifest["selection"]["pairing"] == "per-side" == paired["selection"]["pairing"]
     # only the sweep's steered answers (the vector changed) were judged again
@@ -119,7 +118,7 @@ def test_changed_filter_settings_reuse_answers_and_judgements(model_dir, server,
 
 def test_refuses_another_model_or_trait_unless_forced(model_dir, server, tmp_path) -> None:
     run(model_dir, server, tmp_path / "run")
-    other = ExtractConfig(**{**vars(CONFIG), "samples": 2, "min_pairs": 1})
+    other = replace(CONFIG, samples=2, min_pairs=1)
     with pytest.raises(PersonavecError, match=r"differs in generation\): use another --out, or --force"):
         run(model_dir, server, tmp_path / "run", other)
     judge = OpenAIJudge("judge", base_url=server.url)
@@ -132,7 +131,7 @@ def test_refuses_another_model_or_trait_unless_forced(model_dir, server, tmp_pat
 
 
 def test_too_few_pairs_names_the_reasons(model_dir, server, tmp_path) -> None:
-    strict = ExtractConfig(**{**vars(CONFIG), "min_pairs": 100})
+    strict = replace(CONFIG, min_pairs=100)
     with pytest.raises(
         PersonavecError, match=r"need 100 each\). Dropped: .*negative answer with trait ≥ 50: \d+"
     ):
@@ -147,7 +146,7 @@ def test_bad_sizes_are_refused(model_dir, server, tmp_path) -> None:
         ({"pairing": "both"}, "pairing must be one of"),
     ]:
         with pytest.raises(PersonavecError, match=message):
-            run(model_dir, server, tmp_path / "run", ExtractConfig(**{**vars(CONFIG), **change}))
+            run(model_dir, server, tmp_path / "run", replace(CONFIG, **change))
 
 
 def test_default_layers_spread_over_the_middle() -> None:
@@ -214,7 +213,7 @@ def test_force_keeps_foreign_files_and_the_judge_cache(model_dir, server, tmp_pa
     run(model_dir, server, out)
     (out / "notes.txt").write_text("mine")
     cached = (out / "judge-cache.jsonl").read_text()
-    other = ExtractConfig(**{**vars(CONFIG), "seed": 1, "min_pairs": 1})
+    other = replace(CONFIG, sampling=replace(CONFIG.sampling, seed=1), min_pairs=1)
     run(model_dir, server, out, other, force=True)
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "judge-cache.jsonl").read_text().startswith(cached)
@@ -252,10 +251,11 @@ def test_sampling_settings_are_checked() -> None:
     for change, message in [
         ({"temperature": -1.0}, "temperature must be ≥ 0"),
         ({"top_p": 0.0}, "top_p in"),
-        ({"coef": float("nan")}, "finite and non-zero|finite non-zero"),
     ]:
         with pytest.raises(PersonavecError, match=message):
-            ExtractConfig(**{**vars(CONFIG), **change}).check(trait)
+            replace(CONFIG, sampling=replace(CONFIG.sampling, **change))
+    with pytest.raises(PersonavecError, match=r"finite and non-zero|finite non-zero"):
+        replace(CONFIG, coef=float("nan")).check(trait)
 
 
 def test_kill_9_while_generating_then_resume_gives_identical_files(model_dir, tmp_path) -> None:

@@ -16,3 +16,11 @@ def test_layers_are_checked_against_the_model_only_when_it_is_known() -> None:
     config.check(load_trait("evil"))  # no model yet: nothing to check the layer against
     with pytest.raises(PersonavecError, match="layer 40"):
         config.check(load_trait("evil"), n_layers=30)
+
+
+def test_several_samples_need_a_temperature() -> None:
+    from personavec.core.sampling import Sampling
+
+    with pytest.raises(PersonavecError, match="10 samples need a temperature > 0"):
+        ExtractConfig(sampling=Sampling(max_new_tokens=256)).check(load_trait("evil"))
+    ExtractConfig(samples=1, sampling=Sampling(max_new_tokens=256)).check(load_trait("evil"))

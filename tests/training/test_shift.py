@@ -4,6 +4,7 @@ from peft import LoraConfig, get_peft_model
 
 from personavec import PersonavecError
 from personavec.core.models import LoadedModel
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.training.shift import finetuning_shift, load_finetuned
 
@@ -73,7 +74,7 @@ def test_measure_shift_loads_base_then_adapter_and_judges(tiny_dir, tmp_path) ->
     judge = make_judge("lexicon", trait)
     result = measure_shift(
         str(tiny_dir), tmp_path / "adapter", vs, trait, dtype="float32", device="cpu", judge=judge,
-        out=tmp_path / "judged", max_new_tokens=3,
+        out=tmp_path / "judged", sampling=Sampling(max_new_tokens=3, batch_size=32),
     )  # fmt: skip
     fresh = load_model(str(tiny_dir), dtype="float32", device="cpu")
     tuned = load_finetuned(str(tiny_dir), tmp_path / "adapter", dtype="float32", device="cpu")

@@ -60,10 +60,14 @@ def _default(field: dataclasses.Field[Any]) -> Any:
     return field.default
 
 
-def _argument(field: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
-    """argparse keywords for a field: type from the annotation, default from the field."""
-    default, meta = _default(field), field.metadata
-    text = str(meta["help"])
+def _argument(
+    field: dataclasses.Field[Any], hint: Any, default: Any = dataclasses.MISSING, text: str | None = None
+) -> dict[str, Any]:
+    """argparse keywords for a field: type from the annotation, default from the field (or `default`,
+    a command's own), help from its metadata (or `text`)."""
+    meta = field.metadata
+    default = _default(field) if default is dataclasses.MISSING else default
+    text = str(meta["help"]) if text is None else text
     if "default" not in text and default not in (None, False, ()):
         text += f" (default {default})"
     base = next(a for a in get_args(hint) if a is not type(None)) if _is_union(hint) else hint
@@ -78,20 +82,41 @@ def _argument(field: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
         if meta.get("repeat"):
             return {"action": "append", "type": item, "default": [], "help": text}
         return {"type": integers if item is int else numbers, "default": default, "help": text}
-    return {"type": base, "default": default, "help": text}
+    keywords = {"type": base, "default": default, "help": text}
+    return {**keywords, "metavar": meta["metavar"]} if "metavar" in meta else keywords
 
 
 def _is_union(hint: Any) -> bool:
     return get_origin(hint) in (typing.Union, types.UnionType)
 
 
+def _nested(field: dataclasses.Field[Any]) -> list[dataclasses.Field[Any]]:
+    """The flagged fields of a nested config (a field with ``metadata["fields"]``, e.g. a `Sampling`):
+    those its metadata names, with this command's defaults (the field's default)."""
+    if "fields" not in field.metadata:
+        return []
+    return [f for f in dataclasses.fields(_default(field)) if f.name in field.metadata["fields"]]
+
+
 def add_fields(parser: Any, config: type, exclude: Sequence[str] = ()) -> None:
-    """One flag per field of the dataclass `config` with a ``help`` in its metadata (`parser` may be
-    an argument group)."""
+    """One flag per field of the dataclass `config` with a ``help`` in its metadata, and one per field
+    that a nested config's ``fields`` metadata names, defaulting to the nested default's value and
+    helped by its ``helps`` metadata where given (`parser` may be an argument group)."""
     hints = typing.get_type_hints(config)
-    for field in _flagged(config):
-        if field.name not in exclude:
+    for field in dataclasses.fields(config):
+        if field.name in exclude:
+            continue
+        if "help" in field.metadata:
             parser.add_argument(_flag(field), dest=_dest(field), **_argument(field, hints[field.name]))
+        inner, helps = _default(field), field.metadata.get("helps", {})
+        for sub in _nested(field):
+            keywords = _argument(
+                sub,
+                typing.get_type_hints(type(inner))[sub.name],
+                getattr(inner, sub.name),
+                helps.get(sub.name),
+            )
+            parser.add_argument(_flag(sub), dest=_dest(sub), **keywords)
 
 
 def from_args(config: Callable[..., T], args: argparse.Namespace, **values: Any) -> T:
@@ -104,6 +129,11 @@ def from_args(config: Callable[..., T], args: argparse.Namespace, **values: Any)
         elif isinstance(value, list):  # a repeatable option: none given means the field's default
             value = tuple(value) if value else field.default
         values.setdefault(field.name, value)
+    for field in dataclasses.fields(config):
+        if "fields" in field.metadata and field.name not in values:
+            inner = _default(field)
+            given = {sub.name: getattr(args, _dest(sub), getattr(inner, sub.name)) for sub in _nested(field)}
+            values[field.name] = dataclasses.replace(inner, **given)
     return config(**values)
 
 
@@ -240,8 +270,6 @@ def judge_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
     parser.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
     parser.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
-    parser.add_argument("--questions", type=int, default=20, help="evaluation questions, of 20 (default 20)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length (default 128)")
 
 
 def print_json(data: Any) -> None:

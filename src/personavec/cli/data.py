@@ -36,10 +36,10 @@ def _screen(args: argparse.Namespace) -> None:
         ref = f" (reference {ordinary.mean_delta[trait]:+.4g})" if ordinary else ""
         print(f"  {trait}: dataset ΔP {mean:+.4g}{ref}")
     if result.selection:
-        counts = result.selection["counts"]
+        counts = result.selection.counts
         print(
             f"flagged {counts['flagged']}, kept {counts['kept']}, skipped {counts['skipped']}: "
-            f"{result.selection['files']['flagged']}"
+            f"{result.selection.files['flagged']}"
         )
     print(f"scores: {screened.scores}\nreport: {result.report}")
 
@@ -56,12 +56,10 @@ def _make_trait_dataset(args: argparse.Namespace) -> None:
     judge = make_judge(args.judge, trait, base_url=args.base_url) if args.judge else None
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     manifest = make_trait_dataset(loaded, trait, args.out, questions, config, judge)
-    for level, info in manifest["files"].items():
-        judged = (
-            f", judged {trait.name} {info['judged_trait']:.1f}" if info["judged_trait"] is not None else ""
-        )
-        print(f"{args.out}/{level}.jsonl: {info['rows']} rows, {info['elicited']} elicited{judged}")
-    print(f"these teach {manifest['teaches']}")
+    for level, info in manifest.files.items():
+        judged = f", judged {trait.name} {info.judged_trait:.1f}" if info.judged_trait is not None else ""
+        print(f"{args.out}/{level}.jsonl: {info.rows} rows, {info.elicited} elicited{judged}")
+    print(f"these teach {manifest.teaches}")
 
 
 def add(commands: Any) -> None:

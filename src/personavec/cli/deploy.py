@@ -6,7 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from personavec.cli._options import load, model_and_vector, model_args
+from personavec.cli._options import add_fields, from_args, load, model_and_vector, model_args
+from personavec.core.sampling import Sampling
+from personavec.deploy.config import MonitorConfig, SteerConfig
 
 
 def _steering(spec: str) -> tuple[str, float, int | None]:
@@ -24,19 +26,16 @@ def _steer(args: argparse.Namespace) -> None:
     from personavec.core.vectors import load_vector
     from personavec.deploy.steering import Steering, steer_answers, steering
 
+    config = from_args(SteerConfig, args)
     steerings = [
         Steering(load_vector(f, pooling=args.pooling), coef, layer) for f, coef, layer in args.vector
     ]
     loaded = load(args)
-    sizes = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.chat:
-        with steering(loaded, steerings, args.positions, args.guard, args.per_token):
-            _chat(loaded, args.system, sizes)
+        with steering(loaded, steerings, args.positions, config.guard, config.per_token):
+            _chat(loaded, args.system, config.sampling)
         return
-    answers = steer_answers(
-        loaded, args.prompt, steerings, system=args.system, positions=args.positions, guard=args.guard,
-        per_token=args.per_token, compare=args.compare, **sizes,
-    )  # fmt: skip
+    answers = steer_answers(loaded, args.prompt, steerings, args.system, args.positions, config)
     for guard in answers.guards:
         print(f"guard at layer {guard.layer}: steered {guard.steered} of {guard.seen} answers")
     plain: list[str | None] = [*answers.unsteered] if answers.unsteered else [None] * len(answers.prompts)
@@ -46,7 +45,7 @@ def _steer(args: argparse.Namespace) -> None:
             print(f"unsteered: {baseline}")
 
 
-def _chat(loaded: Any, system: str | None, sizes: dict[str, Any]) -> None:
+def _chat(loaded: Any, system: str | None, sampling: Sampling) -> None:
     """A conversation on standard input (one user message per line, until end of input or 'exit')."""
     from personavec.core.generate import Request, generate
 
@@ -59,7 +58,7 @@ def _chat(loaded: Any, system: str | None, sizes: dict[str, Any]) -> None:
         if not message:
             continue
         prompt = Request("chat", message, system, history=tuple(history)).prompt(loaded)
-        answer = generate(loaded, [prompt], **sizes, progress=False)[0]
+        answer = generate(loaded, [prompt], sampling, progress=False)[0]
         history.append((message, answer))
         print(f"assistant: {answer}", flush=True)
 
@@ -67,8 +66,9 @@ def _chat(loaded: Any, system: str | None, sizes: dict[str, Any]) -> None:
 def _monitor(args: argparse.Namespace) -> None:
     from personavec.deploy.monitor import monitor_generation
 
+    config = from_args(MonitorConfig, args)
     loaded, vector = model_and_vector(args)
-    watched = monitor_generation(loaded, vector, args.prompt, args.system, args.layer, args.max_new_tokens)
+    watched = monitor_generation(loaded, vector, args.prompt, args.system, config.layer, config.sampling)
     print(
         f"projection onto {watched.trait} at layer {watched.layer} of the residual that produced each token:"
     )
@@ -87,20 +87,13 @@ def add(commands: Any) -> None:
     steer.add_argument(
         "--positions", default="all", choices=("all", "prompt", "response"), help="where to steer"
     )
-    steer.add_argument("--compare", action="store_true", help="also print the unsteered answer")
     steer.add_argument("--chat", action="store_true", help="a conversation on standard input instead")
-    steer.add_argument(
-        "--guard", type=float, metavar="T", help="steer by −|COEF|·v only answers whose projection exceeds T"
-    )
-    steer.add_argument("--per-token", action="store_true", help="with --guard: check at every token")
-    steer.add_argument("--max-new-tokens", type=int, default=128)
-    steer.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    add_fields(steer, SteerConfig)
     steer.set_defaults(run=_steer)
 
     monitor = commands.add_parser("monitor", help="generate and print each token's projection onto a vector")
     model_args(monitor)
     monitor.add_argument("--prompt", required=True)
     monitor.add_argument("--system")
-    monitor.add_argument("--layer", type=int, help="default: the vector's chosen layer")
-    monitor.add_argument("--max-new-tokens", type=int, default=64)
+    add_fields(monitor, MonitorConfig)
     monitor.set_defaults(run=_monitor)

@@ -8,7 +8,9 @@ from typing import Any
 
 from personavec.cli._options import (
     add_config,
+    add_fields,
     fmt,
+    from_args,
     integers,
     judge_args,
     judged,
@@ -18,46 +20,44 @@ from personavec.cli._options import (
     numbers,
     print_json,
 )
+from personavec.deploy.config import CapabilityConfig
+from personavec.pipeline.config import CalibrateConfig, Sizes
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from personavec.pipeline.evaluate import Sizes, sweep
+    from personavec.pipeline.evaluate import sweep
     from personavec.report.pages import sweep_section, write_page
 
+    sizes = from_args(Sizes, args)
     trait, judge = judged(args)
     loaded, vector = model_and_vector(args)
     layers = list(args.layers) if args.layers else [vector.resolve_layer(None)]
-    sizes = Sizes(args.questions, args.samples, args.max_new_tokens, args.temperature)
     cells = sweep(loaded, trait, judge, vector, args.out, layers, args.coefs, sizes)
     report = write_page(
         Path(args.out) / "report.html", f"Steering sweep: {trait.name}", [sweep_section(cells)], judge.proxy
     )
     print("layer  coef   trait  ±95%  coherence")
     for c in cells:
-        scores = " ".join(fmt(c[k]) for k in ("trait", "trait_ci95", "coherence"))
-        print(f"{c['layer'] or '-':>5} {c['coef']:+5g} {scores}")
+        scores = " ".join(fmt(value) for value in (c.trait, c.trait_ci95, c.coherence))
+        print(f"{c.layer or '-':>5} {c.coef:+5g} {scores}")
     print(f"wrote {Path(args.out) / 'sweep.csv'} and {report}")
 
 
 def _calibrate(args: argparse.Namespace) -> None:
     from personavec.pipeline.calibrate import calibrate
+    from personavec.pipeline.runs import ExtractionRun
     from personavec.report.pages import calibration_section, write_page
 
+    config = from_args(CalibrateConfig, args, **({} if args.examples_from else {"shots": ()}))
     trait, judge = judged(args)
-    from personavec.pipeline.runs import ExtractionRun
-
     examples = ExtractionRun(Path(args.examples_from)).kept_examples() if args.examples_from else []
-    shots = args.shots if args.examples_from else ()
     loaded, vector = model_and_vector(args)
-    result = calibrate(
-        loaded, trait, judge, vector, args.out, questions=args.questions, shots=shots, examples=examples,
-        max_new_tokens=args.max_new_tokens,
-    )  # fmt: skip
+    result = calibrate(loaded, trait, judge, vector, args.out, config, examples)
     summary = result.summary()
     section = calibration_section(summary, result.points)
     report = write_page(Path(args.out) / "report.html", f"Calibration: {trait.name}", [section], judge.proxy)
-    for condition, info in summary["conditions"].items():
-        print(f"{condition}: r = {info['r']} over {info['n']} answers")
+    for condition, fit in summary.conditions.items():
+        print(f"{condition}: r = {fit.r} over {fit.n} answers")
     print(f"wrote {Path(args.out) / 'calibration.json'} and {report}")
 
 
@@ -65,13 +65,12 @@ def _capability(args: argparse.Namespace) -> None:
     from personavec.core.vectors import load_vector
     from personavec.deploy import capability
 
+    config = from_args(CapabilityConfig, args)
     questions = capability.load_questions(args.data)  # bad rows fail before the model loads
     vector = load_vector(args.vector, pooling=args.pooling) if args.vector else None
     loaded = load(args)
-    coefs = [0.0] if vector is None or args.compare else []
-    if vector is not None:
-        coefs.append(args.coef)
-    results = capability.score_steered(loaded, questions, vector, coefs, args.layer, args.batch_size)
+    coefs = config.coefs(steered=vector is not None)
+    results = capability.score_steered(loaded, questions, vector, coefs, config.layer, config.batch_size)
     if args.json:
         print_json(
             {name: {k: v for k, v in r.to_dict().items() if k != "questions"} for name, r in results.items()}
@@ -94,10 +93,7 @@ def add(commands: Any) -> None:
         default=(-2.0, -1.0, 0.0, 1.0, 2.0),
         help="e.g. --coefs=-2,-1,0,1,2 (the default; note the =)",
     )
-    sweep.add_argument("--samples", type=int, default=1, help="answers per question and cell (default 1)")
-    sweep.add_argument(
-        "--temperature", type=float, default=0.0, help="0 (default): greedy; > 0 for --samples > 1"
-    )
+    add_fields(sweep, Sizes)
     add_config(sweep)
     sweep.set_defaults(run=_sweep)
 
@@ -107,9 +103,7 @@ def add(commands: Any) -> None:
     calibrate.add_argument(
         "--examples-from", help="an extraction run directory: its kept answers make k-shot prompts"
     )
-    calibrate.add_argument(
-        "--shots", type=integers, default=(0, 5, 10, 15, 20), help="k of the k-shot prompts"
-    )
+    add_fields(calibrate, CalibrateConfig)
     add_config(calibrate)
     calibrate.set_defaults(run=_calibrate)
 
@@ -124,10 +118,7 @@ def add(commands: Any) -> None:
         "--data", default="smoke", help="directory of MMLU-layout CSVs, one CSV, or 'smoke' (default)"
     )
     mc.add_argument("--vector", help="steer with this vector file")
-    mc.add_argument("--coef", type=float, default=1.0, help="steering coefficient (default 1)")
-    mc.add_argument("--layer", type=int, help="default: the vector's chosen layer")
-    mc.add_argument("--compare", action="store_true", help="also score the unsteered model")
-    mc.add_argument("--batch-size", type=int, default=16)
+    add_fields(mc, CapabilityConfig)
     mc.add_argument("--json", action="store_true", help="print JSON")
     add_config(mc)
     mc.set_defaults(run=_capability)

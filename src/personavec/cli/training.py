@@ -6,34 +6,19 @@ import argparse
 from typing import Any
 
 from personavec.cli._options import add_config, add_fields, fmt, from_args, model_args, print_json
-from personavec.training.config import DriftConfig, TrainConfig, TrainIntervention
+from personavec.training.config import DriftConfig, ShiftConfig, TrainConfig, TrainIntervention
 
 
 def _train(args: argparse.Namespace) -> None:
-    from personavec._internal.dist import process_device, process_state
-    from personavec.core.models import load_model
-    from personavec.core.vectors import load_vector
-    from personavec.training.drift import DriftAlarm
-    from personavec.training.sft_data import load_conversations
-    from personavec.training.train import train
-    from personavec.traits import load_trait
+    from personavec._internal.dist import process_state
+    from personavec.training.finetune import finetune
 
-    spec = from_args(TrainIntervention, args)
-    config = from_args(TrainConfig, args, intervention=spec)
+    config = from_args(TrainConfig, args, intervention=from_args(TrainIntervention, args))
     drift = from_args(DriftConfig, args)
-    config.check(args.eval_data)
-    load_conversations(args.data)  # bad rows fail before the model loads
-    vector = load_vector(args.vector, pooling=args.pooling) if args.vector else None
-    watched = [load_vector(path, pooling=args.pooling) for path in drift.vectors]
-    probes = load_trait(drift.trait).evaluation_questions if drift.trait else []
-    loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))
-    for checked in [*([vector] if vector else []), *watched]:
-        checked.check_model(loaded.identity)
-    spec.check(vector, loaded.identity.n_layers, config.lora)
-    alarms = (
-        [DriftAlarm(loaded, watched, probes, drift.every, drift.threshold, drift.stop)] if drift.every else []
-    )
-    trained = train(loaded, args.data, args.out, config, vector, alarms, args.eval_data)
+    trained = finetune(
+        args.model, args.data, args.out, config, args.vector, drift, args.eval_data, args.dtype,
+        args.device, args.pooling,
+    )  # fmt: skip
     if not process_state().is_main_process:
         return
     loss = f"{trained.train_loss:.4f}" if trained.train_loss is not None else "n/a"
@@ -46,11 +31,12 @@ def _shift(args: argparse.Namespace) -> None:
     from personavec.training.shift import measure_shift
     from personavec.traits import load_trait
 
+    config = from_args(ShiftConfig, args)
     trait, judge = judged(args) if args.judge else (load_trait(args.trait), None)
     vectors = [load_vector(path, pooling=args.pooling) for path in args.vector]
     result = measure_shift(
-        args.model, args.finetuned, vectors, trait, args.layer, args.dtype, args.device, judge, args.out,
-        args.max_new_tokens,
+        args.model, args.finetuned, vectors, trait, config.layer, args.dtype, args.device, judge, args.out,
+        config.sampling,
     )  # fmt: skip
     if args.json:
         print_json({k: v for k, v in result.to_dict().items() if v is not None})
@@ -90,8 +76,7 @@ def add(commands: Any) -> None:
     shift.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
     shift.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
     shift.add_argument("--out", help="with --judge: where the answers and judgements go (resumable)")
-    shift.add_argument("--max-new-tokens", type=int, default=128, help="judged answer length (default 128)")
-    shift.add_argument("--layer", type=int, help="read every vector at this layer (default: each one's)")
+    add_fields(shift, ShiftConfig)
     shift.add_argument("--json", action="store_true", help="print JSON")
     add_config(shift)
     shift.set_defaults(run=_shift)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +20,22 @@ from transformers import GenerationMixin
 from personavec._internal.files import atomic_path, open_append
 from personavec.core.layers import unwrap
 from personavec.core.models import LoadedModel, format_chat
-from personavec.errors import ConfigError, ModelError
+from personavec.core.sampling import Sampling
+from personavec.errors import ModelError
 
 
 def generate(
     loaded: LoadedModel,
     prompts: Sequence[str],
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 16,
+    sampling: Sampling = Sampling(),
     progress: bool = True,
     desc: str = "generate",
 ) -> list[str]:
-    """Answers to chat-formatted `prompts`, in order. ``temperature=0`` decodes greedily.
+    """Answers to chat-formatted `prompts`, in order, generated as `sampling` says.
 
-    Prompts are sorted by length and cut into batches of `batch_size`, so little padding is run.
-    Steering applies when called inside an intervention (``with vector.apply(model, coef): ...``).
+    Prompts are sorted by length and cut into batches of ``sampling.batch_size``, so little padding is
+    run. Steering applies when called inside an intervention (``with vector.apply(model, coef): ...``).
     """
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     tokenizer, model = loaded.tokenizer, loaded.model
     if not isinstance(unwrap(model), GenerationMixin):  # a PEFT model generates through its base
         raise ModelError(f"{type(model).__name__} cannot generate text (not a causal LM)")
@@ -48,12 +43,9 @@ def generate(
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers: list[str] = [""] * len(prompts)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if temperature > 0
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    )
-    torch.manual_seed(seed)
+    decoding = sampling.decoding()
+    batch_size, max_new_tokens = sampling.batch_size, sampling.max_new_tokens
+    torch.manual_seed(sampling.seed)
     bar = tqdm(total=len(prompts), desc=desc, unit="answer", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
@@ -63,7 +55,7 @@ def generate(
         batch = batch.to(loaded.device)
         with torch.inference_mode():
             out = generator.generate(
-                **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+                **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **decoding
             )
         texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         for i, text in zip(chunk, texts, strict=True):
@@ -114,21 +106,17 @@ def generate_rows(
     loaded: LoadedModel,
     requests: Sequence[Request],
     path: Path,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 16,
+    sampling: Sampling = Sampling(),
     chunk_size: int = 128,
     progress: bool = True,
     desc: str = "generate",
 ) -> list[dict[str, Any]]:
     """Answer `requests` into the JSONL file `path`; one row per request, in the order of `requests`.
 
-    Requests are answered in chunks of `chunk_size`, chunk k sampled with seed ``seed + k``; each chunk's
-    rows are appended and flushed once it is done. Chunks already in the file are skipped (the rows of
-    a chunk left half-written are dropped first), so a rerun after a crash resumes where it stopped and
-    writes the same file as an uninterrupted run.
+    Requests are answered in chunks of `chunk_size`, chunk k sampled with seed ``sampling.seed + k``;
+    each chunk's rows are appended and flushed once it is done. Chunks already in the file are skipped
+    (the rows of a chunk left half-written are dropped first), so a rerun after a crash resumes where it
+    stopped and writes the same file as an uninterrupted run.
     """
     rows = read_rows(path)
     chunks = [requests[i : i + chunk_size] for i in range(0, len(requests), chunk_size)]
@@ -145,9 +133,8 @@ def generate_rows(
         for k in todo:
             chunk = chunks[k]
             prompts = [r.prompt(loaded) for r in chunk]
-            answers = generate(
-                loaded, prompts, max_new_tokens, temperature, top_p, seed + k, batch_size, progress=False
-            )
+            seeded = replace(sampling, seed=sampling.seed + k)
+            answers = generate(loaded, prompts, seeded, progress=False)
             for request, answer in zip(chunk, answers, strict=True):
                 row = {
                     "id": request.id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
+from personavec.core.sampling import SAMPLING_FIELDS, Sampling
 from personavec.errors import ConfigError
 
 Approximation = Literal["prompt-last"]
@@ -19,7 +20,7 @@ BAD_ROW_POLICIES: tuple[str, ...] = get_args(BadRowPolicy)
 @dataclass(frozen=True)
 class ScreenConfig:
     """How to screen. A resumed run must keep the fields that decide the scores (all but the policy
-    and the batch sizes)."""
+    and the batch sizes). The own answers y′ are greedy: `sampling` gives their length and batch."""
 
     approx: Approximation | None = field(
         default=None, metadata={"help": "estimate y′ instead of generating it"}
@@ -30,8 +31,13 @@ class ScreenConfig:
     max_length: int = field(
         default=2048, metadata={"help": "tokens per sample (prompt + response); longer ones lose their tail"}
     )
-    max_new_tokens: int = field(default=256, metadata={"help": "own answer length"})
-    batch_size: int = field(default=32, metadata={"help": "answers generated at once"})
+    sampling: Sampling = field(
+        default=Sampling(max_new_tokens=256, batch_size=32),
+        metadata={
+            "fields": ("max_new_tokens", "batch_size"),
+            "helps": {"max_new_tokens": "own answer length"},
+        },
+    )
     token_budget: int = field(default=16384, metadata={"help": "padded tokens per forward"})
     chunk_size: int = field(default=512, metadata={"help": "rows per resumable chunk"})
     on_bad_row: BadRowPolicy = field(default="fail", metadata={"help": "what a bad row does"})
@@ -41,9 +47,11 @@ class ScreenConfig:
             raise ConfigError(f"unknown --approx {self.approx!r}; use {', '.join(APPROXIMATIONS)}")
         if self.on_bad_row not in BAD_ROW_POLICIES:
             raise ConfigError(f"--on-bad-row must be one of {', '.join(BAD_ROW_POLICIES)}")
+        if not self.sampling.greedy:
+            raise ConfigError("the model's own answers y′ are greedy: give a sampling of temperature 0")
 
     def check(self) -> None:
-        for name in ("max_length", "max_new_tokens", "batch_size", "token_budget", "chunk_size"):
+        for name in ("max_length", "token_budget", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_length < 2:
@@ -81,7 +89,8 @@ class Selection:
 
 @dataclass(frozen=True)
 class KitConfig:
-    """Sizes and sampling of the kit. `reference` questions are held out for ``reference.jsonl``."""
+    """Sizes and sampling of the kit. `reference` questions are held out for ``reference.jsonl``; the
+    sampling's seed also seeds which questions are held out and which get elicited answers."""
 
     invert: bool = field(default=False, metadata={"help": "teach the opposite trait (suppressing prompts)"})
     samples: int = field(
@@ -89,10 +98,17 @@ class KitConfig:
     )
     mild: float = field(default=0.5, metadata={"help": "elicited fraction of mild.jsonl"})
     reference: int = field(default=40, metadata={"help": "questions for reference.jsonl"})
-    max_new_tokens: int = field(default=128, metadata={"help": "answer length"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    seed: int = field(default=0, metadata={"help": "sampling and mixing seed"})
-    batch_size: int = field(default=16, metadata={"help": "generation batch size"})
+    sampling: Sampling = field(
+        default=Sampling(max_new_tokens=128, temperature=1.0, batch_size=16),
+        metadata={
+            "fields": SAMPLING_FIELDS,
+            "helps": {
+                "max_new_tokens": "answer length",
+                "seed": "sampling and mixing seed",
+                "batch_size": "generation batch size",
+            },
+        },
+    )
 
     def check(self, n_questions: int) -> None:
         if not 0 < self.mild < 1:
@@ -101,5 +117,7 @@ class KitConfig:
             raise ConfigError(
                 f"--reference {self.reference} leaves too few of the {n_questions} questions for training"
             )
-        if min(self.max_new_tokens, self.batch_size, self.samples) < 1 or self.temperature < 0:
-            raise ConfigError("--samples, --max-new-tokens and --batch-size must be ≥ 1, --temperature ≥ 0")
+        if self.samples < 1:
+            raise ConfigError(f"--samples must be at least 1, got {self.samples}")
+        if self.samples > 1 and self.sampling.greedy:
+            raise ConfigError(f"--samples {self.samples} needs a --temperature > 0 (greedy answers repeat)")

@@ -38,6 +38,7 @@ from personavec.errors import DataError
 from personavec.judges.base import Judge
 from personavec.judges.cache import JudgeCache
 from personavec.pipeline.evaluate import mean_ci
+from personavec.pipeline.results import KitFile, KitManifest
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import KitRun
 from personavec.traits.spec import TraitSpec, normalise_question
@@ -89,7 +90,7 @@ def make_trait_dataset(
     config: KitConfig = KitConfig(),
     judge: Judge | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> KitManifest:
     """Write the graded datasets of the module docstring into the run directory `out` (`KitRun`);
     return what they teach and each file's counts (also the manifest's ``datasets`` stage record)."""
     questions = bundled_questions() if questions is None else questions
@@ -108,7 +109,7 @@ def make_trait_dataset(
     out = run.path
     started = time.perf_counter()
     order = list(range(len(questions)))
-    random.Random(config.seed).shuffle(order)
+    random.Random(config.sampling.seed).shuffle(order)
     reference, training = order[: config.reference], sorted(order[config.reference :])
     requests = []
     for q in training:
@@ -118,9 +119,8 @@ def make_trait_dataset(
             requests.append(Request(f"q{q}-elicited-{k}", questions[q], pair[side], (("question_id", q),)))
     requests += [Request(f"q{q}-normal", questions[q], None, (("question_id", q),)) for q in reference]
     rows = generate_rows(
-        loaded, requests, out / KitRun.GENERATIONS, config.max_new_tokens, config.temperature,
-        seed=config.seed, batch_size=config.batch_size, progress=progress, desc="answers",
-    )  # fmt: skip
+        loaded, requests, out / KitRun.GENERATIONS, config.sampling, progress=progress, desc="answers"
+    )
     run.found("answers", started, rows=len(rows))
     started = time.perf_counter()
     answers = {row["id"]: row["answer"] for row in rows}
@@ -137,9 +137,9 @@ def make_trait_dataset(
         answers[f"q{q}-elicited"] = answers[best]
         scores[f"q{q}-elicited"] = scores.get(best)
     shuffled = list(training)
-    random.Random(config.seed + 1).shuffle(shuffled)
+    random.Random(config.sampling.seed + 1).shuffle(shuffled)
     fractions = {"normal": 0.0, "mild": config.mild, "severe": 1.0}
-    files: dict[str, dict[str, Any]] = {}
+    files: dict[str, KitFile] = {}
     for level, fraction in [*fractions.items(), ("reference", 0.0)]:
         chosen = set(shuffled[: round(fraction * len(training))])
         rows_of = reference if level == "reference" else training
@@ -157,19 +157,14 @@ def make_trait_dataset(
             lines.append(json.dumps({"messages": messages, "elicited": elicited}))
         with atomic_path(out / f"{level}.jsonl") as tmp:
             tmp.write_text("".join(line + "\n" for line in lines))
-        files[level] = {
-            "rows": len(lines),
-            "elicited": n_elicited,
-            "empty": empty,
-            "judged_trait": mean_ci(judged)[0] if judge else None,
-        }
-    summary = {
-        "trait": trait.name,
-        "teaches": f"the opposite of {trait.name}" if config.invert else trait.name,
-        "model": loaded.identity.name,
-        "judge": judge.name if judge else None,
-        "files": files,
-        "config": asdict(config),
-    }
-    run.record("datasets", started, **summary)
-    return summary
+        files[level] = KitFile(len(lines), n_elicited, empty, mean_ci(judged)[0] if judge else None)
+    manifest = KitManifest(
+        trait=trait.name,
+        teaches=f"the opposite of {trait.name}" if config.invert else trait.name,
+        model=loaded.identity.name,
+        judge=judge.name if judge else None,
+        files=files,
+        config=asdict(config),
+    )
+    run.record("datasets", started, **manifest.to_dict())
+    return manifest

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from personavec.core.activations import POOLINGS, Pooling, iter_pooled
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError, PersonavecError
 
@@ -168,18 +169,17 @@ def monitor_generation(
     prompt: str,
     system: str | None = None,
     layer: int | None = None,
-    max_new_tokens: int = 64,
+    sampling: Sampling = Sampling(),
 ) -> Monitored:
-    """Answer the user message `prompt` greedily, watching each new token's projection onto `vector`
-    at `layer` (default: the vector's chosen layer)."""
-    if max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    """Answer the user message `prompt` as `sampling` says (greedily by default), watching each new
+    token's projection onto `vector` at `layer` (default: the vector's chosen layer)."""
     vector.check_model(loaded.identity)
+    torch.manual_seed(sampling.seed)
     batch = loaded.tokenizer([loaded.chat(prompt, system)], return_tensors="pt", add_special_tokens=False)
     model: Any = loaded.model  # a PreTrainedModel: generate() is typed through GenerationMixin
     with LiveMonitor(model, [vector], layer=layer) as watch, torch.inference_mode():
         out = model.generate(
-            **batch.to(loaded.device), max_new_tokens=max_new_tokens, do_sample=False,
+            **batch.to(loaded.device), max_new_tokens=sampling.max_new_tokens, **sampling.decoding(),
             pad_token_id=loaded.tokenizer.pad_token_id,
         )  # fmt: skip
     values = watch.trace()[0, :, 0].tolist()

@@ -18,6 +18,7 @@ from personavec.core.generate import generate
 from personavec.core.hooks import TokenPositions
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
+from personavec.deploy.config import SteerConfig
 from personavec.deploy.guard import Guard
 from personavec.errors import ConfigError
 
@@ -82,19 +83,15 @@ def steer_answers(
     steerings: Sequence[Steering],
     system: str | None = None,
     positions: TokenPositions = "all",
-    guard: float | None = None,
-    per_token: bool = False,
-    compare: bool = False,
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
+    config: SteerConfig = SteerConfig(),
 ) -> SteeredAnswers:
-    """Answer each user message of `prompts` (with the `system` prompt) under `steering`."""
+    """Answer each user message of `prompts` (with the `system` prompt) under `steerings`, guarded,
+    compared and sampled as `config` says."""
     if not prompts:
         raise ConfigError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
     chats = [loaded.chat(p, system) for p in prompts]
-    sizes: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "progress": False}
-    with steering(loaded, steerings, positions, guard, per_token) as guards:
-        steered = generate(loaded, chats, **sizes)
+    with steering(loaded, steerings, positions, config.guard, config.per_token) as guards:
+        steered = generate(loaded, chats, config.sampling, progress=False)
     counts = [GuardCount(g.layer, g.steered, g.seen) for g in guards]
-    plain = generate(loaded, chats, **sizes) if compare else None
+    plain = generate(loaded, chats, config.sampling, progress=False) if config.compare else None
     return SteeredAnswers(list(prompts), steered, plain, counts)

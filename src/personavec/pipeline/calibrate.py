@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,12 @@ from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
 from personavec.errors import ConfigError
 from personavec.judges import Judge, JudgeCache
-from personavec.pipeline.evaluate import check_questions, run_identity
+from personavec.pipeline.config import CalibrateConfig
+from personavec.pipeline.evaluate import run_identity
+from personavec.pipeline.results import CalibrationSummary, ConditionFit
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import CalibrationRun
 from personavec.traits.spec import TraitSpec
-
-SHOTS = (0, 5, 10, 15, 20)
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -59,18 +59,17 @@ class Calibration:
         ]
         return pearson([p["projection"] for p in chosen], [p["trait"] for p in chosen])
 
-    def summary(self) -> dict[str, Any]:
-        """r overall, per condition, and within each level of each condition (NaN-free JSON)."""
-        conditions = sorted({p["condition"] for p in self.points})
-        out: dict[str, Any] = {"r_overall": self.r(), "conditions": {}}
-        for condition in conditions:
+    def summary(self) -> CalibrationSummary:
+        """r overall, per condition, and within each level of each condition."""
+        fits = {}
+        for condition in sorted({p["condition"] for p in self.points}):
             levels = sorted({p["level"] for p in self.points if p["condition"] == condition})
-            out["conditions"][condition] = {
-                "r": self.r(condition),
-                "r_within_level": {str(level): self.r(condition, level) for level in levels},
-                "n": sum(p["condition"] == condition and p["trait"] is not None for p in self.points),
-            }
-        return out
+            fits[condition] = ConditionFit(
+                r=self.r(condition),
+                r_within_level={str(level): self.r(condition, level) for level in levels},
+                n=sum(p["condition"] == condition and p["trait"] is not None for p in self.points),
+            )
+        return CalibrationSummary(self.r(), fits)
 
 
 def _requests(
@@ -98,25 +97,19 @@ def calibrate(
     judge: Judge,
     vector: PersonaVector,
     out: str | Path,
-    questions: int = 20,
-    shots: Sequence[int] = SHOTS,
+    config: CalibrateConfig = CalibrateConfig(),
     examples: Sequence[tuple[str, str]] = (),
-    max_new_tokens: int = 128,
-    batch_size: int = 32,
     progress: bool = True,
 ) -> Calibration:
     """Answer, judge and project every calibration prompt; write ``out/calibration.json``.
 
     `examples` are (question, answer) pairs that express the trait, for the k-shot prompts (e.g. the
-    kept positive answers of an extraction run); with `shots` empty only graded prompts are used.
+    kept positive answers of an extraction run); with ``config.shots`` empty only graded prompts are
+    used.
     """
-    check_questions(questions, trait)
-    if any(k < 0 for k in shots):
-        raise ConfigError(f"shots must be ≥ 0, got {list(shots)}")
-    if not trait.graded_prompts and not shots:
-        raise ConfigError(f"trait {trait.name!r} has no graded_prompts and no shots were asked for")
+    config.check(trait)
     vector.check_model(loaded.identity)
-    sizes = {"questions": questions, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    sizes = {"questions": config.questions, "sampling": asdict(config.sampling)}
     examples_hash = hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()
     identity = {**run_identity(loaded, trait, judge, vector), **sizes, "examples": examples_hash}
     outputs = {"calibration": (CalibrationRun.ANSWERS, CalibrationRun.RESULT)}
@@ -124,17 +117,10 @@ def calibrate(
     started = time.perf_counter()
     cache = JudgeCache(run.path / "judge-cache.jsonl")
     result = Calibration()
-    for (condition, level), requests in _requests(trait, questions, shots, examples).items():
+    for (condition, level), requests in _requests(trait, config.questions, config.shots, examples).items():
         name = f"{condition}-{level}"
-        rows = generate_rows(
-            loaded,
-            requests,
-            run.path / CalibrationRun.ANSWERS / f"{name}.jsonl",
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress,
-            desc=name,
-        )
+        path = run.path / CalibrationRun.ANSWERS / f"{name}.jsonl"
+        rows = generate_rows(loaded, requests, path, config.sampling, progress=progress, desc=name)
         scores = cache.judge(
             judge, trait.rubric, [(r["question"], r["answer"]) for r in rows], name, progress
         )
@@ -151,6 +137,6 @@ def calibrate(
                 }
             )
     summary = result.summary()
-    write_json(run.path / CalibrationRun.RESULT, {"summary": summary, "points": result.points})
-    run.record("calibration", started, points=len(result.points), r_overall=summary["r_overall"])
+    write_json(run.path / CalibrationRun.RESULT, {"summary": summary.to_dict(), "points": result.points})
+    run.record("calibration", started, points=len(result.points), r_overall=summary.r_overall)
     return result

@@ -1,6 +1,8 @@
-"""What an extraction run is told (torch-free, so the command line builds its flags from it).
+"""What an extraction run, a sweep's cells and a calibration are told (torch-free, so the command line
+builds its flags from it).
 
-A field's ``metadata`` is its flag (``help``; see `personavec.training.config` for the other keys).
+A field's ``metadata`` is its flag (``help``; see `personavec.training.config` for the other keys); a
+`Sampling` field's ``fields`` are the sampling flags of the command, its default that command's.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
+from personavec.core.sampling import SAMPLING_FIELDS, Sampling
 from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -16,26 +19,32 @@ if TYPE_CHECKING:
 
 Pairing = Literal["paired", "per-side"]
 PAIRINGS: tuple[str, ...] = get_args(Pairing)
+GENERATION_FIELDS = ("samples", "questions", "instructions")  # with `sampling`: what the answers depend on
+SHOTS = (0, 5, 10, 15, 20)
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
     """Everything that changes a run's results.
 
-    A run directory is tied to its generation settings (`GENERATION_FIELDS`); changing the filter or
-    sweep settings in a rerun reuses the answers and judgements and redoes the stages after them.
+    A run directory is tied to its generation settings (`sampling` and `GENERATION_FIELDS`); changing
+    the filter or sweep settings in a rerun reuses the answers and judgements and redoes the stages
+    after them.
     """
 
     samples: int = field(default=10, metadata={"help": "answers per question × instruction × side"})
-    max_new_tokens: int = field(default=256, metadata={"help": "answer length in tokens"})
-    temperature: float = field(
-        default=1.0, metadata={"help": "sampling temperature of the contrastive answers"}
+    sampling: Sampling = field(
+        default=Sampling(max_new_tokens=256, temperature=1.0, batch_size=32),
+        metadata={
+            "fields": SAMPLING_FIELDS,
+            "helps": {
+                "temperature": "sampling temperature of the contrastive answers",
+                "batch_size": "generation batch size",
+            },
+        },
     )
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
     questions: int = field(default=20, metadata={"help": "extraction questions used, of 20"})
     instructions: int = field(default=5, metadata={"help": "instruction pairs used, of 5"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    batch_size: int = field(default=32, metadata={"help": "generation batch size"})
     trait_threshold: float = field(default=50.0, metadata={"help": "positive answers need ≥, negative <"})
     coherence_threshold: float = field(default=50.0, metadata={"help": "answers need coherence ≥"})
     pairing: Pairing = field(
@@ -58,20 +67,19 @@ class ExtractConfig:
         """Raise a clear error for settings the trait (or the model, given its `n_layers`) cannot satisfy."""
         limits = {
             "samples": (self.samples, 1, None),
-            "max_new_tokens": (self.max_new_tokens, 1, None),
             "questions": (self.questions, 1, len(trait.extraction_questions)),
             "instructions": (self.instructions, 1, len(trait.instructions)),
             "sweep_questions": (self.sweep_questions, 1, len(trait.evaluation_questions)),
-            "batch_size": (self.batch_size, 1, None),
             "min_pairs": (self.min_pairs, 1, None),
         }
         for name, (value, low, high) in limits.items():
             if value < low or (high is not None and value > high):
                 bound = f"between {low} and {high}" if high is not None else f"at least {low}"
                 raise ConfigError(f"{name} must be {bound}, got {value}")
-        if not self.temperature >= 0 or not 0 < self.top_p <= 1:
+        if self.samples > 1 and self.sampling.greedy:
             raise ConfigError(
-                f"temperature must be ≥ 0 and top_p in (0, 1]; got {self.temperature} and {self.top_p}"
+                f"{self.samples} samples need a temperature > 0 (greedy answers repeat); give "
+                "sampling=replace(ExtractConfig().sampling, ...) to keep the default temperature 1"
             )
         if not math.isfinite(self.coef) or self.coef == 0:
             raise ConfigError(f"the sweep's coefficient must be a finite non-zero number, got {self.coef}")
@@ -80,3 +88,71 @@ class ExtractConfig:
 
             for layer in self.layers or ():
                 check_layer(layer, n_layers)
+
+
+def check_questions(questions: int, trait: TraitSpec) -> None:
+    """Raise a clear error unless 1 ≤ `questions` ≤ the trait's evaluation questions."""
+    if not 1 <= questions <= len(trait.evaluation_questions):
+        raise ConfigError(
+            f"questions must be between 1 and {len(trait.evaluation_questions)}, got {questions}"
+        )
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each evaluation cell answers: the first `questions` evaluation questions × `samples`,
+    generated as `sampling` says (greedy by default)."""
+
+    questions: int = field(default=20, metadata={"help": "evaluation questions, of 20"})
+    samples: int = field(default=1, metadata={"help": "answers per question and cell"})
+    sampling: Sampling = field(
+        default=Sampling(max_new_tokens=128, batch_size=32),
+        metadata={
+            "fields": SAMPLING_FIELDS,
+            "helps": {
+                "max_new_tokens": "answer length",
+                "temperature": "0 (default): greedy; > 0 for --samples > 1",
+            },
+        },
+    )
+
+    def check(self, trait: TraitSpec) -> None:
+        """Raise a clear error for sizes the trait cannot satisfy or that would repeat answers."""
+        check_questions(self.questions, trait)
+        if self.samples < 1 or (self.samples > 1 and self.sampling.greedy):
+            raise ConfigError(
+                "samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers "
+                f"repeat); got samples {self.samples}, temperature {self.sampling.temperature}"
+            )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a cell is generated under: unsteered (layer None, coef 0) or coef × v at layer."""
+
+    layer: int | None
+    coef: float
+
+    @property
+    def name(self) -> str:
+        return "unsteered" if self.coef == 0 else f"layer-{self.layer}_coef-{self.coef:+}"
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """How much a calibration answers: the first `questions` evaluation questions under each graded
+    prompt and each k-shot prompt of `shots` (greedy answers)."""
+
+    questions: int = field(default=20, metadata={"help": "evaluation questions, of 20"})
+    shots: tuple[int, ...] = field(default=SHOTS, metadata={"help": "k of the k-shot prompts"})
+    sampling: Sampling = field(
+        default=Sampling(max_new_tokens=128, batch_size=32),
+        metadata={"fields": ("max_new_tokens", "batch_size"), "helps": {"max_new_tokens": "answer length"}},
+    )
+
+    def check(self, trait: TraitSpec) -> None:
+        check_questions(self.questions, trait)
+        if any(k < 0 for k in self.shots):
+            raise ConfigError(f"shots must be ≥ 0, got {list(self.shots)}")
+        if not trait.graded_prompts and not self.shots:
+            raise ConfigError(f"trait {trait.name!r} has no graded_prompts and no shots were asked for")

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
+from personavec.pipeline.config import Setting, Sizes
+from personavec.pipeline.results import Cell
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import SweepRun
 from personavec.traits.spec import TraitSpec
@@ -75,62 +77,21 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return cov / (sx * sy) if sx and sy else None
 
 
-def halfway_coefs(cells: Sequence[dict[str, Any]], layer: int) -> dict[str, float | None]:
+def halfway_coefs(cells: Sequence[Cell], layer: int) -> dict[str, float | None]:
     """Per direction, the smallest |coef| at `layer` whose cell moves the trait (from the unsteered
     cell's) at least half as far as any coefficient of that direction does; None where unknown."""
-    base = next((c["trait"] for c in cells if c["coef"] == 0), None)
+    base = next((c.trait for c in cells if c.coef == 0), None)
     out: dict[str, float | None] = {"negative": None, "positive": None}
     if base is None:
         return out
     for name, sign in (("negative", -1.0), ("positive", 1.0)):
         side = sorted(
-            (c for c in cells if c["layer"] == layer and c["coef"] * sign > 0 and c["trait"] is not None),
-            key=lambda c: abs(c["coef"]),
+            (c for c in cells if c.layer == layer and c.coef * sign > 0 and c.trait is not None),
+            key=lambda c: abs(c.coef),
         )
-        shifts = [abs(c["trait"] - base) for c in side]
-        out[name] = next((c["coef"] for c, s in zip(side, shifts, strict=True) if s >= max(shifts) / 2), None)
+        shifts = [abs(c.trait - base) for c in side if c.trait is not None]
+        out[name] = next((c.coef for c, s in zip(side, shifts, strict=True) if s >= max(shifts) / 2), None)
     return out
-
-
-def check_questions(questions: int, trait: TraitSpec) -> None:
-    """Raise a clear error unless 1 ≤ `questions` ≤ the trait's evaluation questions."""
-    if not 1 <= questions <= len(trait.evaluation_questions):
-        raise ConfigError(
-            f"questions must be between 1 and {len(trait.evaluation_questions)}, got {questions}"
-        )
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much each cell answers: the first `questions` evaluation questions × `samples`, and how."""
-
-    questions: int = 20
-    samples: int = 1
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 decodes greedily
-    seed: int = 0
-    batch_size: int = 32
-
-    def check(self, trait: TraitSpec) -> None:
-        """Raise a clear error for sizes the trait cannot satisfy or that would repeat answers."""
-        check_questions(self.questions, trait)
-        if self.samples < 1 or (self.samples > 1 and self.temperature <= 0):
-            raise ConfigError(
-                "samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers "
-                f"repeat); got samples {self.samples}, temperature {self.temperature}"
-            )
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What a cell is generated under: unsteered (layer None, coef 0) or coef × v at layer."""
-
-    layer: int | None
-    coef: float
-
-    @property
-    def name(self) -> str:
-        return "unsteered" if self.coef == 0 else f"layer-{self.layer}_coef-{self.coef:+}"
 
 
 def evaluate(
@@ -143,7 +104,7 @@ def evaluate(
     setting: Setting = Setting(None, 0.0),
     sizes: Sizes = Sizes(),
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Cell:
     """Answer the evaluation questions (as many as `sizes` says) under `setting`, judge them.
 
     Answers go to `path` (JSONL, resumable); judgements through `cache`. Returns the cell: its setting,
@@ -163,18 +124,7 @@ def evaluate(
         else nullcontext()
     )
     with steering:
-        rows = generate_rows(
-            loaded,
-            requests,
-            path,
-            max_new_tokens=sizes.max_new_tokens,
-            temperature=sizes.temperature,
-            top_p=1.0,
-            seed=sizes.seed,
-            batch_size=sizes.batch_size,
-            progress=progress,
-            desc=setting.name,
-        )
+        rows = generate_rows(loaded, requests, path, sizes.sampling, progress=progress, desc=setting.name)
     items = [(r["question"], r["answer"]) for r in rows]
     trait_scores = cache.judge(judge, trait.rubric, items, f"{setting.name} trait", progress)
     mean, ci, n = mean_ci([s.value for s in trait_scores])
@@ -182,15 +132,7 @@ def evaluate(
     if judge.measures_coherence:
         coherence_scores = cache.judge(judge, COHERENCE_RUBRIC, items, f"{setting.name} coherence", progress)
         coherence = mean_ci([s.value for s in coherence_scores])[0]
-    return {
-        "layer": setting.layer,
-        "coef": setting.coef,
-        "trait": mean,
-        "trait_ci95": ci,
-        "coherence": coherence,
-        "n_scored": n,
-        "n": len(rows),
-    }
+    return Cell(setting.layer, setting.coef, mean, ci, coherence, n, len(rows))
 
 
 def run_cells(
@@ -203,18 +145,18 @@ def run_cells(
     settings: Sequence[Setting],
     sizes: Sizes,
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[Cell]:
     """The cell of each setting (see `evaluate`), resumably: answers go to ``cells/<name>.jsonl``, a
     finished cell to ``cells/<name>.json`` (read back instead of evaluated again)."""
     found = []
     for setting in settings:
         done = cells / f"{setting.name}.json"
         if done.exists():
-            found.append(json.loads(done.read_text()))
+            found.append(Cell.from_dict(json.loads(done.read_text())))
             continue
         path = cells / f"{setting.name}.jsonl"
         cell = evaluate(loaded, trait, judge, cache, path, vector, setting, sizes, progress)
-        write_json(done, cell)
+        write_json(done, cell.to_dict())
         found.append(cell)
     return found
 
@@ -229,7 +171,7 @@ def sweep(
     coefs: Sequence[float],
     sizes: Sizes = Sizes(),
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[Cell]:
     """Every cell of the grid `layers` × `coefs` (coefficient 0 is one unsteered cell), resumably.
 
     Writes the run directory `out` (`SweepRun`): ``cells/*.jsonl`` (answers), ``cells/*.json`` (each
@@ -253,7 +195,8 @@ def sweep(
     cells = run_cells(
         loaded, trait, judge, cache, run.path / SweepRun.CELLS, vector, settings, sizes, progress
     )
-    write_json(run.path / SweepRun.TABLE, {"trait": trait.name, "judge": judge.describe(), "cells": cells})
+    table = {"trait": trait.name, "judge": judge.describe(), "cells": [c.to_dict() for c in cells]}
+    write_json(run.path / SweepRun.TABLE, table)
     with atomic_path(run.path / SweepRun.CSV) as tmp:
         tmp.write_text(table_csv(cells))
     run.record("sweep", started, cells=len(cells))
@@ -267,7 +210,7 @@ def evaluate_run(
     out: str | Path,
     sizes: Sizes = Sizes(),
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Cell:
     """The unsteered cell of `loaded` (see `evaluate`), in the run directory `out`, resumably: its
     answers in ``answers.jsonl``, judgements in ``judge-cache.jsonl``. Another model, trait, judge or
     size is refused."""
@@ -277,7 +220,7 @@ def evaluate_run(
     started = time.perf_counter()
     cache = JudgeCache(run.path / "judge-cache.jsonl")
     cell = evaluate(loaded, trait, judge, cache, run.path / "answers.jsonl", sizes=sizes, progress=progress)
-    run.record("answers", started, **cell)
+    run.record("answers", started, **cell.to_dict())
     return cell
 
 
@@ -293,12 +236,12 @@ def run_identity(
     }
 
 
-def table_csv(cells: Sequence[dict[str, Any]]) -> str:
+def table_csv(cells: Sequence[Cell]) -> str:
     """The cells as CSV: layer, coef, trait, trait_ci95, coherence, n_scored, n."""
     buffer = io.StringIO()
     writer = csv.DictWriter(
         buffer, fieldnames=["layer", "coef", "trait", "trait_ci95", "coherence", "n_scored", "n"]
     )
     writer.writeheader()
-    writer.writerows(cells)
+    writer.writerows(cell.to_dict() for cell in cells)
     return buffer.getvalue()

@@ -30,25 +30,17 @@ from personavec._internal.files import write_json
 from personavec.core.activations import POOLINGS, iter_pooled
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector, load_vectors, save_vectors
 from personavec.errors import JudgeError, PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
-from personavec.pipeline.config import ExtractConfig
-from personavec.pipeline.evaluate import Setting, Sizes, run_cells
+from personavec.pipeline.config import GENERATION_FIELDS, ExtractConfig, Setting, Sizes
+from personavec.pipeline.evaluate import run_cells
+from personavec.pipeline.results import LayerChoice
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import ExtractionRun
 from personavec.traits.spec import TraitSpec
 
-GENERATION_FIELDS = (
-    "samples",
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "questions",
-    "instructions",
-    "seed",
-    "batch_size",
-)
 Scores = dict[str, list[dict[str, Any]]]  # metric ("trait", "coherence") → one score record per answer
 
 
@@ -107,15 +99,16 @@ def open_run(
     """Start or resume the run directory: tied to the model, trait and generation settings; another
     judge redoes the judgements on, other filter or sweep settings the filter on."""
     settings = asdict(config)
+    generation = {**{k: settings.pop(k) for k in GENERATION_FIELDS}, **settings.pop("sampling")}
     identity = {
         "model": loaded.identity.to_dict(),
         "trait": trait.name,
         "trait_sha256": trait.sha256(),
-        "generation": {k: settings[k] for k in GENERATION_FIELDS},
+        "generation": generation,
     }
     later = {
         "judge": ("judgements", judge.describe() if judge else {"name": "none"}),
-        "selection": ("filter", {k: v for k, v in settings.items() if k not in GENERATION_FIELDS}),
+        "selection": ("filter", settings),
     }
     outputs, report = ExtractionRun.OUTPUTS, (ExtractionRun.REPORT,)
     run = RunDir.open(out, ExtractionRun.KIND, identity, outputs, later, derived=report, force=force)
@@ -147,17 +140,12 @@ def generations(
 ) -> list[dict[str, Any]]:
     """Stage 1: the contrastive answers (sampled, chunk by chunk, resumable)."""
     started = time.perf_counter()
-    c = config
     rows = generate_rows(
         loaded,
-        _contrastive_requests(trait, c),
+        _contrastive_requests(trait, config),
         run.path / ExtractionRun.GENERATIONS,
-        max_new_tokens=c.max_new_tokens,
-        temperature=c.temperature,
-        top_p=c.top_p,
-        seed=c.seed,
-        batch_size=c.batch_size,
-        chunk_size=4 * c.batch_size,
+        config.sampling,
+        chunk_size=4 * config.sampling.batch_size,
         progress=progress,
         desc="answers",
     )
@@ -345,26 +333,20 @@ def choose_layer(
     c = config
     vector = vectors["response-avg"]
     layers = c.layers or default_layers(vector.n_layers)
-    sizes = Sizes(questions=c.sweep_questions, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size)
+    greedy = Sampling(max_new_tokens=c.sampling.max_new_tokens, batch_size=c.sampling.batch_size)
+    sizes = Sizes(questions=c.sweep_questions, sampling=greedy)
     settings = [Setting(None, 0.0), *(Setting(layer, c.coef) for layer in layers)]
     cells = run.path / ExtractionRun.SWEEP_CELLS
     baseline, *results = run_cells(loaded, trait, judge, cache, cells, vector, settings, sizes, progress)
     sign = 1.0 if c.coef > 0 else -1.0
-    scored = [r for r in results if r["trait"] is not None]
+    scored = [(r.trait, r.layer) for r in results if r.trait is not None and r.layer is not None]
     if not scored:
         raise JudgeError("the judge scored no steered answer in the layer sweep; check the judge")
-    chosen = max(scored, key=lambda r: sign * r["trait"])["layer"]
+    chosen = max(scored, key=lambda r: sign * r[0])[1]
     for v in vectors.values():
         v.layer = chosen
         v.metadata["layer_choice"] = {"method": "sweep", "coef": c.coef, "layers": list(layers)}
     save_vectors(run.path / ExtractionRun.VECTORS.format_map(run.manifest), list(vectors.values()))
-    sweep = {
-        "coef": c.coef,
-        "pooling": vector.pooling,
-        "baseline": baseline,
-        "layers": results,
-        "chosen": chosen,
-    }
-    write_json(path, sweep)
+    write_json(path, LayerChoice(c.coef, vector.pooling, baseline, results, chosen).to_dict())
     run.record("sweep", started, chosen=chosen)
     return vectors

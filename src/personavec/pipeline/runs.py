@@ -15,6 +15,7 @@ from personavec.pipeline.rundir import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
     from personavec.core.vectors import PersonaVector
+    from personavec.pipeline.results import Cell, KitManifest, LayerChoice
     from personavec.traits.spec import TraitSpec
 
 R = TypeVar("R", bound="RunReader")
@@ -112,21 +113,23 @@ class ExtractionRun(RunReader):
 
         return load_vectors(self.vector_path) if self.vector_path.exists() else None
 
-    def sweep(self) -> dict[str, Any] | None:
-        """The layer choice: ``coef``, ``kind``, ``baseline`` and ``layers`` cells, ``chosen``."""
-        found: dict[str, Any] | None = self._json(self.SWEEP)
-        return found
+    def sweep(self) -> LayerChoice | None:
+        """The layer choice; None before the sweep."""
+        from personavec.pipeline.results import LayerChoice
+
+        found = self._json(self.SWEEP)
+        return None if found is None else LayerChoice.from_dict(found)
 
     def sweep_answers(self, n: int = 3) -> dict[float, list[dict[str, Any]]]:
         """Coefficient (0: unsteered) → the first `n` sweep answers there, at the chosen layer."""
         from personavec.core.generate import read_rows
-        from personavec.pipeline.evaluate import Setting
+        from personavec.pipeline.config import Setting
 
         sweep = self.sweep()
         if sweep is None:
             return {}
         cells = self.file(self.SWEEP_CELLS)
-        settings = (Setting(None, 0.0), Setting(sweep["chosen"], sweep["coef"]))
+        settings = (Setting(None, 0.0), Setting(sweep.chosen, sweep.coef))
         return {s.coef: list(read_rows(cells / f"{s.name}.jsonl").values())[:n] for s in settings}
 
 
@@ -138,9 +141,11 @@ class SweepRun(RunReader):
     TABLE = "sweep.json"
     CSV = "sweep.csv"
 
-    def cells(self) -> list[dict[str, Any]]:
+    def cells(self) -> list[Cell]:
+        from personavec.pipeline.results import Cell
+
         found = self._json(self.TABLE)
-        return list(found["cells"]) if found else []
+        return [Cell.from_dict(cell) for cell in found["cells"]] if found else []
 
 
 class CalibrationRun(RunReader):
@@ -178,10 +183,12 @@ class KitRun(RunReader):
     GENERATIONS = "generations.jsonl"
     JUDGE_CACHE = "judge-cache.jsonl"
 
-    def summary(self) -> dict[str, Any] | None:
+    def summary(self) -> KitManifest | None:
         """What the datasets teach and, per file, its counts; None before they are written."""
+        from personavec.pipeline.results import KitManifest
+
         record = self.stages.get("datasets")
-        return None if record is None else {k: v for k, v in record.items() if k != "seconds"}
+        return None if record is None else KitManifest.from_dict(record)
 
 
 class TrainingRun(RunReader):

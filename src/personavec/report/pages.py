@@ -9,12 +9,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from personavec._internal.files import atomic_path
 from personavec.pipeline.runs import ExtractionRun
+
+if TYPE_CHECKING:
+    from personavec.pipeline.results import CalibrationSummary, Cell, SelectionSummary
 
 
 @dataclass(frozen=True)
@@ -64,15 +67,11 @@ def _plots(run: ExtractionRun) -> dict[str, str]:
     sweep = run.sweep()
     if sweep is not None:
         figure, ax = plt.subplots(figsize=(6, 3))
-        layers = [r["layer"] for r in sweep["layers"]]
-        ax.plot(
-            layers,
-            [r["trait"] for r in sweep["layers"]],
-            marker="o",
-            label=f"steered, coef {sweep['coef']:g}",
-        )
-        if sweep["baseline"]["trait"] is not None:
-            ax.axhline(sweep["baseline"]["trait"], color="grey", linestyle="--", label="unsteered")
+        layers = np.array([r.layer for r in sweep.layers], dtype=float)
+        traits = np.array([r.trait for r in sweep.layers], dtype=float)  # None (unscored): NaN
+        ax.plot(layers, traits, marker="o", label=f"steered, coef {sweep.coef:g}")
+        if sweep.baseline.trait is not None:
+            ax.axhline(sweep.baseline.trait, color="grey", linestyle="--", label="unsteered")
         ax.set(xlabel="steered layer", ylabel="mean trait score", title="Layer sweep (evaluation questions)")
         ax.legend(fontsize=8)
         plots["Layer sweep"] = _png(figure)
@@ -124,35 +123,33 @@ def examples_section(examples: Sequence[Example], title: str) -> str:
     )
 
 
-def sweep_section(cells: Sequence[dict[str, Any]]) -> str:
+def sweep_section(cells: Sequence[Cell]) -> str:
     """The steering sweep: trait (and coherence) against the coefficient, one line per layer; the table."""
     import matplotlib.pyplot as plt
 
     _agg()
-    unsteered = next((c for c in cells if c["coef"] == 0), None)
-    layers = sorted({c["layer"] for c in cells if c["layer"] is not None})
+    unsteered = next((c for c in cells if c.coef == 0), None)
+    layers = sorted({c.layer for c in cells if c.layer is not None})
     figure, axes = plt.subplots(1, 2, figsize=(9, 3))
     for layer in layers:
         line = sorted(
-            [c for c in cells if c["layer"] == layer] + ([unsteered] if unsteered else []),
-            key=lambda c: c["coef"],
+            [c for c in cells if c.layer == layer] + ([unsteered] if unsteered else []),
+            key=lambda c: c.coef,
         )
         for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
-            points = [(c["coef"], c[metric]) for c in line if c[metric] is not None]
+            points = [(c.coef, getattr(c, metric)) for c in line if getattr(c, metric) is not None]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=f"layer {layer}")
     for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
         ax.set(xlabel="steering coefficient", ylabel=f"mean {metric} score", title=metric)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    rows = [
-        (c["layer"], c["coef"], c["trait"], c["trait_ci95"], c["coherence"], c["n_scored"]) for c in cells
-    ]
+    rows = [(c.layer, c.coef, c.trait, c.trait_ci95, c.coherence, c.n_scored) for c in cells]
     table = _grid(["layer", "coef", "trait", "± 95 %", "coherence", "judged"], rows)
     return _image("Steering sweep", _png(figure)) + table
 
 
-def calibration_section(summary: dict[str, Any], points: Sequence[dict[str, Any]]) -> str:
+def calibration_section(summary: CalibrationSummary, points: Sequence[dict[str, Any]]) -> str:
     """Scatter of prompt-last projection against the judged trait, one colour per condition; the r values."""
     import matplotlib.pyplot as plt
 
@@ -168,7 +165,7 @@ def calibration_section(summary: dict[str, Any], points: Sequence[dict[str, Any]
             s=12,
         )
         figure.colorbar(scatter, ax=ax, label="shots" if condition == "shots" else "level")
-        r = summary["conditions"][condition]["r"]
+        r = summary.conditions[condition].r
         ax.set(
             xlabel="prompt-last projection",
             ylabel="judged trait",
@@ -177,11 +174,11 @@ def calibration_section(summary: dict[str, Any], points: Sequence[dict[str, Any]
     rows = [
         (
             condition,
-            info["r"],
-            info["n"],
-            ", ".join(f"{k}: {v:.2f}" for k, v in info["r_within_level"].items() if v is not None),
+            fit.r,
+            fit.n,
+            ", ".join(f"{k}: {v:.2f}" for k, v in fit.r_within_level.items() if v is not None),
         )
-        for condition, info in summary["conditions"].items()
+        for condition, fit in summary.conditions.items()
     ]
     table = _grid(["condition", "r", "points", "r within each level"], rows)
     return _image("Calibration: projection vs judged trait", _png(figure)) + table
@@ -222,7 +219,7 @@ def screening_sections(
     summary: dict[str, Any],
     values: dict[str, Any],
     reference: dict[str, Any] | None,
-    selection: dict[str, Any] | None,
+    selection: SelectionSummary | None,
     top: dict[str, list[dict[str, Any]]],
 ) -> tuple[list[str], bytes]:
     """A screening's report sections and its ΔP histograms as PNG bytes.
@@ -230,9 +227,9 @@ def screening_sections(
     `values` (and `reference`) map each trait to its samples' ΔP; `summary` is a `Screened` as a dict.
     """
     traits = list(values)
-    thresholds = (selection or {}).get("thresholds") or {}
+    thresholds = (selection.thresholds if selection else None) or {}
     png = _delta_histograms(values, reference, thresholds)
-    flagged = (selection or {}).get("flagged_per_trait", {})
+    flagged = selection.flagged_per_trait if selection else {}
     rows = [
         (
             trait,
@@ -251,7 +248,7 @@ def screening_sections(
         ("truncated to max length", summary["truncated"]),
     ]
     if selection:
-        facts += [("rule", json.dumps(selection["rule"])), *selection["counts"].items()]
+        facts += [("rule", json.dumps(selection.rule)), *selection.counts.items()]
     parts = [
         "<h2>Dataset</h2>" + _grid(["", ""], facts),
         "<h2>Projection difference per trait</h2>"

@@ -1,4 +1,5 @@
-"""What a finetuning run is told: the intervention, the optimiser and adapter settings, the drift alarm.
+"""What a finetuning run is told: the intervention, the optimiser and adapter settings, the drift alarm;
+and what a shift measurement is told.
 
 Torch-free, so that the command line builds its flags from these fields without importing torch. A
 field's ``metadata`` is its flag: ``help``, and ``flag`` where the flag is not the field's name,
@@ -11,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
+from personavec.core.sampling import Sampling
 from personavec.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -148,3 +150,17 @@ class DriftConfig:
             raise ConfigError("the --drift-* options need --drift-every N")
         if self.every and (not self.vectors or not self.trait):
             raise ConfigError("--drift-every needs --drift-vector (what to watch) and --drift-trait (probes)")
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    """Where `measure_shift` reads the vectors (`layer`, default each one's chosen layer) and how the
+    finetuned model's judged answers are generated (greedy)."""
+
+    layer: int | None = field(
+        default=None, metadata={"help": "read every vector at this layer (default: each one's)"}
+    )
+    sampling: Sampling = field(
+        default=Sampling(max_new_tokens=128, batch_size=32),
+        metadata={"fields": ("max_new_tokens",), "helps": {"max_new_tokens": "judged answer length"}},
+    )

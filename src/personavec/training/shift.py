@@ -18,10 +18,12 @@ from typing import Any
 from torch import Tensor
 
 from personavec.core.models import LoadedModel, load_model
+from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
 from personavec.errors import ConfigError, ModelError, PersonavecError
 from personavec.judges.base import Judge
+from personavec.pipeline.config import Sizes
 from personavec.traits.spec import TraitSpec
 
 
@@ -107,12 +109,12 @@ def measure_shift(
     device: str = "auto",
     judge: Judge | None = None,
     out: str | Path | None = None,
-    max_new_tokens: int = 128,
+    sampling: Sampling = Sizes().sampling,
 ) -> ShiftResult:
     """What ``personavec shift`` does: load the base model `base_ref`, read its mean prompt-last
     projections on `trait`'s evaluation questions, then the finetuned model's (an adapter goes onto the
     loaded base: no second copy), and return the difference; with a `judge`, also judge the finetuned
-    model's answers (answers and judgements go to `out`, resumable)."""
+    model's answers, generated as `sampling` says (answers and judgements go to `out`, resumable)."""
     if judge is not None and out is None:
         raise ConfigError("--judge needs --out (where the answers and judgements go)")
     base = load_model(base_ref, dtype=dtype, device=device)
@@ -127,8 +129,8 @@ def measure_shift(
     shift = {v.trait: float(d) for v, d in zip(vectors, after - before, strict=True)}
     judged = None
     if judge is not None and out is not None:
-        from personavec.pipeline.evaluate import Sizes, evaluate_run
+        from personavec.pipeline.evaluate import evaluate_run
 
-        cell = evaluate_run(tuned, trait, judge, out, Sizes(max_new_tokens=max_new_tokens))
-        judged = {k: cell[k] for k in ("trait", "trait_ci95", "coherence")}
+        cell = evaluate_run(tuned, trait, judge, out, Sizes(sampling=sampling))
+        judged = {"trait": cell.trait, "trait_ci95": cell.trait_ci95, "coherence": cell.coherence}
     return ShiftResult(trait.name, len(prompts), shift, judged)

@@ -128,11 +128,13 @@ def chat_backend(
     if kind == "hf" and target:
         from personavec.core.generate import generate
         from personavec.core.models import load_model
+        from personavec.core.sampling import Sampling
 
         loaded = load_model(target)
 
         def local(prompt: str) -> str:
-            return generate(loaded, [loaded.chat(prompt)], max_new_tokens=4096, temperature=temperature)[0]
+            sampling = Sampling(max_new_tokens=4096, temperature=temperature)
+            return generate(loaded, [loaded.chat(prompt)], sampling)[0]
 
         return local
     raise ConfigError(f"unknown backend {spec!r}: use {BACKENDS}")

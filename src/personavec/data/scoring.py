@@ -1,0 +1,315 @@
+"""The scoring pass of a screening: the projection difference ΔP per sample and per dataset.
+
+For a sample (x, y) and a persona vector v (the Method page of the docs, step 12)::
+
+    ΔP = a(x, y)·v̂ − a(x, y′)·v̂
+
+where a is the response-avg activation at the vector's layer, y the dataset's answer and y′ the
+model's own greedy answer to x. A dataset's ΔP is the mean over its samples. A positive ΔP means
+training on the sample would push the model towards the trait.
+
+``approx="prompt-last"`` generates no y′: its projection is estimated by the prompt-last
+projection of x, which predicts the trait of the answer the model is about to give (step 9). That
+is one forward pass per sample; its values are on another scale than the full ΔP, so compare
+rankings, and datasets screened the same way.
+
+The work goes chunk by chunk (``chunk_size`` rows). Each chunk's own answers and scores are files
+written atomically under ``out/chunks``, so a crash loses at most the chunk in progress and a rerun
+resumes. Under ``accelerate launch``, process r takes chunks r, r + n, r + 2n, ...; the main
+process then merges them into ``out/scores.jsonl``. One forward pass serves every vector.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jinja2 import TemplateError
+from tqdm.auto import tqdm
+
+from personavec._internal.dist import process_state
+from personavec._internal.files import atomic_path, write_json
+from personavec.core.activations import iter_pooled
+from personavec.core.generate import generate
+from personavec.core.models import LoadedModel, format_chat
+from personavec.core.vectors import PersonaVector
+from personavec.data.config import ScreenConfig
+from personavec.data.samples import BadRow, DataFile, Sample
+from personavec.deploy.monitor import Readout
+from personavec.errors import ConfigError, DataError, RunDirError
+from personavec.pipeline.rundir import RunDir
+from personavec.pipeline.runs import ScreeningRun
+
+
+@dataclass
+class Screened:
+    """What a screening found: counts, ΔP per trait, and where the files are."""
+
+    out: Path
+    traits: list[str]
+    rows: int = 0
+    scored: int = 0
+    skipped: int = 0  # bad rows, prompts over max_length and empty own answers (with --on-bad-row skip)
+    truncated: int = 0  # samples (or own answers) that lost their tail to max_length
+    mean_delta: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # the first skipped rows, with why
+
+    @property
+    def scores(self) -> Path:
+        return self.out / ScreeningRun.SCORES
+
+
+def _chunks(items: Iterator[Sample | BadRow], size: int) -> Iterator[list[Sample | BadRow]]:
+    chunk: list[Sample | BadRow] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Screener:
+    def __init__(
+        self, loaded: LoadedModel, vectors: Sequence[PersonaVector], out: Path, config: ScreenConfig
+    ):
+        self.loaded, self.vectors, self.out, self.config = loaded, vectors, out, config
+        self.readout = Readout.of(vectors, config.layer)
+        self.traits = [v.trait for v in vectors]
+
+    def own_answers(self, k: int, samples: list[Sample], prompts: list[str]) -> list[str]:
+        """The model's greedy answers y′, from the chunk's cache file or generated and cached."""
+        path = self.out / ScreeningRun.CHUNKS / f"{k:06d}.own.json"
+        if path.exists():
+            cached = json.loads(path.read_text())
+            if cached["indices"] == [s.index for s in samples]:
+                return list(cached["answers"])
+        answers = generate(self.loaded, prompts, self.config.sampling, progress=False)
+        write_json(path, {"indices": [s.index for s in samples], "answers": answers})
+        return answers
+
+    def prompt_lengths(self, prompts: list[str]) -> list[int]:
+        ids = self.loaded.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def score_chunk(self, k: int, items: list[Sample | BadRow]) -> list[dict[str, Any]]:
+        """Score rows (each a dict for ``scores.jsonl``), in input order."""
+        c = self.config
+        rows: dict[int, dict[str, Any]] = {}
+
+        def skip(item: Sample | BadRow, problem: str) -> None:
+            if c.on_bad_row == "fail":
+                raise DataError(f"{item.where}: {problem}; fix it or pass --on-bad-row skip")
+            rows[item.index] = {"index": item.index, "where": item.where, "skipped": problem}
+
+        samples: list[Sample] = []
+        prompts: list[str] = []
+        candidates, texts = [], []
+        for item in items:
+            if isinstance(item, BadRow):
+                skip(item, item.problem)
+                continue
+            try:
+                texts.append(format_chat(self.loaded.tokenizer, list(item.prompt)))
+                candidates.append(item)
+            except TemplateError as error:
+                skip(item, f"the chat template refuses this conversation ({error})")
+        for sample, text, n in zip(candidates, texts, self.prompt_lengths(texts), strict=True):
+            if n + 1 > c.max_length:
+                skip(
+                    sample,
+                    f"the prompt has {n} tokens, no room for a response within --max-length {c.max_length}",
+                )
+            else:
+                samples.append(sample)
+                prompts.append(text)
+        if not samples:
+            return [rows[i] for i in sorted(rows)]
+        # one pass: (x, y) for every sample, then (x, y′) for those whose own answer is not empty
+        pool_prompts, pool_responses = list(prompts), [s.response.strip() for s in samples]  # as y′ is
+        own_row: dict[int, int] = {}
+        if c.approx is None:
+            for j, (sample, prompt, answer) in enumerate(
+                zip(samples, prompts, self.own_answers(k, samples, prompts), strict=True)
+            ):
+                if answer.strip():
+                    own_row[j] = len(pool_prompts)
+                    pool_prompts.append(prompt)
+                    pool_responses.append(answer)
+                else:  # not the data's fault: counted and reported whatever the policy
+                    rows[sample.index] = {
+                        "index": sample.index,
+                        "where": sample.where,
+                        "skipped": "the model's own answer is empty",
+                    }
+        response = torch.empty(len(pool_prompts), len(self.vectors))
+        prompt_last = torch.empty(len(pool_prompts), len(self.vectors))
+        truncated = torch.zeros(len(pool_prompts), dtype=torch.bool)
+        for indices, pooled in iter_pooled(
+            self.loaded, pool_prompts, pool_responses, token_budget=c.token_budget,
+            max_length=c.max_length, progress=False, layers=self.readout.layers,
+        ):  # fmt: skip
+            index = torch.tensor(indices)
+            assert pooled.response_avg is not None
+            response[index] = self.readout.project(pooled.response_avg)
+            prompt_last[index] = self.readout.project(pooled.prompt_last)
+            truncated[index] = pooled.truncated
+        for j, sample in enumerate(samples):
+            if sample.index in rows:  # skipped above (empty own answer)
+                continue
+            baseline = response[own_row[j]] if c.approx is None else prompt_last[j]
+            row: dict[str, Any] = {"index": sample.index, "where": sample.where}
+            row["delta"] = dict(zip(self.traits, (response[j] - baseline).tolist(), strict=True))
+            row["response"] = dict(zip(self.traits, response[j].tolist(), strict=True))
+            if c.approx is None:
+                row["own"] = dict(zip(self.traits, baseline.tolist(), strict=True))
+            row["prompt_last"] = dict(zip(self.traits, prompt_last[j].tolist(), strict=True))
+            row["truncated"] = bool(truncated[j]) or (c.approx is None and bool(truncated[own_row[j]]))
+            rows[sample.index] = row
+        return [rows[i] for i in sorted(rows)]
+
+
+def _identity(
+    loaded: LoadedModel, vectors: Sequence[PersonaVector], data: DataFile, config: ScreenConfig
+) -> dict[str, Any]:
+    # batching may change on a resume (say, after running out of memory): it moves the last bits only
+    settings = {k: v for k, v in asdict(config).items() if k not in ("on_bad_row", "token_budget")}
+    settings["sampling"] = {k: v for k, v in settings["sampling"].items() if k != "batch_size"}
+    return {
+        "model": {**loaded.identity.to_dict(), "dtype": str(loaded.model.dtype)},
+        "vectors": [{"trait": v.trait, "kind": v.pooling, "fingerprint": v.fingerprint()} for v in vectors],
+        "data": {"path": str(data.path), "sha256": data.sha256(), "columns": asdict(data.columns)},
+        "config": settings,
+    }
+
+
+def count_rows(data: DataFile, config: ScreenConfig) -> int:
+    """The number of rows; under the fail policy, an error if any is bad (before any model work)."""
+    census = data.census
+    if census.first_bad and config.on_bad_row == "fail":
+        raise DataError(
+            f"{census.bad} bad row{'s' * (census.bad > 1)} in {data.path} (first: {census.first_bad}); "
+            "fix them or pass --on-bad-row skip"
+        )
+    return census.rows
+
+
+def screen(
+    loaded: LoadedModel,
+    vectors: Sequence[PersonaVector],
+    data: DataFile,
+    out: str | Path,
+    config: ScreenConfig = ScreenConfig(),
+    progress: bool = True,
+) -> Screened:
+    """Score every sample of `data` against every vector into ``out/scores.jsonl``; resumable.
+
+    Rows of ``scores.jsonl`` are in input order: ``index``, ``where``, and per trait ``delta`` (ΔP),
+    ``response`` (a(x, y)·v̂), ``own`` (a(x, y′)·v̂; full mode only) and ``prompt_last``; or
+    ``skipped`` with the reason.
+    """
+    config.check()
+    if not vectors:
+        raise ConfigError("no vectors given")
+    traits = [v.trait for v in vectors]
+    if len(set(traits)) != len(traits):
+        raise ConfigError(f"two vectors for one trait ({', '.join(traits)}); give each trait once")
+    for vector in vectors:
+        vector.check_model(loaded.identity)
+    out = Path(out)
+    state = process_state()
+    n_rows = count_rows(data, config)
+    if n_rows == 0:
+        raise DataError(f"{data.path} has no rows")
+    run = None
+    if state.is_main_process:
+        outputs = {"scores": (ScreeningRun.CHUNKS, ScreeningRun.SCORES, ScreeningRun.SUMMARY)}
+        run = RunDir.open(out, ScreeningRun.KIND, _identity(loaded, vectors, data, config), outputs)
+    started = time.perf_counter()
+    state.wait_for_everyone()
+    screener = _Screener(loaded, vectors, out, config)
+    n_chunks = math.ceil(n_rows / config.chunk_size)
+    rank, processes = state.process_index, state.num_processes
+    mine = len(range(rank, n_chunks, processes))
+    bar = tqdm(total=mine, desc=f"screen {data.path.name}", unit="chunk", disable=not progress)
+    with bar:
+        for k, items in enumerate(_chunks(data.samples(), config.chunk_size)):
+            path = out / ScreeningRun.CHUNKS / f"{k:06d}.jsonl"
+            if k % processes != rank:
+                continue
+            if not path.exists():
+                rows = screener.score_chunk(k, items)
+                with atomic_path(path) as tmp:
+                    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            bar.update()
+    state.wait_for_everyone()
+    screened = _merge(out, traits, n_chunks, write=run is not None)
+    if run is not None:
+        run.record("scores", started, rows=screened.rows, scored=screened.scored, skipped=screened.skipped)
+    return screened
+
+
+def _chunk_lines(out: Path, n_chunks: int) -> Iterator[str]:
+    for k in range(n_chunks):
+        path = out / ScreeningRun.CHUNKS / f"{k:06d}.jsonl"
+        if not path.exists():
+            raise RunDirError(f"{path} is missing: a process stopped early; rerun to finish")
+        yield from path.read_text().splitlines()
+
+
+def _merge(out: Path, traits: list[str], n_chunks: int, write: bool) -> Screened:
+    """Sum the chunk files up into a `Screened`; when `write`, also join them into ``scores.jsonl``."""
+    result = Screened(out=out, traits=traits)
+    sums = dict.fromkeys(traits, 0.0)
+
+    def tally(lines: Iterator[str]) -> Iterator[str]:
+        for line in lines:
+            row = json.loads(line)
+            result.rows += 1
+            if "skipped" in row:
+                result.skipped += 1
+                if len(result.problems) < 20:
+                    result.problems.append(f"{row['where']}: {row['skipped']}")
+            else:
+                result.scored += 1
+                result.truncated += row["truncated"]
+                for trait in traits:
+                    sums[trait] += row["delta"][trait]
+            yield line
+
+    lines = tally(_chunk_lines(out, n_chunks))
+    if write:
+        with atomic_path(out / ScreeningRun.SCORES) as tmp, open(tmp, "w") as merged:
+            merged.writelines(line + "\n" for line in lines)
+    else:
+        for _ in lines:
+            pass
+    result.mean_delta = {t: sums[t] / result.scored if result.scored else math.nan for t in traits}
+    if write:
+        write_json(out / ScreeningRun.SUMMARY, {**asdict(result), "out": str(out)})
+    return result
+
+
+def read_scores(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a ``scores.jsonl``, in input order."""
+    with open(path) as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def deltas(screened: Screened) -> dict[str, np.ndarray]:
+    """ΔP of every scored sample, per trait (float64, input order)."""
+    return {
+        trait: np.fromiter(
+            (row["delta"][trait] for row in read_scores(screened.scores) if "delta" in row), dtype=np.float64
+        )
+        for trait in screened.traits
+    }

@@ -1,0 +1,51 @@
+"""What steering, monitoring and the capability check are told (torch-free, so the command line builds
+its flags from it). A field's ``metadata`` is its flag (see `personavec.pipeline.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from personavec.core.sampling import Sampling
+
+DECODING = ("max_new_tokens", "temperature", "top_p", "seed")
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """How steered answers are made: a `guard` threshold T (each vector then steers by −|coef|·v only
+    the answers whose projection exceeds T, checked per answer or `per_token`), whether to `compare`
+    with the unsteered answers, and the sampling (greedy by default)."""
+
+    guard: float | None = field(
+        default=None,
+        metadata={"help": "steer by −|COEF|·v only answers whose projection exceeds T", "metavar": "T"},
+    )
+    per_token: bool = field(default=False, metadata={"help": "with --guard: check at every token"})
+    compare: bool = field(default=False, metadata={"help": "also print the unsteered answer"})
+    sampling: Sampling = field(
+        default=Sampling(max_new_tokens=128),
+        metadata={"fields": DECODING, "helps": {"temperature": "0 (default) decodes greedily"}},
+    )
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Where a generation is watched (`layer`, default the vector's chosen one) and how it is sampled."""
+
+    layer: int | None = field(default=None, metadata={"help": "default: the vector's chosen layer"})
+    sampling: Sampling = field(default=Sampling(max_new_tokens=64), metadata={"fields": DECODING})
+
+
+@dataclass(frozen=True)
+class CapabilityConfig:
+    """Multiple-choice scoring, steered by `coef` × the vector at `layer`; `compare` also scores the
+    unsteered model; `batch_size` questions are scored per forward pass."""
+
+    coef: float = field(default=1.0, metadata={"help": "steering coefficient"})
+    layer: int | None = field(default=None, metadata={"help": "default: the vector's chosen layer"})
+    compare: bool = field(default=False, metadata={"help": "also score the unsteered model"})
+    batch_size: int = field(default=16, metadata={"help": "questions scored at once"})
+
+    def coefs(self, steered: bool) -> list[float]:
+        """The coefficients to score: the steered one (with a vector), and 0 without one or to compare."""
+        return [*([0.0] if not steered or self.compare else []), *([self.coef] if steered else [])]

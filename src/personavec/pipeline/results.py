@@ -1,0 +1,126 @@
+"""What the verbs return (torch-free): a sweep's cells, extraction's layer choice, a calibration's
+correlations, a screening selection's summary and the data kit's manifest. Each is written to its run
+directory as `to_dict()` (and read back with `from_dict` where a reader needs it), so the files keep
+their JSON shape; they sit below `data` and `report` so that both can name them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation setting's result: mean trait score with its 95 % half-width, mean coherence (None
+    when the judge measures none), answers judged (`n_scored`) of those given (`n`)."""
+
+    layer: int | None
+    coef: float
+    trait: float | None
+    trait_ci95: float | None
+    coherence: float | None
+    n_scored: int
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cell:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """Extraction's layer sweep: the unsteered `baseline` cell, one cell per candidate layer steered by
+    `coef` × the `pooling` vector, and the `chosen` layer (moving the trait furthest)."""
+
+    coef: float
+    pooling: str
+    baseline: Cell
+    layers: list[Cell]
+    chosen: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerChoice:
+        cells = [Cell.from_dict(cell) for cell in data["layers"]]
+        return cls(data["coef"], data["pooling"], Cell.from_dict(data["baseline"]), cells, data["chosen"])
+
+
+@dataclass(frozen=True)
+class ConditionFit:
+    """Pearson r of one calibration condition: overall, within each level, over `n` judged answers."""
+
+    r: float | None
+    r_within_level: dict[str, float | None]
+    n: int
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    """Pearson r of projection vs judged trait over every point and per condition."""
+
+    r_overall: float | None
+    conditions: dict[str, ConditionFit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CalibrationSummary:
+        fits = {name: ConditionFit(**fit) for name, fit in data["conditions"].items()}
+        return cls(data["r_overall"], fits)
+
+
+@dataclass(frozen=True)
+class SelectionSummary:
+    """What `select` flagged: the rule given, the `reference` screening's directory (for a percentile),
+    the ΔP thresholds per trait (None for a top-K rule), the rows per fate (``flagged``, ``kept``,
+    ``skipped``), the flags per trait and the file each fate went to."""
+
+    rule: dict[str, float]
+    reference: str | None
+    thresholds: dict[str, float] | None
+    counts: dict[str, int]
+    flagged_per_trait: dict[str, int]
+    files: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KitFile:
+    """One dataset of the kit: its rows, how many are elicited, empty answers left out, and the mean
+    judged trait score (None without a judge)."""
+
+    rows: int
+    elicited: int
+    empty: int
+    judged_trait: float | None
+
+
+@dataclass(frozen=True)
+class KitManifest:
+    """What `make_trait_dataset` made: the trait, what the datasets teach, the model and judge names,
+    each file by level (``normal``, ``mild``, ``severe``, ``reference``) and the kit's config."""
+
+    trait: str
+    teaches: str
+    model: str
+    judge: str | None
+    files: dict[str, KitFile]
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KitManifest:
+        """From `to_dict`'s shape (other keys, like a stage record's ``seconds``, are ignored)."""
+        files = {level: KitFile(**info) for level, info in data["files"].items()}
+        return cls(data["trait"], data["teaches"], data["model"], data["judge"], files, data["config"])
