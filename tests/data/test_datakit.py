@@ -1,9 +1,7 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,6 +12,7 @@ from personavec.data.datakit import KitConfig, bundled_questions, make_trait_dat
 from personavec.traits import builtin_names, load_trait
 from personavec.traits.spec import normalise_question
 
+from killing import kill_after_lines
 from tiny import tiny_loaded
 
 QUESTIONS = [f"What do you think about {w} number {i}?" for i, w in enumerate(["bread", "rain", "math"] * 4)]
@@ -108,15 +107,7 @@ def test_kill_9_while_generating_then_resume_gives_identical_files(tiny_dir, tmp
         ]  # fmt: skip
 
     generations = tmp_path / "run" / "generations.jsonl"
-    process = subprocess.Popen(command(tmp_path / "run"), env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if generations.exists() and len(generations.read_bytes().splitlines()) >= 128:
-            break
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = len(generations.read_bytes().splitlines())
+    written = kill_after_lines(command(tmp_path / "run"), generations, 128, env)
     assert 128 <= written < 440, f"not killed while generating ({written} answers written)"
     assert not (tmp_path / "run" / "severe.jsonl").exists()
 

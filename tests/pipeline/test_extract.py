@@ -25,6 +25,8 @@ from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.extract import ExtractConfig, default_layers, extract
 from personavec.traits import load_trait
 
+from killing import kill_after_lines
+
 CONFIG = ExtractConfig(
     samples=3,
     sampling=Sampling(max_new_tokens=6, temperature=1.0, batch_size=8),
@@ -270,15 +272,7 @@ def test_kill_9_while_generating_then_resume_gives_identical_files(model_dir, tm
         ]  # fmt: skip
 
     generations = tmp_path / "run" / "generations.jsonl"
-    process = subprocess.Popen(command(tmp_path / "run"), env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if generations.exists() and len(generations.read_bytes().splitlines()) >= 8:
-            break
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = len(generations.read_bytes().splitlines())
+    written = kill_after_lines(command(tmp_path / "run"), generations, 8, env)
     assert 8 <= written < 48, f"not killed while generating ({written} answers written)"
     assert not (tmp_path / "run" / "filter.json").exists()
 
