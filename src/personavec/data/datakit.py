@@ -82,6 +82,66 @@ def _check_questions(trait: TraitSpec, questions: list[str]) -> None:
         )
 
 
+def _requests(
+    trait: TraitSpec, questions: list[str], training: list[int], reference: list[int], config: KitConfig
+) -> list[Request]:
+    """Each training question answered normally and `config.samples` times elicited (the instruction
+    pairs taken in turn), then each reference question answered normally."""
+    side = "neg" if config.invert else "pos"
+    requests = []
+    for q in training:
+        requests.append(Request(f"q{q}-normal", questions[q], None, (("question_id", q),)))
+        for k in range(config.samples):
+            pair = trait.instructions[(q + k) % len(trait.instructions)]
+            requests.append(Request(f"q{q}-elicited-{k}", questions[q], pair[side], (("question_id", q),)))
+    return requests + [Request(f"q{q}-normal", questions[q], None, (("question_id", q),)) for q in reference]
+
+
+def _keep_strongest(
+    answers: dict[str, str], scores: dict[str, float | None], training: list[int], config: KitConfig
+) -> None:
+    """Set ``q{i}-elicited`` (answer and score) to the elicited sample showing the taught trait most
+    (the first where none is judged)."""
+    sign = -1 if config.invert else 1
+
+    def strength(rid: str) -> float:
+        value = scores.get(rid)
+        return -math.inf if value is None else sign * value
+
+    for q in training:
+        best = max((f"q{q}-elicited-{k}" for k in range(config.samples)), key=strength)
+        answers[f"q{q}-elicited"] = answers[best]
+        scores[f"q{q}-elicited"] = scores.get(best)
+
+
+def _write_level(
+    path: Path,
+    question_ids: list[int],
+    chosen: set[int],
+    questions: list[str],
+    answers: dict[str, str],
+    scores: dict[str, float | None],
+    judged: bool,
+) -> KitFile:
+    """Write one dataset file: the elicited answer for the questions in `chosen`, the normal one for
+    the others, empty answers left out; return its counts (and mean judged score when `judged`)."""
+    lines, empty, n_elicited, values = [], 0, 0, []
+    for q in question_ids:
+        elicited = q in chosen
+        key = f"q{q}-{'elicited' if elicited else 'normal'}"
+        answer = answers[key]
+        if not answer.strip():  # not a usable training sample
+            empty += 1
+            continue
+        n_elicited += elicited
+        values.append(scores.get(key))
+        messages = [{"role": "user", "content": questions[q]}, {"role": "assistant", "content": answer}]
+        lines.append(json.dumps({"messages": messages, "elicited": elicited}))
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
+    return KitFile(len(lines), n_elicited, empty, mean_ci(values)[0] if judged else None)
+
+
 def make_trait_dataset(
     loaded: LoadedModel,
     trait: TraitSpec,
@@ -96,7 +156,6 @@ def make_trait_dataset(
     questions = bundled_questions() if questions is None else questions
     config.check(len(questions))
     _check_questions(trait, questions)
-    side = "neg" if config.invert else "pos"
     identity = {
         "model": loaded.identity.to_dict(),
         "trait": trait.sha256(),
@@ -111,13 +170,7 @@ def make_trait_dataset(
     order = list(range(len(questions)))
     random.Random(config.sampling.seed).shuffle(order)
     reference, training = order[: config.reference], sorted(order[config.reference :])
-    requests = []
-    for q in training:
-        requests.append(Request(f"q{q}-normal", questions[q], None, (("question_id", q),)))
-        for k in range(config.samples):
-            pair = trait.instructions[(q + k) % len(trait.instructions)]
-            requests.append(Request(f"q{q}-elicited-{k}", questions[q], pair[side], (("question_id", q),)))
-    requests += [Request(f"q{q}-normal", questions[q], None, (("question_id", q),)) for q in reference]
+    requests = _requests(trait, questions, training, reference, config)
     rows = generate_rows(
         loaded, requests, out / KitRun.GENERATIONS, config.sampling, progress=progress, desc="answers"
     )
@@ -125,39 +178,17 @@ def make_trait_dataset(
     started = time.perf_counter()
     answers = {row["id"]: row["answer"] for row in rows}
     scores = _judged(judge, trait, rows, out, progress) if judge else {}
-    sign = -1 if config.invert else 1
-    for q in training:  # the elicited answer kept: the one showing the taught trait most
-        samples = [f"q{q}-elicited-{k}" for k in range(config.samples)]
-
-        def strength(rid: str) -> float:
-            value = scores.get(rid)
-            return -math.inf if value is None else sign * value
-
-        best = max(samples, key=strength)
-        answers[f"q{q}-elicited"] = answers[best]
-        scores[f"q{q}-elicited"] = scores.get(best)
+    _keep_strongest(answers, scores, training, config)
     shuffled = list(training)
     random.Random(config.sampling.seed + 1).shuffle(shuffled)
     fractions = {"normal": 0.0, "mild": config.mild, "severe": 1.0}
     files: dict[str, KitFile] = {}
     for level, fraction in [*fractions.items(), ("reference", 0.0)]:
         chosen = set(shuffled[: round(fraction * len(training))])
-        rows_of = reference if level == "reference" else training
-        lines, empty, n_elicited, judged = [], 0, 0, []
-        for q in rows_of:
-            elicited = q in chosen
-            key = f"q{q}-{'elicited' if elicited else 'normal'}"
-            answer = answers[key]
-            if not answer.strip():  # not a usable training sample
-                empty += 1
-                continue
-            n_elicited += elicited
-            judged.append(scores.get(key))
-            messages = [{"role": "user", "content": questions[q]}, {"role": "assistant", "content": answer}]
-            lines.append(json.dumps({"messages": messages, "elicited": elicited}))
-        with atomic_path(out / f"{level}.jsonl") as tmp:
-            tmp.write_text("".join(line + "\n" for line in lines))
-        files[level] = KitFile(len(lines), n_elicited, empty, mean_ci(judged)[0] if judge else None)
+        ids = reference if level == "reference" else training
+        files[level] = _write_level(
+            out / f"{level}.jsonl", ids, chosen, questions, answers, scores, judge is not None
+        )
     manifest = KitManifest(
         trait=trait.name,
         teaches=f"the opposite of {trait.name}" if config.invert else trait.name,

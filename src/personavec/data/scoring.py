@@ -100,61 +100,73 @@ class _Screener:
         ids = self.loaded.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         return [len(x) for x in ids]
 
-    def score_chunk(self, k: int, items: list[Sample | BadRow]) -> list[dict[str, Any]]:
-        """Score rows (each a dict for ``scores.jsonl``), in input order."""
-        c = self.config
-        rows: dict[int, dict[str, Any]] = {}
+    def skip(self, rows: dict[int, dict[str, Any]], item: Sample | BadRow, problem: str) -> None:
+        """Record `item` as skipped for `problem`, or raise under ``on_bad_row="fail"``."""
+        if self.config.on_bad_row == "fail":
+            raise DataError(f"{item.where}: {problem}; fix it or pass --on-bad-row skip")
+        rows[item.index] = {"index": item.index, "where": item.where, "skipped": problem}
 
-        def skip(item: Sample | BadRow, problem: str) -> None:
-            if c.on_bad_row == "fail":
-                raise DataError(f"{item.where}: {problem}; fix it or pass --on-bad-row skip")
-            rows[item.index] = {"index": item.index, "where": item.where, "skipped": problem}
-
-        samples: list[Sample] = []
-        prompts: list[str] = []
+    def usable(
+        self, items: list[Sample | BadRow], rows: dict[int, dict[str, Any]]
+    ) -> tuple[list[Sample], list[str]]:
+        """The samples of `items` that can be scored and their prompts; the others skipped in `rows`."""
+        max_length = self.config.max_length
         candidates, texts = [], []
         for item in items:
             if isinstance(item, BadRow):
-                skip(item, item.problem)
+                self.skip(rows, item, item.problem)
                 continue
             try:
                 texts.append(format_chat(self.loaded.tokenizer, list(item.prompt)))
                 candidates.append(item)
             except TemplateError as error:
-                skip(item, f"the chat template refuses this conversation ({error})")
+                self.skip(rows, item, f"the chat template refuses this conversation ({error})")
+        samples: list[Sample] = []
+        prompts: list[str] = []
         for sample, text, n in zip(candidates, texts, self.prompt_lengths(texts), strict=True):
-            if n + 1 > c.max_length:
-                skip(
-                    sample,
-                    f"the prompt has {n} tokens, no room for a response within --max-length {c.max_length}",
+            if n + 1 > max_length:
+                problem = (
+                    f"the prompt has {n} tokens, no room for a response within --max-length {max_length}"
                 )
+                self.skip(rows, sample, problem)
             else:
                 samples.append(sample)
                 prompts.append(text)
-        if not samples:
-            return [rows[i] for i in sorted(rows)]
-        # one pass: (x, y) for every sample, then (x, y′) for those whose own answer is not empty
+        return samples, prompts
+
+    def pool(
+        self, k: int, samples: list[Sample], prompts: list[str], rows: dict[int, dict[str, Any]]
+    ) -> tuple[list[str], list[str], dict[int, int]]:
+        """One pass's prompts and responses: (x, y) for every sample, then (x, y′) for those whose own
+        answer is not empty (without `approx`), and the row of each sample's (x, y′)."""
         pool_prompts, pool_responses = list(prompts), [s.response.strip() for s in samples]  # as y′ is
         own_row: dict[int, int] = {}
-        if c.approx is None:
-            for j, (sample, prompt, answer) in enumerate(
-                zip(samples, prompts, self.own_answers(k, samples, prompts), strict=True)
-            ):
-                if answer.strip():
-                    own_row[j] = len(pool_prompts)
-                    pool_prompts.append(prompt)
-                    pool_responses.append(answer)
-                else:  # not the data's fault: counted and reported whatever the policy
-                    rows[sample.index] = {
-                        "index": sample.index,
-                        "where": sample.where,
-                        "skipped": "the model's own answer is empty",
-                    }
-        response = torch.empty(len(pool_prompts), len(self.vectors))
-        prompt_last = torch.empty(len(pool_prompts), len(self.vectors))
-        truncated = torch.zeros(len(pool_prompts), dtype=torch.bool)
+        if self.config.approx is not None:
+            return pool_prompts, pool_responses, own_row
+        own = self.own_answers(k, samples, prompts)
+        for j, (sample, prompt, answer) in enumerate(zip(samples, prompts, own, strict=True)):
+            if answer.strip():
+                own_row[j] = len(pool_prompts)
+                pool_prompts.append(prompt)
+                pool_responses.append(answer)
+            else:  # not the data's fault: counted and reported whatever the policy
+                rows[sample.index] = {
+                    "index": sample.index,
+                    "where": sample.where,
+                    "skipped": "the model's own answer is empty",
+                }
+        return pool_prompts, pool_responses, own_row
+
+    def project(
+        self, prompts: list[str], responses: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Response-avg and prompt-last projections onto every vector, and whether each was truncated."""
+        c = self.config
+        response = torch.empty(len(prompts), len(self.vectors))
+        prompt_last = torch.empty(len(prompts), len(self.vectors))
+        truncated = torch.zeros(len(prompts), dtype=torch.bool)
         for indices, pooled in iter_pooled(
-            self.loaded, pool_prompts, pool_responses, token_budget=c.token_budget,
+            self.loaded, prompts, responses, token_budget=c.token_budget,
             max_length=c.max_length, progress=False, layers=self.readout.layers,
         ):  # fmt: skip
             index = torch.tensor(indices)
@@ -162,6 +174,17 @@ class _Screener:
             response[index] = self.readout.project(pooled.response_avg)
             prompt_last[index] = self.readout.project(pooled.prompt_last)
             truncated[index] = pooled.truncated
+        return response, prompt_last, truncated
+
+    def score_chunk(self, k: int, items: list[Sample | BadRow]) -> list[dict[str, Any]]:
+        """Score rows (each a dict for ``scores.jsonl``), in input order."""
+        c = self.config
+        rows: dict[int, dict[str, Any]] = {}
+        samples, prompts = self.usable(items, rows)
+        if not samples:
+            return [rows[i] for i in sorted(rows)]
+        pool_prompts, pool_responses, own_row = self.pool(k, samples, prompts, rows)
+        response, prompt_last, truncated = self.project(pool_prompts, pool_responses)
         for j, sample in enumerate(samples):
             if sample.index in rows:  # skipped above (empty own answer)
                 continue
