@@ -3,7 +3,7 @@ import json
 import pytest
 
 from personavec import PersonavecError
-from personavec.training.sft_data import IGNORE, Collator, encode, load_conversations
+from personavec.training.sft_data import IGNORE, Collator, encode, load_conversations, tokenize_dataset
 
 from tiny import tiny_tokenizer
 
@@ -33,6 +33,22 @@ def test_labels_cover_exactly_the_assistant_turns() -> None:
 def test_long_conversations_are_cut_and_marked() -> None:
     example = encode(tiny_tokenizer(), CONVERSATION, max_length=10)
     assert len(example.input_ids) == len(example.labels) == 10 and example.truncated
+
+
+def test_cut_and_dropped_conversations_are_counted_apart(tmp_path) -> None:
+    tokenizer = tiny_tokenizer()
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."}]
+    long_prompt = [{"role": "user", "content": " ".join(["word"] * 100)}, short[1]]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [short, short, long_prompt]))
+    full = len(encode(tokenizer, short, 10_000).input_ids)
+    tokenized = tokenize_dataset(tokenizer, path, full - 1)
+    assert (len(tokenized.examples), tokenized.total, tokenized.cut, tokenized.dropped) == (2, 3, 2, 1)
+    assert tokenized.warning(full - 1) == (
+        f"2 of 3 conversations cut to --max-length {full - 1}; "
+        f"1 of 3 conversations dropped (no assistant token within --max-length {full - 1})"
+    )
+    assert tokenize_dataset(tokenizer, path, 10_000).warning(10_000) is None
 
 
 def test_a_template_that_rewrites_earlier_turns_is_refused() -> None:

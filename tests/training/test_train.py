@@ -316,6 +316,21 @@ def test_long_conversations_are_cut_with_one_warning(data, tmp_path) -> None:
         train(tiny_loaded(), data, tmp_path / "short", replace(config(), max_length=5))
 
 
+def test_dropped_conversations_are_reported_apart_from_cut_ones(tmp_path) -> None:
+    loaded = tiny_loaded()
+    rows = conversations(4)
+    long_prompt = {"role": "user", "content": " ".join(["weather"] * 200)}
+    rows += [{"messages": [long_prompt, r["messages"][1]]} for r in conversations(2)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    longest = max(len(encode(loaded.tokenizer, r["messages"], 10_000).input_ids) for r in rows[:4])
+    with pytest.warns(UserWarning) as caught:
+        trained = train(loaded, path, tmp_path / "run", replace(config(), max_length=longest))
+    messages = [str(w.message) for w in caught if "conversations" in str(w.message)]
+    assert messages == [f"2 of 6 conversations dropped (no assistant token within --max-length {longest})"]
+    assert (trained.truncated, trained.dropped) == (0, 2)
+
+
 def test_two_processes_train_with_the_intervention(tiny_dir, data, tmp_path) -> None:
     import os
     import subprocess

@@ -78,9 +78,32 @@ def load_conversations(path: str | Path) -> list[tuple[str, list[dict[str, str]]
     return conversations
 
 
-def tokenize_dataset(tokenizer: Any, path: str | Path, max_length: int) -> tuple[list[Example], int]:
-    """The conversations of `path` encoded, and how many were cut to `max_length`. Conversations
-    left with no assistant token after the cut are dropped (they are counted as cut)."""
+@dataclass(frozen=True)
+class Tokenized:
+    """A chat dataset encoded: the `examples` kept, of `total` conversations; `cut` of the kept ones
+    lost their tail to ``max_length``; `dropped` ones kept no assistant token within it."""
+
+    examples: list[Example]
+    total: int
+    cut: int
+    dropped: int
+
+    def warning(self, max_length: int) -> str | None:
+        """One line saying what ``max_length`` did to the data, or None when it changed nothing."""
+        what = (
+            [f"{self.cut} of {self.total} conversations cut to --max-length {max_length}"] if self.cut else []
+        )
+        if self.dropped:
+            what.append(
+                f"{self.dropped} of {self.total} conversations dropped "
+                f"(no assistant token within --max-length {max_length})"
+            )
+        return "; ".join(what) or None
+
+
+def tokenize_dataset(tokenizer: Any, path: str | Path, max_length: int) -> Tokenized:
+    """The conversations of `path` encoded and cut to `max_length`; those left with no assistant token
+    after the cut are dropped."""
     examples = []
     for where, messages in load_conversations(path):
         try:
@@ -92,7 +115,7 @@ def tokenize_dataset(tokenizer: Any, path: str | Path, max_length: int) -> tuple
         raise ConfigError(
             f"{path}: no conversation keeps an assistant token within --max-length {max_length}"
         )
-    return kept, sum(e.truncated for e in examples)
+    return Tokenized(kept, len(examples), sum(e.truncated for e in kept), len(examples) - len(kept))
 
 
 class Collator:

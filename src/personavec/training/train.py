@@ -167,7 +167,8 @@ class Trained:
     out: Path
     steps: int
     train_loss: float | None  # mean of the logged training losses
-    truncated: int
+    truncated: int  # conversations trained on with their tail cut to max_length
+    dropped: int  # conversations left out: no assistant token within max_length
     seconds: float  # of this invocation
     steps_intervened: int  # training forward passes run inside the intervention, this invocation
 
@@ -204,18 +205,18 @@ def train(
     record = TrainingRun(out).record()
     if record is not None:
         return Trained(**{**record, "out": Path(record["out"])})
-    examples, truncated = tokenize_dataset(loaded.tokenizer, data, config.max_length)
-    if truncated:
-        cut = f"{truncated} of {len(examples)} conversations cut to --max-length {config.max_length}"
-        warnings.warn(cut, stacklevel=2)
-    evaluation = tokenize_dataset(loaded.tokenizer, eval_data, config.max_length)[0] if eval_data else None
+    tokenized = tokenize_dataset(loaded.tokenizer, data, config.max_length)
+    if warning := tokenized.warning(config.max_length):
+        warnings.warn(warning, stacklevel=2)
+    held_out = tokenize_dataset(loaded.tokenizer, eval_data, config.max_length) if eval_data else None
+    evaluation = held_out.examples if held_out else None
     model = _lora(loaded.model, config) if config.lora else loaded.model
     try:
         args = _arguments(out, config, model, loaded.device.type == "cpu", evaluation is not None)
     except (ValueError, RuntimeError) as error:  # e.g. an unknown or uninstalled --report-to
         raise ConfigError(f"training settings refused: {error}") from None
     trainer = InterventionTrainer(
-        model=model, args=args, train_dataset=examples, eval_dataset=evaluation,
+        model=model, args=args, train_dataset=tokenized.examples, eval_dataset=evaluation,
         data_collator=Collator(int(loaded.tokenizer.pad_token_id)), processing_class=loaded.tokenizer,
         callbacks=[StepLog(out / TrainingRun.LOG), *callbacks], spec=spec, vector=vector,
     )  # fmt: skip
@@ -230,7 +231,8 @@ def train(
         out=out / TrainingRun.FINAL,
         steps=int(result.global_step),
         train_loss=sum(losses) / len(losses) if losses else None,
-        truncated=truncated,
+        truncated=tokenized.cut,
+        dropped=tokenized.dropped,
         seconds=time.perf_counter() - started,
         steps_intervened=trainer.steps_intervened,
     )
