@@ -12,6 +12,7 @@ from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.calibrate import calibrate, pearson
 from personavec.pipeline.config import CalibrateConfig
+from personavec.pipeline.runs import CalibrationRun
 from personavec.traits import load_trait
 
 from tiny import N_LAYERS, tiny_loaded
@@ -47,20 +48,21 @@ def test_calibration_points_and_correlations(monkeypatch, tmp_path) -> None:
         )  # fmt: skip
         assert len(server.requests) == requests  # resumed from files: nothing asked twice
     assert again.points == result.points
+    assert CalibrationRun(tmp_path).result() == result  # the reader gives the typed result back
     assert len(result.points) == (8 + 2) * 3
-    graded = [p for p in result.points if p["condition"] == "graded"]
+    graded = [p for p in result.points if p.condition == "graded"]
     prompts = [
         loaded.chat(q, trait.graded_prompts[level])
         for level in range(8)
         for q in trait.evaluation_questions[:3]
     ]
     expected = project(loaded, [vector], prompts, progress=False)[:, 0].tolist()
-    assert [p["projection"] for p in graded] == pytest.approx(expected, abs=1e-4)
+    assert [p.projection for p in graded] == pytest.approx(expected, abs=1e-4)
     shots = (tmp_path / "calibration" / "shots-2.jsonl").read_text()
     assert "shots-2" not in shots and len(shots.splitlines()) == 3
-    scored = [p for p in graded if p["trait"] is not None]
+    scored = [p for p in graded if p.trait is not None]
     summary = json.loads((tmp_path / "calibration.json").read_text())["summary"]
-    r = np.corrcoef([p["projection"] for p in scored], [p["trait"] for p in scored])[0, 1]
+    r = np.corrcoef([p.projection for p in scored], [p.trait for p in scored])[0, 1]
     assert summary["conditions"]["graded"]["r"] == pytest.approx(r)
     assert set(summary["conditions"]["shots"]["r_within_level"]) == {"0", "2"}
 

@@ -29,7 +29,7 @@ from personavec.errors import ConfigError
 from personavec.judges import Judge, JudgeCache
 from personavec.pipeline.config import CalibrateConfig
 from personavec.pipeline.evaluate import run_identity
-from personavec.pipeline.results import CalibrationSummary, ConditionFit
+from personavec.pipeline.results import CalibrationPoint, CalibrationSummary, ConditionFit
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import CalibrationRun
 from personavec.traits.spec import TraitSpec
@@ -44,30 +44,38 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 @dataclass
 class Calibration:
-    """Points (condition, level, question, projection, judged trait) and the correlations."""
+    """The calibration's points and their correlations (``calibration.json`` is `to_dict()`)."""
 
-    points: list[dict[str, Any]] = field(default_factory=list)
+    points: list[CalibrationPoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary().to_dict(), "points": [asdict(p) for p in self.points]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """From `to_dict`'s shape (the summary is recomputed from the points)."""
+        return cls([CalibrationPoint(**point) for point in data["points"]])
 
     def r(self, condition: str | None = None, level: Any = None) -> float | None:
         """Pearson r over the points of `condition` (all if None), within one `level` if given."""
         chosen = [
             p
             for p in self.points
-            if (condition is None or p["condition"] == condition)
-            and (level is None or p["level"] == level)
-            and p["trait"] is not None
+            if (condition is None or p.condition == condition)
+            and (level is None or p.level == level)
+            and p.trait is not None
         ]
-        return pearson([p["projection"] for p in chosen], [p["trait"] for p in chosen])
+        return pearson([p.projection for p in chosen], [p.trait for p in chosen if p.trait is not None])
 
     def summary(self) -> CalibrationSummary:
         """r overall, per condition, and within each level of each condition."""
         fits = {}
-        for condition in sorted({p["condition"] for p in self.points}):
-            levels = sorted({p["level"] for p in self.points if p["condition"] == condition})
+        for condition in sorted({p.condition for p in self.points}):
+            levels = sorted({p.level for p in self.points if p.condition == condition})
             fits[condition] = ConditionFit(
                 r=self.r(condition),
                 r_within_level={str(level): self.r(condition, level) for level in levels},
-                n=sum(p["condition"] == condition and p["trait"] is not None for p in self.points),
+                n=sum(p.condition == condition and p.trait is not None for p in self.points),
             )
         return CalibrationSummary(self.r(), fits)
 
@@ -127,16 +135,7 @@ def calibrate(
         prompts = [request.prompt(loaded) for request in requests]
         projections = project(loaded, [vector], prompts, progress=False)[:, 0].tolist()
         for row, score, projection in zip(rows, scores, projections, strict=True):
-            result.points.append(
-                {
-                    "condition": condition,
-                    "level": level,
-                    "question": row["question"],
-                    "projection": projection,
-                    "trait": score.value,
-                }
-            )
-    summary = result.summary()
-    write_json(run.path / CalibrationRun.RESULT, {"summary": summary.to_dict(), "points": result.points})
-    run.record("calibration", started, points=len(result.points), r_overall=summary.r_overall)
+            result.points.append(CalibrationPoint(condition, level, row["question"], projection, score.value))
+    write_json(run.path / CalibrationRun.RESULT, result.to_dict())
+    run.record("calibration", started, points=len(result.points), r_overall=result.r())
     return result

@@ -1,7 +1,8 @@
-"""What the verbs return (torch-free): a sweep's cells, extraction's layer choice, a calibration's
-correlations, a screening selection's summary and the data kit's manifest. Each is written to its run
-directory as `to_dict()` (and read back with `from_dict` where a reader needs it), so the files keep
-their JSON shape; they sit below `data` and `report` so that both can name them.
+"""What the verbs return (torch-free): a sweep's cells, extraction's layer choice and summary, a
+calibration's points and correlations, a screening selection's summary and the data kit's manifest.
+Each is written to its run directory as `to_dict()` (and read back with `from_dict` where a reader
+needs it), so the files keep their JSON shape; they sit below `data` and `report` so that both can name
+them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ class LayerChoice:
     def from_dict(cls, data: dict[str, Any]) -> LayerChoice:
         cells = [Cell.from_dict(cell) for cell in data["layers"]]
         return cls(data["coef"], data["pooling"], Cell.from_dict(data["baseline"]), cells, data["chosen"])
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """One calibration answer: its prompt `condition` (``graded`` or ``shots``) and `level` (the graded
+    prompt's index, or k), the `question`, the prompt-last `projection` and the judged `trait` (None when
+    unscored)."""
+
+    condition: str
+    level: int
+    question: str
+    projection: float
+    trait: float | None
 
 
 @dataclass(frozen=True)

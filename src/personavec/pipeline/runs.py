@@ -15,6 +15,7 @@ from personavec.pipeline.rundir import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
     from personavec.core.vectors import PersonaVector
+    from personavec.pipeline.calibrate import Calibration
     from personavec.pipeline.results import Cell, KitManifest, LayerChoice
     from personavec.traits.spec import TraitSpec
 
@@ -155,10 +156,12 @@ class CalibrationRun(RunReader):
     ANSWERS = "calibration"
     RESULT = "calibration.json"
 
-    def result(self) -> dict[str, Any] | None:
-        """``summary`` and ``points``; None before the calibration finished."""
-        found: dict[str, Any] | None = self._json(self.RESULT)
-        return found
+    def result(self) -> Calibration | None:
+        """The points and their correlations; None before the calibration finished."""
+        from personavec.pipeline.calibrate import Calibration
+
+        found = self._json(self.RESULT)
+        return None if found is None else Calibration.from_dict(found)
 
 
 class ScreeningRun(RunReader):

@@ -17,7 +17,7 @@ from personavec._internal.files import atomic_path
 from personavec.pipeline.runs import ExtractionRun
 
 if TYPE_CHECKING:
-    from personavec.pipeline.results import CalibrationSummary, Cell, SelectionSummary
+    from personavec.pipeline.results import CalibrationPoint, CalibrationSummary, Cell, SelectionSummary
 
 
 @dataclass(frozen=True)
@@ -149,19 +149,19 @@ def sweep_section(cells: Sequence[Cell]) -> str:
     return _image("Steering sweep", _png(figure)) + table
 
 
-def calibration_section(summary: CalibrationSummary, points: Sequence[dict[str, Any]]) -> str:
+def calibration_section(summary: CalibrationSummary, points: Sequence[CalibrationPoint]) -> str:
     """Scatter of prompt-last projection against the judged trait, one colour per condition; the r values."""
     import matplotlib.pyplot as plt
 
     _agg()
-    conditions = sorted({p["condition"] for p in points})
+    conditions = sorted({p.condition for p in points})
     figure, axes = plt.subplots(1, len(conditions), figsize=(4.5 * len(conditions), 3.2), squeeze=False)
     for ax, condition in zip(axes[0], conditions, strict=True):
-        chosen = [p for p in points if p["condition"] == condition and p["trait"] is not None]
+        chosen = [p for p in points if p.condition == condition and p.trait is not None]
         scatter = ax.scatter(
-            [p["projection"] for p in chosen],
-            [p["trait"] for p in chosen],
-            c=[p["level"] for p in chosen],
+            [p.projection for p in chosen],
+            [p.trait for p in chosen],
+            c=[p.level for p in chosen],
             s=12,
         )
         figure.colorbar(scatter, ax=ax, label="shots" if condition == "shots" else "level")
