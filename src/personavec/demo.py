@@ -87,7 +87,7 @@ def run_demo(
     trait = load_trait("optimistic")
     judge = LexiconJudge(trait.name, trait.sentiment)
     result = extract(loaded, trait, judge, out, DEMO_CONFIG, force=force, progress=progress)
-    seconds.update({stage: info["seconds"] for stage, info in result.manifest["stages"].items()})
+    seconds.update({stage: s for stage, s in result.summary.seconds.items() if s is not None})
     vector = result.vectors["response-avg"]
     assert vector.layer is not None
     _drop_stale(out, vector, force)

@@ -23,6 +23,7 @@ from personavec.core.vectors import load_vectors
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.extract import ExtractConfig, default_layers, extract
+from personavec.pipeline.runs import ExtractionRun
 from personavec.traits import load_trait
 
 from killing import kill_after_lines
@@ -78,8 +79,8 @@ def test_pipeline_outputs_match_the_method_written_plainly(model_dir, server, tm
         for r in rows
         if passes(r) and passes(by_id[("neg" if r["polarity"] == "pos" else "pos") + r["id"][3:]])
     ]
-    manifest = result.manifest
-    assert manifest["stages"]["filter"]["kept_positive"] == sum(r["polarity"] == "pos" for r in kept) >= 2
+    summary = result.summary
+    assert summary.kept_positive == sum(r["polarity"] == "pos" for r in kept) >= 2
 
     # the vector: mean of kept positive minus mean of kept negative, per pooling, in float64
     loaded = load_model(str(model_dir), dtype="float32", device="cpu")
@@ -97,7 +98,8 @@ def test_pipeline_outputs_match_the_method_written_plainly(model_dir, server, tm
     saved = load_vectors(tmp_path / "run" / "evil.safetensors")
     assert sweep["chosen"] == best and {v.layer for v in saved.values()} == {best}
     assert saved["response-avg"].metadata["judge"]["name"].startswith("openai:judge@http://127.0.0.1")
-    assert manifest["generation"]["samples"] == 3 and manifest["model"]["n_layers"] == 3
+    assert summary.generation["samples"] == 3 and summary.model["n_layers"] == 3
+    assert summary.chosen == best and ExtractionRun(tmp_path / "run").summary() == summary
 
     # a rerun does nothing: no request, no new row
     requests, size = len(server.requests), (tmp_path / "run" / "generations.jsonl").stat().st_size
@@ -112,7 +114,7 @@ def test_changed_filter_settings_reuse_answers_and_judgements(model_dir, server,
     requests = len(server.requests)
     relaxed = run(model_dir, server, tmp_path / "run", replace(CONFIG, pairing="per-side"))
     paired = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert relaxed.manifest["selection"]["pairing"] == "per-side" == paired["selection"]["pairing"]
+    assert relaxed.summary.selection["pairing"] == "per-side" == paired["selection"]["pairing"]
     # only the sweep's steered answers (the vector changed) were judged again
     sweep_items = 4 * 3 * 2  # (baseline + 3 layers) × 3 questions × (trait, coherence)
     assert len(server.requests) - requests <= sweep_items
@@ -128,7 +130,7 @@ def test_refuses_another_model_or_trait_unless_forced(model_dir, server, tmp_pat
     with pytest.raises(PersonavecError, match="differs in trait, trait_sha256"):
         extract(loaded, load_trait("sycophantic"), judge, tmp_path / "run", CONFIG, progress=False)
     forced = run(model_dir, server, tmp_path / "run", other, force=True)
-    assert forced.manifest["generation"]["samples"] == 2
+    assert forced.summary.generation["samples"] == 2
     assert len(read_rows(tmp_path / "run" / "generations.jsonl")) == 2 * 2 * 4 * 2
 
 
@@ -205,8 +207,8 @@ def test_judge_none_keeps_every_answer_and_skips_the_sweep(model_dir, tmp_path) 
     result = extract(loaded, load_trait("evil"), None, tmp_path / "run", CONFIG, progress=False)
     rows = read_rows(tmp_path / "run" / "generations.jsonl").values()
     non_empty = sum(bool(r["answer"].strip()) for r in rows if r["polarity"] == "pos")
-    assert result.manifest["judge"] == {"name": "none"}
-    assert result.manifest["stages"]["filter"]["kept_positive"] == non_empty
+    assert result.summary.judge == {"name": "none"}
+    assert result.summary.kept_positive == non_empty
     assert result.vectors["response-avg"].layer is None and not (tmp_path / "run" / "sweep.json").exists()
 
 
@@ -238,14 +240,9 @@ def test_a_crash_between_a_stage_file_and_the_manifest_is_repaired(model_dir, se
         del manifest["stages"][stage]
     (out / "manifest.json").write_text(json.dumps(manifest))
     again = run(model_dir, server, out)
-    assert (
-        again.manifest["stages"]["filter"]["kept_positive"]
-        == first.manifest["stages"]["filter"]["kept_positive"]
-    )
-    assert again.manifest["stages"]["sweep"]["chosen"] == first.manifest["stages"]["sweep"]["chosen"]
-    assert (
-        again.manifest["stages"]["judgements"]["methods"] == first.manifest["stages"]["judgements"]["methods"]
-    )
+    assert again.summary.kept_positive == first.summary.kept_positive
+    assert again.summary.chosen == first.summary.chosen
+    assert again.summary.methods == first.summary.methods
 
 
 def test_sampling_settings_are_checked() -> None:

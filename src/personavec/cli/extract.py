@@ -26,9 +26,9 @@ def _extract(args: argparse.Namespace) -> None:
     result = extract(loaded, trait, judge, args.out, config, force=args.force)
     report = write_report(result.dir)
     vector = result.vectors["response-avg"]
-    filtered = result.manifest["stages"]["filter"]
+    summary = result.summary
     print(
-        f"kept {filtered['kept_positive']} positive / {filtered['kept_negative']} negative answers; "
+        f"kept {summary.kept_positive} positive / {summary.kept_negative} negative answers; "
         f"chosen layer {vector.layer}"
     )
     print(f"wrote {result.dir / (trait.name + '.safetensors')} and {report}")

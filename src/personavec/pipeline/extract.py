@@ -36,7 +36,7 @@ from personavec.errors import JudgeError, PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.pipeline.config import GENERATION_FIELDS, ExtractConfig, Setting, Sizes
 from personavec.pipeline.evaluate import run_cells
-from personavec.pipeline.results import LayerChoice
+from personavec.pipeline.results import ExtractionSummary, LayerChoice
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import ExtractionRun
 from personavec.traits.spec import TraitSpec
@@ -54,9 +54,11 @@ def default_layers(n_layers: int, count: int = 8) -> tuple[int, ...]:
 
 @dataclass
 class ExtractResult:
+    """The run directory, the vectors by pooling and what the run did."""
+
     dir: Path
     vectors: dict[str, PersonaVector]  # by pooling
-    manifest: dict[str, Any]
+    summary: ExtractionSummary
 
 
 def extract(
@@ -69,7 +71,7 @@ def extract(
     progress: bool = True,
     token_budget: int = 16384,
 ) -> ExtractResult:
-    """Run (or resume) the pipeline into the run directory `out`; return the vectors and the manifest.
+    """Run (or resume) the pipeline into the run directory `out`; return the vectors and a summary.
 
     `judge` None keeps every answer (no filter) and skips the layer sweep: the vectors then carry no
     chosen layer. A directory made for another model, trait or generation setting is refused unless
@@ -85,7 +87,7 @@ def extract(
     kept = filter_answers(run, rows, scores, config)
     vectors = compute_vectors(run, loaded, rows, kept, token_budget, progress)
     vectors = choose_layer(run, loaded, trait, judge, cache, vectors, config, progress)
-    return ExtractResult(dir=run.path, vectors=vectors, manifest=run.manifest)
+    return ExtractResult(dir=run.path, vectors=vectors, summary=ExtractionSummary.from_manifest(run.manifest))
 
 
 def open_run(

@@ -53,6 +53,48 @@ class LayerChoice:
 
 
 @dataclass(frozen=True)
+class ExtractionSummary:
+    """What an extraction run did, from its manifest: the `trait`, the `model` identity, the `judge`'s
+    description, the `generation` and `selection` settings, the answers kept per side and `dropped` per
+    reason, how many scores each judging method gave (`methods`; empty without a judge), the `chosen`
+    layer (None without a sweep) and each stage's `seconds` (None when a crash lost it)."""
+
+    trait: str
+    model: dict[str, Any]
+    judge: dict[str, Any]
+    generation: dict[str, Any]
+    selection: dict[str, Any]
+    kept_positive: int
+    kept_negative: int
+    dropped: dict[str, int]
+    methods: dict[str, int]
+    chosen: int | None
+    seconds: dict[str, float | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ExtractionSummary:
+        """From a filtered run's manifest (`personavec.pipeline.runs.ExtractionRun`)."""
+        stages = manifest["stages"]
+        kept = stages["filter"]
+        return cls(
+            trait=manifest["trait"],
+            model=manifest["model"],
+            judge=manifest["judge"],
+            generation=manifest["generation"],
+            selection=manifest["selection"],
+            kept_positive=kept["kept_positive"],
+            kept_negative=kept["kept_negative"],
+            dropped=kept["dropped"],
+            methods=stages.get("judgements", {}).get("methods", {}),
+            chosen=stages.get("sweep", {}).get("chosen"),
+            seconds={stage: record["seconds"] for stage, record in stages.items()},
+        )
+
+
+@dataclass(frozen=True)
 class CalibrationPoint:
     """One calibration answer: its prompt `condition` (``graded`` or ``shots``) and `level` (the graded
     prompt's index, or k), the `question`, the prompt-last `projection` and the judged `trait` (None when

@@ -16,7 +16,7 @@ from personavec.pipeline.rundir import MANIFEST, read_manifest
 if TYPE_CHECKING:
     from personavec.core.vectors import PersonaVector
     from personavec.pipeline.calibrate import Calibration
-    from personavec.pipeline.results import Cell, KitManifest, LayerChoice
+    from personavec.pipeline.results import Cell, ExtractionSummary, KitManifest, LayerChoice
     from personavec.traits.spec import TraitSpec
 
 R = TypeVar("R", bound="RunReader")
@@ -97,6 +97,12 @@ class ExtractionRun(RunReader):
         """``kept`` (answer indices) and the counts per reason; None before filtering."""
         found: dict[str, Any] | None = self._json(self.FILTER)
         return found
+
+    def summary(self) -> ExtractionSummary | None:
+        """Settings, counts, chosen layer and stage times; None before the filter."""
+        from personavec.pipeline.results import ExtractionSummary
+
+        return ExtractionSummary.from_manifest(self.manifest) if "filter" in self.stages else None
 
     def kept_examples(self) -> list[tuple[str, str]]:
         """(question, answer) of the kept positive answers: examples that express the trait."""
