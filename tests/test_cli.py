@@ -377,7 +377,8 @@ def test_sampling_flags_take_each_commands_defaults() -> None:
     from personavec.cli._options import from_args
     from personavec.core.sampling import Sampling
     from personavec.data.config import KitConfig, ScreenConfig
-    from personavec.pipeline.config import ExtractConfig, Sizes
+    from personavec.deploy.config import SteerConfig
+    from personavec.pipeline.config import ExtractConfig, Sizes, SweepGrid
 
     parser = build_parser()
     extract = _extract_args(Path("."))
@@ -390,6 +391,12 @@ def test_sampling_flags_take_each_commands_defaults() -> None:
     assert from_args(Sizes, parser.parse_args(sweep)) == Sizes()  # greedy, 128 tokens
     given = from_args(Sizes, parser.parse_args([*sweep, "--samples", "2", "--temperature", "0.5"]))
     assert given == Sizes(samples=2, sampling=Sampling(max_new_tokens=128, temperature=0.5, batch_size=32))
+    assert from_args(SweepGrid, parser.parse_args(sweep)) == SweepGrid()  # the chosen layer, -2…2
+    grid = from_args(SweepGrid, parser.parse_args([*sweep, "--layers", "1,2", "--coefs=-1,1"]))
+    assert grid == SweepGrid(layers=(1, 2), coefs=(-1.0, 1.0))
+    steer = ["steer", "--model", "m", "--vector", "v:1", "--prompt", "Hi"]
+    assert from_args(SteerConfig, parser.parse_args(steer)) == SteerConfig()
+    assert from_args(SteerConfig, parser.parse_args([*steer, "--positions", "prompt"])).positions == "prompt"
     kit = ["data", "make-trait-dataset", "--model", "m", "--trait", "evil", "--out", "o"]
     assert from_args(KitConfig, parser.parse_args(kit)) == KitConfig()
     screen = parser.parse_args(["screen", "d.jsonl", "--model", "m", "--vector", "v", "--out", "o"])

@@ -33,7 +33,7 @@ _EXPORTS = {
     "ablate": "personavec.core.hooks",
     "capture": "personavec.core.hooks",
     "steer": "personavec.core.hooks",
-    "TokenPositions": "personavec.core.hooks",
+    "TokenPositions": "personavec.core.positions",
     "POOLINGS": "personavec.core.activations",
     "Pooled": "personavec.core.activations",
     "Pooling": "personavec.core.activations",
@@ -131,7 +131,6 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     )
     from personavec.core.generate import generate as generate
     from personavec.core.hooks import Capture as Capture
-    from personavec.core.hooks import TokenPositions as TokenPositions
     from personavec.core.hooks import ablate as ablate
     from personavec.core.hooks import capture as capture
     from personavec.core.hooks import steer as steer
@@ -149,6 +148,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.core.models import (
         load_model as load_model,
     )
+    from personavec.core.positions import TokenPositions as TokenPositions
     from personavec.core.sampling import Sampling as Sampling
     from personavec.core.vectors import (
         PersonaVector as PersonaVector,

@@ -11,7 +11,7 @@ from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
-from personavec.pipeline.config import Setting, Sizes
+from personavec.pipeline.config import Setting, Sizes, SweepGrid
 from personavec.pipeline.evaluate import mean_ci, sweep
 from personavec.pipeline.results import Cell
 from personavec.traits import load_trait
@@ -189,3 +189,9 @@ def test_an_evaluation_run_resumes_and_is_tied_to_its_settings(server, tmp_path)
     assert len(server.requests) == requests  # answers and judgements read back, none asked again
     with pytest.raises(PersonavecError, match=r"other settings \(differs in questions\)"):
         evaluate_run(loaded, trait, judge, tmp_path, replace(SIZES, questions=2), progress=False)
+
+
+def test_a_sweep_grid_without_layers_steers_at_the_chosen_layer() -> None:
+    vector = PersonaVector("t", torch.zeros(N_LAYERS + 1, 8), layer=2)
+    assert SweepGrid().layers_of(vector) == [2] and SweepGrid(layers=(1, 3)).layers_of(vector) == [1, 3]
+    assert SweepGrid().coefs == (-2.0, -1.0, 0.0, 1.0, 2.0)

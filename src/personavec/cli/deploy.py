@@ -32,10 +32,10 @@ def _steer(args: argparse.Namespace) -> None:
     ]
     loaded = load(args)
     if args.chat:
-        with steering(loaded, steerings, args.positions, config.guard, config.per_token):
+        with steering(loaded, steerings, config.positions, config.guard, config.per_token):
             _chat(loaded, args.system, config.sampling)
         return
-    answers = steer_answers(loaded, args.prompt, steerings, args.system, args.positions, config)
+    answers = steer_answers(loaded, args.prompt, steerings, args.system, config)
     for guard in answers.guards:
         print(f"guard at layer {guard.layer}: steered {guard.steered} of {guard.seen} answers")
     plain: list[str | None] = [*answers.unsteered] if answers.unsteered else [None] * len(answers.prompts)
@@ -79,21 +79,19 @@ def _monitor(args: argparse.Namespace) -> None:
 def add(commands: Any) -> None:
     steer = commands.add_parser("steer", help="answer prompts with one or more vectors added")
     model_args(steer, vector=False)
+    # the vectors and the messages are this command's input, not settings: hand-written, not in SteerConfig
     steer.add_argument(
         "--vector", type=_steering, action="append", required=True, help="FILE:COEF[:LAYER] (repeatable)"
     )
     steer.add_argument("--prompt", action="append", default=[], help="a user message (repeatable)")
     steer.add_argument("--system", help="a system prompt for every message")
-    steer.add_argument(
-        "--positions", default="all", choices=("all", "prompt", "response"), help="where to steer"
-    )
     steer.add_argument("--chat", action="store_true", help="a conversation on standard input instead")
     add_fields(steer, SteerConfig)
     steer.set_defaults(run=_steer)
 
     monitor = commands.add_parser("monitor", help="generate and print each token's projection onto a vector")
     model_args(monitor)
-    monitor.add_argument("--prompt", required=True)
+    monitor.add_argument("--prompt", required=True)  # the input watched, not a setting (as steer's)
     monitor.add_argument("--system")
     add_fields(monitor, MonitorConfig)
     monitor.set_defaults(run=_monitor)

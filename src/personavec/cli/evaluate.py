@@ -11,28 +11,25 @@ from personavec.cli._options import (
     add_fields,
     fmt,
     from_args,
-    integers,
     judge_args,
     judged,
     load,
     model_and_vector,
     model_args,
-    numbers,
     print_json,
 )
 from personavec.deploy.config import CapabilityConfig
-from personavec.pipeline.config import CalibrateConfig, Sizes
+from personavec.pipeline.config import CalibrateConfig, Sizes, SweepGrid
 
 
 def _sweep(args: argparse.Namespace) -> None:
     from personavec.pipeline.evaluate import sweep
     from personavec.report.pages import sweep_section, write_page
 
-    sizes = from_args(Sizes, args)
+    sizes, grid = from_args(Sizes, args), from_args(SweepGrid, args)
     trait, judge = judged(args)
     loaded, vector = model_and_vector(args)
-    layers = list(args.layers) if args.layers else [vector.resolve_layer(None)]
-    cells = sweep(loaded, trait, judge, vector, args.out, layers, args.coefs, sizes)
+    cells = sweep(loaded, trait, judge, vector, args.out, grid.layers_of(vector), grid.coefs, sizes)
     report = write_page(
         Path(args.out) / "report.html", f"Steering sweep: {trait.name}", [sweep_section(cells)], judge.proxy
     )
@@ -86,13 +83,7 @@ def add(commands: Any) -> None:
     sweep = commands.add_parser("sweep", help="trait and coherence over a grid of layers × coefficients")
     model_args(sweep)
     judge_args(sweep)
-    sweep.add_argument("--layers", type=integers, help="e.g. 12,16,20 (default: the vector's chosen layer)")
-    sweep.add_argument(
-        "--coefs",
-        type=numbers,
-        default=(-2.0, -1.0, 0.0, 1.0, 2.0),
-        help="e.g. --coefs=-2,-1,0,1,2 (the default; note the =)",
-    )
+    add_fields(sweep, SweepGrid)
     add_fields(sweep, Sizes)
     add_config(sweep)
     sweep.set_defaults(run=_sweep)

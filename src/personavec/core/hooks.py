@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from personavec.core.layers import Blocks, check_layer, find_blocks, unwrap
+from personavec.core.positions import TOKEN_POSITIONS, TokenPositions
 from personavec.errors import ConfigError, DataError, ModelError
 
-TokenPositions = Literal["all", "prompt", "response"]
-TOKEN_POSITIONS: tuple[TokenPositions, ...] = get_args(TokenPositions)
 Edit = Literal["steer", "ablate"]
 
 

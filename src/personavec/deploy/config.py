@@ -5,16 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from personavec.core.positions import TOKEN_POSITIONS, TokenPositions
 from personavec.core.sampling import Sampling
+from personavec.errors import ConfigError
 
 DECODING = ("max_new_tokens", "temperature", "top_p", "seed")
 
 
 @dataclass(frozen=True)
 class SteerConfig:
-    """How steered answers are made: a `guard` threshold T (each vector then steers by −|coef|·v only
-    the answers whose projection exceeds T, checked per answer or `per_token`), whether to `compare`
-    with the unsteered answers, and the sampling (greedy by default)."""
+    """How steered answers are made: the token `positions` steered, a `guard` threshold T (each vector
+    then steers by −|coef|·v only the answers whose projection exceeds T, checked per answer or
+    `per_token`), whether to `compare` with the unsteered answers, and the sampling (greedy by default)."""
+
+    positions: TokenPositions = field(default="all", metadata={"help": "where to steer"})
 
     guard: float | None = field(
         default=None,
@@ -26,6 +30,12 @@ class SteerConfig:
         default=Sampling(max_new_tokens=128),
         metadata={"fields": DECODING, "helps": {"temperature": "0 (default) decodes greedily"}},
     )
+
+    def __post_init__(self) -> None:
+        if self.positions not in TOKEN_POSITIONS:
+            raise ConfigError(
+                f"positions must be one of {', '.join(TOKEN_POSITIONS)}, got {self.positions!r}"
+            )
 
 
 @dataclass(frozen=True)

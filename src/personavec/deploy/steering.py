@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from personavec.core.generate import generate
-from personavec.core.hooks import TokenPositions
 from personavec.core.models import LoadedModel
+from personavec.core.positions import TokenPositions
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.config import SteerConfig
 from personavec.deploy.guard import Guard
@@ -82,15 +82,14 @@ def steer_answers(
     prompts: Sequence[str],
     steerings: Sequence[Steering],
     system: str | None = None,
-    positions: TokenPositions = "all",
     config: SteerConfig = SteerConfig(),
 ) -> SteeredAnswers:
-    """Answer each user message of `prompts` (with the `system` prompt) under `steerings`, guarded,
-    compared and sampled as `config` says."""
+    """Answer each user message of `prompts` (with the `system` prompt) under `steerings`, at the token
+    positions, guarded, compared and sampled as `config` says."""
     if not prompts:
         raise ConfigError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
     chats = [loaded.chat(p, system) for p in prompts]
-    with steering(loaded, steerings, positions, config.guard, config.per_token) as guards:
+    with steering(loaded, steerings, config.positions, config.guard, config.per_token) as guards:
         steered = generate(loaded, chats, config.sampling, progress=False)
     counts = [GuardCount(g.layer, g.steered, g.seen) for g in guards]
     plain = generate(loaded, chats, config.sampling, progress=False) if config.compare else None

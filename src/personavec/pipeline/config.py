@@ -15,6 +15,7 @@ from personavec.core.sampling import SAMPLING_FIELDS, Sampling
 from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
+    from personavec.core.vectors import PersonaVector
     from personavec.traits.spec import TraitSpec
 
 Pairing = Literal["paired", "per-side"]
@@ -124,6 +125,24 @@ class Sizes:
                 "samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers "
                 f"repeat); got samples {self.samples}, temperature {self.sampling.temperature}"
             )
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """A sweep's grid: the steered `layers` (none: the vector's chosen layer) × the `coefs` (0: one
+    unsteered cell)."""
+
+    layers: tuple[int, ...] = field(
+        default=(), metadata={"help": "e.g. 12,16,20 (default: the vector's chosen layer)"}
+    )
+    coefs: tuple[float, ...] = field(
+        default=(-2.0, -1.0, 0.0, 1.0, 2.0),
+        metadata={"help": "e.g. --coefs=-2,-1,0,1,2 (the default; note the =)"},
+    )
+
+    def layers_of(self, vector: PersonaVector) -> list[int]:
+        """The layers to steer `vector` at: `layers`, or its chosen layer."""
+        return list(self.layers) or [vector.resolve_layer(None)]
 
 
 @dataclass(frozen=True)
