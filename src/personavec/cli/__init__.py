@@ -2,8 +2,9 @@
 
 One module per command group; each handler parses, makes one library call and prints. Flags of the
 long-running commands come from the config dataclasses' fields (`_options`), and those commands read
-``--config FILE`` (JSON or YAML), the command line winning. Building the parser imports neither torch
-nor transformers.
+``--config FILE`` (JSON or YAML), the command line winning. The flags written by hand name what a
+command runs on and writes (files, model, vector, judge, output format), which no config holds; the
+shared ones are in `_options`. Building the parser imports neither torch nor transformers.
 """
 
 from __future__ import annotations

@@ -239,21 +239,17 @@ class Parser(argparse.ArgumentParser):
 
 
 # --- options several commands share ------------------------------------------------------------------
+# These name a command's inputs, outputs, model and judge (what to run on, not how): no config dataclass
+# holds them, so they are written here once for every command that takes them.
 
 
 def model_args(
     parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True, pooling: bool = True
 ) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
-    parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    device_args(parser)
     if pooling:
-        parser.add_argument(
-            "--kind",
-            dest="pooling",
-            default="response-avg",
-            help="which vector of the file (default response-avg)",
-        )
+        pooling_arg(parser)
     if vector:
         parser.add_argument("--vector", required=True, help="a personavec vector file (.safetensors)")
     if adapter:
@@ -262,13 +258,30 @@ def model_args(
         )
 
 
+def pooling_arg(parser: argparse.ArgumentParser, text: str = "which vector of the file") -> None:
+    parser.add_argument(
+        "--kind", dest="pooling", default="response-avg", help=f"{text} (default response-avg)"
+    )
+
+
+def device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+
+
+def endpoint_args(parser: argparse.ArgumentParser, concurrency: bool = True) -> None:
+    """The judge's endpoint (and how many requests it gets at once)."""
+    parser.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    if concurrency:
+        parser.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+
+
 def judge_args(parser: argparse.ArgumentParser) -> None:
     from personavec.judges import JUDGE_SPECS
 
     parser.add_argument("--trait", required=True, help="built-in trait name or trait file")
     parser.add_argument("--judge", required=True, help=JUDGE_SPECS)
-    parser.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
-    parser.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+    endpoint_args(parser)
     parser.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import add_config, add_fields, from_args, model_args
+from personavec.cli._options import add_config, add_fields, endpoint_args, from_args, model_args
 from personavec.data.config import KitConfig, ScreenConfig, Selection
 from personavec.data.samples import Columns
 
@@ -90,7 +90,7 @@ def add(commands: Any) -> None:
     kit.add_argument(
         "--judge", help="keep the elicited sample showing the trait most: lexicon, openai:M, hf:P"
     )
-    kit.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    endpoint_args(kit, concurrency=False)
     add_fields(kit, KitConfig)
     add_config(kit)
     kit.set_defaults(run=_make_trait_dataset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import MODEL_HELP, add_config, add_fields, from_args
+from personavec.cli._options import add_config, add_fields, from_args, judge_args, model_args
 from personavec.pipeline.config import ExtractConfig
 
 
@@ -35,18 +35,11 @@ def _extract(args: argparse.Namespace) -> None:
 
 
 def add(commands: Any) -> None:
-    from personavec.judges import JUDGE_SPECS
-
     extract = commands.add_parser("extract", help="the pipeline: trait → answers → judge → vectors → layer")
-    extract.add_argument("--model", required=True, help=MODEL_HELP)
-    extract.add_argument("--trait", required=True, help="built-in trait name or trait file")
-    extract.add_argument("--judge", required=True, help=JUDGE_SPECS)
-    extract.add_argument("--out", required=True, help="run directory (rerun the command to resume)")
-    extract.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
-    extract.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+    model_args(extract, vector=False, adapter=False, pooling=False)
+    judge_args(extract)
     add_fields(extract, ExtractConfig)
-    extract.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
-    extract.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    # what to do with an existing run directory, not a setting of the run (extract's `force` argument)
     extract.add_argument("--force", action="store_true", help="start over a run directory made otherwise")
     add_config(extract)
     extract.set_defaults(run=_extract)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import add_config, add_fields, fmt, from_args, model_args, print_json
+from personavec.cli._options import (
+    add_config,
+    add_fields,
+    endpoint_args,
+    fmt,
+    from_args,
+    model_args,
+    print_json,
+)
 from personavec.training.config import DriftConfig, ShiftConfig, TrainConfig, TrainIntervention
 
 
@@ -73,8 +81,7 @@ def add(commands: Any) -> None:
     shift.add_argument(
         "--judge", help="also judge the finetuned model's answers: openai:MODEL, hf:PATH, lexicon"
     )
-    shift.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
-    shift.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
+    endpoint_args(shift)
     shift.add_argument("--out", help="with --judge: where the answers and judgements go (resumable)")
     add_fields(shift, ShiftConfig)
     shift.add_argument("--json", action="store_true", help="print JSON")

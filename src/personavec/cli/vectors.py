@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import print_json
+from personavec.cli._options import pooling_arg, print_json
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -77,12 +77,8 @@ def add(commands: Any) -> None:
     export = vectors.add_parser("export-gguf", help="write a llama.cpp control vector")
     export.add_argument("file")
     export.add_argument("out")
-    export.add_argument(
-        "--kind",
-        dest="pooling",
-        default="response-avg",
-        help="which vector of the file (default response-avg)",
-    )
+    pooling_arg(export)
+    # the conversions' options are `export_gguf`'s arguments, for a one-off command: no config dataclass
     export.add_argument(
         "--layer",
         type=int,
@@ -97,12 +93,7 @@ def add(commands: Any) -> None:
     imp.add_argument("out", help="output .safetensors")
     imp.add_argument("--model", required=True, help="the model it was extracted from (checks the shape)")
     imp.add_argument("--trait", required=True)
-    imp.add_argument(
-        "--kind",
-        dest="pooling",
-        default="response-avg",
-        help="pooling it was made with (default response-avg)",
-    )
+    pooling_arg(imp, "pooling it was made with")
     imp.set_defaults(run=_import_pt)
 
     negate = vectors.add_parser("negate", help="write −v as the opposite trait (e.g. pessimistic)")
