@@ -2,7 +2,7 @@
 the command line builds its flags from it).
 
 A config holds it as a field whose default is that command's sampling (extraction samples at
-temperature 1, a sweep decodes greedily, ...) and whose ``metadata["sampling"]`` names the fields that
+temperature 1, a sweep decodes greedily, ...) and whose ``metadata["fields"]`` names the fields that
 are flags of that command (see `personavec.cli._options.add_fields`).
 """
 
