@@ -14,11 +14,9 @@ DECODING = ("max_new_tokens", "temperature", "top_p", "seed")
 
 @dataclass(frozen=True)
 class SteerConfig:
-    """How steered answers are made: the token `positions` steered, a `guard` threshold T (each vector
-    then steers by −|coef|·v only the answers whose projection exceeds T, checked per answer or
-    `per_token`), whether to `compare` with the unsteered answers, and the sampling (greedy by default)."""
-
-    positions: TokenPositions = field(default="all", metadata={"help": "where to steer"})
+    """How steered answers are made: a `guard` threshold T (each vector then steers by −|coef|·v only
+    the answers whose projection exceeds T, checked per answer or `per_token`), whether to `compare`
+    with the unsteered answers, the sampling (greedy by default) and the token `positions` steered."""
 
     guard: float | None = field(
         default=None,
@@ -30,6 +28,7 @@ class SteerConfig:
         default=Sampling(max_new_tokens=128),
         metadata={"fields": DECODING, "helps": {"temperature": "0 (default) decodes greedily"}},
     )
+    positions: TokenPositions = field(default="all", metadata={"help": "where to steer"})
 
     def __post_init__(self) -> None:
         if self.positions not in TOKEN_POSITIONS:
