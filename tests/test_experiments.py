@@ -1,0 +1,61 @@
+"""The experiments' rules: the results cache is keyed by the full configuration, doses are chosen by
+the written rule, and differences inside the 95 % intervals are not called effects."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+from personavec.errors import PersonavecError
+
+from _cache import Results, config_key
+from _doses import choose_dose, difference
+
+CONFIG = {"model": "smollm2", "train": {"learning_rate": 2e-4, "batch_size": 8}, "doses": (2.0, 4.0)}
+
+
+def test_the_key_follows_every_setting_and_ignores_key_order() -> None:
+    assert config_key(CONFIG) == config_key(dict(reversed(CONFIG.items())))
+    assert config_key(CONFIG) == config_key({**CONFIG, "doses": [2.0, 4.0]})  # as JSON reads it back
+    changed = {**CONFIG, "train": {"learning_rate": 2e-4, "batch_size": 16}}
+    assert config_key(changed) != config_key(CONFIG)
+    assert config_key({**CONFIG, "doses": (2.0, 4.0, 1.0)}) != config_key(CONFIG)
+
+
+def test_results_resume_under_their_key_and_a_new_config_starts_fresh(tmp_path: Path) -> None:
+    first = Results(tmp_path, CONFIG)
+    first.record("base", {"optimism": 70.5})
+    assert Results(tmp_path, CONFIG)["base"] == {"optimism": 70.5}
+    fresh = Results(tmp_path, {**CONFIG, "model": "other"})
+    assert "base" not in fresh and fresh.dir != first.dir
+    assert (first.dir / "results.json").exists()  # the other key's results are kept
+
+
+def test_results_of_another_config_are_refused(tmp_path: Path) -> None:
+    first = Results(tmp_path, CONFIG)
+    first.record("base", {"optimism": 70.5})
+    other = {**CONFIG, "model": "other"}
+    (tmp_path / f"config-{config_key(other)}").mkdir()
+    first.path.rename(tmp_path / f"config-{config_key(other)}" / "results.json")
+    with pytest.raises(PersonavecError, match="another configuration"):
+        Results(tmp_path, other)
+
+
+def test_the_dose_closest_to_the_base_is_chosen_and_ties_take_the_smaller() -> None:
+    assert choose_dose(70.0, {1.0: 60.0, 2.0: 72.0, 4.0: 90.0}) == 2.0  # not the largest effect
+    assert choose_dose(70.0, {1.0: 60.0, 2.0: 80.0}) == 1.0
+    assert choose_dose(70.0, {-2.0: 80.0, -1.0: 60.0}) == -1.0
+    with pytest.raises(ValueError):
+        choose_dose(70.0, {})
+
+
+def test_a_difference_inside_the_intervals_is_not_an_effect() -> None:
+    near = difference((81.4, 9.5), (70.5, 12.0))
+    assert near.within_noise and "no effect" in near.text()
+    far = difference((46.3, 5.0), (70.5, 6.0))
+    assert not far.within_noise and far.value == pytest.approx(-24.2)
+    assert far.ci95 == pytest.approx((5.0**2 + 6.0**2) ** 0.5)
