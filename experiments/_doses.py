@@ -34,7 +34,9 @@ class Difference:
         return abs(self.value) <= self.ci95
 
     def text(self) -> str:
-        verdict = "within the 95 % interval: no effect shown" if self.within_noise else "outside it"
+        verdict = (
+            "within the 95 % interval: no effect shown" if self.within_noise else "outside the 95 % interval"
+        )
         return f"{self.value:+.1f} ± {self.ci95:.1f} ({verdict})"
 
 

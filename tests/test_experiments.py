@@ -59,3 +59,35 @@ def test_a_difference_inside_the_intervals_is_not_an_effect() -> None:
     far = difference((46.3, 5.0), (70.5, 6.0))
     assert not far.within_noise and far.value == pytest.approx(-24.2)
     assert far.ci95 == pytest.approx((5.0**2 + 6.0**2) ** 0.5)
+
+
+def test_the_vaccine_fragment_reports_the_chosen_doses_and_the_noise(tmp_path: Path) -> None:
+    from personavec.training.train import TrainConfig
+
+    from _vaccine_page import write_fragment
+
+    results = Results(tmp_path, CONFIG)
+    results.record(
+        "kit optimism",
+        {"severe": {"mean": 47.3, "conversations": 200}, "normal": {"mean": 78.1, "conversations": 200}},
+    )
+    results.record(
+        "base", {"validation": [70.0, 8.0], "optimism": [70.5, 12.0], "shift": 0.0, "capability": 0.225}
+    )
+    trained = {"train_loss": 1.6, "train_seconds": 110.0, "shift": 11.9, "capability": 0.35}
+    results.record("candidate: steer (one layer), α 2", {"dose": 2.0, "validation": [72.0, 9.0]})
+    results.record("candidate: steer (one layer), α 4", {"dose": 4.0, "validation": [90.0, 5.0]})
+    results.record("candidate: plain + post-hoc steering, β 1", {"dose": 1.0, "validation": [75.0, 9.0]})
+    for name, optimism, dose in [
+        ("plain", [46.3, 5.0], None), ("plain + post-hoc steering", [76.7, 9.7], 1.0),
+        ("steer (one layer)", [81.4, 9.5], 2.0), ("steer (all layers)", [81.5, 7.4], 1.0),
+        ("CAFT", [73.2, 11.6], None), ("regularise", [53.3, 12.4], None),
+    ]:  # fmt: skip
+        results.record(name, {**trained, "optimism": optimism, "dose": dose})
+    results.record("minutes", 30.0)
+    write_fragment(tmp_path / "vaccine.md", results, TrainConfig(), 1.0)
+    text = (tmp_path / "vaccine.md").read_text()
+    assert "| steer (one layer) | α 2 | 72.0 ± 9.0 | ✓ |" in text and "| α 4 | 90.0 ± 5.0 |  |" in text
+    assert "- plain: vs base: -24.2 ± 13.0 (outside the 95 % interval)" in text
+    assert "- CAFT: vs base: +2.7 ± 16.7 (within the 95 % interval: no effect shown)" in text
+    assert "configuration " + results.key in text and "the smaller dose" in text
