@@ -91,3 +91,20 @@ def test_the_vaccine_fragment_reports_the_chosen_doses_and_the_noise(tmp_path: P
     assert "- plain: vs base: -24.2 ± 13.0 (outside the 95 % interval)" in text
     assert "- CAFT: vs base: +2.7 ± 16.7 (within the 95 % interval: no effect shown)" in text
     assert "configuration " + results.key in text and "the smaller dose" in text
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED_PAGES = ("benchmarks.md", "screening.md", "vaccine.md")  # figures only from scripts
+
+
+@pytest.mark.parametrize("page", MEASURED_PAGES)
+def test_measured_pages_type_no_figure_by_hand(page: str) -> None:
+    """Their figures come from generated fragments or results files; a decimal typed into the page
+    (other than a target after ≥ or ≤) is a hand-copied figure that a rerun would not update."""
+    import re
+
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    assert re.findall(r"(?<![≥≤] )(?<![-\d.])\d+\.\d+", text) == []
+    for included in re.findall(r'^--8<-- "([^"]+)"', text, re.M):
+        fragment = (ROOT / included).read_text(encoding="utf-8")
+        assert included.startswith("docs/generated/") and fragment.startswith("<!-- written by experiments/")
