@@ -17,7 +17,8 @@
 Everything is cached under a hash of the full configuration (`_cache.Results`): a rerun resumes, a
 changed configuration starts fresh. The figures go to ``docs/generated/screening.md`` (another kit:
 ``--kit-samples 1 --no-kit-judge --fragment docs/generated/screening-unjudged.md``), which
-``docs/screening.md`` includes. The run prints the kit and vector the vaccine experiment takes.
+``docs/screening.md`` includes. The run prints the kit and vector the vaccine experiment takes
+(``--kit-only`` stops there).
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ def main() -> None:
     )
     args.add_argument("--kit-samples", type=int, default=KIT.samples, help="elicited answers per question")
     args.add_argument("--no-kit-judge", action="store_true", help="keep the first elicited answer, unjudged")
+    args.add_argument(
+        "--kit-only", action="store_true", help="stop after the vector and the kit (for vaccine.py)"
+    )
     opts = args.parse_args()
     results = Results(Path(opts.out), experiment_config(opts))
     started = time.perf_counter()
@@ -158,6 +162,10 @@ def main() -> None:
     vector = load_vector(vector_path).negated(TRAIT)
     kit_judge = None if opts.no_kit_judge else judge  # keeps the most pessimistic of the samples
     make_trait_dataset(loaded, trait, results.dir / "kit", config=kit_config(opts), judge=kit_judge)
+    inputs = f"the vaccine experiment's inputs: --kit {results.dir / 'kit'} --vector {vector_path}"
+    if opts.kit_only:
+        print(inputs)
+        return
     kit_figures(results, results.dir / "kit")
     for mode in MODES:
         run_mode(mode, results, loaded, vector)
@@ -169,8 +177,7 @@ def main() -> None:
     if "minutes" not in results:
         results.record("minutes", (time.perf_counter() - started) / 60)
     write_fragment(Path(opts.fragment), results, opts)
-    print(f"wrote {opts.fragment}; the vaccine experiment's inputs: "
-          f"--kit {results.dir / 'kit'} --vector {vector_path}")  # fmt: skip
+    print(f"wrote {opts.fragment}; {inputs}")
 
 
 def write_fragment(path: Path, results: Results, opts: argparse.Namespace) -> None:

@@ -3,9 +3,10 @@ pessimism from making the model pessimistic?
 
     python experiments/vaccine.py --kit KIT_DIR --vector RUN/optimistic.safetensors   # ~35 min, 2 cores
 
-Training data: the kit's ``severe.jsonl`` for 'optimistic' inverted (every answer given under one of the
-trait's pessimistic system prompts, stored without it; `experiments/screening.py` makes the kit). The
-vector: 'pessimistic' = −optimistic, at its chosen layer. Variants, each LoRA (r 32, α 64, rsLoRA,
+Training data: the kit's ``severe.jsonl`` for 'optimistic' inverted (every answer given under one of
+the trait's pessimistic system prompts, stored without it; ``python experiments/screening.py
+--kit-only`` makes the kit and the vector and prints their paths). The vector: 'pessimistic' =
+−optimistic, at its chosen layer. Variants, each LoRA (r 32, α 64, rsLoRA,
 every linear layer) trained the same way:
 
 1. plain finetuning;
