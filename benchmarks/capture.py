@@ -1,9 +1,12 @@
-"""Capture throughput (all layers, three poolings) vs a plain forward pass over the same batches.
+"""Capture throughput (all layers, three poolings) vs a forward pass of the backbone over the same batches.
 
     python benchmarks/capture.py            # bundled SmolLM2, CPU
     python benchmarks/capture.py --gpu-7b   # 7B-shaped random model, GPU
 
-Also times the batch-1 loop of the official code (output_hidden_states, one sample at a time).
+The headline ratio is like for like: capture runs the backbone (no LM head), so it is compared with a
+forward pass of the backbone alone. A forward with the LM head appears only as a secondary, labelled row
+(the head is a fifth of SmolLM2's compute, which would flatter capture). Also times the batch-1 loop of
+the official code (output_hidden_states, one sample at a time).
 """
 
 from __future__ import annotations
@@ -113,14 +116,21 @@ def main() -> None:
     )
     report(
         "capture",
-        [
-            Figure("plain forward (batched, with LM head)", fwd, "tok/s"),
-            Figure("plain forward of the backbone (no LM head)", tokens / t_backbone, "tok/s"),
+        [  # headline: capture against the work it does (a backbone forward); the LM head row is secondary
+            Figure(
+                "capture / backbone forward throughput (headline, like for like)",
+                t_backbone / t_capture,
+                "×",
+                "≥ 0.95",
+            ),
             Figure("personavec capture (3 poolings, every layer)", cap, "tok/s"),
+            Figure("forward of the backbone alone (what capture runs)", tokens / t_backbone, "tok/s"),
+            Figure("secondary: capture / forward with LM head (work capture skips)", cap / fwd, "×"),
+            Figure("forward with LM head", fwd, "tok/s"),
             Figure("official-style batch-1 loop (output_hidden_states)", loop, "tok/s"),
-            Figure("capture / plain forward throughput", cap / fwd, "×", "≥ 0.95"),
-            Figure("capture / backbone forward throughput", t_backbone / t_capture, "×"),
-            Figure("official-style loop / plain forward throughput", loop / fwd, "×"),
+            Figure(
+                "official-style loop / forward with LM head throughput (both run the head)", loop / fwd, "×"
+            ),
         ],
         args.gpu_7b,
     )

@@ -4,8 +4,9 @@
     python benchmarks/screen.py --gpu-7b   # 7B-shaped random model on the GPU
 
 1. ``screen --approx prompt-last`` end to end (reading the file, chat formatting, tokenising, one
-   forward per sample, projections onto 3 vectors, chunk files) vs a plain forward pass with the LM
-   head over the same length-bucketed batches. Target ≥ 0.9×.
+   forward per sample, projections onto 3 vectors, chunk files) vs a forward pass of the backbone alone
+   over the same length-bucketed batches (like for like: screening runs no LM head). Target ≥ 0.9×. A
+   forward with the LM head is a secondary, labelled row.
 2. The model's own answers y′ (full ΔP): generated batched vs one at a time.
 3. Peak RSS of a prompt-last screen (then flagging the top 100 and the report, as the CLI does) of
    10k and of 100k synthetic rows, each in a fresh process, on a tiny random model (the pipeline's
@@ -104,13 +105,15 @@ def throughput(loaded, n: int, budget: int, repeats: int, tmp: Path) -> list[Fig
         bare.append(best_time(backbone, 1))
         screened.append(best_time(screening, 1))
     print(f"model: {loaded.identity.name} on {loaded.device}, {n} rows, {tokens} tokens, budget {budget}")
-    return [
-        Figure("plain forward (LM head)", tokens / min(plain), "tok/s"),
+    return [  # headline: against the work screening does (a backbone forward); the LM head row is secondary
+        Figure("screening / backbone forward throughput (headline, like for like)", min(bare) / min(screened),
+               "×", "≥ 0.9"),
         Figure("screen --approx prompt-last", tokens / min(screened), "tok/s"),
-        Figure("forward of the backbone alone", tokens / min(bare), "tok/s"),
-        Figure("screening / plain forward throughput", min(plain) / min(screened), "×", "≥ 0.9"),
-        Figure("screening / backbone forward throughput", min(bare) / min(screened), "×"),
-    ]
+        Figure("forward of the backbone alone (what screening runs)", tokens / min(bare), "tok/s"),
+        Figure("secondary: screening / forward with LM head (work it skips)", min(plain) / min(screened),
+               "×"),
+        Figure("forward with LM head", tokens / min(plain), "tok/s"),
+    ]  # fmt: skip
 
 
 def own_answers(loaded, n: int, new_tokens: int, repeats: int) -> list[Figure]:

@@ -1,0 +1,80 @@
+"""The offline demo (``make demo``) in a fresh run directory: its wall time (target ≤ 5 min), peak
+RSS and seconds per stage, and the figures it reports — answers kept by the filter, the layer sweep's
+mean trait per layer, the steering sweep at the chosen layer with its Spearman (target ≥ 0.9),
+calibration over the graded prompts (target r ≥ 0.75) and smoke-set capability.
+
+    python benchmarks/demo.py        # bundled SmolLM2 on the CPU, a few minutes
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from personavec.demo import DemoResult, run_demo
+from personavec.pipeline.results import LayerChoice
+
+from _common import Figure, report
+
+
+def pipeline_figures(demo: DemoResult) -> list[Figure]:
+    """The filter's counts, the layer sweep and the steering sweep at the chosen layer."""
+    kept = demo.run.manifest["stages"]["filter"]
+    choice = LayerChoice.from_dict(json.loads((demo.run.dir / "sweep.json").read_text()))
+    figures = [
+        Figure("answers kept by the filter, eliciting side", kept["kept_positive"]),
+        Figure("answers kept by the filter, suppressing side", kept["kept_negative"]),
+    ]
+    for cell in [choice.baseline, *choice.layers]:
+        where = "unsteered" if cell.layer is None else f"layer {cell.layer}, coef {choice.coef:g}"
+        if cell.trait is not None:
+            figures.append(Figure(f"layer sweep, {where}: mean trait", cell.trait))
+    figures.append(Figure("chosen layer", choice.chosen))
+    for cell in demo.sweep:
+        if cell.trait is not None:
+            ci = f" (95 % interval ±{cell.trait_ci95:.1f})" if cell.trait_ci95 is not None else ""
+            figures.append(
+                Figure(f"steering at the chosen layer, coef {cell.coef:+g}: mean trait{ci}", cell.trait)
+            )
+    figures.append(Figure("Spearman(trait, coef)", demo.targets["spearman_trait_vs_coef"], "", "≥ 0.9"))
+    return figures
+
+
+def deploy_figures(demo: DemoResult) -> list[Figure]:
+    """Calibration over the graded prompts and multiple-choice capability."""
+    figures = []
+    r = demo.targets["calibration_r_graded"]
+    if r is not None:
+        figures.append(Figure("calibration r, graded system prompts", r, "", "≥ 0.75"))
+    points = [p for p in demo.calibration.points if p["condition"] == "graded" and p["trait"] is not None]
+    for level in sorted({p["level"] for p in points}):
+        judged = [p["trait"] for p in points if p["level"] == level]
+        figures.append(
+            Figure(f"calibration, graded level {level}: mean judged trait", sum(judged) / len(judged))
+        )
+    for setting, score in demo.capability.items():
+        figures.append(Figure(f"smoke-set capability, {setting}", 100 * score["accuracy"], "%"))
+    return figures
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        demo = run_demo(Path(tmp) / "demo", progress=False)
+        wall = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        figures = [
+            Figure("wall time, fresh run directory", wall, "s", "≤ 300"),
+            Figure("peak RSS", peak, "MiB"),
+            *(Figure(f"stage: {stage}", s, "s") for stage, s in demo.seconds.items() if stage != "total"),
+            *pipeline_figures(demo),
+            *deploy_figures(demo),
+        ]
+    report("demo", figures)
+
+
+if __name__ == "__main__":
+    main()
