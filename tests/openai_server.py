@@ -1,7 +1,7 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests, with injectable faults.
 
 `reply(request_body) -> (content, top_logprobs or None)` decides each answer; `faults` is a queue of
-failures served before answers: "429", "500", "timeout" (sleeps past the client's timeout), "garbage"
+failures served before answers: an HTTP status ("401", "404", "429", "500", ...), "timeout" (sleeps past the client's timeout), "garbage"
 (a 200 whose body is not JSON) and "empty" (a 200 completion without choices).
 """
 
@@ -66,7 +66,7 @@ class FakeOpenAI:
                     server.requests.append(body)
                     fault = server.faults.pop(0) if server.faults else None
                 time.sleep(server.delay)
-                if fault in ("429", "500"):
+                if fault is not None and fault.isdigit():
                     self._send(int(fault), b'{"error": {"message": "injected", "type": "test"}}')
                 elif fault == "timeout":
                     time.sleep(server.hang)
