@@ -1,14 +1,16 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests, with injectable faults.
 
 `reply(request_body) -> (content, top_logprobs or None)` decides each answer; `faults` is a queue of
-failures served before answers: an HTTP status ("401", "404", "429", "500", ...), "timeout" (sleeps past the client's timeout), "garbage"
-(a 200 whose body is not JSON) and "empty" (a 200 completion without choices).
+failures served before answers: an HTTP status ("401", "404", "429", "500", ...), "timeout" (sleeps
+past the client's timeout), "garbage" (a 200 whose body is not JSON) and "empty" (a 200 completion
+without choices).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -98,6 +100,13 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def closed_port() -> int:
+    """A port nothing listens on: a connection there is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def judge_reply(body: dict[str, Any]) -> tuple[str, list[tuple[str, float]]]:

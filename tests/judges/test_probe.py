@@ -3,12 +3,11 @@ the model, the cause and the fix; only what may pass (429, 5xx, timeouts) is ret
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
-from openai_server import FakeOpenAI, judge_reply
+from openai_server import FakeOpenAI, closed_port, judge_reply
 from personavec.errors import JudgeError
 from personavec.judges.lexicon import LexiconJudge
 from personavec.judges.openai_compat import OpenAIJudge
@@ -17,13 +16,6 @@ from personavec.judges.openai_compat import OpenAIJudge
 @pytest.fixture
 def key(monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-
-
-def closed_port() -> int:
-    """A port nothing listens on: a connection there is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def judge_at(url: str, **kwargs) -> OpenAIJudge:
@@ -65,7 +57,9 @@ def test_a_status_no_retry_can_fix_fails_after_one_request(key, status: str, fix
 def test_a_refused_connection_fails_at_once(key) -> None:
     judge = judge_at(f"http://127.0.0.1:{closed_port()}/v1", backoff=5.0)
     started = time.perf_counter()
-    with pytest.raises(JudgeError, match=r"127\.0\.0\.1:\d+/v1/ \(model judge-model\).*connection refused; is"):
+    with pytest.raises(
+        JudgeError, match=r"127\.0\.0\.1:\d+/v1/ \(model judge-model\).*connection refused; is"
+    ):
         judge.probe()
     assert time.perf_counter() - started < 2  # no retry (each would sleep seconds)
     assert not judge.probed
