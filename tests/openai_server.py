@@ -17,6 +17,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from personavec.judges.openai_compat import PROBE
+
 Reply = Callable[[dict[str, Any]], tuple[str, list[tuple[str, float]] | None]]
 
 
@@ -92,6 +94,10 @@ class FakeOpenAI:
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def judgements(self) -> list[dict[str, Any]]:
+        """The requests that asked for a judgement: all but the judges' probes."""
+        return [r for r in self.requests if r["messages"][0]["content"] != PROBE]
 
     def __enter__(self) -> FakeOpenAI:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

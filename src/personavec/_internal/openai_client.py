@@ -48,15 +48,12 @@ _FIXES = {
 def _refused(error: Exception) -> bool:
     """A connection that never opened (refused, or an unknown host): no retry can fix the URL.
 
-    The SDK raises it from its HTTP library's ``ConnectError`` (httpx or httpx2, by SDK version).
+    The SDK raises it from its HTTP library's ``ConnectError`` (httpx or httpx2, by SDK version); a
+    timeout comes from a ``...Timeout`` instead.
     """
     import openai
 
-    return (
-        isinstance(error, openai.APIConnectionError)
-        and not isinstance(error, openai.APITimeoutError)
-        and type(error.__cause__).__name__ == "ConnectError"
-    )
+    return isinstance(error, openai.APIConnectionError) and type(error.__cause__).__name__ == "ConnectError"
 
 
 def describe(error: Exception) -> str:
