@@ -18,12 +18,18 @@ import torch
 from openai_server import FakeOpenAI, closed_port, judge_reply
 from personavec import PersonaVector, save_vectors
 from personavec.cli import main
+from personavec.core.sampling import Sampling
 from personavec.errors import JudgeError
 from personavec.judges.openai_compat import OpenAIJudge
+from personavec.pipeline.config import ExtractConfig
 from personavec.pipeline.extract import extract
 from personavec.traits import load_trait
 
 from tiny import N_LAYERS, tiny_loaded
+
+SMALL = ExtractConfig(  # were the probe skipped, this run would judge within seconds, and fail
+    samples=1, sampling=Sampling(max_new_tokens=4), questions=2, instructions=1, min_pairs=1
+)
 
 
 @pytest.fixture
@@ -106,7 +112,7 @@ def test_the_library_probes_before_generating(key, tmp_path) -> None:
         server.faults = ["401"] * 10
         judge = OpenAIJudge("judge-model", base_url=server.url, backoff=5.0)
         with pytest.raises(JudgeError, match="HTTP 401"):
-            extract(tiny_loaded(), load_trait("evil"), judge, tmp_path / "run", progress=False)
+            extract(tiny_loaded(), load_trait("evil"), judge, tmp_path / "run", SMALL, progress=False)
     assert len(server.requests) == 1
     assert not (tmp_path / "run" / "generations.jsonl").exists()
 
