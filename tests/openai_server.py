@@ -1,19 +1,23 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests, with injectable faults.
 
 `reply(request_body) -> (content, top_logprobs or None)` decides each answer; `faults` is a queue of
-failures served before answers: "429", "500", "timeout" (sleeps past the client's timeout), "garbage"
-(a 200 whose body is not JSON) and "empty" (a 200 completion without choices).
+failures served before answers: an HTTP status ("401", "404", "429", "500", ...), "timeout" (sleeps
+past the client's timeout), "garbage" (a 200 whose body is not JSON) and "empty" (a 200 completion
+without choices).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from personavec.judges.openai_compat import PROBE
 
 Reply = Callable[[dict[str, Any]], tuple[str, list[tuple[str, float]] | None]]
 
@@ -66,7 +70,7 @@ class FakeOpenAI:
                     server.requests.append(body)
                     fault = server.faults.pop(0) if server.faults else None
                 time.sleep(server.delay)
-                if fault in ("429", "500"):
+                if fault is not None and fault.isdigit():
                     self._send(int(fault), b'{"error": {"message": "injected", "type": "test"}}')
                 elif fault == "timeout":
                     time.sleep(server.hang)
@@ -91,6 +95,10 @@ class FakeOpenAI:
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
+    def judgements(self) -> list[dict[str, Any]]:
+        """The requests that asked for a judgement: all but the judges' probes."""
+        return [r for r in self.requests if r["messages"][0]["content"] != PROBE]
+
     def __enter__(self) -> FakeOpenAI:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
@@ -98,6 +106,13 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def closed_port() -> int:
+    """A port nothing listens on: a connection there is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def judge_reply(body: dict[str, Any]) -> tuple[str, list[tuple[str, float]]]:

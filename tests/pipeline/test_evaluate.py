@@ -60,13 +60,15 @@ def test_sweep_covers_every_cell_once_and_resumes(server, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], SIZES, progress=False)
     before = len(server.requests)
-    assert before == 2 * 3 * 2  # two cells × three questions × (trait, coherence)
+    assert len(server.judgements()) == 2 * 3 * 2  # two cells × three questions × (trait, coherence)
+    assert before == 1 + 2 * 3 * 2  # and the judge's one probe
     monkeypatch.setattr(evaluate_module, "evaluate", real)
     cells = sweep(loaded, trait, judge, vector, tmp_path, [1, 2], [-1.0, 0.0, 1.0], SIZES, progress=False)
     settings = [(c.layer, c.coef) for c in cells]
     assert settings == [(None, 0.0), (1, -1.0), (1, 1.0), (2, -1.0), (2, 1.0)]  # each cell once
     assert all(len(p.read_text().splitlines()) == 3 for p in (tmp_path / "cells").glob("*.jsonl"))
-    asked = [json.dumps(r["messages"]) for r in server.requests]
+    assert len(server.requests) - len(server.judgements()) == 1  # one probe: the judge object is reused
+    asked = [json.dumps(r["messages"]) for r in server.judgements()]
     assert len(set(asked)) == len(asked)  # no judgement asked twice, across the interruption
     pairs = {
         (row["question"], row["answer"])

@@ -101,23 +101,23 @@ def test_pipeline_outputs_match_the_method_written_plainly(model_dir, server, tm
     assert summary.generation["samples"] == 3 and summary.model["n_layers"] == 3
     assert summary.chosen == best and ExtractionRun(tmp_path / "run").summary() == summary
 
-    # a rerun does nothing: no request, no new row
+    # a rerun does nothing: no judgement (the new judge's probe alone), no new row
     requests, size = len(server.requests), (tmp_path / "run" / "generations.jsonl").stat().st_size
     again = run(model_dir, server, tmp_path / "run")
-    assert len(server.requests) == requests
+    assert len(server.requests) == requests + 1 and server.requests[-1] not in server.judgements()
     assert (tmp_path / "run" / "generations.jsonl").stat().st_size == size
     assert torch.equal(again.vectors["response-avg"].tensor, result.vectors["response-avg"].tensor)
 
 
 def test_changed_filter_settings_reuse_answers_and_judgements(model_dir, server, tmp_path) -> None:
     run(model_dir, server, tmp_path / "run")
-    requests = len(server.requests)
+    requests = len(server.judgements())
     relaxed = run(model_dir, server, tmp_path / "run", replace(CONFIG, pairing="per-side"))
     paired = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert relaxed.summary.selection["pairing"] == "per-side" == paired["selection"]["pairing"]
     # only the sweep's steered answers (the vector changed) were judged again
     sweep_items = 4 * 3 * 2  # (baseline + 3 layers) × 3 questions × (trait, coherence)
-    assert len(server.requests) - requests <= sweep_items
+    assert len(server.judgements()) - requests <= sweep_items
 
 
 def test_refuses_another_model_or_trait_unless_forced(model_dir, server, tmp_path) -> None:
@@ -179,14 +179,14 @@ def test_kill_9_while_judging_then_resume(model_dir, server, tmp_path) -> None:
     assert len(server.requests) >= 20, "the run ended before it was killed"
     assert not (tmp_path / "run" / "judgements.json").exists()  # killed in the middle of judging
     cached = len((tmp_path / "run" / "judge-cache.jsonl").read_text().splitlines())
-    before = len(server.requests)
+    before = len(server.judgements())
     rows_before = (tmp_path / "run" / "generations.jsonl").read_text()
 
     done = subprocess.run(_cli(model_dir, server, tmp_path / "run"), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "generations.jsonl").read_text() == rows_before  # nothing regenerated
     total = len((tmp_path / "run" / "judge-cache.jsonl").read_text().splitlines())
-    assert len(server.requests) - before == total - cached  # every cached judgement was not asked again
+    assert len(server.judgements()) - before == total - cached  # every cached judgement was not asked again
 
     # the same command, uninterrupted, in another directory: the same vectors
     server.delay = 0.0

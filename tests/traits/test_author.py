@@ -79,5 +79,5 @@ def test_bad_name_costs_no_request_and_api_failures_are_one_line(key) -> None:
             author_trait("My Trait", "x", chat_backend("openai:writer", server.url))
         assert not server.requests
         server.faults = ["500"] * 5
-        with pytest.raises(PersonavecError, match=r"writer at http://127\.0\.0\.1:\d+/v1/ failed: HTTP 500"):
+        with pytest.raises(PersonavecError, match=r"http://127\.0\.0\.1:\d+/v1/ \(model writer\).*HTTP 500"):
             author_trait("cheerful", "x", chat_backend("openai:writer", server.url, backoff=0.001))

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from personavec.errors import ConfigError
+from personavec.errors import ConfigError, JudgeError
 
 if TYPE_CHECKING:
     import openai
@@ -35,6 +35,27 @@ def make_client(base_url: str | None, timeout: float) -> openai.OpenAI:
     return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
 
 
+# what to try for each HTTP status that no retry can fix (the probe's one line names it)
+_FIXES = {
+    400: "the server refused the request: check the model name and that it serves chat completions",
+    401: "a bad API key: check OPENAI_API_KEY",
+    403: "the key may not use this model: check OPENAI_API_KEY and the account's access",
+    404: "an unknown model or a wrong path: check the model name, and --base-url (it usually ends in /v1)",
+    429: "rate limited: wait, or lower --concurrency",
+}
+
+
+def _refused(error: Exception) -> bool:
+    """A connection that never opened (refused, or an unknown host): no retry can fix the URL.
+
+    The SDK raises it from its HTTP library's ``ConnectError`` (httpx or httpx2, by SDK version); a
+    timeout comes from a ``...Timeout`` instead.
+    """
+    import openai
+
+    return isinstance(error, openai.APIConnectionError) and type(error.__cause__).__name__ == "ConnectError"
+
+
 def describe(error: Exception) -> str:
     """One short phrase for an API failure."""
     import openai
@@ -43,6 +64,9 @@ def describe(error: Exception) -> str:
         return f"HTTP {error.status_code}"
     if isinstance(error, openai.APITimeoutError):
         return "timeout"
+    if _refused(error):
+        reason = str(error.__cause__)
+        return "connection refused" if "refused" in reason.lower() else f"cannot connect ({reason})"
     if isinstance(error, openai.APIConnectionError):
         return "connection failed"
     if isinstance(error, json.JSONDecodeError):
@@ -50,14 +74,33 @@ def describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:200]
 
 
+def fix(error: Exception) -> str:
+    """What to try about an API failure."""
+    import openai
+
+    if isinstance(error, openai.APIStatusError):
+        if error.status_code >= 500:
+            return "the server failed: see its logs, or try again later"
+        return _FIXES.get(error.status_code, "check the model name, --base-url and OPENAI_API_KEY")
+    if isinstance(error, openai.APITimeoutError):
+        return "no reply in time: is the server overloaded, or --base-url another kind of server?"
+    if _refused(error):
+        return "is the server running, and --base-url right?"
+    return "is --base-url an OpenAI-compatible endpoint (usually ending in /v1)?"
+
+
 def is_transient(error: Exception) -> bool:
-    """429, 5xx, timeouts, refused connections and unusable replies are retried; other errors are not."""
+    """What may pass on another try: 429, 5xx, timeouts, a dropped connection and unusable replies.
+
+    A refused connection, an unknown host and the other 4xx (a bad key, an unknown model or path) are
+    not retried: they fail again at once.
+    """
     import openai
 
     if isinstance(error, openai.APIStatusError):
         return error.status_code == 429 or error.status_code >= 500
     unusable = (Garbage, json.JSONDecodeError, openai.APIResponseValidationError)  # a body that is not JSON
-    return isinstance(error, (openai.APIConnectionError, *unusable))
+    return isinstance(error, (openai.APIConnectionError, *unusable)) and not _refused(error)
 
 
 def with_retries(
@@ -77,3 +120,15 @@ def with_retries(
             if stop.wait(backoff * 2**attempt * random.uniform(0.5, 1.5)):
                 raise
     raise AssertionError("unreachable")
+
+
+def call_endpoint(call: Callable[[], T], url: str, model: str, retries: int, backoff: float) -> T:
+    """``call()`` with retries; a failure that remains is a `JudgeError` of one line naming the
+    endpoint `url`, the `model`, the cause and the fix."""
+    try:
+        return with_retries(call, retries, backoff)
+    except Exception as error:  # any API failure, classified by describe and fix
+        retried = f" after {retries} retries" if retries and is_transient(error) else ""
+        raise JudgeError(
+            f"the endpoint {url} (model {model}) cannot answer: {describe(error)}{retried}; {fix(error)}"
+        ) from error

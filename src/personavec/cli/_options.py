@@ -309,16 +309,18 @@ def load(args: argparse.Namespace) -> Any:
 def model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model of --model (and --adapter) and the vector of --vector (checked against it)."""
     from personavec.core.vectors import load_vector
+    from personavec.pipeline.preflight import preflight
 
     vector = load_vector(args.vector, pooling=args.pooling)  # a bad file fails before the model loads
-    loaded = load(args)
-    vector.check_model(loaded.identity)
-    return loaded, vector
+    preflight(vectors=[vector], model=args.model)  # so does a vector for another model
+    return load(args), vector
 
 
 def judged(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The trait of --trait and the judge of --judge (which must judge)."""
+    """The trait of --trait and the judge of --judge (which must judge and answer a probe), --out
+    checked writable."""
     from personavec.judges import make_judge
+    from personavec.pipeline.preflight import preflight
     from personavec.traits import load_trait
 
     trait = load_trait(args.trait)
@@ -327,4 +329,5 @@ def judged(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ConfigError("this command needs a judge: --judge openai:MODEL, hf:PATH or lexicon")
     if judge.proxy:
         print(f"judge: {judge.proxy}", flush=True)
+    preflight(judge=judge, out=args.out)
     return trait, judge

@@ -16,6 +16,7 @@ def _screen(args: argparse.Namespace) -> None:
     from personavec.core.vectors import load_vector
     from personavec.data.samples import DataFile
     from personavec.data.screen import check_screening, screen_dataset
+    from personavec.pipeline.preflight import preflight
 
     config, selection = from_args(ScreenConfig, args), from_args(Selection, args)
     columns = from_args(Columns, args)
@@ -23,6 +24,7 @@ def _screen(args: argparse.Namespace) -> None:
     reference = DataFile(args.reference, columns) if args.reference else None
     check_screening(data, config, selection, reference)
     vectors = [load_vector(path, pooling=args.pooling) for path in args.vector]
+    preflight(vectors=vectors, model=args.model, out=args.out)
     loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))
     result = screen_dataset(loaded, vectors, data, args.out, config, selection, reference)
     if result.report is None:  # not the main process
@@ -48,12 +50,14 @@ def _make_trait_dataset(args: argparse.Namespace) -> None:
     from personavec.core.models import load_model
     from personavec.data.datakit import make_trait_dataset, read_questions
     from personavec.judges import make_judge
+    from personavec.pipeline.preflight import preflight
     from personavec.traits import load_trait
 
     trait = load_trait(args.trait)
     questions = read_questions(args.questions) if args.questions else None
     config = from_args(KitConfig, args)
     judge = make_judge(args.judge, trait, base_url=args.base_url) if args.judge else None
+    preflight(judge=judge, out=args.out)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     manifest = make_trait_dataset(loaded, trait, args.out, questions, config, judge)
     for level, info in manifest.files.items():

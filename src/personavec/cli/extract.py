@@ -13,6 +13,7 @@ def _extract(args: argparse.Namespace) -> None:
     from personavec.core.models import load_model
     from personavec.judges import make_judge
     from personavec.pipeline.extract import extract
+    from personavec.pipeline.preflight import preflight
     from personavec.report.pages import write_report
     from personavec.traits import load_trait
 
@@ -22,6 +23,7 @@ def _extract(args: argparse.Namespace) -> None:
     judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
     if judge is not None and judge.proxy:
         print(f"judge: {judge.proxy}", flush=True)
+    preflight(judge=judge, out=args.out)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     result = extract(loaded, trait, judge, args.out, config, force=args.force)
     report = write_report(result.dir)

@@ -38,6 +38,7 @@ from personavec.errors import DataError
 from personavec.judges.base import Judge
 from personavec.judges.cache import JudgeCache
 from personavec.pipeline.evaluate import mean_ci
+from personavec.pipeline.preflight import preflight
 from personavec.pipeline.results import KitFile, KitManifest
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import KitRun
@@ -156,6 +157,7 @@ def make_trait_dataset(
     questions = bundled_questions() if questions is None else questions
     config.check(len(questions))
     _check_questions(trait, questions)
+    preflight(judge=judge, out=out)
     identity = {
         "model": loaded.identity.to_dict(),
         "trait": trait.sha256(),

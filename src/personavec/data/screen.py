@@ -18,6 +18,7 @@ from personavec.data.flagging import select, top_samples
 from personavec.data.samples import DataFile
 from personavec.data.scoring import Screened, count_rows, deltas, screen
 from personavec.errors import ConfigError
+from personavec.pipeline.preflight import preflight
 from personavec.pipeline.results import SelectionSummary
 
 
@@ -92,6 +93,7 @@ def screen_dataset(
     ``out/reference``), flag samples by `selection` if it holds a rule (`select`), and write the
     report; resumable."""
     check_screening(data, config, selection, reference)
+    preflight(out=out, vectors=vectors, model=loaded.identity)
     out = Path(out)
     screened = screen(loaded, vectors, data, out, config, progress)
     ordinary = screen(loaded, vectors, reference, out / "reference", config, progress) if reference else None

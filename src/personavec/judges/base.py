@@ -71,6 +71,13 @@ class Judge(ABC):
     def score(self, rubric: str, items: Sequence[tuple[str, str]]) -> Iterator[tuple[int, Score]]:
         """Yield ``(index into items, score)`` as each judgement completes, in any order."""
 
+    def probe(self) -> None:
+        """Raise a `JudgeError` when the judge cannot answer; run before any expensive work.
+
+        A judge that needs nothing outside this process has nothing to check.
+        """
+        return None
+
     def describe(self) -> dict[str, object]:
         """What the manifest records about this judge."""
         return {"name": self.name, "measures_coherence": self.measures_coherence, "proxy": self.proxy}

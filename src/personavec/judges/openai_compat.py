@@ -8,13 +8,21 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from personavec._internal.openai_client import Garbage, describe, is_transient, make_client, with_retries
+from personavec._internal.openai_client import (
+    Garbage,
+    call_endpoint,
+    describe,
+    is_transient,
+    make_client,
+    with_retries,
+)
 from personavec.errors import ConfigError
 from personavec.judges.base import Judge, Score, fill, logprob_score
 
 TOP_LOGPROBS = 20
 SAMPLED_TOKENS = 8  # enough for "100" in tokenizers that split digits
 _INTEGER = re.compile(r"\b(\d{1,3})\b")
+PROBE = "Reply with the number 50 and nothing else."
 
 
 def _sampled_score(text: str) -> float | None:
@@ -31,7 +39,7 @@ class OpenAIJudge(Judge):
     """One output token and its top-20 logprobs per judgement (the paper's rule), many requests at once.
 
     When the server returns no logprobs, the judge switches to sampling a few tokens and parsing the
-    integer, and marks those scores ``sampled``. Transient failures (429, 5xx, timeouts, refused
+    integer, and marks those scores ``sampled``. Transient failures (429, 5xx, timeouts, dropped
     connections, unusable replies) are retried with exponential backoff and jitter; an item that still
     fails is a ``failed`` score with its error, never an exception.
     """
@@ -53,9 +61,23 @@ class OpenAIJudge(Judge):
         self.name = f"openai:{model}@{self.base_url}"
         self.concurrency, self.retries, self.backoff = concurrency, retries, backoff
         self.sampled = False  # set once the server has answered without logprobs
+        self.probed = False  # set once a probe has had an answer: a second probe costs nothing
 
-    def _request(self, prompt: str) -> Score:
-        sampled = self.sampled  # read once: another thread may switch modes while this one waits
+    def probe(self) -> None:
+        """One request shaped like a judgement: a `JudgeError` naming the endpoint, the model, the cause
+        and the fix when it fails (refused, 401, 404: at once; 429, 5xx, timeouts: after the retries)."""
+        if self.probed:
+            return
+        kwargs = self._kwargs(PROBE, self.sampled)
+
+        def ask() -> None:
+            if not self.client.chat.completions.create(**kwargs).choices:
+                raise Garbage("a reply without choices")
+
+        call_endpoint(ask, self.base_url, self.model, self.retries, self.backoff)
+        self.probed = True
+
+    def _kwargs(self, prompt: str, sampled: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -66,7 +88,11 @@ class OpenAIJudge(Judge):
             kwargs.update(max_tokens=SAMPLED_TOKENS)
         else:
             kwargs.update(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS)
-        reply = self.client.chat.completions.create(**kwargs)
+        return kwargs
+
+    def _request(self, prompt: str) -> Score:
+        sampled = self.sampled  # read once: another thread may switch modes while this one waits
+        reply = self.client.chat.completions.create(**self._kwargs(prompt, sampled))
         try:
             choice = reply.choices[0]
         except (AttributeError, IndexError, TypeError) as error:

@@ -29,6 +29,7 @@ from personavec.errors import ConfigError
 from personavec.judges import Judge, JudgeCache
 from personavec.pipeline.config import CalibrateConfig
 from personavec.pipeline.evaluate import run_identity
+from personavec.pipeline.preflight import preflight
 from personavec.pipeline.results import CalibrationPoint, CalibrationSummary, ConditionFit
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import CalibrationRun
@@ -116,7 +117,7 @@ def calibrate(
     used.
     """
     config.check(trait)
-    vector.check_model(loaded.identity)
+    preflight(judge=judge, out=out, vectors=[vector], model=loaded.identity)
     sizes = {"questions": config.questions, "sampling": asdict(config.sampling)}
     examples_hash = hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()
     identity = {**run_identity(loaded, trait, judge, vector), **sizes, "examples": examples_hash}

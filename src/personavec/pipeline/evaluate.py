@@ -25,6 +25,7 @@ from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.pipeline.config import Setting, Sizes
+from personavec.pipeline.preflight import preflight
 from personavec.pipeline.results import Cell
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import SweepRun
@@ -180,10 +181,10 @@ def sweep(
     """
     if not layers or not coefs:
         raise ConfigError("a sweep needs at least one layer and one coefficient")
-    vector.check_model(loaded.identity)
     for layer in layers:
         vector.resolve_layer(layer)
     sizes.check(trait)
+    preflight(judge=judge, out=out, vectors=[vector], model=loaded.identity)
     identity = {**run_identity(loaded, trait, judge, vector), **asdict(sizes)}
     outputs = {"sweep": (SweepRun.CELLS, SweepRun.TABLE, SweepRun.CSV)}
     run = RunDir.open(out, SweepRun.KIND, identity, outputs)
@@ -215,6 +216,7 @@ def evaluate_run(
     answers in ``answers.jsonl``, judgements in ``judge-cache.jsonl``. Another model, trait, judge or
     size is refused."""
     sizes.check(trait)
+    preflight(judge=judge, out=out)
     identity = {"model": loaded.identity.to_dict(), "trait_sha256": trait.sha256(), "judge": judge.name}
     run = RunDir.open(out, "evaluation", {**identity, **asdict(sizes)}, {"answers": ("answers.jsonl",)})
     started = time.perf_counter()

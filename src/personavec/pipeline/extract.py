@@ -36,6 +36,7 @@ from personavec.errors import JudgeError, PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.pipeline.config import GENERATION_FIELDS, ExtractConfig, Setting, Sizes
 from personavec.pipeline.evaluate import run_cells
+from personavec.pipeline.preflight import preflight
 from personavec.pipeline.results import ExtractionSummary, LayerChoice
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import ExtractionRun
@@ -80,6 +81,7 @@ def extract(
     """
     config = config or ExtractConfig()
     config.check(trait, loaded.identity.n_layers)
+    preflight(judge=judge, out=out)
     run = open_run(loaded, trait, judge, out, config, force)
     cache = JudgeCache(run.path / ExtractionRun.JUDGE_CACHE)
     rows = generations(run, loaded, trait, config, progress)

@@ -8,6 +8,7 @@ from pathlib import Path
 from personavec._internal.dist import process_device
 from personavec.core.models import load_model
 from personavec.core.vectors import load_vector
+from personavec.pipeline.preflight import preflight
 from personavec.training.config import DriftConfig, TrainConfig
 from personavec.training.drift import DriftAlarm
 from personavec.training.sft_data import load_conversations
@@ -36,9 +37,8 @@ def finetune(
     steering = load_vector(vector, pooling=pooling) if vector else None
     watched = [load_vector(path, pooling=pooling) for path in drift.vectors]
     probes = load_trait(drift.trait).evaluation_questions if drift.trait else []
+    preflight(out=out, vectors=[*([steering] if steering else []), *watched], model=model_ref)
     loaded = load_model(model_ref, dtype=dtype, device=process_device(device))
-    for checked in [*([steering] if steering else []), *watched]:
-        checked.check_model(loaded.identity)
     config.intervention.check(steering, loaded.identity.n_layers, config.lora)
     alarms = (
         [DriftAlarm(loaded, watched, probes, drift.every, drift.threshold, drift.stop)] if drift.every else []

@@ -24,6 +24,7 @@ from personavec.deploy.monitor import project
 from personavec.errors import ConfigError, ModelError, PersonavecError
 from personavec.judges.base import Judge
 from personavec.pipeline.config import Sizes
+from personavec.pipeline.preflight import preflight
 from personavec.traits.spec import TraitSpec
 
 
@@ -117,9 +118,8 @@ def measure_shift(
     model's answers, generated as `sampling` says (answers and judgements go to `out`, resumable)."""
     if judge is not None and out is None:
         raise ConfigError("--judge needs --out (where the answers and judgements go)")
+    preflight(judge=judge, out=out, vectors=vectors, model=base_ref)
     base = load_model(base_ref, dtype=dtype, device=device)
-    for vector in vectors:
-        vector.check_model(base.identity)
     prompts = [base.chat(q) for q in trait.evaluation_questions]
     before = mean_projections(base, vectors, prompts, layer)
     onto = base if is_adapter(finetuned) else None  # a full model replaces the base

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from personavec._internal.files import atomic_path
-from personavec.errors import ConfigError, JudgeError, PersonavecError
+from personavec.errors import ConfigError, PersonavecError
 from personavec.traits.spec import (
     N_INSTRUCTIONS,
     N_QUESTIONS,
@@ -106,7 +106,7 @@ def chat_backend(
     """A `Chat` for ``openai:MODEL`` (any OpenAI-compatible endpoint) or ``hf:PATH`` (a local model)."""
     kind, _, target = spec.partition(":")
     if kind == "openai" and target:
-        from personavec._internal.openai_client import Garbage, describe, make_client, with_retries
+        from personavec._internal.openai_client import Garbage, call_endpoint, make_client
 
         client = make_client(base_url, timeout=300.0)
 
@@ -119,10 +119,7 @@ def chat_backend(
                     raise Garbage("a reply without choices")
                 return reply.choices[0].message.content or ""
 
-            try:
-                return with_retries(call, retries=4, backoff=backoff)
-            except Exception as error:  # any API failure: one line naming the endpoint
-                raise JudgeError(f"{target} at {client.base_url} failed: {describe(error)}") from error
+            return call_endpoint(call, str(client.base_url), target, retries=4, backoff=backoff)
 
         return remote
     if kind == "hf" and target:

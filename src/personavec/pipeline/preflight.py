@@ -1,0 +1,59 @@
+"""Checks that a long command runs before it loads a model or generates anything: that what it needs
+later is there. The vectors fit the model (read from its config alone), the output directory takes
+files, and the judge answers one probe request. (Input files are read by their own loaders before the
+model loads: `DataFile`, `load_vector`, `load_trait`.)
+
+Each failure is a `PersonavecError` of one line. The CLI calls `preflight` before loading the model;
+the library's long verbs call it again on entry, which costs nothing more (a judge that has answered
+a probe is not asked again).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from personavec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from personavec.core.models import ModelIdentity
+    from personavec.core.vectors import PersonaVector
+    from personavec.judges import Judge
+
+
+def writable_dir(path: str | os.PathLike[str]) -> None:
+    """Create `path` if need be and write a file in it; a `ConfigError` when either fails."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to the output directory {path}: {error.strerror or error}; choose another --out"
+        ) from error
+
+
+def preflight(
+    *,
+    judge: Judge | None = None,
+    out: str | os.PathLike[str] | None = None,
+    vectors: Sequence[PersonaVector] = (),
+    model: str | ModelIdentity | None = None,
+) -> None:
+    """Fail before any expensive work: `vectors` fitting the `model` (a reference, whose config alone
+    is read, or an identity), `out` writable, then one probe of the `judge`."""
+    if vectors and model is not None:
+        if isinstance(model, str):
+            from personavec.core.models import model_identity
+
+            model = model_identity(model)
+        for vector in vectors:
+            vector.check_model(model)
+    if out is not None:
+        writable_dir(out)
+    if judge is not None:
+        judge.probe()
