@@ -47,9 +47,10 @@ def _serve(args: argparse.Namespace) -> None:
     from personavec.serve.run import serve
 
     api_key = args.api_key or os.environ.get("PERSONAVEC_API_KEY") or None
+    upstream_key = args.upstream_api_key or os.environ.get("PERSONAVEC_UPSTREAM_API_KEY") or None
     config = from_args(
         ServeConfig, args, vectors=tuple(args.vector), thresholds=tuple(args.threshold), api_key=api_key,
-        steer=tuple(args.steer),
+        steer=tuple(args.steer), upstream_api_key=upstream_key,
     )  # fmt: skip
     serve(config, args.model, args.adapter, args.dtype, args.device)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field, fields
+from typing import Literal, get_args
 
 from personavec.errors import ConfigError
 
+OnFlag = Literal["pass", "annotate", "refuse"]
 STATISTICS = ("prompt_last", "response_avg")
 """The statistics a threshold applies to: the prompt-last projection predicts, the answer's
 response-average measures."""
@@ -123,6 +125,27 @@ class ServeConfig:
     )
     guard_coef: float = field(default=2.0, metadata={"help": "with --guard: the push's coefficient"})
     guard_per_token: bool = field(default=False, metadata={"help": "with --guard: check at every token"})
+    upstream: str | None = field(
+        default=None,
+        metadata={"help": "forward chat requests to this OpenAI-compatible server (…/v1); score them here",
+                  "metavar": "URL"},
+    )  # fmt: skip
+    upstream_model: str | None = field(
+        default=None,
+        metadata={"help": "with --upstream: the engine's model id, exactly as its /v1/models lists it"},
+    )
+    upstream_api_key: str | None = field(
+        default=None, metadata={"help": "with --upstream: its key (default $PERSONAVEC_UPSTREAM_API_KEY)"}
+    )
+    upstream_timeout: float = field(
+        default=600.0, metadata={"help": "with --upstream: seconds to wait for its answer"}
+    )
+    on_flag: OnFlag = field(
+        default="annotate",
+        metadata={"help": "with --upstream, a prompt predicted to show a trait is: forwarded (pass), "
+                          "forwarded with an X-Persona-Predicted header (annotate), or refused with "
+                          "finish_reason content_filter (refuse)"},
+    )  # fmt: skip
     grace: float = field(
         default=30.0, metadata={"help": "seconds SIGTERM waits for in-flight requests to finish"}
     )
@@ -158,6 +181,21 @@ class ServeConfig:
             raise ConfigError(f"--guard names {self.guard!r}, which is no --vector; use one of {names}")
         if not self.guard_coef > 0:
             raise ConfigError(f"--guard-coef is the size of the push away: use > 0, got {self.guard_coef}")
+        if self.upstream is not None:
+            if not self.upstream.startswith(("http://", "https://")):
+                raise ConfigError(f"--upstream must be an http(s) URL ending in /v1, got {self.upstream!r}")
+            if not self.upstream_model:
+                raise ConfigError(
+                    "--upstream needs --upstream-model: the engine's model id, from its /v1/models"
+                )
+            if self.steer or self.guard:
+                raise ConfigError(
+                    "--steer and --guard need the model in-process: drop them, or drop --upstream"
+                )
+        if self.on_flag not in get_args(OnFlag):
+            raise ConfigError(f"--on-flag must be one of {', '.join(get_args(OnFlag))}, got {self.on_flag!r}")
+        if not self.upstream_timeout > 0:
+            raise ConfigError(f"--upstream-timeout must be positive, got {self.upstream_timeout}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be in 1..65535, got {self.port}")
         if not _loopback(self.host) and not self.api_key:

@@ -27,7 +27,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from personavec.core.activations import Pooling
 from personavec.core.models import LoadedModel
+from personavec.deploy.monitor import project
 from personavec.serve.rows import RowHooks, RowPlan, Watched
 
 
@@ -184,6 +186,33 @@ class _Batch(BaseStreamer, StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+@dataclass
+class Score:
+    """Projections by prefill (the upstream mode's scoring): the prompt-last projection of `prompt`, or,
+    with an `answer`, the response-average of prompt + answer; one value per vector, or the error."""
+
+    prompt: str
+    answer: str | None
+    loop: asyncio.AbstractEventLoop
+    result: asyncio.Future[list[float]]
+    cancelled: bool = False
+
+    @property
+    def decoding(self) -> tuple[float, float]:
+        return (-1.0, 0.0 if self.answer is None else 1.0)  # never a generation's: scores batch alone
+
+    def send(self, event: list[float] | BaseException) -> None:
+        def deliver() -> None:
+            if self.result.done():
+                return
+            if isinstance(event, BaseException):
+                self.result.set_exception(event)
+            else:
+                self.result.set_result(event)
+
+        self.loop.call_soon_threadsafe(deliver)
+
+
 class LocalEngine:
     """Answers jobs in shared batches on the model, in a worker thread (see the module's docstring).
 
@@ -201,7 +230,7 @@ class LocalEngine:
     ):
         self.loaded, self.watched, self._first = loaded, list(watched), first
         self.max_batch, self.max_queue = max_batch, max_queue
-        self._queue: deque[Job] = deque()
+        self._queue: deque[Job | Score] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self.running = 0
@@ -213,7 +242,7 @@ class LocalEngine:
     def waiting(self) -> int:
         return len(self._queue)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job | Score) -> None:
         with self._cond:
             if self._stopping:
                 raise Stopping("the server is shutting down")
@@ -231,7 +260,7 @@ class LocalEngine:
             self._cond.notify()
         self._thread.join(timeout=60)
 
-    def _take(self) -> list[Job]:
+    def _take(self) -> list[Job | Score]:
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
@@ -239,7 +268,7 @@ class LocalEngine:
                 return []
             decoding = self._queue[0].decoding
             jobs = [job for job in self._queue if job.decoding == decoding and not job.cancelled]
-            jobs = jobs[: self.max_batch]
+            jobs = jobs[: self.max_batch * (4 if decoding[0] < 0 else 1)]  # prefills are cheaper
             for job in [j for j in self._queue if j.cancelled or j in jobs]:
                 self._queue.remove(job)
             self.running = len(jobs)
@@ -255,12 +284,32 @@ class LocalEngine:
                     return
                 continue
             try:
-                self._generate(jobs)
+                if isinstance(jobs[0], Score):
+                    self._score([j for j in jobs if isinstance(j, Score)])
+                else:
+                    self._generate([j for j in jobs if isinstance(j, Job)])
             except Exception as error:  # the batch's requests fail; the server goes on
                 for job in jobs:
                     job.send(error)
             finally:
                 self.running = 0
+
+    def _score(self, scores: list[Score]) -> None:
+        """One batched prefill for `scores` (all prompt-last, or all response-average)."""
+        vectors = [w.vector for w in self.watched]
+        with_answer = scores[0].answer is not None
+        todo = [s for s in scores if not with_answer or s.answer]
+        for s in scores:
+            if s not in todo:  # an empty answer has no response tokens
+                s.send([float("nan")] * len(vectors))
+        if not todo:
+            return
+        prompts = [s.prompt for s in todo]
+        answers = [s.answer or "" for s in todo] if with_answer else None
+        pooling: Pooling = "response-avg" if with_answer else "prompt-last"
+        values = project(self.loaded, vectors, prompts, answers, pooling, progress=False)
+        for s, row in zip(todo, values.tolist(), strict=True):
+            s.send(row)
 
     def _generate(self, jobs: list[Job]) -> None:
         loaded, first = self.loaded, jobs[0]

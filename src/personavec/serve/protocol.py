@@ -95,6 +95,25 @@ class ChatRequest(_Strict):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+class UpstreamMessage(BaseModel):
+    """A message forwarded to an upstream engine as it came (tool calls and all); its text is scored."""
+
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class UpstreamChatRequest(BaseModel):
+    """``POST /v1/chat/completions`` in upstream mode: fields this server does not read are forwarded."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[UpstreamMessage] = Field(min_length=1)
+    stream: bool = False
+    n: Literal[1] = 1
+    persona: PersonaRequest | None = None
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

@@ -43,8 +43,13 @@ def serve(
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"serve needs {', '.join(missing)}: pip install 'personavec[serve]'")
-    vectors = load_vectors(config)  # bad files and a taken port fail before the model loads
+    vectors = load_vectors(config)  # bad files, a taken port, a wrong upstream fail before the model loads
     _check_port(config.host, config.port)
+    if config.upstream:
+        from personavec.core.models import load_tokenizer
+        from personavec.serve.upstream import check
+
+        check(config, load_tokenizer(model))
     if config.audit:
         Path(config.audit).parent.mkdir(parents=True, exist_ok=True)
     import uvicorn
