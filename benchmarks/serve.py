@@ -8,13 +8,19 @@ In one run, like for like (greedy, the same 64 prompts and answer length):
   (generated tokens/s, target ≥ 0.8), and p50/p95 latency, errors, audit lines = requests;
 - the server measuring two vectors vs the same server measuring none (time, target ≤ 1.05);
 - a load test: clients at twice what the limits admit, for `--load-seconds`: only 429/503 refusals,
-  resident memory at the end within 10 % of its value after warm-up, a normal answer afterwards.
+  resident memory at the end within 10 % of its value after warm-up, a normal answer afterwards;
+- with llama.cpp's server installed (`make engines`): tokens/s through personavec in upstream mode vs
+  directly against the same llama.cpp server at the same concurrency, and the scorer's added latency
+  per request (no target: on a small CPU the engine and the scorer compete for the same cores).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,6 +29,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import openai
 import torch
@@ -55,15 +62,25 @@ def _rss_mib() -> float:
 
 @contextmanager
 def serving(
-    loaded: LoadedModel, vectors: dict[str, PersonaVector], limits: Limits, audit: Path | None = None
+    loaded: LoadedModel,
+    vectors: dict[str, PersonaVector],
+    limits: Limits,
+    audit: Path | None = None,
+    upstream: str | None = None,
 ) -> Iterator[openai.OpenAI]:
     """The server's app on a free port in this process (uvicorn in a thread), and an SDK client."""
-    thresholds = tuple(
-        (n, s, 1e9) for n in vectors or {"none": None} for s in ("prompt_last", "response_avg")
-    )
-    names = tuple((n, "-") for n in vectors) or (("none", "-"),)
+    named = list(vectors) or ["none"]  # a config names one vector at least; the app may measure none
+    thresholds = tuple((n, s, 1e9) for n in named for s in ("prompt_last", "response_avg"))
+    names = tuple((n, "-") for n in named)
     config = ServeConfig(
-        vectors=names, thresholds=thresholds, limits=limits, audit=str(audit) if audit else None, name="bench"
+        vectors=names,
+        thresholds=thresholds,
+        limits=limits,
+        audit=str(audit) if audit else None,
+        name="bench",
+        upstream=upstream,
+        upstream_model="bench" if upstream else None,
+        on_flag="pass",
     )
     port = _free_port()
     server = uvicorn.Server(
@@ -80,23 +97,27 @@ def serving(
         thread.join()
 
 
-def _ask(client: openai.OpenAI, prompt: str, tokens: int) -> tuple[int, float]:
+def _ask(
+    client: openai.OpenAI, prompt: str, tokens: int, extra: dict[str, Any] | None = None
+) -> tuple[int, float]:
     start = time.perf_counter()
     reply = client.chat.completions.create(
         model="bench", messages=[{"role": "user", "content": prompt}], temperature=0,
-        max_tokens=tokens,
+        max_tokens=tokens, extra_body=extra,
     )  # fmt: skip
     assert reply.usage is not None
     return reply.usage.completion_tokens, time.perf_counter() - start
 
 
-def through_server(client: openai.OpenAI, tokens: int, clients: int) -> tuple[float, list[float], int]:
+def through_server(
+    client: openai.OpenAI, tokens: int, clients: int, extra: dict[str, Any] | None = None
+) -> tuple[float, list[float], int]:
     """(generated tokens/s, latencies, errors) of `PROMPTS` sent by `clients` concurrent clients."""
-    _ask(client, PROMPTS[0], 4)  # warm-up
+    _ask(client, PROMPTS[0], 4, extra)  # warm-up
     errors = 0
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        futures = [pool.submit(_ask, client, p, tokens) for p in PROMPTS]
+        futures = [pool.submit(_ask, client, p, tokens, extra) for p in PROMPTS]
         results = []
         for future in futures:
             try:
@@ -139,6 +160,50 @@ def load_test(loaded: LoadedModel, vectors: dict[str, PersonaVector], seconds: f
         "after": float(after > 0),
         "clients": clients,
     }
+
+
+def _llama(port: int) -> subprocess.Popen[bytes]:
+    from personavec.core.models import smollm2_path
+
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--model_alias",
+               "bench", "--port", str(port), "--interrupt_requests", "False", "--n_ctx", "2048"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=5)
+    for _ in range(240):
+        try:
+            probe.models.list()
+            return process
+        except openai.APIError:
+            time.sleep(0.5)
+    raise RuntimeError("llama.cpp's server did not start")
+
+
+def upstream_figures(loaded: LoadedModel, vectors: dict[str, PersonaVector], tokens: int) -> list[Figure]:
+    """Through personavec (upstream mode) vs straight to llama.cpp's server, 4 clients each."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("upstream: skipped (no llama.cpp server; `make engines` builds it)")
+        return []
+    port = _free_port()
+    engine = _llama(port)
+    sampler = {"top_k": 1, "min_p": 0.0, "repeat_penalty": 1.0}
+    try:
+        direct = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=600
+        )
+        direct_rate, direct_lat, _ = through_server(direct, tokens, 4, sampler)
+        upstream = f"http://127.0.0.1:{port}/v1"
+        with serving(loaded, vectors, Limits(max_tokens=tokens), upstream=upstream) as client:
+            via_rate, via_lat, errors = through_server(client, tokens, 4, sampler)
+    finally:
+        engine.kill()
+    added = statistics.median(via_lat) - statistics.median(direct_lat)
+    print(f"upstream: direct {direct_rate:.1f} tok/s, through personavec {via_rate:.1f} tok/s")
+    ratio = via_rate / direct_rate
+    return [
+        Figure("upstream: through personavec / direct to llama.cpp, tokens/s (4 clients)", ratio, "×"),
+        Figure("upstream: the scorer's added latency per request (median)", added, "s"),
+        Figure("upstream: errors", errors, "", "≤ 0"),
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -189,6 +254,7 @@ def main() -> None:
         Figure(f"{load_name}: resident memory at the end / after warm-up", lt["memory"], "×", "≤ 1.1"),
         Figure(f"{load_name}: answers normally afterwards", lt["after"], "", "≥ 1"),
     ]
+    figures += upstream_figures(loaded, vectors, tokens)
     report("serve", figures, args.gpu_7b)
 
 
