@@ -189,6 +189,26 @@ def test_a_steered_request_equals_the_library_steering(
     assert figures["evil"]["steered"] is None
 
 
+def test_a_stop_sequence_cuts_the_answer_before_it(client: openai.OpenAI) -> None:
+    full = _ask(client, QUESTIONS[5], max_tokens=40).choices[0].message.content
+    assert "." in full[:-1], full  # the stop sequence occurs inside the answer
+    cut = _ask(client, QUESTIONS[5], max_tokens=40, stop=["."])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == full[: full.index(".")]
+    chunks = list(_ask(client, QUESTIONS[5], max_tokens=40, stop=["."], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full[: full.index(".")]
+
+
+def test_a_seeded_request_alone_equals_the_library(client: openai.OpenAI, smollm2: LoadedModel) -> None:
+    reply = client.chat.completions.create(
+        model="small", messages=[{"role": "user", "content": QUESTIONS[4]}], temperature=0.9, top_p=0.95,
+        seed=7, max_tokens=16,
+    )  # fmt: skip
+    sampling = Sampling(max_new_tokens=16, temperature=0.9, top_p=0.95, seed=7, batch_size=1)
+    expected = generate(smollm2, [_prompt(smollm2, QUESTIONS[4])], sampling, progress=False)[0]
+    assert reply.choices[0].message.content.strip() == expected
+
+
 def test_a_stream_carries_the_same_answer_and_a_token_trace(client: openai.OpenAI) -> None:
     plain = _ask(client, QUESTIONS[2], max_tokens=16)
     chunks = list(

@@ -29,6 +29,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from personavec.core.activations import Pooling
 from personavec.core.models import LoadedModel
+from personavec.core.sampling import Sampling
 from personavec.deploy.monitor import project
 from personavec.serve.rows import RowHooks, RowPlan, Watched
 
@@ -318,11 +319,7 @@ class LocalEngine:
         ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs])
         mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs])
         torch.manual_seed(first.seed if first.seed is not None else secrets.randbits(63))
-        decoding: dict[str, Any] = (
-            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-            if first.temperature == 0
-            else {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p, "top_k": None}
-        )
+        decoding = Sampling(temperature=first.temperature, top_p=first.top_p).decoding()  # as `generate`
         self.batch_sizes.append(len(jobs))
         model: Any = loaded.model
         with RowHooks(model, self.watched, [job.plan for job in jobs]) as hooks:
