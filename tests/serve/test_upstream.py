@@ -161,11 +161,22 @@ def test_a_forwarded_answer_is_scored_by_prefill(
     assert figures["evil"]["predicted"] is False and figures["opt"]["flagged"] is False
 
 
-def test_a_stream_is_relayed_then_scored(client: openai.OpenAI, server: Server) -> None:
-    plain = _ask(client, "What is rain?").choices[0].message.content
+def test_a_stream_is_relayed_then_scored(
+    client: openai.OpenAI, server: Server, smollm2: LoadedModel, files: Any
+) -> None:
     chunks = list(_ask(client, "What is rain?", stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
-    assert chunks[-1].choices == [] and set(chunks[-1].model_extra["persona"]["vectors"]) == {"opt", "evil"}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and any(c.choices and c.choices[0].finish_reason for c in chunks)
+    summary = chunks[-1]
+    assert summary.choices == [] and set(summary.model_extra["persona"]["vectors"]) == {"opt", "evil"}
+    # the relayed text is the text scored (llama.cpp's answers vary between calls, so no second call)
+    prompt = format_chat(smollm2.tokenizer, [{"role": "user", "content": "What is rain?"}])
+    avg = float(
+        project(smollm2, [load_vector(files["evil"])], [prompt], [text], "response-avg", progress=False)
+    )
+    assert abs(summary.model_extra["persona"]["vectors"]["evil"]["response_avg"] - avg) <= TOL * (
+        1 + abs(avg)
+    )
     raw = server.stream({"model": ALIAS, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
     assert raw.getheader("X-Persona-Predicted") == "opt"  # --on-flag annotate (the default)
     assert raw.read().decode().rstrip().endswith("data: [DONE]")
