@@ -214,7 +214,6 @@ def test_the_chart_redraws_2000_points_per_trait_quickly(page: Any) -> None:
     )
     print(f"\nredraw of 2,000 points per trait (setData + draw): {timings} ms")
     assert timings and all(ms < 50 for ms in timings.values()), timings
-    page.evaluate("() => window.dispatchEvent(new Event('resize'))")
 
 
 def test_screenshot_under_load(page: Any, client: openai.OpenAI, tmp_path: Path) -> None:

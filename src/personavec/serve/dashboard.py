@@ -17,6 +17,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from html import escape
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -75,8 +76,14 @@ def allowed(key: str | None, request: Request) -> bool:
     return hmac.compare_digest(token.encode(), key.encode())
 
 
-def _page(name: str, status: int = 200, error: str = "") -> HTMLResponse:
-    html = (STATIC / name).read_text().replace("{{error}}", error)
+def _base(request: Request) -> str:
+    """Where the dashboard is: ``/dashboard`` under the app's mount point."""
+    return f"{request.scope.get('root_path', '')}/dashboard"
+
+
+def _page(request: Request, name: str, status: int = 200, error: str = "") -> HTMLResponse:
+    """A page of `STATIC` with its links under `_base` and the login's `error` (fixed text, no user data)."""
+    html = (STATIC / name).read_text().replace("{{base}}", escape(_base(request))).replace("{{error}}", error)
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
@@ -149,19 +156,20 @@ def install(app: FastAPI, state: State) -> None:
     @app.get("/dashboard", include_in_schema=False)
     async def page(request: Request) -> Response:
         if not allowed(key, request):
-            return _page("login.html", 401)
-        return _page("dashboard.html")
+            return _page(request, "login.html", 401)
+        return _page(request, "dashboard.html")
 
     @app.post("/dashboard/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode(errors="replace"))
         given = (form.get("key") or [""])[0]
         if not key or not hmac.compare_digest(given.encode(), key.encode()):
-            return _page("login.html", 401, "wrong key" if key else "this server has no key")
-        response = RedirectResponse("/dashboard", status_code=303, headers=HEADERS)
+            return _page(request, "login.html", 401, "wrong key" if key else "this server has no key")
+        response = RedirectResponse(_base(request), status_code=303, headers=HEADERS)
         secure = request.url.scheme == "https"
-        response.set_cookie(COOKIE, session_cookie(key), path="/dashboard", httponly=True, samesite="strict",
-                            secure=secure)  # fmt: skip
+        response.set_cookie(
+            COOKIE, session_cookie(key), path=_base(request), httponly=True, samesite="strict", secure=secure
+        )
         return response
 
     @app.get("/dashboard/api/recent", include_in_schema=False)

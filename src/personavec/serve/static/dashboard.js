@@ -13,6 +13,7 @@
     stats: [], charts: {}, rates: {}, selected: null, pending: false, dirty: false, detail: null,
   };
 
+  const BASE = document.querySelector("meta[name=personavec-base]").content; // …/dashboard, where mounted
   const $ = (id) => document.getElementById(id);
   function el(tag, text, cls) {
     const node = document.createElement(tag);
@@ -32,8 +33,8 @@
   }
 
   async function fetchRecent() {
-    const response = await fetch("/dashboard/api/recent", { credentials: "same-origin" });
-    if (response.status === 401) { window.location.assign("/dashboard"); return; }
+    const response = await fetch(`${BASE}/api/recent`, { credentials: "same-origin" });
+    if (response.status === 401) { window.location.assign(BASE); return; }
     const snapshot = await response.json();
     if (snapshot.boot !== state.boot) state.entries.clear();
     state.boot = snapshot.boot;
@@ -47,7 +48,7 @@
   }
 
   function connect() {
-    const source = new EventSource("/dashboard/api/events");
+    const source = new EventSource(`${BASE}/api/events`);
     source.addEventListener("open", () => setConnection("live"));
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) { // refused (e.g. a new key): check, then retry
@@ -79,6 +80,7 @@
   function setup() {
     const select = $("filter-trait");
     const shade = $("detail-trait");
+    const added = [];
     for (const trait of state.traits) {
       if (state.charts[trait]) continue;
       select.append(new Option(trait, trait));
@@ -90,10 +92,17 @@
       const plot = el("div");
       card.append(title, plot);
       $("charts").append(card);
-      state.charts[trait] = new uPlot(chartOptions(card), [[], [], [], [], []], plot);
+      added.push([trait, card, plot]);
+    }
+    for (const [trait, card, plot] of added) { // once every card is laid out, each knows its width
+      const chart = new uPlot(chartOptions(card), [[], [], [], [], []], plot);
+      state.charts[trait] = chart;
+      new ResizeObserver(() => chart.setSize({ width: chartWidth(card), height: 220 })).observe(card);
     }
     $("g-kept").textContent = `${state.keep}${state.text ? " with text" : ""}`;
   }
+
+  const chartWidth = (card) => Math.max(320, card.clientWidth - 30);
 
   function chartOptions(card) {
     const line = (label, stroke, dash) => ({
@@ -101,7 +110,7 @@
       points: { show: !dash, size: 4, fill: stroke }, value: (u, v) => fmt(v),
     });
     return {
-      width: Math.max(320, card.clientWidth - 20), height: 220,
+      width: chartWidth(card), height: 220,
       scales: { x: { time: true } }, legend: { live: true },
       series: [
         {},
@@ -139,14 +148,23 @@
   }
 
   // ---- at a glance ------------------------------------------------------------------------------
+  // Throughput from the server's running totals once the page has watched them for 10 s; before
+  // that, from the kept requests of the last minute.
   function glance() {
     const stats = state.stats;
+    const nowS = Date.now() / 1000;
     if (stats.length) {
       const now = stats[stats.length - 1];
       const then = stats.find((s) => s.time >= now.time - THROUGHPUT_SECONDS) || now;
       const dt = now.time - then.time;
-      $("g-rps").textContent = dt > 0 ? fmt((now.requests - then.requests) / dt, 2) : "–";
-      $("g-tps").textContent = dt > 0 ? fmt((now.tokens - then.tokens) / dt, 1) : "–";
+      let rps = (now.requests - then.requests) / dt, tps = (now.tokens - then.tokens) / dt;
+      if (!(dt >= 10)) {
+        const recent = [...state.entries.values()].filter((e) => e.time >= nowS - THROUGHPUT_SECONDS);
+        rps = recent.length / THROUGHPUT_SECONDS;
+        tps = recent.reduce((sum, e) => sum + e.tokens, 0) / THROUGHPUT_SECONDS;
+      }
+      $("g-rps").textContent = fmt(rps, 2);
+      $("g-tps").textContent = fmt(tps, 1);
       $("g-queue").textContent = `${now.queue} / ${now.running}`;
     }
     const cutoff = Date.now() / 1000 - RATE_SECONDS;
@@ -228,7 +246,7 @@
         : `Not answered (status ${e.status})${e.error ? ": " + e.error : ""}.`;
       return;
     }
-    const response = await fetch(`/dashboard/api/requests/${seq}`, { credentials: "same-origin" });
+    const response = await fetch(`${BASE}/api/requests/${seq}`, { credentials: "same-origin" });
     if (state.selected !== seq) return;
     if (!response.ok) {
       $("detail-note").textContent = "This request's text is no longer kept (it left the server's ring).";
@@ -291,11 +309,6 @@
     });
   }
 
-  window.addEventListener("resize", () => {
-    for (const chart of Object.values(state.charts)) {
-      chart.setSize({ width: Math.max(320, chart.root.parentElement.clientWidth - 20), height: 220 });
-    }
-  });
   $("filter-trait").addEventListener("change", schedule);
   $("filter-flagged").addEventListener("change", schedule);
   $("detail-trait").addEventListener("change", shade);
