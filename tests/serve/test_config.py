@@ -37,6 +37,9 @@ ONE = (("evil", "evil.safetensors"),)
         ({"guard": "good"}, "--guard"),
         ({"guard": "evil", "guard_coef": 0.0}, "--guard-coef"),
         ({"port": 0}, "--port"),
+        ({"keep": -1}, "--keep must be in 0..100000"),
+        ({"keep": 100_001}, "--keep must be in 0..100000"),
+        ({"keep": 0, "keep_text": True}, "--keep-text needs the dashboard"),
     ],
 )
 def test_a_bad_configuration_names_the_problem(kwargs: dict[str, object], problem: str) -> None:

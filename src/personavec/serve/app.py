@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
-from personavec.serve import local, upstream
+from personavec.serve import dashboard, local, upstream
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import LocalEngine
@@ -79,6 +79,7 @@ def build_app(
     app = FastAPI(title="personavec serve", version="1", lifespan=lifespan)
     app.state.persona = state
     _routes(app, state)
+    dashboard.install(app, state)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=config.limits.max_body_bytes)
     app.add_middleware(CountRequests, counter=state.metrics.requests)

@@ -17,6 +17,8 @@ OnFlag = Literal["pass", "annotate", "refuse"]
 STATISTICS = ("prompt_last", "response_avg")
 """The statistics a threshold applies to: the prompt-last projection predicts, the answer's
 response-average measures."""
+MAX_KEEP = 100_000
+"""The most requests the dashboard may keep in memory (``--keep``)."""
 
 
 def _loopback(host: str) -> bool:
@@ -112,6 +114,16 @@ class ServeConfig:
         default=None, metadata={"help": "append one JSON line per request to this file (mode 0600)"}
     )
     audit_text: bool = field(default=False, metadata={"help": "with --audit: also log prompts and answers"})
+    keep: int = field(
+        default=200,
+        metadata={"help": "the dashboard (/dashboard) keeps the last N requests in memory (0: no dashboard)",
+                  "metavar": "N"},
+    )  # fmt: skip
+    keep_text: bool = field(
+        default=False,
+        metadata={"help": "the dashboard also keeps prompts, answers and per-token projections "
+                          "(so does --audit-text)"},
+    )  # fmt: skip
     steer: tuple[tuple[str, float], ...] = ()
     guard: str | None = field(
         default=None,
@@ -205,6 +217,10 @@ class ServeConfig:
             )
         if self.audit_text and not self.audit:
             raise ConfigError("--audit-text needs --audit FILE")
+        if not 0 <= self.keep <= MAX_KEEP:
+            raise ConfigError(f"--keep must be in 0..{MAX_KEEP}, got {self.keep}")
+        if self.keep_text and not self.keep:
+            raise ConfigError("--keep-text needs the dashboard: drop --keep 0")
         if self.grace < 0:
             raise ConfigError(f"--grace must be at least 0, got {self.grace}")
 

@@ -175,6 +175,7 @@ class _Exchange:
             self.id, self.body.model, status, self.start, self.prompt_tokens,
             len(outcome.tokens) if outcome else 0, outcome.finish_reason if outcome else None, figures,
             [m.model_dump() for m in self.body.messages], outcome.text if outcome else None,
+            tokens=outcome.tokens if outcome else None,
         ))  # fmt: skip
 
     def usage(self, outcome: Outcome) -> dict[str, int]:

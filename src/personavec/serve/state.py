@@ -9,7 +9,8 @@ from typing import Any
 from personavec.core.models import LoadedModel
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
-from personavec.serve.engine import LocalEngine
+from personavec.serve.engine import LocalEngine, Token
+from personavec.serve.ring import Ring
 from personavec.serve.rows import Watched
 from personavec.serve.telemetry import AuditLog, Metrics
 from personavec.serve.thresholds import Thresholds
@@ -31,6 +32,7 @@ class State:
     upstream: Any = None  # an openai.AsyncOpenAI forwarding requests, in upstream mode
     ready: bool = False
     calibration_error: str | None = None
+    ring: Ring | None = None  # the dashboard's recent requests
 
 
 def vector_figures(
@@ -72,10 +74,11 @@ class Record:
     messages: list[Any] | None = None
     answer: str | None = None
     error: str | None = None
+    tokens: list[Token] | None = None  # the answer's tokens with their projections (local mode)
 
 
 def record(state: State, r: Record) -> None:
-    """Count `r` in the metrics and append it to the audit log."""
+    """Count `r` in the metrics, append it to the audit log and show it on the dashboard."""
     m, latency = state.metrics, time.monotonic() - r.start
     m.prompt_tokens.inc(r.prompt_tokens)
     m.generated_tokens.inc(r.completion_tokens)
@@ -90,3 +93,5 @@ def record(state: State, r: Record) -> None:
             "messages": r.messages, "answer": r.answer,
         }  # fmt: skip
         state.audit.write({**line, **({"error": r.error} if r.error else {})})
+    if state.ring is not None:
+        state.ring.add(r, latency)
