@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install demo test lint docs bench gpu-check
+.PHONY: install engines demo test lint docs bench gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# llama.cpp's OpenAI-compatible server (the [engines] extra), for the upstream tests. Built from its sdist
+# (about 9 minutes on 2 cores) with portable flags: the default native build crashes on CPUs with AVX-512
+# and AMX. --no-cache-dir: pip would otherwise reuse a wheel built once with other flags.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
+engines: install
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+	  $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[engines]"
 
 demo: install
 	$(BIN)/personavec demo --out demo-out
@@ -33,7 +41,7 @@ docs: install
 	$(BIN)/mkdocs build --strict            # the site, into site/ (open site/index.html)
 
 bench: install
-	cd benchmarks && for b in capture steering monitor generate judge capability screen; do ../$(BIN)/python $$b.py || exit 1; done
+	cd benchmarks && for b in capture steering monitor generate judge capability screen serve; do ../$(BIN)/python $$b.py || exit 1; done
 
 gpu-check: install   # the GPU suite (benchmarks/GPU.md) where CUDA is, else its CPU dry run
 	$(BIN)/python benchmarks/gpu_suite.py $$($(BIN)/python -c 'import torch; print("" if torch.cuda.is_available() else "--cpu-smoke")')

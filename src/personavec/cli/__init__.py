@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from personavec.cli import data, demo, deploy, evaluate, extract, models, training, traits, vectors
+from personavec.cli import data, demo, deploy, evaluate, extract, models, serve, training, traits, vectors
 from personavec.cli._options import Parser
 from personavec.errors import PersonavecError
 from personavec.version import __version__
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="personavec", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"personavec {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (demo, models, traits, extract, evaluate, deploy, data, training, vectors):
+    for group in (demo, models, traits, extract, evaluate, deploy, serve, data, training, vectors):
         group.add(commands)
     return parser
 

@@ -1,0 +1,229 @@
+"""What ``personavec serve`` is told (torch-free, so the command line builds its flags from it).
+
+A field's ``metadata`` is its flag (see `personavec.cli._options`). `ServeConfig` checks itself in
+``__post_init__``: a user's mistake fails before the model loads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args
+
+from personavec.errors import ConfigError
+
+OnFlag = Literal["pass", "annotate", "refuse"]
+STATISTICS = ("prompt_last", "response_avg")
+"""The statistics a threshold applies to: the prompt-last projection predicts, the answer's
+response-average measures."""
+MAX_KEEP = 100_000
+"""The most requests the dashboard may keep in memory (``--keep``)."""
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask and how much work the server takes on at once."""
+
+    max_body_bytes: int = field(default=1_000_000, metadata={"help": "largest request body in bytes"})
+    max_prompt_tokens: int = field(default=4096, metadata={"help": "longest prompt in tokens"})
+    max_tokens: int = field(default=1024, metadata={"help": "most tokens one answer may ask for"})
+    default_max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "answer length when a request names none (default: 256, or --max-tokens if less)"},
+    )
+    max_batch: int = field(default=16, metadata={"help": "answers generated at once (one batch)"})
+    max_queue: int = field(
+        default=64, metadata={"help": "requests waiting for a batch before new ones get a 429"}
+    )
+    request_timeout: float = field(
+        default=600.0, metadata={"help": "seconds a request may take before it is stopped (504)"}
+    )
+
+    @property
+    def answer_tokens(self) -> int:
+        """The answer length of a request that names none."""
+        return self.default_max_tokens or min(256, self.max_tokens)
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "default_max_tokens", "max_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ConfigError(f"--max-queue must be at least 0, got {self.max_queue}")
+        if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens:
+            raise ConfigError("--default-max-tokens cannot exceed --max-tokens")
+        if not self.request_timeout > 0:
+            raise ConfigError(f"--request-timeout must be positive, got {self.request_timeout}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds without hand-tuning: the `percentile` of a reference set's projections (the shipped
+    everyday questions, or `reference`, one question per line); answers are greedy, `max_new_tokens` long,
+    cached under `cache_dir` per model, vector and reference."""
+
+    percentile: float = field(
+        default=99.0, metadata={"help": "thresholds: this percentile of the reference set's projections"}
+    )
+    reference: str | None = field(
+        default=None,
+        metadata={"help": "reference questions, one per line (default: the shipped everyday questions)"},
+    )
+    max_new_tokens: int = field(
+        default=64, metadata={"help": "length of the reference answers", "flag": "--reference-tokens"}
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "where calibrations are cached (default ~/.cache/personavec/serve)"},
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.percentile < 100:
+            raise ConfigError(f"--percentile must be in (0, 100), got {self.percentile}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--reference-tokens must be at least 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """A server: where it listens, who may call it, the vectors it measures (name → file), fixed
+    `thresholds` ((name, statistic) → value; the rest calibrated), the audit log and the limits."""
+
+    vectors: tuple[tuple[str, str], ...]
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (non-loopback needs a key)"})
+    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    api_key: str | None = field(
+        default=None,
+        metadata={"help": "require 'Authorization: Bearer KEY' (default $PERSONAVEC_API_KEY)"},
+    )
+    name: str | None = field(
+        default=None, metadata={"help": "short model name clients may use (default: the model's name)"}
+    )
+    thresholds: tuple[tuple[str, str, float], ...] = ()
+    audit: str | None = field(
+        default=None, metadata={"help": "append one JSON line per request to this file (mode 0600)"}
+    )
+    audit_text: bool = field(default=False, metadata={"help": "with --audit: also log prompts and answers"})
+    keep: int = field(
+        default=200,
+        metadata={"help": "the dashboard (/dashboard) keeps the last N requests in memory (0: no dashboard)",
+                  "metavar": "N"},
+    )  # fmt: skip
+    keep_text: bool = field(
+        default=False,
+        metadata={"help": "the dashboard also keeps prompts, answers and per-token projections "
+                          "(so does --audit-text)"},
+    )  # fmt: skip
+    steer: tuple[tuple[str, float], ...] = ()
+    guard: str | None = field(
+        default=None,
+        metadata={
+            "help": "guard every request with this vector (a request's own guard wins)",
+            "metavar": "NAME",
+        },
+    )
+    guard_threshold: float | None = field(
+        default=None, metadata={"help": "with --guard: the threshold (default: the vector's prompt_last one)"}
+    )
+    guard_coef: float = field(default=2.0, metadata={"help": "with --guard: the push's coefficient"})
+    guard_per_token: bool = field(default=False, metadata={"help": "with --guard: check at every token"})
+    upstream: str | None = field(
+        default=None,
+        metadata={"help": "forward chat requests to this OpenAI-compatible server (…/v1); score them here",
+                  "metavar": "URL"},
+    )  # fmt: skip
+    upstream_model: str | None = field(
+        default=None,
+        metadata={"help": "with --upstream: the engine's model id, exactly as its /v1/models lists it"},
+    )
+    upstream_api_key: str | None = field(
+        default=None, metadata={"help": "with --upstream: its key (default $PERSONAVEC_UPSTREAM_API_KEY)"}
+    )
+    upstream_timeout: float = field(
+        default=600.0, metadata={"help": "with --upstream: seconds to wait for its answer"}
+    )
+    on_flag: OnFlag = field(
+        default="annotate",
+        metadata={"help": "with --upstream, a prompt predicted to show a trait is: forwarded (pass), "
+                          "forwarded with an X-Persona-Predicted header (annotate), or refused with "
+                          "finish_reason content_filter (refuse)"},
+    )  # fmt: skip
+    grace: float = field(
+        default=30.0, metadata={"help": "seconds SIGTERM waits for in-flight requests to finish"}
+    )
+    limits: Limits = field(default=Limits(), metadata={"fields": tuple(f.name for f in fields(Limits))})
+    calibration: Calibration = field(
+        default=Calibration(), metadata={"fields": tuple(f.name for f in fields(Calibration))}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.vectors:
+            raise ConfigError("serve needs at least one vector: --vector NAME=FILE")
+        names = [name for name, _ in self.vectors]
+        for name in names:
+            if not name or not name.replace("-", "_").isidentifier():
+                raise ConfigError(
+                    f"vector name {name!r}: use letters, digits, '_' or '-' (--vector NAME=FILE)"
+                )
+        if len(set(names)) != len(names):
+            raise ConfigError(f"two vectors share a name: {names}; give each --vector its own NAME=")
+        for vector, statistic, value in self.thresholds:
+            if vector not in names:
+                raise ConfigError(f"--threshold names {vector!r}, which is no --vector; use one of {names}")
+            if statistic not in STATISTICS:
+                raise ConfigError(f"--threshold statistic {statistic!r}: use one of {', '.join(STATISTICS)}")
+            if not math.isfinite(value):
+                raise ConfigError(f"--threshold {vector}.{statistic} must be a finite number")
+        for name, coef in self.steer:
+            if name not in names or not math.isfinite(coef):
+                raise ConfigError(
+                    f"--steer {name}={coef}: use NAME=COEF with a --vector NAME and a finite COEF"
+                )
+        if self.guard is not None and self.guard not in names:
+            raise ConfigError(f"--guard names {self.guard!r}, which is no --vector; use one of {names}")
+        if not self.guard_coef > 0:
+            raise ConfigError(f"--guard-coef is the size of the push away: use > 0, got {self.guard_coef}")
+        if self.upstream is not None:
+            if not self.upstream.startswith(("http://", "https://")):
+                raise ConfigError(f"--upstream must be an http(s) URL ending in /v1, got {self.upstream!r}")
+            if not self.upstream_model:
+                raise ConfigError(
+                    "--upstream needs --upstream-model: the engine's model id, from its /v1/models"
+                )
+            if self.steer or self.guard:
+                raise ConfigError(
+                    "--steer and --guard need the model in-process: drop them, or drop --upstream"
+                )
+        if self.on_flag not in get_args(OnFlag):
+            raise ConfigError(f"--on-flag must be one of {', '.join(get_args(OnFlag))}, got {self.on_flag!r}")
+        if not self.upstream_timeout > 0:
+            raise ConfigError(f"--upstream-timeout must be positive, got {self.upstream_timeout}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be in 1..65535, got {self.port}")
+        if not _loopback(self.host) and not self.api_key:
+            raise ConfigError(
+                f"binding {self.host} exposes the server beyond this machine: set --api-key or "
+                "$PERSONAVEC_API_KEY, or bind 127.0.0.1"
+            )
+        if self.audit_text and not self.audit:
+            raise ConfigError("--audit-text needs --audit FILE")
+        if not 0 <= self.keep <= MAX_KEEP:
+            raise ConfigError(f"--keep must be in 0..{MAX_KEEP}, got {self.keep}")
+        if self.keep_text and not self.keep:
+            raise ConfigError("--keep-text needs the dashboard: drop --keep 0")
+        if self.grace < 0:
+            raise ConfigError(f"--grace must be at least 0, got {self.grace}")
+
+    def threshold(self, vector: str, statistic: str) -> float | None:
+        """The fixed threshold of a vector's statistic, if one was given."""
+        return next((v for n, s, v in self.thresholds if (n, s) == (vector, statistic)), None)

@@ -1,0 +1,138 @@
+"""HTTP plumbing shared by both modes: OpenAI-style errors, the body limit, request counting, auth."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from personavec.serve import protocol as p
+
+
+class ClientError(HTTPException):
+    """A request the server refuses: HTTP `status`, OpenAI error `kind`, `param` and `code`. (An
+    HTTPException, so that FastAPI passes it through while it reads a body.)"""
+
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+        code: str | None = None, headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(status, message, headers)
+        self.status, self.kind, self.param, self.code = status, kind, param, code
+
+    def __str__(self) -> str:
+        return str(self.detail)
+
+    def response(self) -> JSONResponse:
+        body = p.error_body(str(self), self.kind, self.param, self.code)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(x) for x in loc if x != "body"]
+    return "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in parts).lstrip(".")
+
+
+def _validation_error(error: RequestValidationError) -> ClientError:
+    first = error.errors()[0]
+    where, kind = _loc(tuple(first.get("loc", ()))), first.get("type", "")
+    if kind == "json_invalid":
+        return ClientError(400, "the request body is not valid JSON")
+    if kind == "extra_forbidden":
+        return ClientError(
+            400, f"unsupported field {where!r}: this server does not implement it", param=where
+        )
+    if where == "n":
+        return ClientError(400, "only n=1 is supported", param="n")
+    if kind == "missing":
+        return ClientError(400, f"missing required field {where!r}", param=where)
+    return ClientError(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None)
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with a 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = ClientError(413, f"the request body exceeds {self.limit} bytes", code="body_too_large")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await too_big.response()(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise too_big
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class CountRequests:
+    """Count chat completion requests by the status they were answered with."""
+
+    def __init__(self, app: ASGIApp, counter: Any) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            await self.app(scope, receive, send)
+            return
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.counter.labels(str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
+def authorise(key: str | None, request: Request) -> None:
+    """Raise a 401 unless the request carries ``Authorization: Bearer <key>`` (when a key is set)."""
+    if not key:
+        return
+    given = request.headers.get("authorization", "")
+    token = given[7:] if given.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(token.encode(), key.encode()):
+        raise ClientError(401, "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error answers with OpenAI's error body; an unexpected one is a 500 without a traceback."""
+
+    async def client(_request: Request, error: Exception) -> Response:
+        assert isinstance(error, ClientError)
+        return error.response()
+
+    async def invalid(_request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        return _validation_error(error).response()
+
+    async def http(_request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return ClientError(error.status_code, str(error.detail), kind).response()
+
+    async def internal(_request: Request, _error: Exception) -> Response:
+        return ClientError(500, "internal error; see the server's log", "server_error").response()
+
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ClientError: client, RequestValidationError: invalid, HTTPException: http, Exception: internal,
+    }  # fmt: skip
+    for kind, handler in handlers.items():
+        app.add_exception_handler(kind, handler)

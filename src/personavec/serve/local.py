@@ -1,0 +1,277 @@
+"""Local mode: a chat completion answered by the in-process engine, with its persona figures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from personavec.core.models import format_chat
+from personavec.serve import protocol as p
+from personavec.serve.engine import Job, Outcome, QueueFull, Stopping, Token
+from personavec.serve.http import ClientError
+from personavec.serve.rows import GuardPlan, RowPlan
+from personavec.serve.state import Record, State, record, vector_figures
+
+
+def _figures(state: State, outcome: Outcome, plan: RowPlan) -> dict[str, dict[str, Any]]:
+    """The response's ``persona.vectors``: per vector, its projections, thresholds and flags."""
+    out = {}
+    for j, w in enumerate(state.watched):
+        steered = None
+        if plan.steer.get(j):
+            steered = p.Steered(by="steer", coef=plan.steer[j], from_token=0)
+        elif plan.guard is not None and plan.guard.index == j and outcome.fired_at >= 0:
+            steered = p.Steered(by="guard", coef=-plan.guard.coef, from_token=outcome.fired_at)
+        values = [t.projections[j] for t in outcome.tokens]
+        out[w.name] = vector_figures(state, j, outcome.prompt_last[j], values, steered)
+    return out
+
+
+def _requested(
+    state: State, persona: p.PersonaRequest | None
+) -> tuple[list[p.SteerRequest], p.GuardRequest | None]:
+    """The request's steering and guard, or the server's defaults where it names none."""
+    given = persona.model_fields_set if persona is not None else set()
+    c = state.config
+    steer = [p.SteerRequest(vector=name, coef=coef) for name, coef in c.steer]
+    guard = None
+    if c.guard is not None:
+        guard = p.GuardRequest(vector=c.guard, threshold=c.guard_threshold, coef=c.guard_coef,
+                               per_token=c.guard_per_token)  # fmt: skip
+    if persona is not None:
+        steer = persona.steer if "steer" in given else steer
+        guard = persona.guard if "guard" in given else guard
+    return steer, guard
+
+
+def _plan(state: State, persona: p.PersonaRequest | None) -> RowPlan:
+    """A request's steering and guard, checked against the vectors served."""
+    steers, g = _requested(state, persona)
+    index = {w.name: j for j, w in enumerate(state.watched)}
+
+    def find(name: str, param: str) -> int:
+        if name not in index:
+            raise ClientError(400, f"unknown vector {name!r}; this server has {sorted(index)}", param=param)
+        return index[name]
+
+    steer = {find(s.vector, f"persona.steer[{i}].vector"): s.coef for i, s in enumerate(steers)}
+    guard = None
+    if g is not None:
+        j = find(g.vector, "persona.guard.vector")
+        threshold = g.threshold if g.threshold is not None else state.thresholds[g.vector]["prompt_last"]
+        if threshold is None:
+            raise ClientError(
+                400, f"no threshold for {g.vector!r} yet (calibrating): give persona.guard.threshold",
+                param="persona.guard.threshold",
+            )  # fmt: skip
+        guard = GuardPlan(j, threshold, g.coef, g.per_token)
+    return RowPlan(steer, guard)
+
+
+def _job(state: State, body: p.ChatRequest) -> tuple[Job, int, str]:
+    """The engine job of a request, its prompt length and prompt text; a bad request raises."""
+    if body.model not in state.names:
+        raise ClientError(
+            404, f"the model {body.model!r} does not exist; use one of {state.names}", param="model",
+            code="model_not_found",
+        )  # fmt: skip
+    limits = state.config.limits
+    max_tokens = body.max_completion_tokens or body.max_tokens or limits.answer_tokens
+    if max_tokens > limits.max_tokens:
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ClientError(400, f"{param} may be at most {limits.max_tokens}, got {max_tokens}", param=param)
+    plan = _plan(state, body.persona)
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+    ]
+    try:
+        prompt = format_chat(state.loaded.tokenizer, messages)
+    except Exception as error:  # the template refused these messages (e.g. roles out of order)
+        message = f"the chat template cannot render these messages: {error}"
+        raise ClientError(400, message, param="messages") from None
+    ids = list(state.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if len(ids) > limits.max_prompt_tokens:
+        raise ClientError(
+            400, f"the prompt has {len(ids)} tokens; this server takes at most {limits.max_prompt_tokens}",
+            param="messages", code="context_length_exceeded",
+        )  # fmt: skip
+    job = Job(
+        ids,
+        max_tokens,
+        body.temperature,
+        body.top_p,
+        body.seed,
+        body.stops(),
+        plan,
+        asyncio.get_running_loop(),
+    )
+    return job, len(ids), prompt
+
+
+def _submit(state: State, job: Job) -> None:
+    assert state.engine is not None
+    try:
+        state.engine.submit(job)
+    except QueueFull as error:
+        raise ClientError(
+            429, f"too many requests waiting ({error}); retry shortly", kind="rate_limit_error",
+            headers={"Retry-After": "1"},
+        ) from None  # fmt: skip
+    except Stopping:
+        raise ClientError(
+            503, "the server is shutting down", kind="server_error", headers={"Retry-After": "5"}
+        ) from None
+
+
+async def _next(job: Job, request: Request, deadline: float) -> Token | Outcome:
+    """The job's next event; stops the job when the client left or the deadline passed."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            job.cancelled = True
+            raise ClientError(504, "the request took longer than the server allows", kind="timeout")
+        try:
+            event = await asyncio.wait_for(job.events.get(), timeout=min(remaining, 0.5))
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancelled = True
+                raise asyncio.CancelledError from None
+            continue
+        if isinstance(event, BaseException):
+            if isinstance(event, Stopping):
+                raise ClientError(503, str(event), kind="server_error", headers={"Retry-After": "5"})
+            raise event
+        return event
+
+
+class _Exchange:
+    """One chat completion in flight: its job, timings and the record it leaves."""
+
+    def __init__(self, state: State, body: p.ChatRequest, request: Request) -> None:
+        self.state, self.body, self.request = state, body, request
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.start = time.monotonic()
+        self.first: float | None = None
+        self.job, self.prompt_tokens, self.prompt = _job(state, body)
+        self.deadline = self.start + state.config.limits.request_timeout
+
+    async def next(self) -> Token | Outcome:
+        event = await _next(self.job, self.request, self.deadline)
+        if self.first is None and isinstance(event, Token):
+            self.first = time.monotonic()
+            self.state.metrics.ttft.observe(self.first - self.start)
+        return event
+
+    def finish(self, outcome: Outcome | None, status: int, figures: dict[str, Any] | None) -> None:
+        record(self.state, Record(
+            self.id, self.body.model, status, self.start, self.prompt_tokens,
+            len(outcome.tokens) if outcome else 0, outcome.finish_reason if outcome else None, figures,
+            [m.model_dump() for m in self.body.messages], outcome.text if outcome else None,
+            tokens=outcome.tokens if outcome else None,
+        ))  # fmt: skip
+
+    def usage(self, outcome: Outcome) -> dict[str, int]:
+        n = len(outcome.tokens)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": n,
+            "total_tokens": self.prompt_tokens + n,
+        }
+
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+        """One SSE event: a chunk with `delta` (None: no choices, as the usage chunk has) and `extra`."""
+        choices = (
+            [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+        )
+        data = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.body.model, "choices": choices, **extra}  # fmt: skip
+        return f"data: {json.dumps(data)}\n\n"
+
+
+def _refused(state: State, body: p.ChatRequest, error: ClientError) -> None:
+    """Record a request refused before it reached the engine."""
+    messages = [m.model_dump() for m in body.messages]
+    record(
+        state, Record(None, body.model, error.status, time.monotonic(), messages=messages, error=str(error))
+    )
+
+
+def _finish_reason(outcome: Outcome) -> Literal["stop", "length"]:
+    return "length" if outcome.finish_reason == "length" else "stop"
+
+
+async def _complete(x: _Exchange) -> JSONResponse:
+    while not isinstance(event := await x.next(), Outcome):
+        pass
+    figures = _figures(x.state, event, x.job.plan)
+    message = p.AssistantMessage(content=event.text)
+    response = p.ChatResponse(
+        id=x.id, created=x.created, model=x.body.model,
+        choices=[p.Choice(message=message, finish_reason=_finish_reason(event))],
+        usage=p.Usage(**x.usage(event)), persona=p.Persona.model_validate({"vectors": figures}),
+    )  # fmt: skip
+    x.finish(event, 200, figures)
+    return JSONResponse(response.model_dump())
+
+
+async def _stream(x: _Exchange) -> AsyncIterator[str]:
+    names = [w.name for w in x.state.watched]
+    trace = bool(x.body.persona and x.body.persona.trace)
+    outcome: Outcome | None = None
+    status = 499  # the client went away before the end
+    try:
+        yield x.chunk({"role": "assistant", "content": ""})
+        while not isinstance(event := await x.next(), Outcome):
+            extra: dict[str, Any] = {}
+            if trace:
+                values = dict(zip(names, event.projections, strict=True))
+                extra["persona"] = {"tokens": [{"id": event.id, "text": event.text, "projections": values}]}
+            if event.delta or trace:
+                yield x.chunk({"content": event.delta}, None, **extra)
+        outcome = event
+        yield x.chunk({"content": outcome.tail}, _finish_reason(outcome))
+        figures = _figures(x.state, outcome, x.job.plan)
+        summary: dict[str, Any] = {}
+        if x.body.stream_options and x.body.stream_options.include_usage:
+            summary["usage"] = x.usage(outcome)
+        if x.body.persona is not None or summary:
+            summary["persona"] = {"vectors": figures}
+            yield x.chunk(None, None, **summary)
+        yield "data: [DONE]\n\n"
+        status = 200
+        x.finish(outcome, status, figures)
+    except ClientError as error:
+        status = error.status
+        yield f"data: {json.dumps(p.error_body(str(error), error.kind, error.param, error.code))}\n\n"
+    finally:
+        x.job.cancelled = True  # a client gone mid-stream frees its row
+        if status != 200:
+            x.finish(outcome, status, None)
+
+
+async def answer(state: State, body: p.ChatRequest, request: Request) -> Response:
+    """Answer one chat completion request (streamed or not)."""
+    try:
+        exchange = _Exchange(state, body, request)
+        _submit(state, exchange.job)
+    except ClientError as error:
+        _refused(state, body, error)
+        raise
+    if body.stream:
+        return StreamingResponse(_stream(exchange), media_type="text/event-stream")
+    try:
+        return await _complete(exchange)
+    except ClientError as error:
+        exchange.finish(None, error.status, None)
+        raise
+    except asyncio.CancelledError:
+        exchange.finish(None, 499, None)
+        raise

@@ -1,0 +1,68 @@
+"""``personavec serve``: check what the server needs, load the model, and listen."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from pathlib import Path
+
+from personavec.core.vectors import PersonaVector, load_vector
+from personavec.errors import ConfigError
+from personavec.serve.config import ServeConfig
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before the model loads when the address is taken."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {error.strerror}; choose another --port"
+            ) from None
+
+
+def load_vectors(config: ServeConfig) -> dict[str, PersonaVector]:
+    """The vectors of ``config.vectors``, each with a chosen layer."""
+    vectors = {}
+    for name, path in config.vectors:
+        vector = load_vector(path)
+        if vector.layer is None:
+            raise ConfigError(
+                f"{path} has no chosen layer; serve a vector file that `personavec extract` wrote"
+            )
+        vectors[name] = vector
+    return vectors
+
+
+def serve(
+    config: ServeConfig, model: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto"
+) -> None:
+    """Serve `model` (with a LoRA `adapter`) as `config` says, until SIGINT or SIGTERM."""
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"serve needs {', '.join(missing)}: pip install 'personavec[serve]'")
+    vectors = load_vectors(config)  # bad files, a taken port, a wrong upstream fail before the model loads
+    _check_port(config.host, config.port)
+    if config.upstream:
+        from personavec.core.models import load_tokenizer
+        from personavec.serve.upstream import check
+
+        check(config, load_tokenizer(model))
+    if config.audit:
+        Path(config.audit).parent.mkdir(parents=True, exist_ok=True)
+    import uvicorn
+
+    from personavec.core.models import load_model
+    from personavec.serve.app import build_app
+    from personavec.training.shift import load_finetuned
+
+    loaded = load_model(model, dtype=dtype, device=device)
+    if adapter:
+        loaded = load_finetuned(model, adapter, base=loaded)
+    key = f"{model}|{adapter or ''}|{loaded.identity.sha256 or loaded.identity.name}"
+    app = build_app(loaded, vectors, config, model_name=model, model_key=key)
+    uvicorn.run(
+        app, host=config.host, port=config.port, timeout_graceful_shutdown=int(config.grace), log_level="info"
+    )

@@ -1,0 +1,97 @@
+"""What the server serves and how it is doing, and the ``persona`` figures it reports."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from personavec.core.models import LoadedModel
+from personavec.serve import protocol as p
+from personavec.serve.config import ServeConfig
+from personavec.serve.engine import LocalEngine, Token
+from personavec.serve.ring import Ring
+from personavec.serve.rows import Watched
+from personavec.serve.telemetry import AuditLog, Metrics
+from personavec.serve.thresholds import Thresholds
+
+
+@dataclass
+class State:
+    """What the app serves and how it is doing."""
+
+    loaded: LoadedModel
+    watched: list[Watched]
+    files: dict[str, str]
+    config: ServeConfig
+    names: list[str]
+    thresholds: Thresholds
+    metrics: Metrics = field(default_factory=Metrics)
+    audit: AuditLog | None = None
+    engine: LocalEngine | None = None
+    upstream: Any = None  # an openai.AsyncOpenAI forwarding requests, in upstream mode
+    ready: bool = False
+    calibration_error: str | None = None
+    ring: Ring | None = None  # the dashboard's recent requests
+
+
+def vector_figures(
+    state: State, j: int, prompt_last: float, values: list[float] | None, steered: p.Steered | None = None,
+    response_avg: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Vector j's figures: its prompt-last projection, the answer's per-token `values` (or its
+    `response_avg` alone), thresholds and flags."""
+    w = state.watched[j]
+    if values:
+        response_avg = sum(values) / len(values)
+    limits = state.thresholds[w.name]
+    return p.VectorFigures(
+        layer=w.layer,
+        prompt_last=prompt_last,
+        response_avg=response_avg,
+        token_max=max(values) if values else None,
+        thresholds=dict(limits),
+        predicted=None if limits["prompt_last"] is None else prompt_last > limits["prompt_last"],
+        flagged=None
+        if limits["response_avg"] is None or response_avg is None
+        else response_avg > limits["response_avg"],
+        steered=steered,
+    ).model_dump()
+
+
+@dataclass
+class Record:
+    """What one answered (or refused) chat request leaves in the metrics and the audit log."""
+
+    id: str | None
+    model: str
+    status: int
+    start: float  # time.monotonic() when it arrived
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    figures: dict[str, Any] | None = None
+    messages: list[Any] | None = None
+    answer: str | None = None
+    error: str | None = None
+    tokens: list[Token] | None = None  # the answer's tokens with their projections (local mode)
+
+
+def record(state: State, r: Record) -> None:
+    """Count `r` in the metrics, append it to the audit log and show it on the dashboard."""
+    m, latency = state.metrics, time.monotonic() - r.start
+    m.prompt_tokens.inc(r.prompt_tokens)
+    m.generated_tokens.inc(r.completion_tokens)
+    m.latency.observe(latency)
+    if r.figures:
+        m.answer(r.figures)
+    if state.audit is not None:
+        line = {
+            "id": r.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": r.model,
+            "status": r.status, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "finish_reason": r.finish_reason, "latency_s": round(latency, 4), "persona": r.figures,
+            "messages": r.messages, "answer": r.answer,
+        }  # fmt: skip
+        state.audit.write({**line, **({"error": r.error} if r.error else {})})
+    if state.ring is not None:
+        state.ring.add(r, latency)

@@ -1,0 +1,275 @@
+"""Upstream mode: chat requests are forwarded to the engine you already run, and scored here by prefill.
+
+Before forwarding, one batched prefill of the prompt (formatted with the local chat template) gives the
+prompt-last projections, so a request predicted to show a trait can be refused before a token is
+generated (``--on-flag``). The request is forwarded as a chat request (tools and response formats keep
+working); its answer (a streamed one relayed chunk by chunk) is scored by a prefill of prompt + answer
+when complete. Steering needs the model in-process: a request that asks for it gets a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from transformers import PreTrainedTokenizerBase
+
+from personavec.core.models import format_chat
+from personavec.errors import ConfigError
+from personavec.serve import protocol as p
+from personavec.serve.config import ServeConfig
+from personavec.serve.engine import QueueFull, Score, Stopping
+from personavec.serve.http import ClientError
+from personavec.serve.state import Record, State, record, vector_figures
+
+PROBE = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Is the sky blue?"},
+]
+
+
+def client(config: ServeConfig) -> openai.AsyncOpenAI:
+    """The client that forwards requests (no retries: a gateway does not resend a completion)."""
+    key = config.upstream_api_key or "none"
+    return openai.AsyncOpenAI(
+        base_url=config.upstream, api_key=key, timeout=config.upstream_timeout, max_retries=0
+    )
+
+
+def _post(url: str, body: dict[str, Any], api_key: str | None) -> Any:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def check(config: ServeConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """At start-up: the upstream answers and serves ``--upstream-model`` (else a ConfigError), and it
+    tokenises a probe conversation as the local template does (else a warning)."""
+    url, model, api_key = str(config.upstream), str(config.upstream_model), config.upstream_api_key
+    probe = openai.OpenAI(base_url=url, api_key=api_key or "none", timeout=10, max_retries=0)
+    try:
+        ids = [m.id for m in probe.models.list()]
+    except openai.AuthenticationError:
+        raise ConfigError(f"the upstream {url} refused the key (401): set --upstream-api-key") from None
+    except openai.APIError as error:
+        raise ConfigError(
+            f"the upstream {url} does not answer ({error}): start it, or fix --upstream"
+        ) from None
+    if model not in ids:
+        raise ConfigError(
+            f"the upstream {url} serves {ids}, not {model!r}: set --upstream-model to one of them"
+        )
+    text = format_chat(tokenizer, [dict(m) for m in PROBE])
+    local = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    root = url.rstrip("/").removesuffix("/v1")
+    attempts: list[
+        tuple[str, dict[str, Any], str]
+    ] = [  # vLLM renders the conversation with its own template; llama-cpp-python tokenises text
+        (
+            f"{root}/tokenize",
+            {"model": model, "messages": PROBE, "add_generation_prompt": True},
+            "its template",
+        ),
+        (f"{root}/extras/tokenize", {"input": text}, "its tokenizer (its chat template is not checked)"),
+    ]
+    for endpoint, body, what in attempts:
+        try:
+            tokens = _post(endpoint, body, api_key).get("tokens")
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            continue
+        if tokens != local:
+            warnings.warn(
+                f"the upstream renders a probe conversation to other tokens than the local template "
+                f"({len(tokens or [])} vs {len(local)} tokens, checked with {endpoint}): the figures may "
+                "describe a prompt the engine did not see; serve the same model and chat template",
+                stacklevel=2,
+            )
+        else:
+            print(f"upstream {url}: {model}, the same tokens as here (checked {what})", flush=True)
+        return
+    warnings.warn(
+        f"cannot check the upstream's tokenisation (no /tokenize or /extras/tokenize at {root}): make sure "
+        "it serves the same model and chat template as --model",
+        stacklevel=2,
+    )
+
+
+async def _score(state: State, prompt: str, answer: str | None) -> list[float]:
+    assert state.engine is not None
+    loop = asyncio.get_running_loop()
+    job = Score(prompt, answer, loop, loop.create_future())
+    try:
+        state.engine.submit(job)
+    except QueueFull as error:
+        raise ClientError(429, f"too many requests waiting ({error})", "rate_limit_error",
+                          headers={"Retry-After": "1"}) from None  # fmt: skip
+    except Stopping:
+        raise ClientError(
+            503, "the server is shutting down", "server_error", headers={"Retry-After": "5"}
+        ) from None
+    return await job.result
+
+
+def _text(message: p.UpstreamMessage) -> str:
+    content = message.content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+    return content or ""
+
+
+def _figures(state: State, last: list[float], avg: list[float] | None) -> dict[str, Any]:
+    out = {}
+    for j, w in enumerate(state.watched):
+        value = None if avg is None or avg[j] != avg[j] else avg[j]  # NaN: an empty answer
+        out[w.name] = vector_figures(state, j, last[j], None, response_avg=value)
+    return out
+
+
+def _upstream_error(error: openai.APIError, url: str) -> ClientError:
+    if isinstance(error, openai.APITimeoutError):
+        return ClientError(504, f"the upstream {url} did not answer in time", "upstream_error")
+    if isinstance(error, openai.APIStatusError):
+        body = error.body if isinstance(error.body, dict) else {}
+        detail = body.get("error", body)
+        message = detail.get("message") if isinstance(detail, dict) else None
+        status = error.status_code
+        return ClientError(status, f"the upstream answered {status}: {message or error}", "upstream_error")
+    return ClientError(502, f"the upstream {url} does not answer: {error}", "upstream_error")
+
+
+def _prompt(state: State, body: p.UpstreamChatRequest) -> tuple[str, int]:
+    """The request checked, its prompt as the local template formats it, and the prompt's length."""
+    persona = body.persona
+    if persona is not None and (persona.steer or persona.guard):
+        message = "steering needs the model in-process; this server forwards to an upstream engine"
+        param = "persona.steer" if persona.steer else "persona.guard"
+        raise ClientError(400, f"{message} (--upstream): it can measure but not steer", param=param)
+    if body.model not in state.names:
+        message = f"the model {body.model!r} does not exist; use one of {state.names}"
+        raise ClientError(404, message, param="model", code="model_not_found")
+    tokenizer, most = state.loaded.tokenizer, state.config.limits.max_prompt_tokens
+    prompt = format_chat(tokenizer, [{"role": m.role, "content": _text(m)} for m in body.messages])
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if n_prompt > most:
+        message = f"the prompt has {n_prompt} tokens; this server takes at most {most}"
+        raise ClientError(400, message, param="messages", code="context_length_exceeded")
+    return prompt, n_prompt
+
+
+async def answer(state: State, body: p.UpstreamChatRequest, request: Request) -> Response:
+    """Score, forward and score again one chat completion request."""
+    start, config = time.monotonic(), state.config
+    prompt, n_prompt = _prompt(state, body)
+    last = await _score(state, prompt, None)
+    figures = _figures(state, last, None)
+    predicted = [name for name, f in figures.items() if f["predicted"]]
+    messages = [m.model_dump(exclude_unset=True) for m in body.messages]
+    base = Record("chatcmpl-" + secrets.token_hex(12), body.model, 200, start, n_prompt, messages=messages)
+    if predicted and config.on_flag == "refuse":
+        return _refusal(state, body, base, figures, predicted)
+    annotate = predicted and config.on_flag == "annotate"
+    headers = {"X-Persona-Predicted": ",".join(predicted)} if annotate else {}
+    own = ("persona", "model", "messages", "stream")
+    forwarded = {k: v for k, v in body.model_dump(exclude_unset=True).items() if k not in own}
+    try:
+        reply = await state.upstream.chat.completions.create(
+            model=str(config.upstream_model), messages=messages, stream=body.stream, extra_body=forwarded
+        )
+    except openai.APIError as error:
+        failure = _upstream_error(error, str(config.upstream))
+        base.status, base.error = failure.status, str(failure)
+        record(state, base)
+        raise failure from None
+    if body.stream:
+        relay = _relay(state, body, base, prompt, last, reply)
+        return StreamingResponse(relay, media_type="text/event-stream", headers=headers)
+    data = reply.model_dump(mode="json", exclude_unset=True)
+    choice = (data.get("choices") or [{}])[0]
+    content = (choice.get("message") or {}).get("content") or ""
+    figures = _figures(state, last, await _score(state, prompt, content))
+    data["model"], data["persona"] = body.model, {"vectors": figures}
+    base.completion_tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+    base.finish_reason, base.figures, base.answer = choice.get("finish_reason"), figures, content
+    record(state, base)
+    return JSONResponse(data, headers=headers)
+
+
+def _sse(base: Record, choices: list[dict[str, Any]], **extra: Any) -> str:
+    """One chunk of this request's stream, as a server-sent event."""
+    data = {
+        "id": base.id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": base.model,
+    }
+    return f"data: {json.dumps({**data, 'choices': choices, **extra})}\n\n"
+
+
+def _refusal(
+    state: State, body: p.UpstreamChatRequest, base: Record, figures: dict[str, Any], predicted: list[str]
+) -> Response:
+    """A 200 that declines: empty content, ``content_filter``, and the figures saying why."""
+    reason = f"the prompt's projection exceeds the prompt_last threshold of {', '.join(predicted)}"
+    persona = {"vectors": figures, "refused": reason}
+    base.finish_reason, base.figures = "content_filter", figures
+    record(state, base)
+    message = {"role": "assistant", "content": ""}
+    if body.stream:
+        choice = {"index": 0, "delta": message, "finish_reason": "content_filter"}
+
+        async def events() -> AsyncIterator[str]:
+            yield _sse(base, [choice], persona=persona)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+    usage = {"prompt_tokens": base.prompt_tokens, "completion_tokens": 0, "total_tokens": base.prompt_tokens}
+    choice = {"index": 0, "message": message, "finish_reason": "content_filter", "logprobs": None}
+    data = {"id": base.id, "object": "chat.completion", "created": int(time.time()), "model": body.model}
+    return JSONResponse({**data, "choices": [choice], "usage": usage, "persona": persona})
+
+
+async def _relay(
+    state: State, body: p.UpstreamChatRequest, base: Record, prompt: str, last: list[float], stream: Any
+) -> AsyncIterator[str]:
+    """The engine's chunks as they come; then the persona summary and ``[DONE]``."""
+    parts: list[str] = []
+    done = False
+    try:
+        async for chunk in stream:
+            data = chunk.model_dump(mode="json", exclude_unset=True)
+            data["model"] = body.model
+            for choice in data.get("choices") or []:
+                parts.append((choice.get("delta") or {}).get("content") or "")
+                base.finish_reason = choice.get("finish_reason") or base.finish_reason
+            if data.get("usage"):
+                base.completion_tokens = int(data["usage"].get("completion_tokens") or 0)
+            yield f"data: {json.dumps(data)}\n\n"
+        done = True
+    except Exception as error:  # the upstream went away mid-stream (transport errors come unwrapped here)
+        base.status, base.error = 502, f"the upstream {state.config.upstream} went away mid-stream: {error}"
+        record(state, base)
+        failure = p.error_body(base.error, "upstream_error", code="upstream_unavailable")
+        yield f"data: {json.dumps(failure)}\n\n"
+        return
+    finally:
+        if not done:
+            await stream.close()  # our client left, or the upstream failed: stop its generation
+    content = "".join(parts)
+    figures = _figures(state, last, await _score(state, prompt, content))
+    counted = len(state.loaded.tokenizer(content, add_special_tokens=False)["input_ids"])
+    base.figures, base.answer, base.completion_tokens = figures, content, base.completion_tokens or counted
+    yield _sse(base, [], persona={"vectors": figures})
+    yield "data: [DONE]\n\n"
+    record(state, base)

@@ -1,0 +1,132 @@
+"""A real ``personavec serve`` on a free loopback port, in a subprocess, for the serve tests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from personavec.core.models import model_identity
+from personavec.core.vectors import PersonaVector, save_vectors
+
+KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def random_vectors(folder: Path) -> dict[str, Path]:
+    """Two random vectors for the bundled model (norm 8 per layer), chosen layers 15 and 20."""
+    identity = model_identity("smollm2").to_dict()
+    generator = torch.Generator().manual_seed(0)
+    files = {}
+    for name, layer in (("opt", 15), ("evil", 20)):
+        tensor = torch.randn(31, 576, generator=generator)
+        tensor = tensor / tensor.norm(dim=1, keepdim=True) * 8
+        files[name] = folder / f"{name}.safetensors"
+        save_vectors(files[name], [PersonaVector(name, tensor, layer=layer, metadata={"model": identity})])
+    return files
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] | None = None,
+        key: str | None = KEY,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        """(status, headers, JSON body or text) of one plain HTTP request."""
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                status, head, raw = response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            status, head, raw = error.code, dict(error.headers), error.read()
+        try:
+            return status, head, json.loads(raw)
+        except ValueError:
+            return status, head, raw.decode()
+
+    def stream(self, body: dict[str, Any]) -> http.client.HTTPResponse:
+        """A raw streaming chat completion, to read line by line."""
+        host, port = self.url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=300)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+        connection.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}), headers)
+        return connection.getresponse()
+
+    def metrics(self) -> str:
+        status, _, text = self.request("GET", "/metrics")
+        assert status == 200
+        return str(text)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start(args: list[str], log: Path, wait_ready: bool = False) -> Server:
+    """Start ``personavec serve`` on the bundled model with `args`; return once it answers /health."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "personavec.cli",
+        "serve",
+        "--model",
+        "smollm2",
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--port",
+        str(port),
+        *args,
+    ]
+    env = {**os.environ, "PERSONAVEC_API_KEY": KEY}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + 600
+    path = "/ready" if wait_ready else "/health"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if server.request("GET", path)[0] == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
