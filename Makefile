@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install engines demo test lint docs bench gpu-check
+.PHONY: install engines browser demo test lint docs bench gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ engines: install
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 	  $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[engines]"
 
+# Chromium from Debian for the dashboard's browser tests (Playwright drives it; its own browser download
+# cannot reach its host from machines without internet). Needs root.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
+
 demo: install
 	$(BIN)/personavec demo --out demo-out
 
@@ -41,7 +46,7 @@ docs: install
 	$(BIN)/mkdocs build --strict            # the site, into site/ (open site/index.html)
 
 bench: install
-	cd benchmarks && for b in capture steering monitor generate judge capability screen serve; do ../$(BIN)/python $$b.py || exit 1; done
+	cd benchmarks && for b in capture steering monitor generate judge capability screen serve demo; do ../$(BIN)/python $$b.py || exit 1; done
 
 gpu-check: install   # the GPU suite (benchmarks/GPU.md) where CUDA is, else its CPU dry run
 	$(BIN)/python benchmarks/gpu_suite.py $$($(BIN)/python -c 'import torch; print("" if torch.cuda.is_available() else "--cpu-smoke")')

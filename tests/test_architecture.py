@@ -8,7 +8,9 @@ from pathlib import Path
 import personavec
 
 # bottom to top; `_internal`, `errors` and `version` sit under everything
-ROOMS = ["core", "traits", "judges", "deploy", "pipeline", "report", "data", "training", "serve", "demo", "cli"]
+ROOMS = [
+    "core", "traits", "judges", "deploy", "pipeline", "report", "data", "training", "serve", "demo", "cli",
+]  # fmt: skip
 BASE = {"_internal", "errors", "version"}
 PACKAGE = Path(personavec.__file__).parent
 
