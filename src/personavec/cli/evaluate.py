@@ -26,7 +26,8 @@ from personavec.pipeline.config import CalibrateConfig, Sizes
 
 def _sweep(args: argparse.Namespace) -> None:
     from personavec.pipeline.evaluate import sweep
-    from personavec.report.pages import sweep_section, write_page
+    from personavec.report.html import write_page
+    from personavec.report.pages import sweep_section
 
     sizes = from_args(Sizes, args)
     trait, judge = judged(args)
@@ -46,7 +47,8 @@ def _sweep(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from personavec.pipeline.calibrate import calibrate
     from personavec.pipeline.runs import ExtractionRun
-    from personavec.report.pages import calibration_section, write_page
+    from personavec.report.html import write_page
+    from personavec.report.pages import calibration_section
 
     config = from_args(CalibrateConfig, args, **({} if args.examples_from else {"shots": ()}))
     trait, judge = judged(args)

@@ -1,7 +1,7 @@
-"""What the verbs return (torch-free): a sweep's cells, extraction's layer choice, a calibration's
-correlations, a screening selection's summary and the data kit's manifest. Each is written to its run
-directory as `to_dict()` (and read back with `from_dict` where a reader needs it), so the files keep
-their JSON shape; they sit below `data` and `report` so that both can name them.
+"""What the verbs return (torch-free): a sweep's cells, a figure's target, extraction's layer choice, a
+calibration's correlations, a screening selection's summary and the data kit's manifest. Each is written
+to its run directory as `to_dict()` (and read back with `from_dict` where a reader needs it), so the
+files keep their JSON shape; they sit below `data` and `report` so that both can name them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ class Cell:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cell:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure with a goal: what it measures, its `value` (None: not measured), the `goal` as text
+    (``≥ 0.9``), whether it is `met`, and `reason`: why not, when it is missed."""
+
+    name: str
+    value: float | None
+    goal: str
+    met: bool
+    reason: str = ""
 
 
 @dataclass(frozen=True)
