@@ -77,8 +77,8 @@ def test_extraction_report_shows_settings_as_a_readable_table(tmp_path) -> None:
 def test_extraction_report_states_each_check_met_or_missed_with_the_reason(tmp_path) -> None:
     met = write_report(extraction_run(tmp_path / "met", 60.0)).read_text()
     assert (
-        "<td>judged trait moved by steering at the chosen layer (coef +2), points</td><td>20</td>"
-        "<td>&gt; 0</td><td class='met'>met</td>" in met
+        "<td>judged trait moved by steering at the chosen layer (coef +2), points</td><td class='num'>20</td>"
+        "<td class='num'>&gt; 0</td><td class='met'>met</td>" in met
     )
     missed = write_report(extraction_run(tmp_path / "missed", 35.0)).read_text()
     assert (
@@ -87,7 +87,7 @@ def test_extraction_report_states_each_check_met_or_missed_with_the_reason(tmp_p
     ) in missed
     # the filter kept 1 negative answer; min_pairs is 2
     assert (
-        "<td>answers kept on the scarcer side</td><td>1</td><td>≥ 2</td>"
+        "<td>answers kept on the scarcer side</td><td class='num'>1</td><td class='num'>≥ 2</td>"
         "<td class='missed'>missed: the filter kept only 1" in met
     )
 
@@ -99,10 +99,13 @@ def test_targets_section_says_met_or_missed_and_why() -> None:
             Target("Pearson r", 0.13, "≥ 0.75", False, "prompts barely move it"),
         ]
     )
-    assert "<tr><td>AUROC</td><td>0.95</td><td>≥ 0.9</td><td class='met'>met</td></tr>" in section
     assert (
-        "<td>Pearson r</td><td>0.13</td><td>≥ 0.75</td><td class='missed'>missed: prompts barely move it</td>"
+        "<tr><td>AUROC</td><td class='num'>0.95</td><td class='num'>≥ 0.9</td><td class='met'>met</td></tr>"
         in section
+    )
+    assert (
+        "<td>Pearson r</td><td class='num'>0.13</td><td class='num'>≥ 0.75</td>"
+        "<td class='missed'>missed: prompts barely move it</td>" in section
     )
 
 

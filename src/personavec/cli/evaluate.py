@@ -48,7 +48,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     from personavec.pipeline.calibrate import calibrate
     from personavec.pipeline.runs import ExtractionRun
     from personavec.report.html import write_page
-    from personavec.report.pages import calibration_section
+    from personavec.report.pages import calibration_section, targets_section
 
     config = from_args(CalibrateConfig, args, **({} if args.examples_from else {"shots": ()}))
     trait, judge = judged(args)
@@ -56,8 +56,10 @@ def _calibrate(args: argparse.Namespace) -> None:
     loaded, vector = model_and_vector(args)
     result = calibrate(loaded, trait, judge, vector, args.out, config, examples)
     summary = result.summary()
-    section = calibration_section(summary, result.points)
-    report = write_page(Path(args.out) / "report.html", f"Calibration: {trait.name}", [section], judge.proxy)
+    parts = [calibration_section(summary, result.points)]
+    if "graded" in summary.conditions:
+        parts.insert(0, targets_section([result.target()], "Target"))
+    report = write_page(Path(args.out) / "report.html", f"Calibration: {trait.name}", parts, judge.proxy)
     for condition, fit in summary.conditions.items():
         print(f"{condition}: r = {fit.r} over {fit.n} answers")
     print(f"wrote {Path(args.out) / 'calibration.json'} and {report}")

@@ -42,6 +42,13 @@ class Target:
     met: bool
     reason: str = ""
 
+    @classmethod
+    def at_least(cls, name: str, value: float | None, goal: float, reason: str) -> Target:
+        """A target of `value` ≥ `goal`; `reason` (why it is missed) is kept only when it is."""
+        if value is None:
+            return cls(name, None, f"≥ {goal:g}", False, "not measured")
+        return cls(name, value, f"≥ {goal:g}", value >= goal, "" if value >= goal else reason)
+
 
 @dataclass(frozen=True)
 class LayerChoice:

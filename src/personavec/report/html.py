@@ -15,7 +15,7 @@ STYLE = (
     "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;"
     "padding:.3em;text-align:left;vertical-align:top}table{border-collapse:collapse}"
     ".proxy{background:#fff3cd;padding:.5em}.met{color:#1a7f37}.missed{color:#b42318}"
-    "h3{margin-bottom:.3em}"
+    ".num{white-space:nowrap}"
 )
 
 

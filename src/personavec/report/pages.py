@@ -118,9 +118,16 @@ def sweep_section(cells: Sequence[Cell]) -> str:
         ax.set(xlabel="steering coefficient", ylabel=f"mean {metric} score", title=metric)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    header = ["layer", "coef", "trait", "± 95 %", *metrics[1:], "judged"]
+    header = ["layer", "coef", "trait", "± 95 %", *metrics[1:], "answers judged"]
     rows = [
-        (c.layer, c.coef, c.trait, c.trait_ci95, *([c.coherence] if metrics[1:] else []), c.n_scored)
+        (
+            "unsteered" if c.layer is None else c.layer,
+            c.coef,
+            c.trait,
+            c.trait_ci95,
+            *([c.coherence] if metrics[1:] else []),
+            f"{c.n_scored} of {c.n}",
+        )
         for c in cells
     ]
     return image("Steering sweep", png(figure)) + grid(header, rows)
@@ -164,13 +171,16 @@ def calibration_section(summary: CalibrationSummary, points: Sequence[dict[str, 
 def capability_section(results: dict[str, dict[str, Any]]) -> str:
     """Multiple-choice accuracy per setting (and per subject)."""
     subjects = sorted({s for r in results.values() for s in r["per_subject"]})
+
+    def percent(value: float | None) -> float | None:
+        return None if value is None else 100 * value
+
     rows = [
-        (name, r["accuracy"], r["n"], *(r["per_subject"].get(s) for s in subjects))
+        (name, r["n"], percent(r["accuracy"]), *(percent(r["per_subject"].get(s)) for s in subjects))
         for name, r in results.items()
     ]
-    return "<h2>Capability (multiple choice)</h2>" + grid(
-        ["setting", "accuracy", "questions", *subjects], rows
-    )
+    header = ["setting", "questions", "accuracy %", *(f"{s} %" for s in subjects)]
+    return "<h2>Capability (multiple choice)</h2>" + grid(header, rows)
 
 
 def targets_section(targets: Sequence[Target], title: str = "Targets") -> str:
@@ -183,8 +193,8 @@ def targets_section(targets: Sequence[Target], title: str = "Targets") -> str:
 
     head = "".join(f"<th>{h}</th>" for h in ("target", "value", "goal", "met?"))
     rows = "".join(
-        f"<tr><td>{html.escape(t.name)}</td><td>{html.escape(readable(t.value))}</td>"
-        f"<td>{html.escape(t.goal)}</td>{verdict(t)}</tr>"
+        f"<tr><td>{html.escape(t.name)}</td><td class='num'>{html.escape(readable(t.value))}</td>"
+        f"<td class='num'>{html.escape(t.goal)}</td>{verdict(t)}</tr>"
         for t in targets
     )
     return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{rows}</table>"
