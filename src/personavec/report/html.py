@@ -68,7 +68,7 @@ def image(title: str, data: str) -> str:
 
 def page(title: str, parts: Sequence[str], proxy: str | None = None) -> str:
     """A self-contained HTML page; `proxy` (a judge's proxy note) is shown in a box at the top."""
-    warning = f"<p class='proxy'><b>Judge is an offline proxy.</b> {html.escape(proxy)}</p>" if proxy else ""
+    warning = f"<p class='proxy'><b>Judge:</b> {html.escape(proxy)}</p>" if proxy else ""
     head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
     body = f"<h1>{html.escape(title)}</h1>{warning}" + "\n".join(parts)
     return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"

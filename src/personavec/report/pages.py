@@ -160,7 +160,8 @@ def calibration_section(summary: CalibrationSummary, points: Sequence[dict[str, 
             condition,
             fit.r,
             fit.n,
-            ", ".join(f"{k}: {v:.2f}" for k, v in fit.r_within_level.items() if v is not None),
+            ", ".join(f"{k}: {v:.2f}" for k, v in fit.r_within_level.items() if v is not None)
+            or "too few points per level",
         )
         for condition, fit in summary.conditions.items()
     ]
