@@ -130,7 +130,8 @@ def test_demo_separates_held_out_answers_by_the_answers_alone(demo: DemoResult, 
     assert auroc == pytest.approx(held_out.auroc, abs=0.01)
     assert demo.targets["held_out_auroc"].value == held_out.auroc
     print(f"held-out AUROC {auroc:.3f} ({len(pos)} vs {len(neg)})")
-    assert auroc > 0.5, auroc  # the answers alone separate; the demo reports the figure against 0.9
+    assert auroc >= 0.9, auroc  # 0.92 at layer 20 (43 vs 23 answers); 0.81 at layer 8, 0.92–0.96 at 10–22
+    assert demo.targets["held_out_auroc"].met
 
 
 def test_a_fixed_answer_does_not_separate_without_the_system_prompt(
