@@ -39,19 +39,26 @@ def pipeline_figures(demo: DemoResult) -> list[Figure]:
             figures.append(
                 Figure(f"steering at the chosen layer, coef {cell.coef:+g}: mean trait{ci}", cell.trait)
             )
-    figures.append(Figure("Spearman(trait, coef)", demo.targets["spearman_trait_vs_coef"], "", "≥ 0.9"))
+    rho = demo.targets["spearman_trait_vs_coef"].value
+    if rho is not None:
+        figures.append(Figure("Spearman(trait, coef)", rho, "", "≥ 0.9"))
+    auroc = demo.targets["held_out_auroc"].value
+    if auroc is not None:
+        figures.append(
+            Figure("held-out separation AUROC (answers alone, unused questions)", auroc, "", "≥ 0.9")
+        )
     return figures
 
 
 def deploy_figures(demo: DemoResult) -> list[Figure]:
     """Calibration over the graded prompts and multiple-choice capability."""
     figures = []
-    r = demo.targets["calibration_r_graded"]
+    r = demo.targets["calibration_r_graded"].value
     if r is not None:
         figures.append(Figure("calibration r, graded system prompts", r, "", "≥ 0.75"))
-    points = [p for p in demo.calibration.points if p["condition"] == "graded" and p["trait"] is not None]
-    for level in sorted({p["level"] for p in points}):
-        judged = [p["trait"] for p in points if p["level"] == level]
+    points = [p for p in demo.calibration.points if p.condition == "graded" and p.trait is not None]
+    for level in sorted({p.level for p in points}):
+        judged = [p.trait for p in points if p.level == level and p.trait is not None]
         figures.append(
             Figure(f"calibration, graded level {level}: mean judged trait", sum(judged) / len(judged))
         )

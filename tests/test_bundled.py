@@ -1,12 +1,16 @@
 """The bundled SmolLM2-135M-Instruct: the real-model check (loaded once per session)."""
 
+import html
 import json
 
+import pytest
 import torch
 
 from personavec import LoadedModel, capture, load_vector, pooled_activations, steer
 from personavec.core.generate import generate
 from personavec.core.sampling import Sampling
+from personavec.demo import DemoResult
+from personavec.pipeline.evaluate import auroc
 
 
 def test_identity_and_chat(smollm2: LoadedModel) -> None:
@@ -47,48 +51,110 @@ def test_pooled_activations_match_capture(smollm2: LoadedModel) -> None:
         )
 
 
-def test_demo_end_to_end_separates_held_out_answers(smollm2: LoadedModel, tmp_path) -> None:
-    """The offline demo (lexicon judge): its vector at the chosen layer ranks held-out answers right."""
-    from personavec.demo import DEMO_CONFIG, SWEEP_COEFS, run_demo
-    from personavec.judges.lexicon import LexiconJudge
-    from personavec.traits import load_trait
+@pytest.fixture(scope="module")
+def demo(smollm2: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
+    """The offline demo (lexicon judge), run once for this module's tests."""
+    from personavec.demo import run_demo
 
-    result = run_demo(tmp_path, loaded=smollm2, progress=False)
-    vector = load_vector(tmp_path / "optimistic.safetensors")
-    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    return run_demo(tmp_path_factory.mktemp("demo"), loaded=smollm2, progress=False)
+
+
+@pytest.mark.timeout(1500)  # the demo runs in the first one's set-up: minutes on 2 cores
+def test_demo_end_to_end(demo: DemoResult) -> None:
+    """The demo's run directory, report, sweep, calibration, capability and targets."""
+    from personavec.demo import DEMO_CONFIG, SWEEP_COEFS, summary
+
+    result, out = demo, demo.run.dir
+    vector = load_vector(out / "optimistic.safetensors")
+    sweep = json.loads((out / "sweep.json").read_text())
     assert vector.layer == sweep["chosen"] == max(sweep["layers"], key=lambda r: r["trait"])["layer"]
-    report = (tmp_path / "report.html").read_text()
+    report = (out / "report.html").read_text()
     assert (
         report.count("data:image/png;base64,") == 5 and "offline proxy" in report and "Capability" in report
     )
     assert {e.coef for e in result.examples} == {-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef}
     assert {"generations", "judgements", "vectors", "sweep", "calibration", "total"} <= set(result.seconds)
+    assert "held-out separation" in result.seconds
 
     # the steering sweep at the chosen layer: judged trait monotone in the coefficient
     assert sorted(c.coef for c in result.sweep) == list(SWEEP_COEFS)
-    assert result.targets["spearman_trait_vs_coef"] >= 0.9
-    assert len(result.calibration.points) == 8 * 10 and result.targets["calibration_r_graded"] is not None
+    assert (rho := result.targets["spearman_trait_vs_coef"].value) is not None and rho >= 0.9
+    assert result.targets["spearman_trait_vs_coef"].met
+    assert (
+        len(result.calibration.points) == 8 * 10 and result.targets["calibration_r_graded"].value is not None
+    )
     assert "unsteered" in result.capability and result.capability["unsteered"]["n"] == 40
 
-    # held out: evaluation questions under the trait's system prompts (greedy), kept by the same rule as
-    # the pipeline's filter (eliciting prompt and judged ≥ 50 vs suppressing prompt and judged < 50)
-    trait = load_trait("optimistic")
-    prompts, positive = [], []
-    for pair in trait.instructions[:3]:
-        for question in trait.evaluation_questions[:10]:
-            for side in ("pos", "neg"):
-                prompts.append(smollm2.chat(question, pair[side]))
-                positive.append(side == "pos")
-    greedy = Sampling(max_new_tokens=DEMO_CONFIG.sampling.max_new_tokens, batch_size=60)
-    answers = generate(smollm2, prompts, greedy, progress=False)
-    scores = dict(LexiconJudge("optimistic", "positive").score("", [("", a) for a in answers]))
-    keep = [i for i in range(len(answers)) if positive[i] == (scores[i].value >= 50)]
-    pooled = pooled_activations(
-        smollm2, [prompts[i] for i in keep], [answers[i] for i in keep], progress=False
-    )
-    projection = vector.project(pooled.tensor("response-avg")[:, vector.layer]).tolist()
-    pos = [p for p, i in zip(projection, keep, strict=True) if positive[i]]
-    neg = [p for p, i in zip(projection, keep, strict=True) if not positive[i]]
+    # the report states each target met or missed, with the reason when missed; no coherence column
+    # or panel (the lexicon judge measures none)
+    for target in result.targets.values():
+        assert html.escape(target.name) in report
+        assert target.met or (target.reason and f"missed: {html.escape(target.reason)}" in report)
+    settings = report.split("<h2>Settings</h2>")[1].split("<h2>")[0]
+    assert "&quot;" not in settings and "{" not in settings
+    assert "<td>sampling temperature</td><td>0.7</td>" in settings
+    assert "<th>coherence</th>" not in report
+    assert "Held-out separation" in report and "no system prompt" in report
+    assert f"held-out separation: AUROC {result.separation.auroc:.2f}" in summary(result)
+
+
+@pytest.mark.timeout(1500)  # the demo runs in the first one's set-up: minutes on 2 cores
+def test_demo_separates_held_out_answers_by_the_answers_alone(demo: DemoResult, smollm2: LoadedModel) -> None:
+    """Held-out separation: questions no earlier stage asked, answers pooled with only the question in
+    context, projected on the chosen layer; recomputed here plainly."""
+    from personavec.judges.lexicon import LexiconJudge
+
+    held_out, out = demo.separation, demo.run.dir
+    asked = {e.question for e in demo.examples}
+    for path in out.rglob("*.jsonl"):  # every answer the run generated: extraction, sweeps, calibration
+        asked |= {json.loads(line).get("question") for line in path.read_text().splitlines() if line}
+    questions = {a.question for a in held_out.answers}
+    assert len(questions) >= 10 and not questions & asked
+    assert len(asked) > 30  # the scan above did find the earlier stages' questions
+
+    # labels by the filter's rule: eliciting side judged ≥ 50, suppressing side judged < 50
+    judge = LexiconJudge("optimistic", "positive")
+    scores = dict(judge.score("", [("", a.text) for a in held_out.answers]))
+    assert all(a.positive == (scores[i].value >= 50) for i, a in enumerate(held_out.answers))
+
+    # plain recomputation: only the question in context, response-avg at the chosen layer, unit vector
+    vector = load_vector(out / "optimistic.safetensors")
+    assert held_out.layer == vector.layer
+    prompts = [smollm2.chat(a.question) for a in held_out.answers]
+    pooled = pooled_activations(smollm2, prompts, [a.text for a in held_out.answers], progress=False)
+    v = vector.tensor[vector.layer]
+    projection = (pooled.response_avg[:, vector.layer] @ (v / v.norm())).tolist()
+    assert projection == pytest.approx(held_out.projections, abs=1e-3)
+    pos = [p for p, a in zip(projection, held_out.answers, strict=True) if a.positive]
+    neg = [p for p, a in zip(projection, held_out.answers, strict=True) if not a.positive]
     assert len(pos) >= 10 and len(neg) >= 10
     auroc = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
-    assert auroc >= 0.9, auroc
+    assert auroc == pytest.approx(held_out.auroc, abs=0.01)
+    assert demo.targets["held_out_auroc"].value == held_out.auroc
+    print(f"held-out AUROC {auroc:.3f} ({len(pos)} vs {len(neg)})")
+    assert auroc >= 0.9, auroc  # 0.92 at layer 20 (43 vs 23 answers); 0.81 at layer 8, 0.92–0.96 at 10–22
+    assert demo.targets["held_out_auroc"].met
+
+
+@pytest.mark.timeout(1500)  # the demo runs in the first one's set-up: minutes on 2 cores
+def test_a_fixed_answer_does_not_separate_without_the_system_prompt(
+    demo: DemoResult, smollm2: LoadedModel
+) -> None:
+    """The old check's flaw: one neutral answer under the eliciting vs suppressing system prompt separates
+    (the prompt does); with only the question in context it cannot."""
+    from personavec.demo import HELD_OUT_PAIRS
+    from personavec.pipeline.separation import Answer, separation
+    from personavec.traits import load_trait
+
+    trait, vector = load_trait("optimistic"), demo.run.vectors["response-avg"]
+    questions = sorted({a.question for a in demo.separation.answers})
+    neutral = "Here is my answer to your question."
+    answers = [Answer(q, neutral, positive) for q in questions for positive in (True, False)]
+    assert separation(smollm2, vector, answers).auroc == pytest.approx(0.5, abs=0.05)
+
+    pairs = trait.instructions[:HELD_OUT_PAIRS]
+    prompts = [smollm2.chat(q, pair[side]) for pair in pairs for q in questions for side in ("pos", "neg")]
+    pooled = pooled_activations(smollm2, prompts, [neutral] * len(prompts), progress=False)
+    projection = vector.project(pooled.response_avg[:, vector.layer]).tolist()
+    old = auroc(projection[0::2], projection[1::2])
+    assert old is not None and old >= 0.9, old  # under the old protocol the prompt alone separates

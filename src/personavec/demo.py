@@ -3,7 +3,9 @@
 Contrastive answers → lexicon judge → filter → vectors → layer sweep; then, at the chosen layer, a
 steering sweep over coefficients, calibration over the trait's graded system prompts, multiple-choice
 capability on the smoke set (unsteered and at the coefficients that move the trait halfway), a few
-evaluation questions answered at −coef, 0 and +coef, and ``report.html``. Sized to finish in a few
+evaluation questions answered at −coef, 0 and +coef, the held-out separation (answers to questions no
+earlier stage asked, projected with no system prompt in context), and ``report.html`` with each
+target met or missed, and why. Sized to finish in a few
 minutes on 2 CPU cores; the lexicon judge is an offline proxy for an LLM judge, and says so.
 `run_demo` prints nothing; `summary` is the text the CLI shows.
 """
@@ -28,16 +30,19 @@ from personavec.pipeline.calibrate import Calibration, calibrate
 from personavec.pipeline.config import CalibrateConfig, Sizes
 from personavec.pipeline.evaluate import halfway_coefs, spearman, sweep
 from personavec.pipeline.extract import ExtractConfig, ExtractResult, extract
-from personavec.pipeline.results import Cell
+from personavec.pipeline.results import Cell, Target
 from personavec.pipeline.runs import CalibrationRun, SweepRun
+from personavec.pipeline.separation import Separation, held_out_answers, separation
 from personavec.report.pages import (
     Example,
     calibration_section,
     capability_section,
+    separation_section,
     sweep_section,
+    targets_section,
     write_report,
 )
-from personavec.traits.spec import load_trait
+from personavec.traits.spec import TraitSpec, load_trait
 
 DEMO_CONFIG = ExtractConfig(
     samples=2,
@@ -52,6 +57,7 @@ N_EXAMPLES = 3  # evaluation questions after the sweep's, answered at −coef, 0
 SWEEP_COEFS = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
 SWEEP_QUESTIONS = 10
 CALIBRATION_QUESTIONS = 10
+HELD_OUT_PAIRS = 3  # instruction pairs eliciting the held-out answers (only the answers are pooled)
 GREEDY = Sampling(max_new_tokens=DEMO_CONFIG.sampling.max_new_tokens, batch_size=32)  # after extraction
 
 
@@ -62,7 +68,8 @@ class DemoResult:
     sweep: list[Cell]  # cells of the steering sweep at the chosen layer
     calibration: Calibration
     capability: dict[str, dict[str, Any]]  # setting → CapabilityResult.to_dict()
-    targets: dict[str, Any]  # the figures the issues set targets for
+    separation: Separation  # held-out answers projected with no system prompt in context
+    targets: dict[str, Target]  # the figures the issues set targets for, met or missed and why
     seconds: dict[str, float]  # per stage, this invocation (stages done by an earlier one are absent)
     judge: str  # what the judge is (an offline proxy)
     report: Path
@@ -104,27 +111,82 @@ def run_demo(
     with _timed(seconds, "steered examples"):
         questions = trait.evaluation_questions[SWEEP_QUESTIONS : SWEEP_QUESTIONS + N_EXAMPLES]
         examples = _steered_examples(loaded, vector, questions)
+    with _timed(seconds, "held-out separation"):
+        pairs = trait.instructions[:HELD_OUT_PAIRS]
+        kept = held_out_answers(loaded, trait, judge, held_out_questions(trait), pairs, GREEDY)
+        held_out = separation(loaded, vector, kept)
 
-    scored = [(c.coef, c.trait) for c in cells if c.trait is not None]
-    rho = spearman([coef for coef, _ in scored], [value for _, value in scored])
-    targets = {
-        "spearman_trait_vs_coef": rho,
-        "calibration_r_graded": calibration.r("graded"),
-        "capability_drop_points": {
-            name: 100 * (scores["unsteered"]["accuracy"] - r["accuracy"]) for name, r in scores.items()
-        },
-    }
+    targets = demo_targets(cells, calibration, scores, held_out)
     extra = [
+        targets_section(list(targets.values())),
         sweep_section(cells),
         calibration_section(calibration.summary(), calibration.points),
         capability_section(scores),
+        separation_section(held_out),
     ]
     report = write_report(out, examples, extra)
     seconds["total"] = time.perf_counter() - started
     return DemoResult(
         run=result, examples=examples, sweep=cells, calibration=calibration, capability=scores,
-        targets=targets, seconds=seconds, judge=str(judge.proxy), report=report,
+        separation=held_out, targets=targets, seconds=seconds, judge=str(judge.proxy), report=report,
     )  # fmt: skip
+
+
+def held_out_questions(trait: TraitSpec) -> list[str]:
+    """Questions no earlier stage of the demo asks: the extraction questions after those extraction
+    used, and the evaluation questions after those of the sweeps, calibration and steered examples."""
+    used = max(DEMO_CONFIG.sweep_questions, SWEEP_QUESTIONS, CALIBRATION_QUESTIONS) + N_EXAMPLES
+    return trait.extraction_questions[DEMO_CONFIG.questions :] + trait.evaluation_questions[used:]
+
+
+def demo_targets(
+    cells: list[Cell], calibration: Calibration, scores: dict[str, dict[str, Any]], held_out: Separation
+) -> dict[str, Target]:
+    """Each figure the issues set a target for, met or not, with the reason read off the data when not."""
+    scored = [(c.coef, c.trait) for c in cells if c.trait is not None]
+    rho = spearman([coef for coef, _ in scored], [value for _, value in scored])
+    means = ", ".join(f"{coef:+g}: {value:.0f}" for coef, value in scored)
+    targets = {
+        "spearman_trait_vs_coef": Target.at_least(
+            "Spearman ρ of the judged trait against the steering coefficient", rho, 0.9,
+            f"the judged trait does not rise steadily with the coefficient (means {means})",
+        ),
+        "calibration_r_graded": calibration.target(),
+        "held_out_auroc": Target.at_least(
+            "AUROC of held-out answers projected with no system prompt in context", held_out.auroc, 0.9,
+            _separation_reason(held_out),
+        ),
+    }  # fmt: skip
+    targets.update(_capability_targets(scores))
+    return targets
+
+
+def _capability_targets(scores: dict[str, dict[str, Any]]) -> dict[str, Target]:
+    """Accuracy lost at each steered setting (target ≤ 1 point); unreadable when the model is at chance."""
+    base, targets = scores["unsteered"]["accuracy"], {}
+    for name, r in scores.items():
+        drop = 100 * (base - r["accuracy"])
+        if name == "unsteered":
+            continue
+        why = f"steering costs {drop:.1f} points"
+        if base < 0.35:  # 4 choices: chance is 25 %
+            why = f"the unsteered model is near chance ({100 * base:.1f} %), so a drop cannot be read"
+        targets[f"capability_drop {name}"] = Target(
+            f"multiple-choice accuracy lost (points), {name}",
+            drop,
+            "≤ 1",
+            drop <= 1,
+            "" if drop <= 1 else why,
+        )
+    return targets
+
+
+def _separation_reason(held_out: Separation) -> str:
+    """Why held-out answers are not separated: too few kept on a side, or their projections overlap."""
+    pos, neg = held_out.counts()
+    if min(pos, neg) < 5:
+        return f"too few held-out answers kept ({pos} eliciting, {neg} suppressing)"
+    return f"the answers' projections overlap ({pos} eliciting and {neg} suppressing answers kept)"
 
 
 @contextmanager
@@ -168,8 +230,8 @@ def _steered_examples(loaded: LoadedModel, vector: PersonaVector, questions: lis
 
 
 def summary(demo: DemoResult) -> str:
-    """What the demo shows, as the CLI prints it: the steered examples, the sweep, calibration,
-    capability, the files written and the seconds per stage."""
+    """What the demo shows, as the CLI prints it: the steered examples, the sweep, capability, each
+    target met or not (and why), the files written and the seconds per stage."""
     vector, coef = demo.run.vectors["response-avg"], DEMO_CONFIG.coef
     lines = [
         f"judge: {demo.judge}",
@@ -182,12 +244,17 @@ def summary(demo: DemoResult) -> str:
     scored = [(c.coef, c.trait) for c in demo.sweep if c.trait is not None]
     lines += ["", "steering sweep at the chosen layer (coef: mean trait score):"]
     lines.append("  " + ", ".join(f"{coef:+g}: {value:.1f}" for coef, value in scored))
-    lines.append(f"Spearman(trait, coef) = {_fmt(demo.targets['spearman_trait_vs_coef'])}")
-    lines.append(
-        f"calibration over the 8 graded system prompts: r = {_fmt(demo.targets['calibration_r_graded'])}"
-    )
     for name, r in demo.capability.items():
         lines.append(f"smoke-set multiple choice, {name}: {100 * r['accuracy']:.1f} %")
+    pos, neg = demo.separation.counts()
+    lines.append(
+        f"held-out separation: AUROC {_fmt(demo.separation.auroc)} ({pos} eliciting vs {neg} suppressing "
+        "answers to unseen questions, no system prompt in context)"
+    )
+    lines += ["", "targets:"]
+    for t in demo.targets.values():
+        verdict = "met" if t.met else f"NOT met: {t.reason}"
+        lines.append(f"  {t.name}: {_fmt(t.value)} (target {t.goal}) {verdict}")
     lines += ["", f"wrote {demo.run.dir / (vector.trait + '.safetensors')} and {demo.report}"]
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in demo.seconds.items()))
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
-from personavec.pipeline.calibrate import calibrate, pearson
+from personavec.pipeline.calibrate import Calibration, calibrate, pearson
 from personavec.pipeline.config import CalibrateConfig
 from personavec.pipeline.runs import CalibrationRun
 from personavec.traits import load_trait
@@ -81,3 +81,21 @@ def test_k_shot_prompts_hold_the_examples() -> None:
     assert "EXAMPLE" not in requests["shots", 0][0].prompt(loaded)
     with pytest.raises(PersonavecError, match="need 5 example answers; 2 given"):
         _requests(trait, 2, (5,), examples)
+
+
+def test_calibration_target_is_met_or_says_why_not() -> None:
+    def points(traits: list[float], projections: list[float]) -> list[dict]:
+        return [
+            {"condition": "graded", "level": i // 2, "question": "q", "projection": p, "trait": t}
+            for i, (t, p) in enumerate(zip(traits, projections, strict=True))
+        ]
+
+    follows = Calibration(points([10, 12, 50, 52, 90, 94], [1, 1.1, 2, 2.1, 3, 3.2])).target()
+    assert follows.met and follows.goal == "≥ 0.75" and follows.reason == ""
+    flat = Calibration(points([60, 70, 65, 62, 70, 61], [3, 1, 2, 2.5, 1, 3])).target()
+    assert not flat.met and flat.reason.startswith("the model barely follows the graded prompts")
+    assert "most suppressing first: 65, 64, 66)" in flat.reason
+    unfollowed = Calibration(points([10, 12, 50, 52, 90, 94], [3, 1, 2, 2.5, 1, 3])).target()
+    assert not unfollowed.met and unfollowed.reason == (
+        "the judged trait moves with the prompts (11, 51, 92) but the projection does not follow it"
+    )

@@ -24,7 +24,8 @@ from personavec.pipeline.config import CalibrateConfig, Sizes, SweepGrid
 
 def _sweep(args: argparse.Namespace) -> None:
     from personavec.pipeline.evaluate import sweep
-    from personavec.report.pages import sweep_section, write_page
+    from personavec.report.html import write_page
+    from personavec.report.pages import sweep_section
 
     sizes, grid = from_args(Sizes, args), from_args(SweepGrid, args)
     trait, judge = judged(args)
@@ -43,7 +44,8 @@ def _sweep(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from personavec.pipeline.calibrate import calibrate
     from personavec.pipeline.runs import ExtractionRun
-    from personavec.report.pages import calibration_section, write_page
+    from personavec.report.html import write_page
+    from personavec.report.pages import calibration_section, targets_section
 
     config = from_args(CalibrateConfig, args, **({} if args.examples_from else {"shots": ()}))
     trait, judge = judged(args)
@@ -51,8 +53,10 @@ def _calibrate(args: argparse.Namespace) -> None:
     loaded, vector = model_and_vector(args)
     result = calibrate(loaded, trait, judge, vector, args.out, config, examples)
     summary = result.summary()
-    section = calibration_section(summary, result.points)
-    report = write_page(Path(args.out) / "report.html", f"Calibration: {trait.name}", [section], judge.proxy)
+    parts = [calibration_section(summary, result.points)]
+    if "graded" in summary.conditions:
+        parts.insert(0, targets_section([result.target()], "Target"))
+    report = write_page(Path(args.out) / "report.html", f"Calibration: {trait.name}", parts, judge.proxy)
     for condition, fit in summary.conditions.items():
         print(f"{condition}: r = {fit.r} over {fit.n} answers")
     print(f"wrote {Path(args.out) / 'calibration.json'} and {report}")

@@ -29,7 +29,8 @@ def write_screen_report(
     reference: Screened | None = None,
 ) -> Path:
     """``report.html`` (ΔP histograms, dataset figures, the most flagged samples) and ``delta.png``."""
-    from personavec.report.pages import screening_sections, write_page
+    from personavec.report.html import write_page
+    from personavec.report.screening import screening_sections
 
     parts, png = screening_sections(
         asdict(screened),

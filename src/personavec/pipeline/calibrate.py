@@ -28,9 +28,9 @@ from personavec.deploy.monitor import project
 from personavec.errors import ConfigError
 from personavec.judges import Judge, JudgeCache
 from personavec.pipeline.config import CalibrateConfig
-from personavec.pipeline.evaluate import run_identity
+from personavec.pipeline.evaluate import mean_ci, run_identity
 from personavec.pipeline.preflight import preflight
-from personavec.pipeline.results import CalibrationPoint, CalibrationSummary, ConditionFit
+from personavec.pipeline.results import CalibrationPoint, CalibrationSummary, ConditionFit, Target
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import CalibrationRun
 from personavec.traits.spec import TraitSpec
@@ -67,6 +67,26 @@ class Calibration:
             and p.trait is not None
         ]
         return pearson([p.projection for p in chosen], [p.trait for p in chosen if p.trait is not None])
+
+    def target(self, goal: float = 0.75) -> Target:
+        """r over the graded system prompts against `goal` (the paper's 7–8B figure); when missed, why:
+        the prompts barely move the judged trait, or the projection does not follow it."""
+        graded = [p for p in self.points if p.condition == "graded"]
+        levels = sorted({p.level for p in graded})
+        means = [
+            mean_ci([p.trait for p in graded if p.level == level and p.trait is not None])[0]
+            for level in levels
+        ]
+        found = [m for m in means if m is not None]
+        listed = ", ".join("n/a" if m is None else f"{m:.0f}" for m in means)
+        reason = f"the judged trait moves with the prompts ({listed}) but the projection does not follow it"
+        if found and max(found) - min(found) < 30:
+            reason = (
+                "the model barely follows the graded prompts (mean judged trait per level, most suppressing "
+                f"first: {listed}), so there is little for the projection to predict"
+            )
+        name = "Pearson r of prompt-last projection and judged trait over the graded system prompts"
+        return Target.at_least(name, self.r("graded"), goal, reason)
 
     def summary(self) -> CalibrationSummary:
         """r overall, per condition, and within each level of each condition."""

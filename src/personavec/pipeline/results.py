@@ -1,8 +1,8 @@
-"""What the verbs return (torch-free): a sweep's cells, extraction's layer choice and summary, a
-calibration's points and correlations, a screening selection's summary and the data kit's manifest.
-Each is written to its run directory as `to_dict()` (and read back with `from_dict` where a reader
-needs it), so the files keep their JSON shape; they sit below `data` and `report` so that both can name
-them.
+"""What the verbs return (torch-free): a sweep's cells, a figure's target, extraction's layer choice and
+summary, a calibration's points and correlations, a screening selection's summary and the data kit's
+manifest. Each is written to its run directory as `to_dict()` (and read back with `from_dict` where a
+reader needs it), so the files keep their JSON shape; they sit below `data` and `report` so that both can
+name them.
 """
 
 from __future__ import annotations
@@ -30,6 +30,25 @@ class Cell:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cell:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure with a goal: what it measures, its `value` (None: not measured), the `goal` as text
+    (``≥ 0.9``), whether it is `met`, and `reason`: why not, when it is missed."""
+
+    name: str
+    value: float | None
+    goal: str
+    met: bool
+    reason: str = ""
+
+    @classmethod
+    def at_least(cls, name: str, value: float | None, goal: float, reason: str) -> Target:
+        """A target of `value` ≥ `goal`; `reason` (why it is missed) is kept only when it is."""
+        if value is None:
+            return cls(name, None, f"≥ {goal:g}", False, "not measured")
+        return cls(name, value, f"≥ {goal:g}", value >= goal, "" if value >= goal else reason)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,10 @@
-"""A self-contained HTML report of an extraction run: counts, plots (inline PNG) and example answers."""
+"""The extraction report (settings, stages, targets, plots, example answers) and the sections the demo
+and the sweep and calibration reports add: steering sweep, calibration, capability, held-out separation.
+"""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from personavec._internal.files import atomic_path
+from personavec.pipeline.results import Target
 from personavec.pipeline.runs import ExtractionRun
+from personavec.report.html import agg, grid, image, png, readable, write_page
+from personavec.report.settings import extraction_targets, settings_table, stages_table
 
 if TYPE_CHECKING:
-    from personavec.pipeline.results import CalibrationPoint, CalibrationSummary, Cell, SelectionSummary
+    from personavec.pipeline.results import CalibrationPoint, CalibrationSummary, Cell
+    from personavec.pipeline.separation import Separation
 
 
 @dataclass(frozen=True)
@@ -29,28 +31,12 @@ class Example:
     answer: str
 
 
-def _png(figure: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _agg() -> None:
-    """Plot without a display."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
-
 def _plots(run: ExtractionRun) -> dict[str, str]:
     """Titles → base64 PNGs for whatever the run has got to."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    _agg()
-
+    agg()
     plots = {}
     trait = run.manifest["trait"]
     vectors = run.vectors()
@@ -62,8 +48,9 @@ def _plots(run: ExtractionRun) -> dict[str, str]:
         if chosen is not None:
             ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen layer {chosen}")
         ax.set(xlabel="layer (0 = embeddings)", ylabel="‖v‖", title=f"{trait}: vector norm per layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
-        plots["Vector norm per layer"] = _png(figure)
+        plots["Vector norm per layer"] = png(figure)
     sweep = run.sweep()
     if sweep is not None:
         figure, ax = plt.subplots(figsize=(6, 3))
@@ -73,8 +60,9 @@ def _plots(run: ExtractionRun) -> dict[str, str]:
         if sweep.baseline.trait is not None:
             ax.axhline(sweep.baseline.trait, color="grey", linestyle="--", label="unsteered")
         ax.set(xlabel="steered layer", ylabel="mean trait score", title="Layer sweep (evaluation questions)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
-        plots["Layer sweep"] = _png(figure)
+        plots["Layer sweep"] = png(figure)
     judgements = run.judgements()
     if judgements is not None:
         rows = {row["id"]: row for row in run.rows()}
@@ -92,7 +80,7 @@ def _plots(run: ExtractionRun) -> dict[str, str]:
             xlabel="judged trait score", ylabel="answers", title="Judged scores of the contrastive answers"
         )
         ax.legend(fontsize=8)
-        plots["Score distributions"] = _png(figure)
+        plots["Score distributions"] = png(figure)
     return plots
 
 
@@ -101,59 +89,55 @@ def sweep_examples(run: ExtractionRun, n: int = 3) -> list[Example]:
     return [Example(r["question"], c, r["answer"]) for c, rows in run.sweep_answers(n).items() for r in rows]
 
 
-def _image(title: str, png: str) -> str:
-    alt = html.escape(title)
-    return f"<h2>{alt}</h2><img alt='{alt}' src='data:image/png;base64,{png}'>"
-
-
-def _grid(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(value: Any) -> str:
-        text = f"{value:.3g}" if isinstance(value, float) else "" if value is None else str(value)
-        return f"<td>{html.escape(text)}</td>"
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def examples_section(examples: Sequence[Example], title: str) -> str:
     """A table of answers: question, coefficient, answer."""
-    return f"<h2>{html.escape(title)}</h2>" + _grid(
+    return f"<h2>{html.escape(title)}</h2>" + grid(
         ["question", "coef", "answer"], [(e.question, f"{e.coef:+g}", e.answer) for e in examples]
     )
 
 
 def sweep_section(cells: Sequence[Cell]) -> str:
-    """The steering sweep: trait (and coherence) against the coefficient, one line per layer; the table."""
+    """The steering sweep: trait (and coherence, when the judge measured any) against the coefficient,
+    one line per layer; the table."""
     import matplotlib.pyplot as plt
 
-    _agg()
+    agg()
     unsteered = next((c for c in cells if c.coef == 0), None)
     layers = sorted({c.layer for c in cells if c.layer is not None})
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3))
-    for layer in layers:
-        line = sorted(
-            [c for c in cells if c.layer == layer] + ([unsteered] if unsteered else []),
-            key=lambda c: c.coef,
-        )
-        for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
+    metrics = ["trait"] + (["coherence"] if any(c.coherence is not None for c in cells) else [])
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for layer in layers:
+            line = sorted(
+                [c for c in cells if c.layer == layer] + ([unsteered] if unsteered else []),
+                key=lambda c: c.coef,
+            )
             points = [(c.coef, getattr(c, metric)) for c in line if getattr(c, metric) is not None]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=f"layer {layer}")
-    for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
         ax.set(xlabel="steering coefficient", ylabel=f"mean {metric} score", title=metric)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    rows = [(c.layer, c.coef, c.trait, c.trait_ci95, c.coherence, c.n_scored) for c in cells]
-    table = _grid(["layer", "coef", "trait", "± 95 %", "coherence", "judged"], rows)
-    return _image("Steering sweep", _png(figure)) + table
+    header = ["layer", "coef", "trait", "± 95 %", *metrics[1:], "answers judged"]
+    rows = [
+        (
+            "unsteered" if c.layer is None else c.layer,
+            c.coef,
+            c.trait,
+            c.trait_ci95,
+            *([c.coherence] if metrics[1:] else []),
+            f"{c.n_scored} of {c.n}",
+        )
+        for c in cells
+    ]
+    return image("Steering sweep", png(figure)) + grid(header, rows)
 
 
 def calibration_section(summary: CalibrationSummary, points: Sequence[CalibrationPoint]) -> str:
     """Scatter of prompt-last projection against the judged trait, one colour per condition; the r values."""
     import matplotlib.pyplot as plt
 
-    _agg()
+    agg()
     conditions = sorted({p.condition for p in points})
     figure, axes = plt.subplots(1, len(conditions), figsize=(4.5 * len(conditions), 3.2), squeeze=False)
     for ax, condition in zip(axes[0], conditions, strict=True):
@@ -176,121 +160,65 @@ def calibration_section(summary: CalibrationSummary, points: Sequence[Calibratio
             condition,
             fit.r,
             fit.n,
-            ", ".join(f"{k}: {v:.2f}" for k, v in fit.r_within_level.items() if v is not None),
+            ", ".join(f"{k}: {v:.2f}" for k, v in fit.r_within_level.items() if v is not None)
+            or "too few points per level",
         )
         for condition, fit in summary.conditions.items()
     ]
-    table = _grid(["condition", "r", "points", "r within each level"], rows)
-    return _image("Calibration: projection vs judged trait", _png(figure)) + table
+    table = grid(["condition", "r", "points", "r within each level"], rows)
+    return image("Calibration: projection vs judged trait", png(figure)) + table
 
 
 def capability_section(results: dict[str, dict[str, Any]]) -> str:
     """Multiple-choice accuracy per setting (and per subject)."""
     subjects = sorted({s for r in results.values() for s in r["per_subject"]})
+
+    def percent(value: float | None) -> float | None:
+        return None if value is None else 100 * value
+
     rows = [
-        (name, r["accuracy"], r["n"], *(r["per_subject"].get(s) for s in subjects))
+        (name, r["n"], percent(r["accuracy"]), *(percent(r["per_subject"].get(s)) for s in subjects))
         for name, r in results.items()
     ]
-    return "<h2>Capability (multiple choice)</h2>" + _grid(
-        ["setting", "accuracy", "questions", *subjects], rows
+    header = ["setting", "questions", "accuracy %", *(f"{s} %" for s in subjects)]
+    return "<h2>Capability (multiple choice)</h2>" + grid(header, rows)
+
+
+def targets_section(targets: Sequence[Target], title: str = "Targets") -> str:
+    """Each target with its value and goal, and whether it is met; when missed, why."""
+
+    def verdict(t: Target) -> str:
+        if t.met:
+            return "<td class='met'>met</td>"
+        return f"<td class='missed'>missed: {html.escape(t.reason)}</td>"
+
+    head = "".join(f"<th>{h}</th>" for h in ("target", "value", "goal", "met?"))
+    rows = "".join(
+        f"<tr><td>{html.escape(t.name)}</td><td class='num'>{html.escape(readable(t.value))}</td>"
+        f"<td class='num'>{html.escape(t.goal)}</td>{verdict(t)}</tr>"
+        for t in targets
     )
+    return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{rows}</table>"
 
 
-def _delta_histograms(
-    values: dict[str, Any], reference: dict[str, Any] | None, thresholds: dict[str, float]
-) -> str:
-    """One ΔP histogram per trait (beside the reference's, with the threshold), as a base64 PNG."""
-    import matplotlib.pyplot as plt
-
-    _agg()
-    figure, axes = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.2), squeeze=False)
-    for ax, trait in zip(axes[0], values, strict=True):
-        ax.hist(values[trait], bins=40, alpha=0.6, density=reference is not None, label="this dataset")
-        if reference is not None:
-            ax.hist(reference[trait], bins=40, alpha=0.6, density=True, label="reference")
-        if trait in thresholds:
-            ax.axvline(thresholds[trait], color="grey", linestyle="--", label="threshold")
-        ax.set(xlabel="ΔP (projection difference)", ylabel="samples", title=trait)
-        ax.legend(fontsize=8)
-    return _png(figure)
-
-
-def screening_sections(
-    summary: dict[str, Any],
-    values: dict[str, Any],
-    reference: dict[str, Any] | None,
-    selection: SelectionSummary | None,
-    top: dict[str, list[dict[str, Any]]],
-) -> tuple[list[str], bytes]:
-    """A screening's report sections and its ΔP histograms as PNG bytes.
-
-    `values` (and `reference`) map each trait to its samples' ΔP; `summary` is a `Screened` as a dict.
-    """
-    traits = list(values)
-    thresholds = (selection.thresholds if selection else None) or {}
-    png = _delta_histograms(values, reference, thresholds)
-    flagged = selection.flagged_per_trait if selection else {}
-    rows = [
-        (
-            trait,
-            summary["mean_delta"][trait],
-            float(np.median(values[trait])) if len(values[trait]) else None,
-            float(np.std(values[trait])) if len(values[trait]) else None,
-            thresholds.get(trait),
-            flagged.get(trait),
-        )
-        for trait in traits
-    ]
-    facts = [
-        ("rows", summary["rows"]),
-        ("scored", summary["scored"]),
-        ("skipped", summary["skipped"]),
-        ("truncated to max length", summary["truncated"]),
-    ]
-    if selection:
-        facts += [("rule", json.dumps(selection.rule)), *selection.counts.items()]
-    parts = [
-        "<h2>Dataset</h2>" + _grid(["", ""], facts),
-        "<h2>Projection difference per trait</h2>"
-        + _grid(["trait", "mean ΔP", "median", "std", "threshold", "flagged"], rows),
-        _image("ΔP per sample", png),
-    ]
-    for trait, samples in top.items():
-        parts.append(
-            f"<h2>{html.escape(trait)}: the samples with the largest ΔP</h2>"
-            + _grid(
-                ["ΔP", "where", "prompt (last user turn)", "response"],
-                [(s["delta"], s["where"], s["prompt"][:300], s["response"][:600]) for s in samples],
-            )
-        )
-    if summary["problems"]:
-        parts.append(
-            "<h2>Skipped rows (first 20)</h2>" + _grid(["problem"], [(p,) for p in summary["problems"]])
-        )
-    return parts, base64.b64decode(png)
-
-
-STYLE = (
-    "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;"
-    "padding:.3em;text-align:left;vertical-align:top}table{border-collapse:collapse}"
-    ".proxy{background:#fff3cd;padding:.5em}"
-)
-
-
-def page(title: str, parts: Sequence[str], proxy: str | None = None) -> str:
-    """A self-contained HTML page; `proxy` (a judge's proxy note) is shown in a box at the top."""
-    warning = f"<p class='proxy'><b>Judge is an offline proxy.</b> {html.escape(proxy)}</p>" if proxy else ""
-    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
-    body = f"<h1>{html.escape(title)}</h1>{warning}" + "\n".join(parts)
-    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>\n"
-
-
-def write_page(path: str | Path, title: str, parts: Sequence[str], proxy: str | None = None) -> Path:
-    """Write `page(...)` to `path` atomically; return the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(page(title, parts, proxy))
-    return path
+def separation_section(held_out: Separation) -> str:
+    """Held-out answers projected with no system prompt in context: per side, the count and projections."""
+    sides = {True: "eliciting", False: "suppressing"}
+    rows = []
+    for positive, side in sides.items():
+        found = [
+            p for p, a in zip(held_out.projections, held_out.answers, strict=True) if a.positive == positive
+        ]
+        rows.append((side, len(found), *((float(np.mean(found)), min(found), max(found)) if found else ())))
+    questions = len({a.question for a in held_out.answers})
+    return (
+        "<h2>Held-out separation</h2><p>Answers to questions that neither the extraction nor the sweeps "
+        f"asked ({questions} questions), generated under the eliciting or the suppressing system prompt and "
+        "kept by the filter's trait rule; each is pooled with <b>only its question in context</b> (no system "
+        f"prompt) and projected on the vector at layer {held_out.layer}. "
+        f"AUROC = <b>{html.escape(readable(held_out.auroc))}</b>.</p>"
+        + grid(["system prompt", "answers kept", "mean projection", "lowest", "highest"], rows)
+    )
 
 
 def write_report(run: str | Path, examples: Sequence[Example] = (), extra: Sequence[str] = ()) -> Path:
@@ -301,15 +229,11 @@ def write_report(run: str | Path, examples: Sequence[Example] = (), extra: Seque
     extraction = ExtractionRun(run)
     manifest = extraction.manifest
     examples = examples or sweep_examples(extraction)
-    facts = [
-        ("judge", manifest["judge"]["name"]),
-        *((k, json.dumps(v)) for k, v in manifest["generation"].items()),
-    ]
-    facts += [(k, json.dumps(v)) for k, v in manifest["selection"].items()]
-    facts += [(f"stage {k}", json.dumps(v)) for k, v in manifest["stages"].items() if k != "vectors"]
     parts = [
-        _grid(["setting", "value"], facts),
-        *(_image(title, png) for title, png in _plots(extraction).items()),
+        "<h2>Settings</h2>" + settings_table(manifest),
+        "<h2>Stages</h2>" + stages_table(manifest),
+        targets_section(extraction_targets(extraction), "Extraction checks"),
+        *(image(title, data) for title, data in _plots(extraction).items()),
     ]
     if examples:
         parts.append(examples_section(examples, "Steered answers (evaluation questions, chosen layer)"))

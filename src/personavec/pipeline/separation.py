@@ -1,0 +1,84 @@
+"""Held-out separation: does a vector tell the trait's answers from the opposite ones by the answers alone?
+
+Answers are generated under each instruction pair's eliciting and suppressing system prompt and kept
+by the extraction filter's trait rule (eliciting and judged ≥ threshold, or suppressing and judged
+below it). Each kept answer is then pooled with **only its question in context** (no system prompt),
+projected on the vector at its layer, and the AUROC of positives over negatives is the figure. With the
+system prompt out of context a fixed answer projects the same under either side, so only the answers'
+own content can separate; the questions should be ones the extraction and the layer sweep never used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from personavec.core.generate import generate
+from personavec.core.models import LoadedModel
+from personavec.core.sampling import Sampling
+from personavec.core.vectors import PersonaVector
+from personavec.judges import Judge
+from personavec.pipeline.evaluate import auroc
+from personavec.traits.spec import TraitSpec
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A held-out answer: its question, the text, and whether it came from the eliciting side."""
+
+    question: str
+    text: str
+    positive: bool
+
+
+@dataclass(frozen=True)
+class Separation:
+    """The projections of held-out answers (pooled without a system prompt) and their AUROC."""
+
+    answers: list[Answer]
+    projections: list[float]
+    layer: int
+
+    @property
+    def auroc(self) -> float | None:
+        """AUROC of the eliciting side's projections over the suppressing side's (None if a side is empty)."""
+        pos = [p for p, a in zip(self.projections, self.answers, strict=True) if a.positive]
+        neg = [p for p, a in zip(self.projections, self.answers, strict=True) if not a.positive]
+        return auroc(pos, neg)
+
+    def counts(self) -> tuple[int, int]:
+        """Kept answers from the eliciting and from the suppressing side."""
+        pos = sum(a.positive for a in self.answers)
+        return pos, len(self.answers) - pos
+
+
+def held_out_answers(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    judge: Judge,
+    questions: Sequence[str],
+    pairs: Sequence[dict[str, str]],
+    sampling: Sampling,
+    threshold: float = 50.0,
+) -> list[Answer]:
+    """Answers to `questions` under each of `pairs`' system prompts, kept by the filter's trait rule."""
+    asked = [(q, pair[side], side == "pos") for pair in pairs for q in questions for side in ("pos", "neg")]
+    texts = generate(loaded, [loaded.chat(q, system) for q, system, _ in asked], sampling, progress=False)
+    scores = dict(judge.score(trait.rubric, [(q, t) for (q, _, _), t in zip(asked, texts, strict=True)]))
+    return [
+        Answer(q, text, positive)
+        for i, ((q, _, positive), text) in enumerate(zip(asked, texts, strict=True))
+        if (value := scores[i].value) is not None and positive == (value >= threshold)
+    ]
+
+
+def separation(loaded: LoadedModel, vector: PersonaVector, answers: Sequence[Answer]) -> Separation:
+    """Project `answers`, each pooled after a prompt holding only its question, on `vector` at its layer."""
+    from personavec.core.activations import pooled_activations  # torch
+
+    layer = vector.resolve_layer(None)
+    pooled = pooled_activations(
+        loaded, [loaded.chat(a.question) for a in answers], [a.text for a in answers], progress=False
+    )
+    projections = vector.project(pooled.tensor(vector.pooling)[:, layer]).tolist()
+    return Separation(list(answers), projections, layer)
