@@ -219,6 +219,24 @@ def test_a_wrong_upstream_model_or_a_dead_upstream_fails_at_start(
     assert "does not answer" in capsys.readouterr().err and time.monotonic() - start_t < 15
 
 
+def test_a_client_leaving_a_relayed_stream_is_logged(server: Server, files: Any) -> None:
+    body = {
+        "model": ALIAS,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 300,
+    }
+    response = server.stream(body)
+    assert response.readline().startswith(b"data: ")
+    response.close()  # gone mid-stream: the relay stops the engine's generation and logs a 499
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        last = json.loads(files["audit"].read_text().splitlines()[-1])
+        if last["status"] == 499:
+            break
+        time.sleep(0.2)
+    assert last["status"] == 499
+
+
 def test_the_upstream_going_away_mid_stream(server: Server, engine: tuple[str, Any], files: Any) -> None:
     response = server.stream(
         {

@@ -265,7 +265,10 @@ async def _relay(
         return
     finally:
         if not done:
-            await stream.close()  # our client left, or the upstream failed: stop its generation
+            if base.status == 200:  # our client left mid-stream (cancelled, not an error)
+                base.status, base.answer = 499, "".join(parts)
+                record(state, base)
+            await stream.close()  # stop the engine's generation
     content = "".join(parts)
     figures = _figures(state, last, await _score(state, prompt, content))
     counted = len(state.loaded.tokenizer(content, add_special_tokens=False)["input_ids"])
