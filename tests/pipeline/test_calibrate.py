@@ -12,6 +12,7 @@ from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.calibrate import Calibration, calibrate, pearson
 from personavec.pipeline.config import CalibrateConfig
+from personavec.pipeline.results import CalibrationPoint
 from personavec.pipeline.runs import CalibrationRun
 from personavec.traits import load_trait
 
@@ -84,9 +85,9 @@ def test_k_shot_prompts_hold_the_examples() -> None:
 
 
 def test_calibration_target_is_met_or_says_why_not() -> None:
-    def points(traits: list[float], projections: list[float]) -> list[dict]:
+    def points(traits: list[float], projections: list[float]) -> list[CalibrationPoint]:
         return [
-            {"condition": "graded", "level": i // 2, "question": "q", "projection": p, "trait": t}
+            CalibrationPoint("graded", i // 2, "q", p, t)
             for i, (t, p) in enumerate(zip(traits, projections, strict=True))
         ]
 

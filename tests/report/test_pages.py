@@ -124,3 +124,12 @@ def test_readable_values_carry_no_json() -> None:
     assert (
         readable({"a": 1, "b": [0.5]}) == "a: 1; b: 0.5" and readable(True) == "yes" and readable(None) == ""
     )
+
+
+def test_the_settings_table_of_a_run_without_a_judge() -> None:
+    from personavec.report.settings import settings_table
+
+    manifest = {"judge": {"name": "none"}, "model": {"name": "m"}, "trait": "t", "generation": {},
+                "selection": {"coherence_threshold": 50}}  # fmt: skip
+    table = settings_table(manifest)
+    assert "no judge" in table and "not applied: the judge measures no coherence" in table

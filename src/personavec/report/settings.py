@@ -37,7 +37,7 @@ def settings_table(manifest: dict[str, Any]) -> str:
         ("model", manifest["model"]["name"]),
         ("trait", manifest["trait"]),
         ("judge", judge["name"]),
-        ("judge measures coherence", judge["measures_coherence"]),
+        ("judge measures coherence", readable(judge.get("measures_coherence", "no judge"))),
     ]
     for key, value in {**manifest["generation"], **manifest["selection"]}.items():
         shown = readable(value)
@@ -45,7 +45,7 @@ def settings_table(manifest: dict[str, Any]) -> str:
             shown = "default (8 over the middle half)"
         elif key == "pairing":
             shown = _PAIRING.get(value, shown)
-        elif key == "coherence_threshold" and not judge["measures_coherence"]:
+        elif key == "coherence_threshold" and not judge.get("measures_coherence"):
             shown += " (not applied: the judge measures no coherence)"
         rows.append((_LABELS.get(key, key.replace("_", " ")), shown))
     return grid(["setting", "value"], rows)
