@@ -117,6 +117,14 @@ def test_the_library_probes_before_generating(key, tmp_path) -> None:
     assert not (tmp_path / "run" / "generations.jsonl").exists()
 
 
+def _chat_file(folder: Path) -> Path:
+    """A one-conversation chat JSONL file."""
+    data = folder / "d.jsonl"
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    data.write_text(json.dumps({"messages": chat}) + "\n")
+    return data
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -130,9 +138,7 @@ def test_the_library_probes_before_generating(key, tmp_path) -> None:
 def test_an_unwritable_output_directory_fails_before_the_model_loads(
     config_only, tmp_path, capsys, command: list[str]
 ) -> None:
-    data = tmp_path / "d.jsonl"
-    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    data.write_text(json.dumps({"messages": chat}) + "\n")
+    data = _chat_file(tmp_path)
     vector = tmp_path / "v.safetensors"
     save_vectors(vector, [PersonaVector("t", torch.randn(N_LAYERS + 1, 64), layer=1)])
     (tmp_path / "file").write_text("")
@@ -168,9 +174,7 @@ def test_the_lexicon_judge_needs_a_trait_with_a_sentiment_before_the_model_loads
 def test_a_vector_with_more_layers_than_the_model_fails_before_the_model_loads(
     config_only, tmp_path, capsys, command: list[str]
 ) -> None:
-    data = tmp_path / "d.jsonl"
-    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    data.write_text(json.dumps({"messages": chat}) + "\n")
+    data = _chat_file(tmp_path)
     big = tmp_path / "big.safetensors"
     save_vectors(big, [PersonaVector("big", torch.randn(31, 64), layer=20)])  # 30 blocks; the model: 3
     argv = [a.format(data=data, tmp=tmp_path) for a in command]
