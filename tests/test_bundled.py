@@ -110,7 +110,13 @@ def test_demo_separates_held_out_answers_by_the_answers_alone(demo: DemoResult, 
         asked |= {json.loads(line).get("question") for line in path.read_text().splitlines() if line}
     questions = {a.question for a in held_out.answers}
     assert len(questions) >= 10 and not questions & asked
-    assert len(asked) > 30  # the scan above did find the earlier stages' questions
+    # the scan above did find the earlier stages' questions: extraction's and the layer sweep's
+    from personavec.demo import DEMO_CONFIG, SWEEP_QUESTIONS
+    from personavec.traits import load_trait
+
+    trait = load_trait("optimistic")
+    assert set(trait.extraction_questions[: DEMO_CONFIG.questions]) <= asked
+    assert set(trait.evaluation_questions[:SWEEP_QUESTIONS]) <= asked
 
     # labels by the filter's rule: eliciting side judged ≥ 50, suppressing side judged < 50
     judge = LexiconJudge("optimistic", "positive")
