@@ -50,7 +50,8 @@ def test_a_status_no_retry_can_fix_fails_after_one_request(key, status: str, fix
             judge.probe()
     message = str(raised.value)
     assert len(server.requests) == 1 and time.perf_counter() - started < 2
-    assert f"{server.url}/ (model judge-model)" in message and f"HTTP {status};" in message
+    said = " (injected)" if status == "400" else ""  # a 400 quotes the server's message: what was wrong
+    assert f"{server.url}/ (model judge-model)" in message and f"HTTP {status}{said};" in message
     assert fix in message and "\n" not in message and "retries" not in message
 
 

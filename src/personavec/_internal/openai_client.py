@@ -7,9 +7,10 @@ import os
 import random
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from personavec.errors import ConfigError, JudgeError
+from personavec.errors import ConfigError, JudgeError, PersonavecError
 
 if TYPE_CHECKING:
     import openai
@@ -35,13 +36,25 @@ def make_client(base_url: str | None, timeout: float) -> openai.OpenAI:
     return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
 
 
+@dataclass(frozen=True)
+class Names:
+    """How the user sets an endpoint (its URL flag, key and concurrency flag): the fixes name them."""
+
+    url: str = "--base-url"
+    key: str = KEY_VARIABLE
+    concurrency: str = "--concurrency"
+    serves: str = "chat completions"
+
+
+JUDGE = Names()
+
 # what to try for each HTTP status that no retry can fix (the probe's one line names it)
 _FIXES = {
-    400: "the server refused the request: check the model name and that it serves chat completions",
-    401: "a bad API key: check OPENAI_API_KEY",
-    403: "the key may not use this model: check OPENAI_API_KEY and the account's access",
-    404: "an unknown model or a wrong path: check the model name, and --base-url (it usually ends in /v1)",
-    429: "rate limited: wait, or lower --concurrency",
+    400: "the server refused the request: check the model name and that it serves {serves}",
+    401: "a bad API key: check {key}",
+    403: "the key may not use this model: check {key} and the account's access",
+    404: "an unknown model or a wrong path: check the model name, and {url} (it usually ends in /v1)",
+    429: "rate limited: wait, or lower {concurrency}",
 }
 
 
@@ -61,7 +74,13 @@ def describe(error: Exception) -> str:
     import openai
 
     if isinstance(error, openai.APIStatusError):
-        return f"HTTP {error.status_code}"
+        said = error.body.get("message") if isinstance(error.body, dict) else None
+        # a 400 says what was wrong with the request (a prompt over the context, ...)
+        return (
+            f"HTTP {error.status_code} ({str(said)[:200]})"
+            if error.status_code == 400 and said
+            else f"HTTP {error.status_code}"
+        )
     if isinstance(error, openai.APITimeoutError):
         return "timeout"
     if _refused(error):
@@ -74,19 +93,20 @@ def describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:200]
 
 
-def fix(error: Exception) -> str:
-    """What to try about an API failure."""
+def fix(error: Exception, names: Names = JUDGE) -> str:
+    """What to try about an API failure, naming the flags of `names`."""
     import openai
 
     if isinstance(error, openai.APIStatusError):
         if error.status_code >= 500:
             return "the server failed: see its logs, or try again later"
-        return _FIXES.get(error.status_code, "check the model name, --base-url and OPENAI_API_KEY")
+        default = "check the model name, {url} and {key}"
+        return _FIXES.get(error.status_code, default).format_map(vars(names))
     if isinstance(error, openai.APITimeoutError):
-        return "no reply in time: is the server overloaded, or --base-url another kind of server?"
+        return f"no reply in time: is the server overloaded, or {names.url} another kind of server?"
     if _refused(error):
-        return "is the server running, and --base-url right?"
-    return "is --base-url an OpenAI-compatible endpoint (usually ending in /v1)?"
+        return f"is the server running, and {names.url} right?"
+    return f"is {names.url} an OpenAI-compatible endpoint (usually ending in /v1)?"
 
 
 def is_transient(error: Exception) -> bool:
@@ -122,13 +142,33 @@ def with_retries(
     raise AssertionError("unreachable")
 
 
-def call_endpoint(call: Callable[[], T], url: str, model: str, retries: int, backoff: float) -> T:
-    """``call()`` with retries; a failure that remains is a `JudgeError` of one line naming the
-    endpoint `url`, the `model`, the cause and the fix."""
+def call_endpoint(
+    call: Callable[[], T],
+    url: str,
+    model: str,
+    retries: int,
+    backoff: float,
+    names: Names = JUDGE,
+    error: type[PersonavecError] = JudgeError,
+    stop: threading.Event | None = None,
+) -> T:
+    """``call()`` with retries; a failure that remains is an `error` (a `JudgeError` unless told) of one
+    line naming the endpoint `url`, the `model`, the cause and the fix (in the flags of `names`)."""
     try:
-        return with_retries(call, retries, backoff)
-    except Exception as error:  # any API failure, classified by describe and fix
-        retried = f" after {retries} retries" if retries and is_transient(error) else ""
-        raise JudgeError(
-            f"the endpoint {url} (model {model}) cannot answer: {describe(error)}{retried}; {fix(error)}"
-        ) from error
+        return with_retries(call, retries, backoff, stop)
+    except Exception as failure:  # any API failure, classified by describe and fix
+        retried = f" after {retries} retries" if retries and is_transient(failure) else ""
+        cause = f"{describe(failure)}{retried}; {fix(failure, names)}"
+        raise error(f"the endpoint {url} (model {model}) cannot answer: {cause}") from failure
+
+
+def post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: float = 10.0) -> Any:
+    """The JSON reply to a POST of `body` to `url` (for an engine's own endpoints, such as /tokenize);
+    raises ``OSError`` (``urllib.error.URLError`` among them) or ``ValueError`` when there is none."""
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())

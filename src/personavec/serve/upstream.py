@@ -13,8 +13,6 @@ import asyncio
 import json
 import secrets
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +22,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from transformers import PreTrainedTokenizerBase
 
+from personavec._internal.openai_client import post_json
 from personavec.core.models import format_chat
 from personavec.errors import ConfigError
 from personavec.serve import protocol as p
@@ -44,14 +43,6 @@ def client(config: ServeConfig) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
         base_url=config.upstream, api_key=key, timeout=config.upstream_timeout, max_retries=0
     )
-
-
-def _post(url: str, body: dict[str, Any], api_key: str | None) -> Any:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def check(config: ServeConfig, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -86,8 +77,8 @@ def check(config: ServeConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     ]
     for endpoint, body, what in attempts:
         try:
-            tokens = _post(endpoint, body, api_key).get("tokens")
-        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            tokens = post_json(endpoint, body, api_key).get("tokens")
+        except (OSError, ValueError, AttributeError):
             continue
         if tokens != local:
             warnings.warn(
