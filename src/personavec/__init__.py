@@ -1,6 +1,6 @@
 """personavec: persona vectors for language models (Chen et al. 2025, arXiv 2507.21509).
 
-The common path needs no deep import: the engine (``load_model``, ``capture``, ``steer``,
+The common path needs no deep import: the core (``load_model``, ``capture``, ``steer``,
 ``PersonaVector``, ...) and the verbs (``extract``, ``screen``, ``train``, ``load_trait``,
 ``make_judge``, ``evaluate``, ...) are attributes of this package. They are imported on first use, so
 ``import personavec`` (and ``personavec --help``) does not pay for torch and transformers.
@@ -19,6 +19,7 @@ _EXPORTS = {
     # the kinds of PersonavecError, for callers that tell them apart
     "ConfigError": "personavec.errors",
     "DataError": "personavec.errors",
+    "EngineError": "personavec.errors",
     "JudgeError": "personavec.errors",
     "ModelError": "personavec.errors",
     "RunDirError": "personavec.errors",
@@ -44,6 +45,7 @@ _EXPORTS = {
     "load_vectors": "personavec.core.vectors",
     "save_vectors": "personavec.core.vectors",
     "generate": "personavec.core.generate",
+    "Engine": "personavec.core.engine",
     "Sampling": "personavec.core.sampling",
     # traits and judges
     "TraitSpec": "personavec.traits.spec",
@@ -129,6 +131,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.core.activations import (
         pooled_activations as pooled_activations,
     )
+    from personavec.core.engine import Engine as Engine
     from personavec.core.generate import generate as generate
     from personavec.core.hooks import Capture as Capture
     from personavec.core.hooks import ablate as ablate
@@ -212,6 +215,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     )
     from personavec.errors import ConfigError as ConfigError
     from personavec.errors import DataError as DataError
+    from personavec.errors import EngineError as EngineError
     from personavec.errors import JudgeError as JudgeError
     from personavec.errors import ModelError as ModelError
     from personavec.errors import RunDirError as RunDirError

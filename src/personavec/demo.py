@@ -44,6 +44,7 @@ from personavec.report.pages import (
 )
 from personavec.traits.spec import TraitSpec, load_trait
 
+DEMO_TRAIT = "optimistic"
 DEMO_CONFIG = ExtractConfig(
     samples=2,
     sampling=Sampling(max_new_tokens=48, temperature=0.7, batch_size=32),
@@ -91,7 +92,7 @@ def run_demo(
     if loaded is None:
         loaded = load_model(model_ref)
         seconds["load model"] = time.perf_counter() - started
-    trait = load_trait("optimistic")
+    trait = load_trait(DEMO_TRAIT)
     judge = LexiconJudge(trait.name, trait.sentiment)
     result = extract(loaded, trait, judge, out, DEMO_CONFIG, force=force, progress=progress)
     seconds.update({stage: s for stage, s in result.summary.seconds.items() if s is not None})

@@ -27,3 +27,7 @@ class RunDirError(PersonavecError):
 
 class JudgeError(PersonavecError, RuntimeError):
     """A judge, or another OpenAI-compatible endpoint, that fails."""
+
+
+class EngineError(PersonavecError, RuntimeError):
+    """An engine that generates answers (``--engine``) which fails, or does not see the local prompts."""

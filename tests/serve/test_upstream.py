@@ -7,11 +7,8 @@ command that builds it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,55 +18,16 @@ import openai
 import pytest
 
 from personavec.cli import main
-from personavec.core.models import LoadedModel, format_chat, smollm2_path
+from personavec.core.models import LoadedModel, format_chat
 from personavec.core.vectors import load_vector
 from personavec.deploy.monitor import project
 
+from llama import ALIAS, llama_server, require_llama
 from server import KEY, Server, free_port, random_vectors, start
 
-BUILD = (
-    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF" '
-    "pip install --no-cache-dir 'llama-cpp-python[server]==0.3.36'"
-)
-ALIAS = "smollm2-gguf"
 TOL = 1e-3
 
-if importlib.util.find_spec("llama_cpp") is None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"llama.cpp's server is missing under CI; build it with: {BUILD}", pytrace=False)
-    pytest.skip(f"needs llama.cpp's server; build it with: {BUILD}", allow_module_level=True)
-
-
-def _llama(port: int, log: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(smollm2_path()),
-        "--model_alias",
-        ALIAS,
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--interrupt_requests",
-        "False",
-    ]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    probe = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=5)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama.cpp's server exited:\n{log.read_text()[-2000:]}")
-        try:
-            probe.models.list()
-            return process
-        except openai.APIError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("llama.cpp's server did not start")
+require_llama()
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +38,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def engine(files: dict[str, Path]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    process = _llama(port, files["folder"] / "llama.log")
-    yield f"http://127.0.0.1:{port}/v1", process
-    process.kill()
-    process.wait()
+    with llama_server(files["folder"] / "llama.log") as running:
+        yield running
 
 
 def _args(files: dict[str, Path], url: str, *extra: str) -> list[str]:

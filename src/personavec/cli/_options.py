@@ -276,6 +276,32 @@ def endpoint_args(parser: argparse.ArgumentParser, concurrency: bool = True) -> 
         parser.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
 
 
+def engine_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--engine`` and its settings: an OpenAI-compatible server that writes `what`."""
+    group = parser.add_argument_group("engine", f"generate {what} on an OpenAI-compatible server")
+    group.add_argument(
+        "--engine", metavar="openai:URL", help=f"the server that writes {what} (default: here)"
+    )
+    group.add_argument("--engine-model", help="the model id the engine serves (one of its /v1/models)")
+    group.add_argument(
+        "--engine-concurrency", type=int, default=16, help="engine requests at once (default 16)"
+    )
+    group.add_argument(
+        "--engine-api-key", help="the engine's key (default: $PERSONAVEC_ENGINE_API_KEY; not the judge's)"
+    )
+
+
+def make_engine(args: argparse.Namespace) -> Any:
+    """The `Engine` of ``--engine`` (None without it); ``--engine-*`` alone is a mistake."""
+    from personavec.core.engine import Engine
+
+    if args.engine is None:
+        if args.engine_model or args.engine_api_key:
+            raise ConfigError("--engine-model and --engine-api-key need --engine openai:URL")
+        return None
+    return Engine.from_spec(args.engine, args.engine_model, args.engine_concurrency, args.engine_api_key)
+
+
 def judge_args(parser: argparse.ArgumentParser) -> None:
     from personavec.judges import JUDGE_SPECS
 

@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import add_config, add_fields, endpoint_args, from_args, model_args
+from personavec.cli._options import (
+    add_config,
+    add_fields,
+    endpoint_args,
+    engine_args,
+    from_args,
+    make_engine,
+    model_args,
+)
 from personavec.data.config import KitConfig, ScreenConfig, Selection
 from personavec.data.samples import Columns
+from personavec.errors import ConfigError
 
 
 def _screen(args: argparse.Namespace) -> None:
@@ -24,9 +33,12 @@ def _screen(args: argparse.Namespace) -> None:
     reference = DataFile(args.reference, columns) if args.reference else None
     check_screening(data, config, selection, reference)
     vectors = [load_vector(path, pooling=args.pooling) for path in args.vector]
-    preflight(vectors=vectors, model=args.model, out=args.out)
+    engine = make_engine(args)
+    if engine is not None and config.approx is not None:
+        raise ConfigError("--approx generates no own answers: drop --engine, or --approx")
+    preflight(vectors=vectors, model=args.model, out=args.out, engine=engine)
     loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))
-    result = screen_dataset(loaded, vectors, data, args.out, config, selection, reference)
+    result = screen_dataset(loaded, vectors, data, args.out, config, selection, reference, engine=engine)
     if result.report is None:  # not the main process
         return
     screened, ordinary = result.screened, result.reference
@@ -57,9 +69,10 @@ def _make_trait_dataset(args: argparse.Namespace) -> None:
     questions = read_questions(args.questions) if args.questions else None
     config = from_args(KitConfig, args)
     judge = make_judge(args.judge, trait, base_url=args.base_url) if args.judge else None
-    preflight(judge=judge, out=args.out)
+    engine = make_engine(args)
+    preflight(judge=judge, out=args.out, engine=engine, model=args.model)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    manifest = make_trait_dataset(loaded, trait, args.out, questions, config, judge)
+    manifest = make_trait_dataset(loaded, trait, args.out, questions, config, judge, engine=engine)
     for level, info in manifest.files.items():
         judged = f", judged {trait.name} {info.judged_trait:.1f}" if info.judged_trait is not None else ""
         print(f"{args.out}/{level}.jsonl: {info.rows} rows, {info.elicited} elicited{judged}")
@@ -78,6 +91,7 @@ def add(commands: Any) -> None:
     add_fields(screen.add_mutually_exclusive_group(), Selection)
     screen.add_argument("--reference", help="ordinary data for --percentile (the paper: 95th of 20k chats)")
     add_fields(screen, Columns)
+    engine_args(screen, "the model's own answers y′")
     add_config(screen)
     screen.set_defaults(run=_screen)
 
@@ -96,5 +110,6 @@ def add(commands: Any) -> None:
     )
     endpoint_args(kit, concurrency=False)
     add_fields(kit, KitConfig)
+    engine_args(kit, "the answers")
     add_config(kit)
     kit.set_defaults(run=_make_trait_dataset)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import add_config, add_fields, from_args, judge_args, model_args
+from personavec.cli._options import (
+    add_config,
+    add_fields,
+    engine_args,
+    from_args,
+    judge_args,
+    make_engine,
+    model_args,
+)
 from personavec.pipeline.config import ExtractConfig
 
 
@@ -23,9 +31,10 @@ def _extract(args: argparse.Namespace) -> None:
     judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
     if judge is not None and judge.proxy:
         print(f"judge: {judge.proxy}", flush=True)
-    preflight(judge=judge, out=args.out)
+    engine = make_engine(args)
+    preflight(judge=judge, out=args.out, engine=engine, model=args.model)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    result = extract(loaded, trait, judge, args.out, config, force=args.force)
+    result = extract(loaded, trait, judge, args.out, config, force=args.force, engine=engine)
     report = write_report(result.dir)
     vector = result.vectors["response-avg"]
     summary = result.summary
@@ -41,6 +50,7 @@ def add(commands: Any) -> None:
     model_args(extract, vector=False, adapter=False, pooling=False)
     judge_args(extract)
     add_fields(extract, ExtractConfig)
+    engine_args(extract, "the contrastive answers")
     # what to do with an existing run directory, not a setting of the run (extract's `force` argument)
     extract.add_argument("--force", action="store_true", help="start over a run directory made otherwise")
     add_config(extract)

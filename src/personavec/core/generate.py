@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from transformers import GenerationMixin
 
 from personavec._internal.files import atomic_path, open_append
+from personavec.core.engine import Engine, request_seed
 from personavec.core.layers import unwrap
-from personavec.core.models import LoadedModel, format_chat
+from personavec.core.models import LoadedModel, format_chat, token_counts
 from personavec.core.sampling import Sampling
 from personavec.errors import ModelError
 
@@ -40,7 +41,7 @@ def generate(
     if not isinstance(unwrap(model), GenerationMixin):  # a PEFT model generates through its base
         raise ModelError(f"{type(model).__name__} cannot generate text (not a causal LM)")
     generator: Any = model
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    lengths = token_counts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers: list[str] = [""] * len(prompts)
     decoding = sampling.decoding()
@@ -110,6 +111,7 @@ def generate_rows(
     chunk_size: int = 128,
     progress: bool = True,
     desc: str = "generate",
+    engine: Engine | None = None,
 ) -> list[dict[str, Any]]:
     """Answer `requests` into the JSONL file `path`; one row per request, in the order of `requests`.
 
@@ -117,7 +119,14 @@ def generate_rows(
     each chunk's rows are appended and flushed once it is done. Chunks already in the file are skipped
     (the rows of a chunk left half-written are dropped first), so a rerun after a crash resumes where it
     stopped and writes the same file as an uninterrupted run.
+
+    With an `engine`, it writes the answers (checked first; `Engine.check`), each request seeded by
+    `request_seed` from ``sampling.seed`` and its id, and chunks hold at least four requests per
+    concurrent one; ``sampling.batch_size`` is then unused.
     """
+    if engine is not None:
+        engine.check(loaded.tokenizer)
+        chunk_size = max(chunk_size, 4 * engine.concurrency)
     rows = read_rows(path)
     chunks = [requests[i : i + chunk_size] for i in range(0, len(requests), chunk_size)]
     todo = [k for k, chunk in enumerate(chunks) if any(r.id not in rows for r in chunk)]
@@ -133,8 +142,11 @@ def generate_rows(
         for k in todo:
             chunk = chunks[k]
             prompts = [r.prompt(loaded) for r in chunk]
-            seeded = replace(sampling, seed=sampling.seed + k)
-            answers = generate(loaded, prompts, seeded, progress=False)
+            if engine is None:
+                answers = generate(loaded, prompts, replace(sampling, seed=sampling.seed + k), progress=False)
+            else:
+                seeds = [request_seed(sampling.seed, r.id) for r in chunk]
+                answers = engine.submit(prompts, sampling, seeds).result()
             for request, answer in zip(chunk, answers, strict=True):
                 row = {
                     "id": request.id,

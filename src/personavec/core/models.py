@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,11 @@ def format_chat(
         if not messages or messages[0]["role"] != "system":
             raise
     return format_chat(tokenizer, merge_system(messages), add_generation_prompt)
+
+
+def token_counts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[int]:
+    """How many tokens each of `texts` (chat-formatted: no special tokens added) is."""
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:

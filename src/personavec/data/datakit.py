@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from personavec._internal.files import atomic_path
+from personavec.core.engine import Engine
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.data.config import KitConfig
@@ -143,6 +144,28 @@ def _write_level(
     return KitFile(len(lines), n_elicited, empty, mean_ci(values)[0] if judged else None)
 
 
+def _open_run(
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    out: str | Path,
+    questions: list[str],
+    config: KitConfig,
+    engine: Engine | None,
+) -> RunDir:
+    """Start or resume the kit's run directory, tied to the model, trait, questions, settings and engine."""
+    identity = {
+        "model": loaded.identity.to_dict(),
+        "trait": trait.sha256(),
+        "questions": questions,
+        "config": asdict(config),
+    }
+    if engine is not None:
+        identity["engine"] = engine.identity()
+    files_out = tuple(f"{level}.jsonl" for level in (*LEVELS, "reference"))
+    outputs = {"answers": (KitRun.GENERATIONS,), "datasets": files_out}
+    return RunDir.open(out, KitRun.KIND, identity, outputs)
+
+
 def make_trait_dataset(
     loaded: LoadedModel,
     trait: TraitSpec,
@@ -151,22 +174,18 @@ def make_trait_dataset(
     config: KitConfig = KitConfig(),
     judge: Judge | None = None,
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> KitManifest:
     """Write the graded datasets of the module docstring into the run directory `out` (`KitRun`);
-    return what they teach and each file's counts (also the manifest's ``datasets`` stage record)."""
+    return what they teach and each file's counts (also the manifest's ``datasets`` stage record).
+    An `engine` writes the answers (see `generate_rows`)."""
     questions = bundled_questions() if questions is None else questions
     config.check(len(questions))
     _check_questions(trait, questions)
     preflight(judge=judge, out=out)
-    identity = {
-        "model": loaded.identity.to_dict(),
-        "trait": trait.sha256(),
-        "questions": questions,
-        "config": asdict(config),
-    }
-    files_out = tuple(f"{level}.jsonl" for level in (*LEVELS, "reference"))
-    outputs = {"answers": (KitRun.GENERATIONS,), "datasets": files_out}
-    run = RunDir.open(out, KitRun.KIND, identity, outputs)
+    if engine is not None:
+        engine.check(loaded.tokenizer)
+    run = _open_run(loaded, trait, out, questions, config, engine)
     out = run.path
     started = time.perf_counter()
     order = list(range(len(questions)))
@@ -174,9 +193,10 @@ def make_trait_dataset(
     reference, training = order[: config.reference], sorted(order[config.reference :])
     requests = _requests(trait, questions, training, reference, config)
     rows = generate_rows(
-        loaded, requests, out / KitRun.GENERATIONS, config.sampling, progress=progress, desc="answers"
-    )
-    run.found("answers", started, rows=len(rows))
+        loaded, requests, out / KitRun.GENERATIONS, config.sampling, progress=progress, desc="answers",
+        engine=engine,
+    )  # fmt: skip
+    run.found("answers", started, rows=len(rows), **({"engine_url": engine.url} if engine else {}))
     started = time.perf_counter()
     answers = {row["id"]: row["answer"] for row in rows}
     scores = _judged(judge, trait, rows, out, progress) if judge else {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 from personavec._internal.dist import process_state
 from personavec._internal.files import atomic_path, write_json
 from personavec.core.activations import iter_pooled
+from personavec.core.engine import Engine
 from personavec.core.generate import generate
-from personavec.core.models import LoadedModel, format_chat
+from personavec.core.models import LoadedModel, format_chat, token_counts
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
 from personavec.data.samples import BadRow, DataFile, Sample
@@ -77,28 +78,53 @@ def _chunks(items: Iterator[Sample | BadRow], size: int) -> Iterator[list[Sample
         yield chunk
 
 
+@dataclass
+class _Chunk:
+    """A chunk on its way: the rows skipped so far, the usable samples and their prompts, and how to
+    get their own answers y′ (None under `approx`; with an engine, already being generated)."""
+
+    k: int
+    rows: dict[int, dict[str, Any]]
+    samples: list[Sample]
+    prompts: list[str]
+    own: Callable[[], list[str]] | None
+
+
 class _Screener:
     def __init__(
-        self, loaded: LoadedModel, vectors: Sequence[PersonaVector], out: Path, config: ScreenConfig
+        self,
+        loaded: LoadedModel,
+        vectors: Sequence[PersonaVector],
+        out: Path,
+        config: ScreenConfig,
+        engine: Engine | None = None,
     ):
-        self.loaded, self.vectors, self.out, self.config = loaded, vectors, out, config
+        self.loaded, self.vectors, self.out, self.config, self.engine = loaded, vectors, out, config, engine
         self.readout = Readout.of(vectors, config.layer)
         self.traits = [v.trait for v in vectors]
 
-    def own_answers(self, k: int, samples: list[Sample], prompts: list[str]) -> list[str]:
-        """The model's greedy answers y′, from the chunk's cache file or generated and cached."""
+    def own_answers(self, k: int, samples: list[Sample], prompts: list[str]) -> Callable[[], list[str]]:
+        """The model's greedy answers y′: from the chunk's cache file, or generated (sent to the engine
+        now, generated locally when asked) and cached."""
         path = self.out / ScreeningRun.CHUNKS / f"{k:06d}.own.json"
+        indices = [s.index for s in samples]
         if path.exists():
             cached = json.loads(path.read_text())
-            if cached["indices"] == [s.index for s in samples]:
-                return list(cached["answers"])
-        answers = generate(self.loaded, prompts, self.config.sampling, progress=False)
-        write_json(path, {"indices": [s.index for s in samples], "answers": answers})
-        return answers
+            if cached["indices"] == indices:
+                return lambda: list(cached["answers"])
+        sampling = self.config.sampling
+        if self.engine is not None:
+            pending = self.engine.submit(prompts, sampling, [sampling.seed] * len(prompts))
+            generated = pending.result
+        else:
+            generated = lambda: generate(self.loaded, prompts, sampling, progress=False)  # noqa: E731
 
-    def prompt_lengths(self, prompts: list[str]) -> list[int]:
-        ids = self.loaded.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        return [len(x) for x in ids]
+        def cached_answers() -> list[str]:
+            answers = generated()
+            write_json(path, {"indices": indices, "answers": answers})
+            return answers
+
+        return cached_answers
 
     def skip(self, rows: dict[int, dict[str, Any]], item: Sample | BadRow, problem: str) -> None:
         """Record `item` as skipped for `problem`, or raise under ``on_bad_row="fail"``."""
@@ -123,7 +149,9 @@ class _Screener:
                 self.skip(rows, item, f"the chat template refuses this conversation ({error})")
         samples: list[Sample] = []
         prompts: list[str] = []
-        for sample, text, n in zip(candidates, texts, self.prompt_lengths(texts), strict=True):
+        for sample, text, n in zip(
+            candidates, texts, token_counts(self.loaded.tokenizer, texts), strict=True
+        ):
             if n + 1 > max_length:
                 problem = (
                     f"the prompt has {n} tokens, no room for a response within --max-length {max_length}"
@@ -134,16 +162,15 @@ class _Screener:
                 prompts.append(text)
         return samples, prompts
 
-    def pool(
-        self, k: int, samples: list[Sample], prompts: list[str], rows: dict[int, dict[str, Any]]
-    ) -> tuple[list[str], list[str], dict[int, int]]:
+    def pool(self, chunk: _Chunk) -> tuple[list[str], list[str], dict[int, int]]:
         """One pass's prompts and responses: (x, y) for every sample, then (x, y′) for those whose own
         answer is not empty (without `approx`), and the row of each sample's (x, y′)."""
+        samples, prompts, rows = chunk.samples, chunk.prompts, chunk.rows
         pool_prompts, pool_responses = list(prompts), [s.response.strip() for s in samples]  # as y′ is
         own_row: dict[int, int] = {}
-        if self.config.approx is not None:
+        if chunk.own is None:
             return pool_prompts, pool_responses, own_row
-        own = self.own_answers(k, samples, prompts)
+        own = chunk.own()
         for j, (sample, prompt, answer) in enumerate(zip(samples, prompts, own, strict=True)):
             if answer.strip():
                 own_row[j] = len(pool_prompts)
@@ -176,14 +203,21 @@ class _Screener:
             truncated[index] = pooled.truncated
         return response, prompt_last, truncated
 
-    def score_chunk(self, k: int, items: list[Sample | BadRow]) -> list[dict[str, Any]]:
-        """Score rows (each a dict for ``scores.jsonl``), in input order."""
-        c = self.config
+    def start(self, k: int, items: list[Sample | BadRow]) -> _Chunk:
+        """Chunk `k`'s usable samples, their own answers on their way (with an engine, being generated
+        while the caller scores the chunk before)."""
         rows: dict[int, dict[str, Any]] = {}
         samples, prompts = self.usable(items, rows)
+        wanted = samples and self.config.approx is None
+        return _Chunk(k, rows, samples, prompts, self.own_answers(k, samples, prompts) if wanted else None)
+
+    def score_chunk(self, chunk: _Chunk) -> list[dict[str, Any]]:
+        """Score rows (each a dict for ``scores.jsonl``), in input order."""
+        c = self.config
+        rows, samples = chunk.rows, chunk.samples
         if not samples:
             return [rows[i] for i in sorted(rows)]
-        pool_prompts, pool_responses, own_row = self.pool(k, samples, prompts, rows)
+        pool_prompts, pool_responses, own_row = self.pool(chunk)
         response, prompt_last, truncated = self.project(pool_prompts, pool_responses)
         for j, sample in enumerate(samples):
             if sample.index in rows:  # skipped above (empty own answer)
@@ -199,19 +233,52 @@ class _Screener:
             rows[sample.index] = row
         return [rows[i] for i in sorted(rows)]
 
+    def score_all(self, data: DataFile, rank: int, processes: int, done: Callable[[], object]) -> None:
+        """Score and write this process's chunks (k ≡ `rank` mod `processes`) not written yet, calling
+        `done` after each. A chunk's own answers are started before the chunk before it is scored:
+        with an engine, they are generated meanwhile."""
+        waiting: _Chunk | None = None
+        for k, items in enumerate(_chunks(data.samples(), self.config.chunk_size)):
+            if k % processes != rank:
+                continue
+            if (self.out / ScreeningRun.CHUNKS / f"{k:06d}.jsonl").exists():
+                done()
+                continue
+            chunk = self.start(k, items)
+            if waiting is not None:
+                self.write(waiting)
+                done()
+            waiting = chunk
+        if waiting is not None:
+            self.write(waiting)
+            done()
+
+    def write(self, chunk: _Chunk) -> None:
+        """Score `chunk` into its file."""
+        rows = self.score_chunk(chunk)
+        with atomic_path(self.out / ScreeningRun.CHUNKS / f"{chunk.k:06d}.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
 
 def _identity(
-    loaded: LoadedModel, vectors: Sequence[PersonaVector], data: DataFile, config: ScreenConfig
+    loaded: LoadedModel,
+    vectors: Sequence[PersonaVector],
+    data: DataFile,
+    config: ScreenConfig,
+    engine: Engine | None,
 ) -> dict[str, Any]:
     # batching may change on a resume (say, after running out of memory): it moves the last bits only
     settings = {k: v for k, v in asdict(config).items() if k not in ("on_bad_row", "token_budget")}
     settings["sampling"] = {k: v for k, v in settings["sampling"].items() if k != "batch_size"}
-    return {
+    identity = {
         "model": {**loaded.identity.to_dict(), "dtype": str(loaded.model.dtype)},
         "vectors": [{"trait": v.trait, "kind": v.pooling, "fingerprint": v.fingerprint()} for v in vectors],
         "data": {"path": str(data.path), "sha256": data.sha256(), "columns": asdict(data.columns)},
         "config": settings,
     }
+    if engine is not None and config.approx is None:  # the engine writes the own answers y′
+        identity["engine"] = engine.identity()
+    return identity
 
 
 def count_rows(data: DataFile, config: ScreenConfig) -> int:
@@ -232,12 +299,14 @@ def screen(
     out: str | Path,
     config: ScreenConfig = ScreenConfig(),
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> Screened:
     """Score every sample of `data` against every vector into ``out/scores.jsonl``; resumable.
 
     Rows of ``scores.jsonl`` are in input order: ``index``, ``where``, and per trait ``delta`` (ΔP),
     ``response`` (a(x, y)·v̂), ``own`` (a(x, y′)·v̂; full mode only) and ``prompt_last``; or
-    ``skipped`` with the reason.
+    ``skipped`` with the reason. With an `engine`, it writes the own answers y′ (checked first;
+    `Engine.check`), chunk k + 1's while chunk k is scored here.
     """
     config.check()
     if not vectors:
@@ -247,6 +316,8 @@ def screen(
         raise ConfigError(f"two vectors for one trait ({', '.join(traits)}); give each trait once")
     for vector in vectors:
         vector.check_model(loaded.identity)
+    if engine is not None and config.approx is None:
+        engine.check(loaded.tokenizer)
     out = Path(out)
     state = process_state()
     n_rows = count_rows(data, config)
@@ -255,24 +326,16 @@ def screen(
     run = None
     if state.is_main_process:
         outputs = {"scores": (ScreeningRun.CHUNKS, ScreeningRun.SCORES, ScreeningRun.SUMMARY)}
-        run = RunDir.open(out, ScreeningRun.KIND, _identity(loaded, vectors, data, config), outputs)
+        identity = _identity(loaded, vectors, data, config, engine)
+        run = RunDir.open(out, ScreeningRun.KIND, identity, outputs)
     started = time.perf_counter()
     state.wait_for_everyone()
-    screener = _Screener(loaded, vectors, out, config)
+    screener = _Screener(loaded, vectors, out, config, engine)
     n_chunks = math.ceil(n_rows / config.chunk_size)
     rank, processes = state.process_index, state.num_processes
     mine = len(range(rank, n_chunks, processes))
-    bar = tqdm(total=mine, desc=f"screen {data.path.name}", unit="chunk", disable=not progress)
-    with bar:
-        for k, items in enumerate(_chunks(data.samples(), config.chunk_size)):
-            path = out / ScreeningRun.CHUNKS / f"{k:06d}.jsonl"
-            if k % processes != rank:
-                continue
-            if not path.exists():
-                rows = screener.score_chunk(k, items)
-                with atomic_path(path) as tmp:
-                    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-            bar.update()
+    with tqdm(total=mine, desc=f"screen {data.path.name}", unit="chunk", disable=not progress) as bar:
+        screener.score_all(data, rank, processes, bar.update)
     state.wait_for_everyone()
     screened = _merge(out, traits, n_chunks, write=run is not None)
     if run is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from personavec._internal.dist import process_state
 from personavec._internal.files import atomic_path
+from personavec.core.engine import Engine
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig, Selection
@@ -89,15 +90,18 @@ def screen_dataset(
     selection: Selection = Selection(),
     reference: DataFile | None = None,
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> ScreenResult:
     """What ``personavec screen`` does: `screen` `data` into `out` (and the `reference` data into
     ``out/reference``), flag samples by `selection` if it holds a rule (`select`), and write the
-    report; resumable."""
+    report; resumable. An `engine` writes the own answers y′."""
     check_screening(data, config, selection, reference)
     preflight(out=out, vectors=vectors, model=loaded.identity)
     out = Path(out)
-    screened = screen(loaded, vectors, data, out, config, progress)
-    ordinary = screen(loaded, vectors, reference, out / "reference", config, progress) if reference else None
+    screened = screen(loaded, vectors, data, out, config, progress, engine)
+    ordinary = (
+        screen(loaded, vectors, reference, out / "reference", config, progress, engine) if reference else None
+    )
     if not process_state().is_main_process:
         return ScreenResult(screened, ordinary)
     summary = select(screened, data, selection, ordinary) if selection.flagging else None

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from personavec.core.models import LoadedModel, format_chat
+from personavec.core.models import LoadedModel, format_chat, token_counts
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError, DataError, ModelError
 
@@ -179,7 +179,7 @@ def score(
     tokenizer, model = loaded.tokenizer, loaded.model
     letters = torch.tensor(letter_ids(tokenizer))
     prompts = [prompt_text(loaded, q) for q in questions]
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    lengths = token_counts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     logliks = torch.empty(len(prompts), len(LETTERS), dtype=torch.float64)
     bar = tqdm(total=len(prompts), desc="capability", unit="question", disable=not progress)

@@ -28,6 +28,7 @@ import torch
 
 from personavec._internal.files import write_json
 from personavec.core.activations import POOLINGS, iter_pooled
+from personavec.core.engine import Engine
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
@@ -71,20 +72,24 @@ def extract(
     force: bool = False,
     progress: bool = True,
     token_budget: int = 16384,
+    engine: Engine | None = None,
 ) -> ExtractResult:
     """Run (or resume) the pipeline into the run directory `out`; return the vectors and a summary.
 
     `judge` None keeps every answer (no filter) and skips the layer sweep: the vectors then carry no
     chosen layer. A directory made for another model, trait or generation setting is refused unless
     `force` (which starts it over, keeping the judge cache); another judge or filter/sweep setting
-    redoes only the stages after generation.
+    redoes only the stages after generation. An `engine` writes the contrastive answers (the layer
+    sweep's steered ones stay local); it is part of the run's identity.
     """
     config = config or ExtractConfig()
     config.check(trait, loaded.identity.n_layers)
     preflight(judge=judge, out=out)
-    run = open_run(loaded, trait, judge, out, config, force)
+    if engine is not None:
+        engine.check(loaded.tokenizer)
+    run = open_run(loaded, trait, judge, out, config, force, engine)
     cache = JudgeCache(run.path / ExtractionRun.JUDGE_CACHE)
-    rows = generations(run, loaded, trait, config, progress)
+    rows = generations(run, loaded, trait, config, progress, engine)
     scores = judgements(run, rows, trait, judge, cache, progress)
     kept = filter_answers(run, rows, scores, config)
     vectors = compute_vectors(run, loaded, rows, kept, token_budget, progress)
@@ -99,9 +104,10 @@ def open_run(
     out: str | Path,
     config: ExtractConfig,
     force: bool,
+    engine: Engine | None = None,
 ) -> RunDir:
-    """Start or resume the run directory: tied to the model, trait and generation settings; another
-    judge redoes the judgements on, other filter or sweep settings the filter on."""
+    """Start or resume the run directory: tied to the model, trait, generation settings and engine;
+    another judge redoes the judgements on, other filter or sweep settings the filter on."""
     settings = asdict(config)
     generation = {**{k: settings.pop(k) for k in GENERATION_FIELDS}, **settings.pop("sampling")}
     identity = {
@@ -110,6 +116,8 @@ def open_run(
         "trait_sha256": trait.sha256(),
         "generation": generation,
     }
+    if engine is not None:
+        identity["engine"] = engine.identity()
     later = {
         "judge": ("judgements", judge.describe() if judge else {"name": "none"}),
         "selection": ("filter", settings),
@@ -140,9 +148,14 @@ def _contrastive_requests(trait: TraitSpec, config: ExtractConfig) -> list[Reque
 
 
 def generations(
-    run: RunDir, loaded: LoadedModel, trait: TraitSpec, config: ExtractConfig, progress: bool
+    run: RunDir,
+    loaded: LoadedModel,
+    trait: TraitSpec,
+    config: ExtractConfig,
+    progress: bool,
+    engine: Engine | None = None,
 ) -> list[dict[str, Any]]:
-    """Stage 1: the contrastive answers (sampled, chunk by chunk, resumable)."""
+    """Stage 1: the contrastive answers (sampled, chunk by chunk, resumable; by the `engine` if any)."""
     started = time.perf_counter()
     rows = generate_rows(
         loaded,
@@ -152,8 +165,9 @@ def generations(
         chunk_size=4 * config.sampling.batch_size,
         progress=progress,
         desc="answers",
+        engine=engine,
     )
-    run.found("generations", started, rows=len(rows))
+    run.found("generations", started, rows=len(rows), **({"engine_url": engine.url} if engine else {}))
     return rows
 
 

@@ -1,6 +1,7 @@
 """Checks that a long command runs before it loads a model or generates anything: that what it needs
 later is there. The vectors fit the model (read from its config alone), the output directory takes
-files, and the judge answers one probe request. (Input files are read by their own loaders before the
+files, the judge answers one probe request, and the engine stands in for the model (`Engine.check`,
+against the model's tokenizer alone). (Input files are read by their own loaders before the
 model loads: `DataFile`, `load_vector`, `load_trait`.)
 
 Each failure is a `PersonavecError` of one line. The CLI calls `preflight` before loading the model;
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
+    from personavec.core.engine import Engine
     from personavec.core.models import ModelIdentity
     from personavec.core.vectors import PersonaVector
     from personavec.judges import Judge
@@ -43,9 +45,11 @@ def preflight(
     out: str | os.PathLike[str] | None = None,
     vectors: Sequence[PersonaVector] = (),
     model: str | ModelIdentity | None = None,
+    engine: Engine | None = None,
 ) -> None:
     """Fail before any expensive work: `vectors` fitting the `model` (a reference, whose config alone
-    is read, or an identity), `out` writable, then one probe of the `judge`."""
+    is read, or an identity), `out` writable, one probe of the `judge`, then the `engine` checked
+    against the tokenizer of `model` (a reference)."""
     if vectors and model is not None:
         if isinstance(model, str):
             from personavec.core.models import model_identity
@@ -57,3 +61,9 @@ def preflight(
         writable_dir(out)
     if judge is not None:
         judge.probe()
+    if engine is not None:
+        if not isinstance(model, str):
+            raise TypeError("checking an engine needs the model's reference")
+        from personavec.core.models import load_tokenizer
+
+        engine.check(load_tokenizer(model))
