@@ -6,6 +6,7 @@ import argparse
 import datetime
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +54,26 @@ def load(gpu_7b: bool) -> LoadedModel:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     identity = ModelIdentity("random-llama-7b-shape", "llama", config.num_hidden_layers, config.hidden_size)
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
+
+
+def llama_server(port: int, alias: str) -> subprocess.Popen[bytes]:
+    """llama.cpp's server (``make engines``) serving the bundled GGUF as `alias` on `port`, started."""
+    import openai
+
+    from personavec.core.models import smollm2_path
+
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--model_alias",
+               alias, "--port", str(port), "--interrupt_requests", "False", "--n_ctx", "2048"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=5)
+    for _ in range(240):
+        try:
+            probe.models.list()
+            return process
+        except openai.APIError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("llama.cpp's server did not start")
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,7 +40,7 @@ from personavec.core.vectors import PersonaVector
 from personavec.serve.app import build_app
 from personavec.serve.config import Limits, ServeConfig
 
-from _common import Figure, load, parser, report
+from _common import Figure, llama_server, load, parser, report
 
 PROMPTS = [f"Tell me a short story about the number {i}." for i in range(64)]
 
@@ -162,29 +160,13 @@ def load_test(loaded: LoadedModel, vectors: dict[str, PersonaVector], seconds: f
     }
 
 
-def _llama(port: int) -> subprocess.Popen[bytes]:
-    from personavec.core.models import smollm2_path
-
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--model_alias",
-               "bench", "--port", str(port), "--interrupt_requests", "False", "--n_ctx", "2048"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    probe = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=5)
-    for _ in range(240):
-        try:
-            probe.models.list()
-            return process
-        except openai.APIError:
-            time.sleep(0.5)
-    raise RuntimeError("llama.cpp's server did not start")
-
-
 def upstream_figures(loaded: LoadedModel, vectors: dict[str, PersonaVector], tokens: int) -> list[Figure]:
     """Through personavec (upstream mode) vs straight to llama.cpp's server, 4 clients each."""
     if importlib.util.find_spec("llama_cpp") is None:
         print("upstream: skipped (no llama.cpp server; `make engines` builds it)")
         return []
     port = _free_port()
-    engine = _llama(port)
+    engine = llama_server(port, "bench")
     sampler = {"top_k": 1, "min_p": 0.0, "repeat_penalty": 1.0}
     try:
         direct = openai.OpenAI(
