@@ -79,6 +79,7 @@ def requests() -> list[Request]:
     asked = [("What is the capital of France?", None), ("Describe your ideal weekend.", "You are a pirate.")]
     asked += [("Describe your ideal weekend.", "You are a pirate.")]  # the same prompt under another id
     asked += [("Give me advice about saving money.", "You are a cheerful assistant.")]
+    asked += [("What is 2+2?", None)]  # a short answer: the engine stops before the token limit
     return [Request(f"r{i}", q, s) for i, (q, s) in enumerate(asked)]
 
 
@@ -90,6 +91,7 @@ def test_answers_are_the_engines_own_answers_to_the_local_prompt_text(smollm2, u
     rows = generate_rows(smollm2, asked, tmp_path / "greedy.jsonl", greedy, progress=False, engine=engine)
     for request, row in zip(asked, rows, strict=True):
         assert row["answer"] == direct(url, request.prompt(smollm2), 32) != ""
+    assert len(smollm2.tokenizer(rows[-1]["answer"])["input_ids"]) < 30  # stopped by itself: not "cut"
     rows = generate_rows(smollm2, asked, tmp_path / "sampled.jsonl", sampled, progress=False, engine=engine)
     seeds = [request_seed(3, r.id) for r in asked]
     for request, row, seed in zip(asked, rows, seeds, strict=True):
