@@ -22,11 +22,11 @@ from _common import Figure, report
 
 def pipeline_figures(demo: DemoResult) -> list[Figure]:
     """The filter's counts, the layer sweep and the steering sweep at the chosen layer."""
-    kept = demo.run.manifest["stages"]["filter"]
+    summary = demo.run.summary
     choice = LayerChoice.from_dict(json.loads((demo.run.dir / "sweep.json").read_text()))
     figures = [
-        Figure("answers kept by the filter, eliciting side", kept["kept_positive"]),
-        Figure("answers kept by the filter, suppressing side", kept["kept_negative"]),
+        Figure("answers kept by the filter, eliciting side", summary.kept_positive),
+        Figure("answers kept by the filter, suppressing side", summary.kept_negative),
     ]
     for cell in [choice.baseline, *choice.layers]:
         where = "unsteered" if cell.layer is None else f"layer {cell.layer}, coef {choice.coef:g}"

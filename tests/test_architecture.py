@@ -42,3 +42,16 @@ def test_every_room_is_placed() -> None:
     rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     rooms |= {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
     assert rooms == set(ROOMS) | BASE
+
+
+def test_no_function_is_longer_than_60_lines() -> None:
+    """Readable units: a longer function is split where its steps are (the style rule of the codebase)."""
+    long = [
+        f"{path.relative_to(PACKAGE)}::{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert long == []

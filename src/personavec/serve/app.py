@@ -86,13 +86,14 @@ def build_app(
     return app
 
 
-def _routes(app: FastAPI, state: State) -> None:
-    errors: dict[int | str, dict[str, Any]] = {
-        s: {"model": p.ErrorBody} for s in (400, 401, 404, 413, 429, 503)
-    }
+# the OpenAPI schema's error responses (OpenAI's error body)
+_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": p.ErrorBody} for s in (400, 401, 404, 413, 429, 503)}
 
+
+def _chat_route(app: FastAPI, state: State) -> None:
+    """``/v1/chat/completions``: answered here (local mode) or forwarded (upstream mode)."""
     streamed = {"content": {"text/event-stream": {}}, "description": "with stream: true, SSE chunks"}
-    chat_responses: dict[int | str, dict[str, Any]] = {**errors, 200: streamed}
+    chat_responses: dict[int | str, dict[str, Any]] = {**_ERRORS, 200: streamed}
 
     if state.upstream is None:
 
@@ -107,6 +108,11 @@ def _routes(app: FastAPI, state: State) -> None:
         async def forward(body: p.UpstreamChatRequest, request: Request) -> Response:
             authorise(state.config.api_key, request)
             return await upstream.answer(state, body, request)
+
+
+def _routes(app: FastAPI, state: State) -> None:
+    _chat_route(app, state)
+    errors = _ERRORS
 
     @app.get("/v1/models", response_model=p.ModelList, responses=errors)
     async def models(request: Request) -> p.ModelList:
