@@ -56,6 +56,15 @@ def load(gpu_7b: bool) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def llama_server(port: int, alias: str) -> subprocess.Popen[bytes]:
     """llama.cpp's server (``make engines``) serving the bundled GGUF as `alias` on `port`, started."""
     import openai

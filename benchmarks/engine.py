@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -33,24 +32,18 @@ from personavec.data.config import ScreenConfig
 from personavec.data.samples import DataFile
 from personavec.data.scoring import screen
 from personavec.demo import DEMO_CONFIG, DEMO_TRAIT
-from personavec.pipeline.extract import _contrastive_requests
+from personavec.pipeline.extract import contrastive_requests
 from personavec.traits import load_trait
 
-from _common import Figure, llama_server, load, parser, report
+from _common import Figure, free_port, llama_server, load, parser, report
 
 ALIAS = "bench"
 SCREEN_ROWS = 64
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def extraction(loaded: LoadedModel, engine: Engine, folder: Path) -> tuple[float, float]:
     """Answers/s of the demo extraction's generation stage, here and through the engine."""
-    requests = _contrastive_requests(load_trait(DEMO_TRAIT), DEMO_CONFIG)
+    requests = contrastive_requests(load_trait(DEMO_TRAIT), DEMO_CONFIG)
     rates = []
     for name, generator in (("local", None), ("engine", engine)):
         started = time.perf_counter()
@@ -91,7 +84,7 @@ def main() -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         raise SystemExit("needs llama.cpp's server: `make engines` builds it")
     loaded = load(args.gpu_7b)
-    port = _free_port()
+    port = free_port()
     server = llama_server(port, ALIAS)
     try:
         engine = Engine(f"http://127.0.0.1:{port}/v1", ALIAS, concurrency=4)

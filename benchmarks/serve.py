@@ -40,17 +40,9 @@ from personavec.core.vectors import PersonaVector
 from personavec.serve.app import build_app
 from personavec.serve.config import Limits, ServeConfig
 
-from _common import Figure, llama_server, load, parser, report
+from _common import Figure, free_port, llama_server, load, parser, report
 
 PROMPTS = [f"Tell me a short story about the number {i}." for i in range(64)]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mib() -> float:
@@ -80,7 +72,7 @@ def serving(
         upstream_model="bench" if upstream else None,
         on_flag="pass",
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(build_app(loaded, vectors, config), port=port, log_level="warning")
     )
@@ -165,7 +157,7 @@ def upstream_figures(loaded: LoadedModel, vectors: dict[str, PersonaVector], tok
     if importlib.util.find_spec("llama_cpp") is None:
         print("upstream: skipped (no llama.cpp server; `make engines` builds it)")
         return []
-    port = _free_port()
+    port = free_port()
     engine = llama_server(port, "bench")
     sampler = {"top_k": 1, "min_p": 0.0, "repeat_penalty": 1.0}
     try:

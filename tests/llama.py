@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from openai_server import closed_port
 from personavec.core.models import smollm2_path
 
 BUILD = (
@@ -36,12 +36,6 @@ def require_llama() -> None:
         pytest.skip(f"needs llama.cpp's server; build it with: {BUILD}", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def llama_server(log: Path, n_ctx: int = 2048) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The server's base URL (``.../v1``) and process while it runs; it serves the bundled GGUF as `ALIAS`.
@@ -50,7 +44,7 @@ def llama_server(log: Path, n_ctx: int = 2048) -> Iterator[tuple[str, subprocess
     prefix of the request before, and with larger batches the numerics (and so a greedy answer) would
     depend on what was asked before.
     """
-    port = free_port()
+    port = closed_port()  # free now; the server takes it
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--model_alias", ALIAS,
         "--port", str(port), "--n_ctx", str(n_ctx), "--n_batch", "1", "--interrupt_requests", "False",

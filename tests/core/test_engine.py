@@ -23,6 +23,7 @@ import openai
 import pytest
 import torch
 
+from openai_server import closed_port
 from personavec.cli import main
 from personavec.core.engine import Engine, _mismatch, request_seed
 from personavec.core.generate import Request, generate_rows, read_rows
@@ -196,7 +197,7 @@ def test_engine_mistakes_are_one_line_before_the_model_loads(
     cases = [
         (["--engine-model", "gpt-4"], "serves ['smollm2-gguf'], not 'gpt-4': set --engine-model"),
         (
-            ["--engine", "openai:http://127.0.0.1:9/v1"],
+            ["--engine", f"openai:http://127.0.0.1:{closed_port()}/v1"],
             "connection refused; is the server running, and --engine",
         ),
         (["--engine", "vllm:http://x"], "--engine 'vllm:http://x': use openai:URL"),

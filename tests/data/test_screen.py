@@ -293,6 +293,10 @@ def test_cli_screens_flags_and_reports(tiny_dir, tmp_path, capsys) -> None:
         (["--top", "0"], "--top must be at least 1"),
         (["--percentile", "95"], "--percentile and --reference go together"),
         (["--chunk-size", "0"], "chunk_size must be at least 1"),
+        (
+            ["--approx", "prompt-last", "--engine", "openai:http://127.0.0.1:9/v1", "--engine-model", "m"],
+            "--approx generates no own answers: drop --engine, or --approx",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_dir, tmp_path, capsys, extra, message) -> None:

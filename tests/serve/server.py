@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ from typing import Any
 
 import torch
 
+from openai_server import closed_port
 from personavec.core.models import model_identity
 from personavec.core.vectors import PersonaVector, save_vectors
 
 KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def random_vectors(folder: Path) -> dict[str, Path]:
@@ -97,7 +91,7 @@ class Server:
 
 def start(args: list[str], log: Path, wait_ready: bool = False) -> Server:
     """Start ``personavec serve`` on the bundled model with `args`; return once it answers /health."""
-    port = free_port()
+    port = closed_port()  # free now; the server takes it
     command = [
         sys.executable,
         "-m",

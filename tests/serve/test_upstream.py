@@ -17,13 +17,14 @@ from typing import Any
 import openai
 import pytest
 
+from openai_server import closed_port
 from personavec.cli import main
 from personavec.core.models import LoadedModel, format_chat
 from personavec.core.vectors import load_vector
 from personavec.deploy.monitor import project
 
 from llama import ALIAS, llama_server, require_llama
-from server import KEY, Server, free_port, random_vectors, start
+from server import KEY, Server, random_vectors, start
 
 TOL = 1e-3
 
@@ -165,11 +166,11 @@ def test_on_flag_refuse_answers_content_filter_without_forwarding(
 def test_a_wrong_upstream_model_or_a_dead_upstream_fails_at_start(
     files: Any, engine: tuple[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = ["serve", "--model", "smollm2", "--vector", f"opt={files['opt']}", "--port", str(free_port())]
+    base = ["serve", "--model", "smollm2", "--vector", f"opt={files['opt']}", "--port", str(closed_port())]
     assert main([*base, "--upstream", engine[0], "--upstream-model", "gpt-4"]) == 2
     assert ALIAS in capsys.readouterr().err
     start_t = time.monotonic()
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
     assert main([*base, "--upstream", dead, "--upstream-model", ALIAS]) == 2
     assert "does not answer" in capsys.readouterr().err and time.monotonic() - start_t < 15
 

@@ -28,14 +28,14 @@ def _screen(args: argparse.Namespace) -> None:
     from personavec.pipeline.preflight import preflight
 
     config, selection = from_args(ScreenConfig, args), from_args(Selection, args)
+    engine = make_engine(args)
+    if engine is not None and config.approx is not None:
+        raise ConfigError("--approx generates no own answers: drop --engine, or --approx")
     columns = from_args(Columns, args)
     data = DataFile(args.data, columns)  # bad paths, columns and rows fail before the model loads
     reference = DataFile(args.reference, columns) if args.reference else None
     check_screening(data, config, selection, reference)
     vectors = [load_vector(path, pooling=args.pooling) for path in args.vector]
-    engine = make_engine(args)
-    if engine is not None and config.approx is not None:
-        raise ConfigError("--approx generates no own answers: drop --engine, or --approx")
     preflight(vectors=vectors, model=args.model, out=args.out, engine=engine)
     loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))
     result = screen_dataset(loaded, vectors, data, args.out, config, selection, reference, engine=engine)

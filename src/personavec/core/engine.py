@@ -64,6 +64,7 @@ DIALECTS = (
     Dialect("vLLM or SGLang", "/tokenize", "prompt", {**_OFF, "top_k": -1, "repetition_penalty": 1.0}),
     Dialect("llama-cpp-python", "/extras/tokenize", "input", {**_OFF, "top_k": 0, "repeat_penalty": 1.0}),
 )
+SERVERS = " or ".join(d.servers for d in DIALECTS)  # the engines whose tokenisation can be checked
 
 
 def request_seed(seed: int, request_id: str) -> int:
@@ -183,8 +184,7 @@ class Engine:
             failures.append(f"{dialect.tokenize}: no token ids in the reply")
         raise EngineError(
             f"the engine {self.url} tokenises no text ({'; '.join(failures)}): personavec cannot check that "
-            "it sees the prompts whose activations it computes; serve the model with vLLM, SGLang or "
-            "llama-cpp-python"
+            f"it sees the prompts whose activations it computes; serve the model with {SERVERS}"
         )
 
     def submit(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int]) -> Pending:

@@ -128,7 +128,7 @@ def open_run(
     return run
 
 
-def _contrastive_requests(trait: TraitSpec, config: ExtractConfig) -> list[Request]:
+def contrastive_requests(trait: TraitSpec, config: ExtractConfig) -> list[Request]:
     """Positive and negative requests, interleaved so a pair's two sides land in the same chunk."""
     requests = []
     for q, question in enumerate(trait.extraction_questions[: config.questions]):
@@ -159,7 +159,7 @@ def generations(
     started = time.perf_counter()
     rows = generate_rows(
         loaded,
-        _contrastive_requests(trait, config),
+        contrastive_requests(trait, config),
         run.path / ExtractionRun.GENERATIONS,
         config.sampling,
         chunk_size=4 * config.sampling.batch_size,
