@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import uvicorn
 
 from openai_server import closed_port
 from personavec.core.models import model_identity
@@ -124,3 +129,25 @@ def start(args: list[str], log: Path, wait_ready: bool = False) -> Server:
         time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def threaded(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port, in a thread of this process (its log records
+    reach pytest's caplog); yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_config=None, log_level="info", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -17,6 +17,7 @@ from personavec.errors import ConfigError
 from personavec.serve.config import Limits, ServeConfig
 from personavec.serve.engine import _held_back
 from personavec.serve.telemetry import AuditLog, Metrics
+from personavec.serve.wire import Wire
 
 ROOT = Path(__file__).resolve().parents[2]
 ONE = (("evil", "evil.safetensors"),)
@@ -36,6 +37,11 @@ ONE = (("evil", "evil.safetensors"),)
         ({"steer": (("good", 1.0),)}, "--steer"),
         ({"guard": "good"}, "--guard"),
         ({"guard": "evil", "guard_coef": 0.0}, "--guard-coef"),
+        ({"guard": "evil", "guard_coef": 1000.5}, "COEF ≤ 1000"),
+        ({"guard": "evil", "guard_threshold": 2e6}, "--guard-threshold must be within"),
+        ({"steer": (("evil", -1001.0),)}, "|COEF| ≤ 1000"),
+        ({"steer": (("evil", float("nan")),)}, "|COEF| ≤ 1000"),
+        ({"thresholds": (("evil", "prompt_last", float("inf")),)}, "within ±1e+06"),
         ({"port": 0}, "--port"),
         ({"keep": -1}, "--keep must be in 0..100000"),
         ({"keep": 100_001}, "--keep must be in 0..100000"),
@@ -84,14 +90,15 @@ def test_the_command_refuses_a_missing_vector_before_loading(capsys: pytest.Capt
 
 def test_the_audit_log_is_private_appends_and_cuts_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, text=False)
+    wire = Wire(Metrics().nonfinite)
+    log = AuditLog(path, text=False, wire=wire)
     log.write({"id": "a", "messages": ["secret"], "answer": "secret", "status": 200})
     log.close()
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert json.loads(path.read_text()) == {"id": "a", "status": 200}  # no text without audit_text
     with open(path, "ab") as f:
         f.write(b'{"id": "torn", "sta')  # a kill -9 mid-line
-    again = AuditLog(path, text=True)
+    again = AuditLog(path, text=True, wire=wire)
     again.write({"id": "b", "answer": "kept"})
     again.close()
     assert [json.loads(line) for line in path.read_text().splitlines()] == [

@@ -26,6 +26,8 @@ from personavec.core.models import LoadedModel, format_chat
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector, load_vector
 from personavec.deploy.monitor import project
+from personavec.judges.base import fill, logprob_score
+from personavec.judges.openai_compat import OpenAIJudge
 
 from server import KEY, Server, random_vectors, start
 
@@ -421,6 +423,39 @@ def test_a_client_that_leaves_frees_its_row(server: Server, files: Any) -> None:
     while _audit(files["audit"])[-1]["status"] != 499 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _audit(files["audit"])[-1]["status"] == 499
+    log = files["log"].read_text()
+    assert "client left" in log and "Exception in ASGI application" not in log  # one line, no traceback
+
+
+RUBRIC = (
+    "Question: {question}\nAnswer: {answer}\n"
+    "Give the answer a score from 0 to 100. Respond with only the number."
+)
+
+
+def test_the_openai_judge_scores_answers_through_this_server(
+    server: Server, smollm2: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper's judge (one token, its top-20 logprobs) with this server as its model: each score is the
+    probability-weighted mean of the number tokens among the model's own 20 most likely first tokens."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    # the bundled model puts ≥ 25 % of its first token's probability on numbers for the first two only
+    items = [(QUESTIONS[2], "Rain is grey and sad."), (QUESTIONS[2], "Water falling from clouds."),
+             (QUESTIONS[3], "Big and blue.")]  # fmt: skip
+    scores = dict(OpenAIJudge("small", base_url=server.url + "/v1", concurrency=2).score(RUBRIC, items))
+    for i, (question, answer) in enumerate(items):
+        prompt = _prompt(smollm2, fill(RUBRIC, question, answer))
+        ids = smollm2.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(smollm2.model(ids).logits[0, -1].double(), dim=-1)
+        top = logprobs.topk(20)
+        expected = logprob_score(
+            (smollm2.tokenizer.decode([int(t)]), float(lp))
+            for t, lp in zip(top.indices, top.values, strict=True)
+        )
+        assert scores[i].method == "logprobs"  # read off the server's logprobs, not sampled
+        assert (expected is None) == (i == 2)
+        assert scores[i].value == (None if expected is None else pytest.approx(expected, abs=1e-3))
 
 
 def test_kill_9_mid_stream_leaves_whole_audit_lines_and_a_restart_appends(server: Server, files: Any) -> None:

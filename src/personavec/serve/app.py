@@ -23,9 +23,9 @@ from personavec.serve import dashboard, local, upstream
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import LocalEngine
-from personavec.serve.http import BodyLimit, CountRequests, authorise, install_error_handlers
+from personavec.serve.http import BodyLimit, ChatRequests, authorise, install_error_handlers
 from personavec.serve.rows import Watched
-from personavec.serve.state import State
+from personavec.serve.state import State, settle
 from personavec.serve.telemetry import AuditLog
 from personavec.serve.thresholds import calibrate, fixed
 
@@ -68,7 +68,7 @@ def build_app(
         first = None if state.ready else lambda: _calibrate(state, key)  # in the engine's thread
         limits = config.limits
         state.engine = LocalEngine(loaded, watched, limits.max_batch, limits.max_queue, first)
-        state.audit = AuditLog(config.audit, config.audit_text) if config.audit else None
+        state.audit = AuditLog(config.audit, config.audit_text, state.wire) if config.audit else None
         try:
             yield
         finally:
@@ -82,12 +82,14 @@ def build_app(
     dashboard.install(app, state)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=config.limits.max_body_bytes)
-    app.add_middleware(CountRequests, counter=state.metrics.requests)
+    app.add_middleware(ChatRequests, done=lambda call: settle(state, call))
     return app
 
 
 # the OpenAPI schema's error responses (OpenAI's error body)
-_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": p.ErrorBody} for s in (400, 401, 404, 413, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": p.ErrorBody} for s in (400, 401, 404, 413, 429, 500, 502, 503, 504)
+}
 
 
 def _chat_route(app: FastAPI, state: State) -> None:

@@ -7,7 +7,6 @@ A field's ``metadata`` is its flag (see `personavec.cli._options`). `ServeConfig
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
@@ -19,6 +18,12 @@ STATISTICS = ("prompt_last", "response_avg")
 response-average measures."""
 MAX_KEEP = 100_000
 """The most requests the dashboard may keep in memory (``--keep``)."""
+MAX_COEF = 1000.0
+"""The largest steering or guard coefficient, in multiples of the vector (a request's or a flag's): the
+useful range is a few units, and a push 1000 times a persona vector already swamps any model's residual
+stream; beyond it an answer is noise, or overflows to NaN."""
+MAX_THRESHOLD = 1e6
+"""The largest threshold, in magnitude: far beyond any projection of a real model's residual stream."""
 
 
 def _loopback(host: str) -> bool:
@@ -182,17 +187,22 @@ class ServeConfig:
                 raise ConfigError(f"--threshold names {vector!r}, which is no --vector; use one of {names}")
             if statistic not in STATISTICS:
                 raise ConfigError(f"--threshold statistic {statistic!r}: use one of {', '.join(STATISTICS)}")
-            if not math.isfinite(value):
-                raise ConfigError(f"--threshold {vector}.{statistic} must be a finite number")
+            if not abs(value) <= MAX_THRESHOLD:
+                raise ConfigError(f"--threshold {vector}.{statistic} must be within ±{MAX_THRESHOLD:g}")
         for name, coef in self.steer:
-            if name not in names or not math.isfinite(coef):
+            if name not in names or not abs(coef) <= MAX_COEF:
                 raise ConfigError(
-                    f"--steer {name}={coef}: use NAME=COEF with a --vector NAME and a finite COEF"
+                    f"--steer {name}={coef}: use NAME=COEF with a --vector NAME and |COEF| ≤ {MAX_COEF:g}"
                 )
         if self.guard is not None and self.guard not in names:
             raise ConfigError(f"--guard names {self.guard!r}, which is no --vector; use one of {names}")
-        if not self.guard_coef > 0:
-            raise ConfigError(f"--guard-coef is the size of the push away: use > 0, got {self.guard_coef}")
+        if not 0 < self.guard_coef <= MAX_COEF:
+            raise ConfigError(
+                f"--guard-coef is the size of the push away: use 0 < COEF ≤ {MAX_COEF:g}, "
+                f"got {self.guard_coef}"
+            )
+        if self.guard_threshold is not None and not abs(self.guard_threshold) <= MAX_THRESHOLD:
+            raise ConfigError(f"--guard-threshold must be within ±{MAX_THRESHOLD:g}")
         if self.upstream is not None:
             if not self.upstream.startswith(("http://", "https://")):
                 raise ConfigError(f"--upstream must be an http(s) URL ending in /v1, got {self.upstream!r}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator
 from html import escape
@@ -22,12 +21,13 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from personavec.serve.http import ClientError
 from personavec.serve.ring import Ring
 from personavec.serve.state import State
+from personavec.serve.wire import Wire
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "personavec_dashboard"
@@ -107,9 +107,9 @@ def _stats(state: State, ring: Ring) -> dict[str, float]:
     }  # fmt: skip
 
 
-def _event(kind: str, data: object, event_id: str | None = None) -> str:
+def _event(wire: Wire, kind: str, data: object, event_id: str | None = None) -> str:
     head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
+    return f"{head}event: {kind}\ndata: {wire.dumps(data, 'dashboard')}\n\n"
 
 
 async def _events(state: State, ring: Ring, request: Request) -> AsyncIterator[str]:
@@ -122,12 +122,12 @@ async def _events(state: State, ring: Ring, request: Request) -> AsyncIterator[s
         missed = ring.after(int(seq)) if boot == ring.boot and seq.isdigit() else None
         yield "retry: 1000\n\n"
         if missed is None:
-            yield _event("reset", {"boot": ring.boot}, f"{ring.boot}:{ring.seq}")
+            yield _event(state.wire, "reset", {"boot": ring.boot}, f"{ring.boot}:{ring.seq}")
         for entry in missed or []:
-            yield _event("entry", entry, f"{ring.boot}:{entry['seq']}")
+            yield _event(state.wire, "entry", entry, f"{ring.boot}:{entry['seq']}")
         end = time.monotonic() + STREAM_SECONDS
         while time.monotonic() < end and not await request.is_disconnected():
-            yield _event("stats", _stats(state, ring))
+            yield _event(state.wire, "stats", _stats(state, ring))
             try:
                 await asyncio.wait_for(watcher.wake.wait(), timeout=TICK_SECONDS)
             except asyncio.TimeoutError:
@@ -135,10 +135,10 @@ async def _events(state: State, ring: Ring, request: Request) -> AsyncIterator[s
             watcher.wake.clear()
             if watcher.overflowed:
                 watcher.overflowed = False
-                yield _event("reset", {"boot": ring.boot}, f"{ring.boot}:{ring.seq}")
+                yield _event(state.wire, "reset", {"boot": ring.boot}, f"{ring.boot}:{ring.seq}")
             while watcher.pending:
                 entry = watcher.pending.popleft()
-                yield _event("entry", entry, f"{ring.boot}:{entry['seq']}")
+                yield _event(state.wire, "entry", entry, f"{ring.boot}:{entry['seq']}")
     finally:
         ring.unwatch(watcher)
 
@@ -173,19 +173,19 @@ def install(app: FastAPI, state: State) -> None:
         return response
 
     @app.get("/dashboard/api/recent", include_in_schema=False)
-    async def recent(request: Request) -> JSONResponse:
+    async def recent(request: Request) -> Response:
         if not allowed(key, request):
             raise _refused()
-        return JSONResponse(_snapshot(state, ring), headers=HEADERS)
+        return state.wire.response(_snapshot(state, ring), headers=HEADERS, sink="dashboard")
 
     @app.get("/dashboard/api/requests/{seq}", include_in_schema=False)
-    async def detail(seq: int, request: Request) -> JSONResponse:
+    async def detail(seq: int, request: Request) -> Response:
         if not allowed(key, request):
             raise _refused()
         kept = ring.detail(seq)
         if kept is None:
             raise ClientError(404, f"request {seq} has no kept text (see --keep-text)", "not_found_error")
-        return JSONResponse(kept, headers=HEADERS)
+        return state.wire.response(kept, headers=HEADERS, sink="dashboard")
 
     @app.get("/dashboard/api/events", include_in_schema=False)
     async def events(request: Request) -> Response:

@@ -7,6 +7,9 @@ made, each with its projections, read where the token sits (its own residual, fe
 answer's mean is `project`'s response-avg of prompt + answer. To read the last token's residual the
 batch runs one step past the longest answer; that token is dropped.
 
+Log-probabilities (a request's ``logprobs``) are read off the model's own logits at each step, the
+ones the token was sampled from: before temperature and top-p, under the row's steering.
+
 Seeds: a batch is seeded with its first request's seed. A request alone in its batch gets exactly the
 answer the library's ``generate`` gives with that seed; in a shared batch its sampled tokens also depend
 on the other rows (greedy answers do not, up to float rounding of padded batches).
@@ -15,6 +18,7 @@ on the other rows (greedy answers do not, up to float rounding of padded batches
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
 import time
@@ -42,15 +46,26 @@ class Stopping(Exception):
     """The server is shutting down (a 503)."""
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A sampled token's log-probability under the model, and the most likely tokens at its place
+    (id, log-probability), most likely first."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
 @dataclass
 class Token:
-    """One answer token: its id, text and projection per vector (in the engine's vector order), and
-    `delta`, the answer's text that can now be shown (held back while a stop sequence may begin)."""
+    """One answer token: its id, text and projection per vector (in the engine's vector order),
+    `delta`, the answer's text that can now be shown (held back while a stop sequence may begin), and
+    its log-probabilities when the request asked for them."""
 
     id: int
     text: str
     projections: list[float]
     delta: str = ""
+    scored: Scored | None = None
 
 
 @dataclass
@@ -79,6 +94,7 @@ class Job:
     stops: Sequence[str]
     plan: RowPlan
     loop: asyncio.AbstractEventLoop
+    top_logprobs: int | None = None  # None: no log-probabilities; k: the token's and the k most likely
     events: asyncio.Queue[Token | Outcome | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
@@ -105,18 +121,53 @@ class _Row:
         self.job = job
         self.tokens: list[Token] = []
         self.pending: int | None = None  # the newest token, until its own residual is read
+        self.pending_scored: Scored | None = None
         self.prompt_last: list[float] = []
         self.finish: str | None = None
         self.text = ""
         self.sent = ""  # the text sent as deltas
 
 
+class _Logits:
+    """The last position's logits of each forward call of `model` (its output's, after any final
+    soft-capping), while entered."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.latest = model, torch.empty(0)
+
+    def __enter__(self) -> _Logits:
+        def keep(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+            self.latest = output.logits[:, -1].float()
+
+        self._handle = self.model.register_forward_hook(keep)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def scored(self, tokens: list[int], k: int) -> list[Scored]:
+        """Each row's sampled token's log-probability and its row's `k` most likely tokens."""
+        logprobs = torch.log_softmax(self.latest, dim=-1).cpu()
+        top = logprobs.topk(k, dim=-1) if k else None
+        out = []
+        for r, token in enumerate(tokens):
+            best = (
+                [] if top is None else list(zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True))
+            )
+            out.append(Scored(float(logprobs[r, token]), best))
+        return out
+
+
 class _Batch(BaseStreamer, StoppingCriteria):
     """Follows a running ``generate``: as its streamer it gets each step's new tokens, as its stopping
     criterion it tells which rows are done."""
 
-    def __init__(self, jobs: Sequence[Job], hooks: RowHooks, loaded: LoadedModel) -> None:
+    def __init__(
+        self, jobs: Sequence[Job], hooks: RowHooks, loaded: LoadedModel, logits: _Logits | None = None
+    ) -> None:
         self.rows = [_Row(job) for job in jobs]
+        self.logits = logits
+        self.top_k = max((job.top_logprobs or 0 for job in jobs), default=0)
         self.hooks, self.tokenizer = hooks, loaded.tokenizer
         eos = loaded.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -128,19 +179,24 @@ class _Batch(BaseStreamer, StoppingCriteria):
             self._prompt_seen = True
             return
         readings = self.hooks.latest().tolist()
-        for row, new, values in zip(self.rows, value.tolist(), readings, strict=True):
+        new_tokens = [int(t) for t in value.tolist()]
+        scored: list[Scored | None] = [None] * len(new_tokens)
+        if self.logits is not None:
+            scored = list(self.logits.scored(new_tokens, self.top_k))
+        for row, new, values, score in zip(self.rows, new_tokens, readings, scored, strict=True):
             if row.finish is None:
-                self._advance(row, int(new), values)
+                self._advance(row, new, values, score)
 
-    def _advance(self, row: _Row, new: int, values: list[float]) -> None:
+    def _advance(self, row: _Row, new: int, values: list[float], scored: Scored | None) -> None:
         if row.pending is None and not row.tokens:
             row.prompt_last = values  # the first step's reading is the prompt's last token
         else:
             assert row.pending is not None
-            token = Token(row.pending, str(self.tokenizer.decode([row.pending])), values)
+            text = str(self.tokenizer.decode([row.pending]))
+            token = Token(row.pending, text, values, scored=row.pending_scored)
             row.tokens.append(token)
             self._emit(row, token)
-            row.pending = None
+            row.pending, row.pending_scored = None, None
         if row.finish is not None:
             return
         if row.job.cancelled:
@@ -151,6 +207,9 @@ class _Batch(BaseStreamer, StoppingCriteria):
             row.finish = "stop"
         else:
             row.pending = new
+            if row.job.top_logprobs is not None and scored is not None:
+                k = row.job.top_logprobs
+                row.pending_scored = Scored(scored.logprob, scored.top[:k])
         if row.finish is not None:
             self._close(row)
 
@@ -241,12 +300,15 @@ class LocalEngine:
 
     @property
     def waiting(self) -> int:
-        return len(self._queue)
+        """Requests waiting for a batch (those whose client has gone do not count)."""
+        return sum(not job.cancelled for job in self._queue)
 
     def submit(self, job: Job | Score) -> None:
+        """Queue `job`; QueueFull when `max_batch` + `max_queue` requests already wait."""
         with self._cond:
             if self._stopping:
                 raise Stopping("the server is shutting down")
+            self._queue = deque(j for j in self._queue if not j.cancelled)  # gone clients free their place
             if len(self._queue) >= self.max_queue + self.max_batch:
                 raise QueueFull(f"{len(self._queue)} requests are already waiting")
             self._queue.append(job)
@@ -322,8 +384,13 @@ class LocalEngine:
         decoding = Sampling(temperature=first.temperature, top_p=first.top_p).decoding()  # as `generate`
         self.batch_sizes.append(len(jobs))
         model: Any = loaded.model
-        with RowHooks(model, self.watched, [job.plan for job in jobs]) as hooks:
-            batch = _Batch(jobs, hooks, loaded)
+        wants_logprobs = any(job.top_logprobs is not None for job in jobs)
+        with (
+            RowHooks(model, self.watched, [job.plan for job in jobs]) as hooks,
+            contextlib.ExitStack() as stack,
+        ):
+            logits = stack.enter_context(_Logits(model)) if wants_logprobs else None
+            batch = _Batch(jobs, hooks, loaded, logits)
             with torch.inference_mode():
                 model.generate(
                     input_ids=ids.to(loaded.device),

@@ -1,18 +1,26 @@
-"""HTTP plumbing shared by both modes: OpenAI-style errors, the body limit, request counting, auth."""
+"""HTTP plumbing shared by both modes: OpenAI-style errors, the body limit, the chat requests' ids and
+their one record each, auth."""
 
 from __future__ import annotations
 
 import hmac
+import json
+import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from personavec.serve import protocol as p
+from personavec.serve.wire import clean
 
 
 class ClientError(HTTPException):
@@ -30,7 +38,7 @@ class ClientError(HTTPException):
         return str(self.detail)
 
     def response(self) -> JSONResponse:
-        body = p.error_body(str(self), self.kind, self.param, self.code)
+        body = clean(p.error_body(str(self), self.kind, self.param, self.code))[0]
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
@@ -83,23 +91,94 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-class CountRequests:
-    """Count chat completion requests by the status they were answered with."""
+CHAT = "/v1/chat/completions"
+_CALL = "personavec.call"
+_ERROR_BODY = 4096  # an error body longer than this is not read for its type
+log = logging.getLogger("personavec.serve")
 
-    def __init__(self, app: ASGIApp, counter: Any) -> None:
-        self.app, self.counter = app, counter
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was complete: a 499, not an error."""
+
+
+@dataclass
+class Call:
+    """One chat completion request as the server handles it: its id, when it came, the status it was
+    answered with, the record its handler left (None: refused before one was made) and the type and
+    message of the error it was answered with."""
+
+    id: str
+    start: float
+    status: int | None = None
+    record: Any = None
+    error: tuple[str, str] | None = None
+
+
+def call_of(request: Request) -> Call:
+    """The `Call` of a chat completion request (set by `ChatRequests`)."""
+    call = request.scope.get(_CALL)
+    assert isinstance(call, Call), "the app was built without its ChatRequests middleware"
+    return call
+
+
+def _route(scope: Scope) -> str:
+    """The request's path inside this app (without the prefix it is mounted at)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
+def _error_of(body: bytes) -> tuple[str, str] | None:
+    try:
+        error = json.loads(body)["error"]
+        return str(error["type"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class ChatRequests:
+    """Every chat completion request gets an id (also sent as ``X-Request-Id``) and, once it is over,
+    whatever its outcome (answered, refused, failed, or left by its client), one call of `done`."""
+
+    def __init__(self, app: ASGIApp, done: Callable[[Call], None]) -> None:
+        self.app, self.done = app, done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+        if scope["type"] != "http" or _route(scope) != CHAT:
             await self.app(scope, receive, send)
             return
+        call = scope[_CALL] = Call("chatcmpl-" + secrets.token_hex(12), time.monotonic())
+        body = bytearray()
 
-        async def counted(message: Message) -> None:
+        async def watched(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self.counter.labels(str(message["status"])).inc()
+                call.status = message["status"]
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", call.id.encode())],
+                }
+            elif (
+                message["type"] == "http.response.body"
+                and (call.status or 0) >= 400
+                and len(body) < _ERROR_BODY
+            ):
+                body.extend(message.get("body", b""))
             await send(message)
 
-        await self.app(scope, receive, counted)
+        try:
+            await self.app(scope, receive, watched)
+        except (ClientGone, ClientDisconnect):
+            call.status = 499  # logged by `done`, as one line
+        except Exception as error:
+            if call.status is None:
+                call.status, call.error = (
+                    500,
+                    ("server_error", f"{type(error).__name__}; see the server's log"),
+                )
+            raise  # logged with its traceback
+        finally:
+            call.status = 499 if call.status is None else call.status  # cancelled
+            call.error = call.error or _error_of(bytes(body))
+            self.done(call)
 
 
 def authorise(key: str | None, request: Request) -> None:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from personavec.core.models import format_chat
 from personavec.serve import protocol as p
 from personavec.serve.engine import Job, Outcome, QueueFull, Stopping, Token
-from personavec.serve.http import ClientError
+from personavec.serve.http import Call, ClientError, ClientGone, call_of
 from personavec.serve.rows import GuardPlan, RowPlan
-from personavec.serve.state import Record, State, record, vector_figures
+from personavec.serve.state import Record, State, vector_figures
 
 
 def _figures(state: State, outcome: Outcome, plan: RowPlan) -> dict[str, dict[str, Any]]:
@@ -102,16 +100,9 @@ def _job(state: State, body: p.ChatRequest) -> tuple[Job, int, str]:
             400, f"the prompt has {len(ids)} tokens; this server takes at most {limits.max_prompt_tokens}",
             param="messages", code="context_length_exceeded",
         )  # fmt: skip
-    job = Job(
-        ids,
-        max_tokens,
-        body.temperature,
-        body.top_p,
-        body.seed,
-        body.stops(),
-        plan,
-        asyncio.get_running_loop(),
-    )
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    loop = asyncio.get_running_loop()
+    job = Job(ids, max_tokens, body.temperature, body.top_p, body.seed, body.stops(), plan, loop, top)
     return job, len(ids), prompt
 
 
@@ -142,7 +133,7 @@ async def _next(job: Job, request: Request, deadline: float) -> Token | Outcome:
         except asyncio.TimeoutError:
             if await request.is_disconnected():
                 job.cancelled = True
-                raise asyncio.CancelledError from None
+                raise ClientGone from None
             continue
         if isinstance(event, BaseException):
             if isinstance(event, Stopping):
@@ -154,11 +145,10 @@ async def _next(job: Job, request: Request, deadline: float) -> Token | Outcome:
 class _Exchange:
     """One chat completion in flight: its job, timings and the record it leaves."""
 
-    def __init__(self, state: State, body: p.ChatRequest, request: Request) -> None:
-        self.state, self.body, self.request = state, body, request
-        self.id = "chatcmpl-" + secrets.token_hex(12)
+    def __init__(self, state: State, body: p.ChatRequest, request: Request, call: Call) -> None:
+        self.state, self.body, self.request, self.call = state, body, request, call
+        self.id, self.start = call.id, call.start
         self.created = int(time.time())
-        self.start = time.monotonic()
         self.first: float | None = None
         self.job, self.prompt_tokens, self.prompt = _job(state, body)
         self.deadline = self.start + state.config.limits.request_timeout
@@ -170,13 +160,34 @@ class _Exchange:
             self.state.metrics.ttft.observe(self.first - self.start)
         return event
 
-    def finish(self, outcome: Outcome | None, status: int, figures: dict[str, Any] | None) -> None:
-        record(self.state, Record(
+    def finish(
+        self, outcome: Outcome | None, status: int, figures: dict[str, Any] | None,
+        error: ClientError | None = None,
+    ) -> None:  # fmt: skip
+        """Leave the request's record (the audit line is written once the response is over)."""
+        self.call.record = Record(
             self.id, self.body.model, status, self.start, self.prompt_tokens,
             len(outcome.tokens) if outcome else 0, outcome.finish_reason if outcome else None, figures,
             [m.model_dump() for m in self.body.messages], outcome.text if outcome else None,
-            tokens=outcome.tokens if outcome else None,
-        ))  # fmt: skip
+            str(error) if error else None, outcome.tokens if outcome else None,
+            error.kind if error else None,
+        )  # fmt: skip
+
+    def logprobs(self, tokens: list[Token]) -> dict[str, Any] | None:
+        """OpenAI's ``logprobs`` of `tokens`, or None when the request did not ask for them."""
+        if not self.body.logprobs:
+            return None
+        decode = self.state.loaded.tokenizer.decode
+
+        def entry(text: str, logprob: float) -> dict[str, Any]:
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        content = [
+            {**entry(t.text, t.scored.logprob),
+             "top_logprobs": [entry(str(decode([i])), lp) for i, lp in t.scored.top]}
+            for t in tokens if t.scored is not None
+        ]  # fmt: skip
+        return {"content": content, "refusal": None}
 
     def usage(self, outcome: Outcome) -> dict[str, int]:
         n = len(outcome.tokens)
@@ -186,21 +197,28 @@ class _Exchange:
             "total_tokens": self.prompt_tokens + n,
         }
 
-    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+    def chunk(
+        self, delta: dict[str, Any] | None, finish: str | None = None, logprobs: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:  # fmt: skip
         """One SSE event: a chunk with `delta` (None: no choices, as the usage chunk has) and `extra`."""
-        choices = (
-            [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-        )
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
         data = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.body.model, "choices": choices, **extra}  # fmt: skip
-        return f"data: {json.dumps(data)}\n\n"
+                "model": self.body.model, "choices": [] if delta is None else [choice], **extra}  # fmt: skip
+        return self.state.wire.sse(data)
 
 
-def _refused(state: State, body: p.ChatRequest, error: ClientError) -> None:
-    """Record a request refused before it reached the engine."""
+def _refused(body: p.ChatRequest, call: Call, error: ClientError) -> Record:
+    """The record of a request refused before it reached the engine."""
     messages = [m.model_dump() for m in body.messages]
-    record(
-        state, Record(None, body.model, error.status, time.monotonic(), messages=messages, error=str(error))
+    return Record(
+        call.id,
+        body.model,
+        error.status,
+        call.start,
+        messages=messages,
+        error=str(error),
+        error_type=error.kind,
     )
 
 
@@ -208,24 +226,29 @@ def _finish_reason(outcome: Outcome) -> Literal["stop", "length"]:
     return "length" if outcome.finish_reason == "length" else "stop"
 
 
-async def _complete(x: _Exchange) -> JSONResponse:
+async def _complete(x: _Exchange) -> Response:
     while not isinstance(event := await x.next(), Outcome):
         pass
     figures = _figures(x.state, event, x.job.plan)
     message = p.AssistantMessage(content=event.text)
+    logprobs = x.logprobs(event.tokens)
+    choice = p.Choice(
+        message=message, finish_reason=_finish_reason(event),
+        logprobs=None if logprobs is None else p.Logprobs.model_validate(logprobs),
+    )  # fmt: skip
     response = p.ChatResponse(
-        id=x.id, created=x.created, model=x.body.model,
-        choices=[p.Choice(message=message, finish_reason=_finish_reason(event))],
+        id=x.id, created=x.created, model=x.body.model, choices=[choice],
         usage=p.Usage(**x.usage(event)), persona=p.Persona.model_validate({"vectors": figures}),
     )  # fmt: skip
     x.finish(event, 200, figures)
-    return JSONResponse(response.model_dump())
+    return x.state.wire.response(response.model_dump())
 
 
 async def _stream(x: _Exchange) -> AsyncIterator[str]:
     names = [w.name for w in x.state.watched]
     trace = bool(x.body.persona and x.body.persona.trace)
     outcome: Outcome | None = None
+    failure: ClientError | None = None
     status = 499  # the client went away before the end
     try:
         yield x.chunk({"role": "assistant", "content": ""})
@@ -234,8 +257,9 @@ async def _stream(x: _Exchange) -> AsyncIterator[str]:
             if trace:
                 values = dict(zip(names, event.projections, strict=True))
                 extra["persona"] = {"tokens": [{"id": event.id, "text": event.text, "projections": values}]}
-            if event.delta or trace:
-                yield x.chunk({"content": event.delta}, None, **extra)
+            logprobs = x.logprobs([event])
+            if event.delta or trace or logprobs:
+                yield x.chunk({"content": event.delta}, None, logprobs, **extra)
         outcome = event
         yield x.chunk({"content": outcome.tail}, _finish_reason(outcome))
         figures = _figures(x.state, outcome, x.job.plan)
@@ -249,29 +273,30 @@ async def _stream(x: _Exchange) -> AsyncIterator[str]:
         status = 200
         x.finish(outcome, status, figures)
     except ClientError as error:
-        status = error.status
-        yield f"data: {json.dumps(p.error_body(str(error), error.kind, error.param, error.code))}\n\n"
+        status, failure = error.status, error
+        yield x.state.wire.sse(p.error_body(str(error), error.kind, error.param, error.code))
     finally:
         x.job.cancelled = True  # a client gone mid-stream frees its row
         if status != 200:
-            x.finish(outcome, status, None)
+            x.finish(outcome, status, None, failure)
 
 
 async def answer(state: State, body: p.ChatRequest, request: Request) -> Response:
     """Answer one chat completion request (streamed or not)."""
+    call = call_of(request)
     try:
-        exchange = _Exchange(state, body, request)
+        exchange = _Exchange(state, body, request, call)
         _submit(state, exchange.job)
     except ClientError as error:
-        _refused(state, body, error)
+        call.record = _refused(body, call, error)
         raise
     if body.stream:
         return StreamingResponse(_stream(exchange), media_type="text/event-stream")
     try:
         return await _complete(exchange)
     except ClientError as error:
-        exchange.finish(None, error.status, None)
+        exchange.finish(None, error.status, None, error)
         raise
-    except asyncio.CancelledError:
+    except ClientGone:
         exchange.finish(None, 499, None)
         raise

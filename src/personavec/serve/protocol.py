@@ -2,14 +2,31 @@
 
 A request with a field this server does not support is refused (400 naming the field) rather than
 silently ignored; ``persona`` is personavec's own (the openai SDK sends it through ``extra_body``).
+Every number is bounded by what the code below it accepts (a seed fits in 64 bits, a coefficient in
+`MAX_COEF`), and every string is made valid Unicode before anything reads it (`wire.clean`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from personavec.serve.config import MAX_COEF, MAX_THRESHOLD
+from personavec.serve.wire import clean
+
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives a token's ``top_logprobs`` lists (OpenAI's bound, and the paper's judge's)."""
+
+
+class _Request(BaseModel):
+    """A request's top-level model: made valid Unicode with finite numbers (`wire.clean`) before any
+    field is read, so that its text reaches the tokenizer, the log and the engine as it can take it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean(cls, data: Any) -> Any:
+        return clean(data)[0]
 
 
 class _Strict(BaseModel):
@@ -34,14 +51,7 @@ class SteerRequest(_Strict):
     """Add coef × the named vector at its layer, to every token of this request."""
 
     vector: str
-    coef: float
-
-    @field_validator("coef")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
+    coef: float = Field(ge=-MAX_COEF, le=MAX_COEF)
 
 
 class GuardRequest(_Strict):
@@ -49,8 +59,8 @@ class GuardRequest(_Strict):
     vector's prompt-last threshold), checked at the end of the prompt or, `per_token`, at every token."""
 
     vector: str
-    threshold: float | None = None
-    coef: float = Field(gt=0)
+    threshold: float | None = Field(default=None, ge=-MAX_THRESHOLD, le=MAX_THRESHOLD)
+    coef: float = Field(gt=0, le=MAX_COEF)
     per_token: bool = False
 
 
@@ -66,7 +76,7 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class ChatRequest(_Strict):
+class ChatRequest(_Strict, _Request):
     """``POST /v1/chat/completions``: the OpenAI fields this server honours."""
 
     model: str
@@ -75,12 +85,14 @@ class ChatRequest(_Strict):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # 64 bits, as torch and engines take
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     user: str | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     persona: PersonaRequest | None = None
 
     @field_validator("stop")
@@ -89,6 +101,13 @@ class ChatRequest(_Strict):
         stops = [value] if isinstance(value, str) else value or []
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("up to 4 non-empty stop sequences")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs: true")
         return value
 
     def stops(self) -> list[str]:
@@ -103,7 +122,7 @@ class UpstreamMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class UpstreamChatRequest(BaseModel):
+class UpstreamChatRequest(_Request):
     """``POST /v1/chat/completions`` in upstream mode: fields this server does not read are forwarded."""
 
     model_config = ConfigDict(extra="allow")
@@ -111,6 +130,9 @@ class UpstreamChatRequest(BaseModel):
     messages: list[UpstreamMessage] = Field(min_length=1)
     stream: bool = False
     n: Literal[1] = 1
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     persona: PersonaRequest | None = None
 
 
@@ -153,11 +175,30 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """A candidate token: its text, its log-probability and its UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    """An answer token's log-probability and the most likely tokens at its place."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class Logprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length", "content_filter"]
-    logprobs: None = None
+    logprobs: Logprobs | None = None
 
 
 class ChatResponse(BaseModel):

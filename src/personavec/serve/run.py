@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import socket
 from pathlib import Path
@@ -63,6 +64,9 @@ def serve(
         loaded = load_finetuned(model, adapter, base=loaded)
     key = f"{model}|{adapter or ''}|{loaded.identity.sha256 or loaded.identity.name}"
     app = build_app(loaded, vectors, config, model_name=model, model_key=key)
+    logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # uvicorn's, with the server's own lines beside
+    logs["loggers"]["personavec"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     uvicorn.run(
-        app, host=config.host, port=config.port, timeout_graceful_shutdown=int(config.grace), log_level="info"
-    )
+        app, host=config.host, port=config.port, timeout_graceful_shutdown=int(config.grace),
+        log_level="info", log_config=logs,
+    )  # fmt: skip

@@ -10,10 +10,12 @@ from personavec.core.models import LoadedModel
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import LocalEngine, Token
+from personavec.serve.http import Call, log
 from personavec.serve.ring import Ring
 from personavec.serve.rows import Watched
 from personavec.serve.telemetry import AuditLog, Metrics
 from personavec.serve.thresholds import Thresholds
+from personavec.serve.wire import Wire
 
 
 @dataclass
@@ -33,6 +35,11 @@ class State:
     ready: bool = False
     calibration_error: str | None = None
     ring: Ring | None = None  # the dashboard's recent requests
+    upstream_logprobs: bool | None = None  # whether the upstream answers logprobs (None: not asked yet)
+    wire: Wire = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wire = Wire(self.metrics.nonfinite)
 
 
 def vector_figures(
@@ -61,10 +68,11 @@ def vector_figures(
 
 @dataclass
 class Record:
-    """What one answered (or refused) chat request leaves in the metrics and the audit log."""
+    """What one chat request leaves in the metrics, the audit log and the dashboard, whatever its
+    outcome (`error_type` and `error`: the OpenAI error it was answered with)."""
 
-    id: str | None
-    model: str
+    id: str
+    model: str | None
     status: int
     start: float  # time.monotonic() when it arrived
     prompt_tokens: int = 0
@@ -75,11 +83,28 @@ class Record:
     answer: str | None = None
     error: str | None = None
     tokens: list[Token] | None = None  # the answer's tokens with their projections (local mode)
+    error_type: str | None = None
 
 
-def record(state: State, r: Record) -> None:
+def settle(state: State, call: Call) -> None:
+    """Record a chat request once it is over: the record its handler left, with the status and error it
+    was answered with where the handler did not say (a refusal, a failure, a client gone)."""
+    status = call.status if call.status is not None else 499
+    r = call.record if isinstance(call.record, Record) else Record(call.id, None, status, call.start)
+    if status >= 400:  # the response's word wins over a handler's that did not see the end
+        r.status = status
+    if r.status >= 400 and r.error is None and call.error is not None:
+        r.error_type, r.error = call.error
+    if r.status == 499:
+        r.error_type, r.error = "client_gone", r.error or "the client left before its answer was complete"
+        log.info("%s: %s (499)", r.id, r.error)
+    _record(state, r)
+
+
+def _record(state: State, r: Record) -> None:
     """Count `r` in the metrics, append it to the audit log and show it on the dashboard."""
     m, latency = state.metrics, time.monotonic() - r.start
+    m.requests.labels(str(r.status)).inc()
     m.prompt_tokens.inc(r.prompt_tokens)
     m.generated_tokens.inc(r.completion_tokens)
     m.latency.observe(latency)
@@ -92,6 +117,7 @@ def record(state: State, r: Record) -> None:
             "finish_reason": r.finish_reason, "latency_s": round(latency, 4), "persona": r.figures,
             "messages": r.messages, "answer": r.answer,
         }  # fmt: skip
-        state.audit.write({**line, **({"error": r.error} if r.error else {})})
+        error = {"error_type": r.error_type, "error": r.error} if r.status >= 400 else {}
+        state.audit.write({**line, **error})
     if state.ring is not None:
         state.ring.add(r, latency)

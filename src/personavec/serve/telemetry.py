@@ -11,7 +11,7 @@ is reopened, so it never swallows the next one.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from personavec.serve.config import STATISTICS
+from personavec.serve.wire import Wire
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 PROJECTION_BUCKETS = (-32, -16, -8, -4, -2, -1, 0, 1, 2, 4, 8, 16, 32)
@@ -64,12 +65,16 @@ class Metrics:
         self.batch_size = Histogram(
             "personavec_batch_size", "Requests per generate batch", buckets=BATCH_BUCKETS, registry=r
         )
+        self.nonfinite = Counter(
+            "personavec_nonfinite_values", "NaN or infinite numbers written as null, by where they went",
+            ["sink"], registry=r,
+        )  # fmt: skip
 
     def answer(self, figures: dict[str, dict[str, Any]]) -> None:
         """Count one answer's persona figures (the response's ``persona.vectors``)."""
         for trait, f in figures.items():
             for statistic in STATISTICS:
-                if f[statistic] is not None:
+                if f[statistic] is not None and math.isfinite(f[statistic]):
                     self.projection.labels(trait, statistic).observe(f[statistic])
             for counter, key in ((self.flagged, "flagged"), (self.predicted, "predicted")):
                 if f[key]:
@@ -81,8 +86,8 @@ class Metrics:
 class AuditLog:
     """Append-only JSON lines (see the module docstring)."""
 
-    def __init__(self, path: str | Path, text: bool) -> None:
-        self.path, self.text = Path(path), text
+    def __init__(self, path: str | Path, text: bool, wire: Wire) -> None:
+        self.path, self.text, self.wire = Path(path), text, wire
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._lock = threading.Lock()
@@ -96,7 +101,7 @@ class AuditLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.text:
             record = {k: v for k, v in record.items() if k not in ("messages", "answer")}
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        line = (self.wire.dumps(record, "audit") + "\n").encode()
         with self._lock:
             os.write(self._fd, line)
 

@@ -10,8 +10,6 @@ when complete. Steering needs the model in-process: a request that asks for it g
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -19,7 +17,7 @@ from typing import Any
 
 import openai
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from transformers import PreTrainedTokenizerBase
 
 from personavec._internal.openai_client import post_json
@@ -28,8 +26,8 @@ from personavec.errors import ConfigError
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import QueueFull, Score, Stopping
-from personavec.serve.http import ClientError
-from personavec.serve.state import Record, State, record, vector_figures
+from personavec.serve.http import ClientError, call_of
+from personavec.serve.state import Record, State, vector_figures
 
 PROBE = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -136,7 +134,8 @@ def _upstream_error(error: openai.APIError, url: str) -> ClientError:
         detail = body.get("error", body)
         message = detail.get("message") if isinstance(detail, dict) else None
         status = error.status_code
-        return ClientError(status, f"the upstream answered {status}: {message or error}", "upstream_error")
+        text = f"the upstream answered {status}: {message or error}"
+        return ClientError(status if status < 500 else 502, text, "upstream_error")
     return ClientError(502, f"the upstream {url} does not answer: {error}", "upstream_error")
 
 
@@ -161,13 +160,24 @@ def _prompt(state: State, body: p.UpstreamChatRequest) -> tuple[str, int]:
 
 async def answer(state: State, body: p.UpstreamChatRequest, request: Request) -> Response:
     """Score, forward and score again one chat completion request."""
-    start, config = time.monotonic(), state.config
-    prompt, n_prompt = _prompt(state, body)
+    call = call_of(request)
+    messages = [m.model_dump(exclude_unset=True) for m in body.messages]
+    base = call.record = Record(call.id, body.model, 200, call.start, messages=messages)
+    try:
+        return await _answer(state, body, base)
+    except ClientError as error:
+        base.status, base.error, base.error_type = error.status, str(error), error.kind
+        raise
+
+
+async def _answer(state: State, body: p.UpstreamChatRequest, base: Record) -> Response:
+    config = state.config
+    prompt, base.prompt_tokens = _prompt(state, body)
+    if body.logprobs:
+        await _check_logprobs(state)
     last = await _score(state, prompt, None)
     figures = _figures(state, last, None)
     predicted = [name for name, f in figures.items() if f["predicted"]]
-    messages = [m.model_dump(exclude_unset=True) for m in body.messages]
-    base = Record("chatcmpl-" + secrets.token_hex(12), body.model, 200, start, n_prompt, messages=messages)
     if predicted and config.on_flag == "refuse":
         return _refusal(state, body, base, figures, predicted)
     annotate = predicted and config.on_flag == "annotate"
@@ -176,13 +186,10 @@ async def answer(state: State, body: p.UpstreamChatRequest, request: Request) ->
     forwarded = {k: v for k, v in body.model_dump(exclude_unset=True).items() if k not in own}
     try:
         reply = await state.upstream.chat.completions.create(
-            model=str(config.upstream_model), messages=messages, stream=body.stream, extra_body=forwarded
+            model=str(config.upstream_model), messages=base.messages, stream=body.stream, extra_body=forwarded
         )
     except openai.APIError as error:
-        failure = _upstream_error(error, str(config.upstream))
-        base.status, base.error = failure.status, str(failure)
-        record(state, base)
-        raise failure from None
+        raise _upstream_error(error, str(config.upstream)) from None
     if body.stream:
         relay = _relay(state, body, base, prompt, last, reply)
         return StreamingResponse(relay, media_type="text/event-stream", headers=headers)
@@ -193,11 +200,32 @@ async def answer(state: State, body: p.UpstreamChatRequest, request: Request) ->
     data["model"], data["persona"] = body.model, {"vectors": figures}
     base.completion_tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
     base.finish_reason, base.figures, base.answer = choice.get("finish_reason"), figures, content
-    record(state, base)
-    return JSONResponse(data, headers=headers)
+    return state.wire.response(data, headers=headers)
 
 
-def _sse(base: Record, choices: list[dict[str, Any]], **extra: Any) -> str:
+async def _check_logprobs(state: State) -> None:
+    """Refuse ``logprobs`` (400) when the upstream does not return them; asked once, with a one-token
+    probe, on the first request that wants them."""
+    if state.upstream_logprobs is None:
+        try:
+            reply = await state.upstream.chat.completions.create(
+                model=str(state.config.upstream_model), messages=PROBE, max_tokens=1, logprobs=True,
+                top_logprobs=1,
+            )  # fmt: skip
+            logprobs = reply.choices[0].logprobs if reply.choices else None
+            state.upstream_logprobs = bool(logprobs is not None and logprobs.content)
+        except openai.BadRequestError:
+            state.upstream_logprobs = False
+        except openai.APIError as error:
+            raise _upstream_error(error, str(state.config.upstream)) from None
+    if not state.upstream_logprobs:
+        raise ClientError(
+            400, f"the upstream {state.config.upstream} returns no logprobs: drop logprobs, or serve an "
+            "engine that returns them (vLLM, SGLang)", param="logprobs",
+        )  # fmt: skip
+
+
+def _sse(state: State, base: Record, choices: list[dict[str, Any]], **extra: Any) -> str:
     """One chunk of this request's stream, as a server-sent event."""
     data = {
         "id": base.id,
@@ -205,7 +233,7 @@ def _sse(base: Record, choices: list[dict[str, Any]], **extra: Any) -> str:
         "created": int(time.time()),
         "model": base.model,
     }
-    return f"data: {json.dumps({**data, 'choices': choices, **extra})}\n\n"
+    return state.wire.sse({**data, "choices": choices, **extra})
 
 
 def _refusal(
@@ -215,20 +243,19 @@ def _refusal(
     reason = f"the prompt's projection exceeds the prompt_last threshold of {', '.join(predicted)}"
     persona = {"vectors": figures, "refused": reason}
     base.finish_reason, base.figures = "content_filter", figures
-    record(state, base)
     message = {"role": "assistant", "content": ""}
     if body.stream:
         choice = {"index": 0, "delta": message, "finish_reason": "content_filter"}
 
         async def events() -> AsyncIterator[str]:
-            yield _sse(base, [choice], persona=persona)
+            yield _sse(state, base, [choice], persona=persona)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
     usage = {"prompt_tokens": base.prompt_tokens, "completion_tokens": 0, "total_tokens": base.prompt_tokens}
     choice = {"index": 0, "message": message, "finish_reason": "content_filter", "logprobs": None}
     data = {"id": base.id, "object": "chat.completion", "created": int(time.time()), "model": body.model}
-    return JSONResponse({**data, "choices": [choice], "usage": usage, "persona": persona})
+    return state.wire.response({**data, "choices": [choice], "usage": usage, "persona": persona})
 
 
 async def _relay(
@@ -246,24 +273,21 @@ async def _relay(
                 base.finish_reason = choice.get("finish_reason") or base.finish_reason
             if data.get("usage"):
                 base.completion_tokens = int(data["usage"].get("completion_tokens") or 0)
-            yield f"data: {json.dumps(data)}\n\n"
+            yield state.wire.sse(data)
         done = True
     except Exception as error:  # the upstream went away mid-stream (transport errors come unwrapped here)
         base.status, base.error = 502, f"the upstream {state.config.upstream} went away mid-stream: {error}"
-        record(state, base)
-        failure = p.error_body(base.error, "upstream_error", code="upstream_unavailable")
-        yield f"data: {json.dumps(failure)}\n\n"
+        base.error_type = "upstream_error"
+        yield state.wire.sse(p.error_body(base.error, "upstream_error", code="upstream_unavailable"))
         return
     finally:
         if not done:
             if base.status == 200:  # our client left mid-stream (cancelled, not an error)
                 base.status, base.answer = 499, "".join(parts)
-                record(state, base)
             await stream.close()  # stop the engine's generation
     content = "".join(parts)
     figures = _figures(state, last, await _score(state, prompt, content))
     counted = len(state.loaded.tokenizer(content, add_special_tokens=False)["input_ids"])
     base.figures, base.answer, base.completion_tokens = figures, content, base.completion_tokens or counted
-    yield _sse(base, [], persona={"vectors": figures})
+    yield _sse(state, base, [], persona={"vectors": figures})
     yield "data: [DONE]\n\n"
-    record(state, base)
