@@ -8,6 +8,7 @@ NaN, so that every outcome is reached on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -57,6 +58,28 @@ class Rig:
     def client(self, key: str | None = KEY, timeout: float = 60) -> httpx.Client:
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[ThreadPoolExecutor]:
+        """Forwards wait until `go` is set or the block ends; yields a pool for the clients."""
+        self.hold.set()
+        self.go.clear()
+        pool = ThreadPoolExecutor(6)
+        try:
+            yield pool
+        finally:
+            self.hold.clear()
+            self.go.set()
+            pool.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def failing(self) -> Iterator[None]:
+        """Every forward raises while the block runs."""
+        self.fail = True
+        try:
+            yield
+        finally:
+            self.fail = False
 
     def lines(self) -> list[dict[str, Any]]:
         return [_strict(line) for line in self.audit.read_text().splitlines()] if self.audit.exists() else []
@@ -109,7 +132,7 @@ def _vector(loaded: LoadedModel) -> PersonaVector:
 
 VECTORS = (("opt", "opt.safetensors"),)
 FIXED = (("opt", "prompt_last", 0.0), ("opt", "response_avg", 0.0))
-LIMITS = Limits(max_tokens=4, max_batch=2, max_queue=1, max_body_bytes=20_000, request_timeout=3.0)
+LIMITS = Limits(max_tokens=4, max_batch=2, max_queue=1, max_body_bytes=20_000, request_timeout=6.0)
 
 
 @pytest.fixture(scope="module")
@@ -378,28 +401,19 @@ def test_every_chat_request_leaves_one_audit_line(rig: Rig, upstream_rig: tuple[
         sent.append(401)
         for path in ("/metrics", "/health", "/ready", "/v1/models", "/dashboard/api/recent"):
             assert client.get(path).status_code == 200  # no line for these
-        rig.fail = True
-        try:
+        with rig.failing():
             assert client.post("/v1/chat/completions", json=_hi()).status_code == 500
-        finally:
-            rig.fail = False
         sent.append(500)
     # held worker: A runs, three wait (2 + 1), the next is refused; one leaves, the others time out
-    rig.hold.set()
-    rig.go.clear()
-    try:
-        with ThreadPoolExecutor(6) as pool:
-            running = _in_thread(pool, rig, _hi())
-            _wait(lambda: engine.running == 1)
-            leaving = _in_thread(pool, rig, _hi(), timeout=1.0)
-            waiting = [_in_thread(pool, rig, _hi()) for _ in range(2)]
-            _wait(lambda: engine.waiting == 3)
-            with rig.client() as client:
-                assert client.post("/v1/chat/completions", json=_hi()).status_code == 429
-            statuses = [running.result(), leaving.result(), *(w.result() for w in waiting)]
-    finally:
-        rig.hold.clear()
-        rig.go.set()
+    with rig.held() as pool:
+        running = _in_thread(pool, rig, _hi())
+        _wait(lambda: engine.running == 1)
+        leaving = _in_thread(pool, rig, _hi(), timeout=1.0)
+        waiting = [_in_thread(pool, rig, _hi()) for _ in range(2)]
+        _wait(lambda: engine.waiting == 3)
+        with rig.client() as client:
+            assert client.post("/v1/chat/completions", json=_hi()).status_code == 429
+        statuses = [running.result(), leaving.result(), *(w.result() for w in waiting)]
     assert sorted(statuses) == [499, 504, 504, 504]
     sent += [429, 499, 504, 504, 504]
     _wait(lambda: len(rig.lines()) - before == len(sent))
@@ -416,11 +430,8 @@ def test_every_chat_request_leaves_one_audit_line(rig: Rig, upstream_rig: tuple[
     engine_.faults += ["500", "timeout"]
     with server.client() as client:
         assert [client.post("/v1/chat/completions", json=_hi()).status_code for _ in range(2)] == [502, 504]
-        server.fail = True
-        try:
+        with server.failing():
             assert client.post("/v1/chat/completions", json=_hi()).status_code == 500
-        finally:
-            server.fail = False
     lines = server.lines()[before:]
     assert [line["status"] for line in lines] == [502, 504, 500] and all(line["error_type"] for line in lines)
 
@@ -428,48 +439,32 @@ def test_every_chat_request_leaves_one_audit_line(rig: Rig, upstream_rig: tuple[
 def test_gone_clients_free_their_place_at_once(rig: Rig) -> None:
     engine = rig.state.engine
     assert engine is not None
-    rig.hold.set()
-    rig.go.clear()
-    try:
-        with ThreadPoolExecutor(6) as pool:
-            running = _in_thread(pool, rig, _hi())
-            _wait(lambda: engine.running == 1)
-            burst = [_in_thread(pool, rig, _hi(), timeout=0.5) for _ in range(3)]  # they all leave
-            assert [f.result() for f in burst] == [499] * 3
-            _wait(lambda: engine.waiting == 0, seconds=3)
-            late = _in_thread(pool, rig, _hi())
-            _wait(lambda: engine.waiting == 1 or late.done(), seconds=3)
-            assert not late.done()  # admitted: it waits for the held batch, not refused
-            rig.go.set()
-            assert late.result() == 200 and running.result() == 200
-    finally:
-        rig.hold.clear()
+    with rig.held() as pool:
+        running = _in_thread(pool, rig, _hi())
+        _wait(lambda: engine.running == 1)
+        burst = [_in_thread(pool, rig, _hi(), timeout=0.5) for _ in range(3)]  # they all leave
+        assert [f.result() for f in burst] == [499] * 3
+        _wait(lambda: engine.waiting == 0, seconds=3)
+        late = _in_thread(pool, rig, _hi())
+        _wait(lambda: engine.waiting == 1 or late.done(), seconds=3)
+        assert not late.done()  # admitted: it waits for the held batch, not refused
         rig.go.set()
+        assert late.result() == 200 and running.result() == 200
 
 
 def test_a_disconnect_is_one_info_line_and_a_failure_a_traceback(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    rig.hold.set()
-    rig.go.clear()
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            assert _in_thread(pool, rig, _hi(), timeout=0.5).result() == 499
-            _wait(lambda: any("client left" in r.getMessage() for r in caplog.records), seconds=5)
-    finally:
-        rig.hold.clear()
-        rig.go.set()
+    with rig.held() as pool:
+        assert _in_thread(pool, rig, _hi(), timeout=0.5).result() == 499
+        _wait(lambda: any("client left" in r.getMessage() for r in caplog.records), seconds=5)
     time.sleep(0.5)
     left = [r for r in caplog.records if "client left" in r.getMessage()]
     assert len(left) == 1 and left[0].levelno == logging.INFO and left[0].exc_info is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    rig.fail = True
-    try:
-        with rig.client() as client:
-            assert client.post("/v1/chat/completions", json=_hi()).status_code == 500
-    finally:
-        rig.fail = False
+    with rig.failing(), rig.client() as client:
+        assert client.post("/v1/chat/completions", json=_hi()).status_code == 500
     crashes = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert crashes and crashes[0].exc_info is not None and "injected failure" in str(crashes[0].exc_info[1])
 
