@@ -452,20 +452,43 @@ def test_gone_clients_free_their_place_at_once(rig: Rig) -> None:
         assert late.result() == 200 and running.result() == 200
 
 
-def test_a_disconnect_is_one_info_line_and_a_failure_a_traceback(
-    rig: Rig, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO)
-    with rig.held() as pool:
-        assert _in_thread(pool, rig, _hi(), timeout=0.5).result() == 499
-        _wait(lambda: any("client left" in r.getMessage() for r in caplog.records), seconds=5)
-    time.sleep(0.5)
-    left = [r for r in caplog.records if "client left" in r.getMessage()]
-    assert len(left) == 1 and left[0].levelno == logging.INFO and left[0].exc_info is None
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    with rig.failing(), rig.client() as client:
-        assert client.post("/v1/chat/completions", json=_hi()).status_code == 500
-    crashes = [r for r in caplog.records if r.levelno >= logging.ERROR]
+class _Lines(logging.Handler):
+    """The records of the server's own logger and uvicorn's error logger, whatever logging configuration
+    an earlier test left (uvicorn's own stops them reaching the root logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.levels: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> _Lines:
+        for name in ("personavec", "uvicorn.error"):
+            self.levels[name] = logging.getLogger(name).level
+            logging.getLogger(name).addHandler(self)
+            logging.getLogger(name).setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, level in self.levels.items():
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(level)
+
+
+def test_a_disconnect_is_one_info_line_and_a_failure_a_traceback(rig: Rig) -> None:
+    with _Lines() as lines:
+        with rig.held() as pool:
+            assert _in_thread(pool, rig, _hi(), timeout=0.5).result() == 499
+            _wait(lambda: any("client left" in r.getMessage() for r in lines.records), seconds=5)
+        time.sleep(0.5)
+        left = [r for r in lines.records if "client left" in r.getMessage()]
+        assert len(left) == 1 and left[0].levelno == logging.INFO and left[0].exc_info is None, left
+        assert not [r for r in lines.records if r.levelno >= logging.ERROR]
+        with rig.failing(), rig.client() as client:
+            assert client.post("/v1/chat/completions", json=_hi()).status_code == 500
+        crashes = [r for r in lines.records if r.levelno >= logging.ERROR]
     assert crashes and crashes[0].exc_info is not None and "injected failure" in str(crashes[0].exc_info[1])
 
 

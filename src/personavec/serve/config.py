@@ -189,20 +189,7 @@ class ServeConfig:
                 raise ConfigError(f"--threshold statistic {statistic!r}: use one of {', '.join(STATISTICS)}")
             if not abs(value) <= MAX_THRESHOLD:
                 raise ConfigError(f"--threshold {vector}.{statistic} must be within ±{MAX_THRESHOLD:g}")
-        for name, coef in self.steer:
-            if name not in names or not abs(coef) <= MAX_COEF:
-                raise ConfigError(
-                    f"--steer {name}={coef}: use NAME=COEF with a --vector NAME and |COEF| ≤ {MAX_COEF:g}"
-                )
-        if self.guard is not None and self.guard not in names:
-            raise ConfigError(f"--guard names {self.guard!r}, which is no --vector; use one of {names}")
-        if not 0 < self.guard_coef <= MAX_COEF:
-            raise ConfigError(
-                f"--guard-coef is the size of the push away: use 0 < COEF ≤ {MAX_COEF:g}, "
-                f"got {self.guard_coef}"
-            )
-        if self.guard_threshold is not None and not abs(self.guard_threshold) <= MAX_THRESHOLD:
-            raise ConfigError(f"--guard-threshold must be within ±{MAX_THRESHOLD:g}")
+        self._check_steering(names)
         if self.upstream is not None:
             if not self.upstream.startswith(("http://", "https://")):
                 raise ConfigError(f"--upstream must be an http(s) URL ending in /v1, got {self.upstream!r}")
@@ -233,6 +220,23 @@ class ServeConfig:
             raise ConfigError("--keep-text needs the dashboard: drop --keep 0")
         if self.grace < 0:
             raise ConfigError(f"--grace must be at least 0, got {self.grace}")
+
+    def _check_steering(self, names: list[str]) -> None:
+        """--steer and --guard name served vectors, with coefficients and thresholds within bounds."""
+        for name, coef in self.steer:
+            if name not in names or not abs(coef) <= MAX_COEF:
+                raise ConfigError(
+                    f"--steer {name}={coef}: use NAME=COEF with a --vector NAME and |COEF| ≤ {MAX_COEF:g}"
+                )
+        if self.guard is not None and self.guard not in names:
+            raise ConfigError(f"--guard names {self.guard!r}, which is no --vector; use one of {names}")
+        if not 0 < self.guard_coef <= MAX_COEF:
+            raise ConfigError(
+                f"--guard-coef is the size of the push away: use 0 < COEF ≤ {MAX_COEF:g}, "
+                f"got {self.guard_coef}"
+            )
+        if self.guard_threshold is not None and not abs(self.guard_threshold) <= MAX_THRESHOLD:
+            raise ConfigError(f"--guard-threshold must be within ±{MAX_THRESHOLD:g}")
 
     def threshold(self, vector: str, statistic: str) -> float | None:
         """The fixed threshold of a vector's statistic, if one was given."""

@@ -148,6 +148,15 @@ class ChatRequests:
             return
         call = scope[_CALL] = Call("chatcmpl-" + secrets.token_hex(12), time.monotonic())
         body = bytearray()
+        settled = False
+
+        def settle() -> None:  # once, before the client sees the end of the response
+            nonlocal settled
+            if not settled:
+                settled = True
+                call.status = 499 if call.status is None else call.status  # cancelled
+                call.error = call.error or _error_of(bytes(body))
+                self.done(call)
 
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -156,12 +165,11 @@ class ChatRequests:
                     **message,
                     "headers": [*message.get("headers", []), (b"x-request-id", call.id.encode())],
                 }
-            elif (
-                message["type"] == "http.response.body"
-                and (call.status or 0) >= 400
-                and len(body) < _ERROR_BODY
-            ):
-                body.extend(message.get("body", b""))
+            elif message["type"] == "http.response.body":
+                if (call.status or 0) >= 400 and len(body) < _ERROR_BODY:
+                    body.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    settle()
             await send(message)
 
         try:
@@ -176,9 +184,7 @@ class ChatRequests:
                 )
             raise  # logged with its traceback
         finally:
-            call.status = 499 if call.status is None else call.status  # cancelled
-            call.error = call.error or _error_of(bytes(body))
-            self.done(call)
+            settle()
 
 
 def authorise(key: str | None, request: Request) -> None:

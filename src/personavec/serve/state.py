@@ -91,8 +91,8 @@ def settle(state: State, call: Call) -> None:
     was answered with where the handler did not say (a refusal, a failure, a client gone)."""
     status = call.status if call.status is not None else 499
     r = call.record if isinstance(call.record, Record) else Record(call.id, None, status, call.start)
-    if status >= 400:  # the response's word wins over a handler's that did not see the end
-        r.status = status
+    if status >= 500 and r.status < 400:  # a failure after the handler's word (a 499 never overrides it:
+        r.status = status  # the handler knows whether its answer was complete)
     if r.status >= 400 and r.error is None and call.error is not None:
         r.error_type, r.error = call.error
     if r.status == 499:
