@@ -13,7 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from personavec.core.models import format_chat
 from personavec.serve import protocol as p
 from personavec.serve.engine import Job, Outcome, QueueFull, Stopping, Token
-from personavec.serve.http import Call, ClientError, ClientGone, call_of
+from personavec.serve.http import Call, ClientError, ClientGone, call_of, log
 from personavec.serve.rows import GuardPlan, RowPlan
 from personavec.serve.state import Record, State, vector_figures
 
@@ -275,6 +275,10 @@ async def _stream(x: _Exchange) -> AsyncIterator[str]:
     except ClientError as error:
         status, failure = error.status, error
         yield x.state.wire.sse(p.error_body(str(error), error.kind, error.param, error.code))
+    except Exception:  # a bug, mid-stream: the stream ends with an error event, the log has the traceback
+        log.exception("%s: the answer failed mid-stream", x.id)
+        status, failure = 500, ClientError(500, "internal error; see the server's log", "server_error")
+        yield x.state.wire.sse(p.error_body(str(failure), failure.kind))
     finally:
         x.job.cancelled = True  # a client gone mid-stream frees its row
         if status != 200:

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from personavec.serve.config import MAX_COEF, MAX_THRESHOLD
 from personavec.serve.wire import clean
 
+MIN_TEMPERATURE = 1e-3
+"""A lower temperature decodes greedily: its distribution is already one token (a logit gap of 0.01 leaves
+the runner-up e^-10), and logits divided by a far smaller one overflow to NaN."""
 MAX_TOP_LOGPROBS = 20
 """The most alternatives a token's ``top_logprobs`` lists (OpenAI's bound, and the paper's judge's)."""
 
@@ -94,6 +97,11 @@ class ChatRequest(_Strict, _Request):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     persona: PersonaRequest | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_below_minimum(cls, value: float) -> float:
+        return 0.0 if value < MIN_TEMPERATURE else value
 
     @field_validator("stop")
     @classmethod
