@@ -24,12 +24,24 @@ MAX_TOP_LOGPROBS = 20
 
 class _Request(BaseModel):
     """A request's top-level model: made valid Unicode with finite numbers (`wire.clean`) before any
-    field is read, so that its text reaches the tokenizer, the log and the engine as it can take it."""
+    field is read, so that its text reaches the tokenizer, the log and the engine as it can take it; the
+    fields both modes read themselves."""
+
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # 64 bits, as torch and engines take
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="before")
     @classmethod
     def _clean(cls, data: Any) -> Any:
         return clean(data)[0]
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs: true")
+        return value
 
 
 class _Strict(BaseModel):
@@ -88,14 +100,11 @@ class ChatRequest(_Strict, _Request):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # 64 bits, as torch and engines take
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     user: str | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     persona: PersonaRequest | None = None
 
     @field_validator("temperature")
@@ -109,13 +118,6 @@ class ChatRequest(_Strict, _Request):
         stops = [value] if isinstance(value, str) else value or []
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("up to 4 non-empty stop sequences")
-        return value
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and not info.data.get("logprobs"):
-            raise ValueError("needs logprobs: true")
         return value
 
     def stops(self) -> list[str]:
@@ -138,9 +140,6 @@ class UpstreamChatRequest(_Request):
     messages: list[UpstreamMessage] = Field(min_length=1)
     stream: bool = False
     n: Literal[1] = 1
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     persona: PersonaRequest | None = None
 
 
