@@ -15,7 +15,9 @@ import random
 
 import torch
 
-from personavec.core.activations import _batches, _collate, _encode, iter_pooled
+from personavec.core.activations import iter_pooled
+from personavec.core.hf import collate
+from personavec.core.pooling import encode_samples, length_batches
 
 from _common import Figure, best_time, load, parser, report
 
@@ -59,13 +61,13 @@ def main() -> None:
     budget = 65536 if args.gpu_7b else 4096
     questions, answers = samples(n)
     prompts = [loaded.chat(q) for q in questions]
-    encoded = _encode(loaded, prompts, answers, None)
+    encoded = encode_samples(loaded.tokenizer, prompts, answers, None)
     tokens = sum(len(s.ids) for s in encoded)
     device = loaded.device
     pad = int(loaded.tokenizer.pad_token_id)
     batches = [
-        _collate([encoded[i] for i in b], pad, True, device)
-        for b in _batches([len(s.ids) for s in encoded], budget, 64)
+        collate([encoded[i] for i in b], pad, True, device)
+        for b in length_batches([len(s.ids) for s in encoded], budget, 64)
     ]
     model = loaded.model
 

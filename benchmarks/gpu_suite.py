@@ -31,9 +31,11 @@ import transformers
 from transformers import TrainerCallback
 
 from capture import samples
-from personavec.core.activations import _batches, _collate, _encode, iter_pooled, pooled_activations
+from personavec.core.activations import iter_pooled, pooled_activations
+from personavec.core.hf import collate
 from personavec.core.hooks import steer
 from personavec.core.models import LoadedModel
+from personavec.core.pooling import encode_samples, length_batches
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
@@ -153,11 +155,11 @@ def capture_speed(record: Record, loaded: LoadedModel, shape: Shape) -> None:
     """Pooling every layer (iter_pooled, end to end) ÷ a forward pass of the backbone, same batches."""
     prompts, answers = chats(loaded, shape.capture_samples)
     budget = 65536 if shape.device == "cuda" else 4096
-    encoded = _encode(loaded, prompts, answers, None)
+    encoded = encode_samples(loaded.tokenizer, prompts, answers, None)
     pad = int(loaded.tokenizer.pad_token_id)
     batches = [
-        _collate([encoded[i] for i in b], pad, True, loaded.device)
-        for b in _batches([len(s.ids) for s in encoded], budget, 64)
+        collate([encoded[i] for i in b], pad, True, loaded.device)
+        for b in length_batches([len(s.ids) for s in encoded], budget, 64)
     ]
     keys = ("input_ids", "attention_mask", "position_ids")
 

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from capture import samples
-from personavec.core.activations import _batches, _collate, _encode
 from personavec.core.generate import generate
+from personavec.core.hf import collate
 from personavec.core.models import format_chat
+from personavec.core.pooling import encode_samples, length_batches
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
@@ -71,12 +72,12 @@ def throughput(loaded, n: int, budget: int, repeats: int, tmp: Path) -> list[Fig
     data_path = tmp / "rows.jsonl"
     write_rows(data_path, questions, answers)
     prompts = [format_chat(loaded.tokenizer, [{"role": "user", "content": q}]) for q in questions]
-    encoded = _encode(loaded, prompts, answers, None)
+    encoded = encode_samples(loaded.tokenizer, prompts, answers, None)
     tokens = sum(len(s.ids) for s in encoded)
     pad = int(loaded.tokenizer.pad_token_id)
     batches = [
-        _collate([encoded[i] for i in b], pad, True, loaded.device)
-        for b in _batches([len(s.ids) for s in encoded], budget, 64)
+        collate([encoded[i] for i in b], pad, True, loaded.device)
+        for b in length_batches([len(s.ids) for s in encoded], budget, 64)
     ]
     shape = (loaded.identity.n_layers + 1, loaded.identity.hidden_size)
     layer = loaded.identity.n_layers * 2 // 3

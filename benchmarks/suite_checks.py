@@ -26,9 +26,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from personavec.core.activations import _collate, _encode, pooled_activations
+from personavec.core.activations import pooled_activations
+from personavec.core.hf import collate
 from personavec.core.hooks import capture, steer
 from personavec.core.models import LoadedModel
+from personavec.core.pooling import encode_samples
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.guard import Guard
 from personavec.deploy.monitor import project
@@ -80,9 +82,9 @@ def pooling_error(loaded: LoadedModel) -> float:
     layers = range(loaded.identity.n_layers + 1)
     keys = ("input_ids", "attention_mask", "position_ids")
     worst = 0.0
-    for i, sample in enumerate(_encode(loaded, prompts, ANSWERS[:3], None)):
+    for i, sample in enumerate(encode_samples(loaded.tokenizer, prompts, ANSWERS[:3], None)):
         # the very call the pooler made (one sample, token_budget=1), its residuals in full
-        batch = _collate([sample], int(loaded.tokenizer.pad_token_id), True, loaded.device)
+        batch = collate([sample], int(loaded.tokenizer.pad_token_id), True, loaded.device)
         with torch.inference_mode(), capture(loaded.model, layers) as cap:
             loaded.model.base_model(**{k: batch[k] for k in keys}, use_cache=False)
         hidden = torch.stack([cap[layer][0] for layer in layers]).double().cpu()  # [L+1, T, H]
@@ -182,7 +184,7 @@ def projection_error(loaded: LoadedModel) -> float:
     average = project(loaded, vectors, prompts, ANSWERS[:4], pooling="response-avg", progress=False)
     worst = 0.0
     for i, prompt in enumerate(prompts):
-        n_prompt = _encode(loaded, [prompt], ANSWERS[i : i + 1], None)[0].n_prompt
+        n_prompt = encode_samples(loaded.tokenizer, [prompt], ANSWERS[i : i + 1], None)[0].n_prompt
         states = _hidden_states(loaded, _padded(loaded, [prompt + ANSWERS[i]]))
         for j, v in enumerate(vectors):
             unit = v.unit().double()

@@ -35,9 +35,9 @@ _EXPORTS = {
     "capture": "personavec.core.hooks",
     "steer": "personavec.core.hooks",
     "TokenPositions": "personavec.core.positions",
-    "POOLINGS": "personavec.core.activations",
-    "Pooled": "personavec.core.activations",
-    "Pooling": "personavec.core.activations",
+    "POOLINGS": "personavec.core.pooling",
+    "Pooled": "personavec.core.pooling",
+    "Pooling": "personavec.core.pooling",
     "iter_pooled": "personavec.core.activations",
     "pooled_activations": "personavec.core.activations",
     "PersonaVector": "personavec.core.vectors",
@@ -117,15 +117,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit re-export)
     from personavec.core.activations import (
-        POOLINGS as POOLINGS,
-    )
-    from personavec.core.activations import (
-        Pooled as Pooled,
-    )
-    from personavec.core.activations import (
-        Pooling as Pooling,
-    )
-    from personavec.core.activations import (
         iter_pooled as iter_pooled,
     )
     from personavec.core.activations import (
@@ -150,6 +141,15 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     )
     from personavec.core.models import (
         load_model as load_model,
+    )
+    from personavec.core.pooling import (
+        POOLINGS as POOLINGS,
+    )
+    from personavec.core.pooling import (
+        Pooled as Pooled,
+    )
+    from personavec.core.pooling import (
+        Pooling as Pooling,
     )
     from personavec.core.positions import TokenPositions as TokenPositions
     from personavec.core.sampling import Sampling as Sampling

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from personavec import PersonavecError, pooled_activations
-from personavec.core.activations import _batches, _encode, iter_pooled
+from personavec.core.activations import iter_pooled
+from personavec.core.pooling import encode_samples, length_batches
 
 from tiny import N_LAYERS, tiny_loaded
 
@@ -67,13 +68,13 @@ def test_token_merging_across_the_boundary_counts_as_response() -> None:
     alone = tok(prompt, add_special_tokens=False)["input_ids"]
     merged = [i for i, (s, e) in enumerate(full["offset_mapping"]) if s < len(prompt) < e]
     assert merged, "the test needs a token that spans the boundary"
-    (sample,) = _encode(loaded, [prompt], [response], None)
+    (sample,) = encode_samples(loaded.tokenizer, [prompt], [response], None)
     assert sample.n_prompt == merged[0] < len(alone)
 
 
 def test_batches_respect_the_token_budget() -> None:
     lengths = [5, 50, 7, 30, 30, 12, 3, 49]
-    batches = _batches(lengths, token_budget=100, max_batch_size=3)
+    batches = length_batches(lengths, token_budget=100, max_batch_size=3)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) <= 3

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from personavec import PersonavecError, PersonaVector, capture, load_vector, load_vectors, save_vectors
-from personavec.core.activations import Pooling
 from personavec.core.models import ModelIdentity
+from personavec.core.pooling import Pooling
 from personavec.core.vectors import export_gguf, import_official_pt, read_gguf
 
 from tiny import N_LAYERS, tiny_loaded

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from openai_server import FakeOpenAI, judge_reply
-from personavec.core.activations import POOLINGS, pooled_activations
+from personavec.core.activations import pooled_activations
 from personavec.core.generate import read_rows
 from personavec.core.models import load_model
+from personavec.core.pooling import POOLINGS
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import load_vectors
 from personavec.errors import PersonavecError

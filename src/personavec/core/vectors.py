@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from personavec._internal.files import atomic_path
-from personavec.core.activations import POOLINGS, Pooling
 from personavec.core.hooks import Intervention, ablate, steer
 from personavec.core.layers import check_layer
 from personavec.core.models import ModelIdentity
+from personavec.core.pooling import POOLINGS, Pooling
 from personavec.core.positions import TokenPositions
 from personavec.errors import ConfigError, DataError, ModelError
 from personavec.version import __version__

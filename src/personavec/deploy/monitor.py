@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from personavec.core.activations import POOLINGS, Pooling, iter_pooled
+from personavec.core.activations import iter_pooled
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
+from personavec.core.pooling import POOLINGS, Pooling
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError, PersonavecError

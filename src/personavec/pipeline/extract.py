@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from personavec._internal.files import write_json
-from personavec.core.activations import POOLINGS, iter_pooled
+from personavec.core.activations import iter_pooled
 from personavec.core.engine import Engine
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
+from personavec.core.pooling import POOLINGS
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector, load_vectors, save_vectors
 from personavec.errors import JudgeError, PersonavecError

@@ -31,8 +31,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from personavec.core.activations import Pooling
 from personavec.core.models import LoadedModel
+from personavec.core.pooling import Pooling
 from personavec.core.sampling import Sampling
 from personavec.deploy.monitor import project
 from personavec.serve.rows import RowHooks, RowPlan, Watched

@@ -1,0 +1,368 @@
+"""The transformers backend: the `Backend` protocol on a Hugging Face model (`LoadedModel`).
+
+Generation runs ``generate`` on left-padded batches of requests of one decoding, prompts sorted by
+length, the call seeded once. A request's edits, probes and guard go through the `Ledger` (as in any
+other backend): a hook on each layer it needs hands the ledger the batch's real tokens, pads dropped,
+as one flat ``[num_tokens, hidden]`` tensor with each row's absolute positions, and writes the edited
+tokens back. With probes the batch runs one step past its longest answer, so that the last token's
+own residual is read; that step's token is dropped. Requests without edits, probes or guard run with
+no hook at all. Log-probabilities are read off the model's own output logits (after any final
+soft-capping), before temperature and top-p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import GenerationMixin
+from transformers.generation.streamers import BaseStreamer
+
+from personavec.core.backend import (
+    Generation,
+    GenerationRequest,
+    LogprobRequest,
+    Logprobs,
+    TokenScore,
+)
+from personavec.core.hooks import ResidualHooks
+from personavec.core.layers import unwrap
+from personavec.core.ledger import Ledger, Plan, Segment
+from personavec.core.models import LoadedModel, format_chat
+from personavec.core.pooling import Pooled, Sample, check_layers, encode_samples, length_batches
+from personavec.core.sampling import Sampling
+from personavec.errors import ModelError
+
+
+class LedgerHooks(ResidualHooks):
+    """Hands each forward call's real tokens at the ledger's layers to `ledger`, flat, and writes its
+    edits back. Row r of the batch is the ledger's request `r`; its positions come from the 2-D
+    attention mask (left or right padding), or count on from the KV cache without one."""
+
+    def __init__(self, model: nn.Module, ledger: Ledger) -> None:
+        super().__init__(model, ledger.layers)
+        self.ledger = ledger
+        self.real = torch.empty(0, dtype=torch.bool)
+
+    def _register(self) -> None:
+        super()._register()  # its pre-hook observes the call first
+        backbone = self.blocks.backbone
+        self._handles.append(backbone.register_forward_pre_hook(self._begin, with_kwargs=True))
+        self._handles.append(backbone.register_forward_hook(lambda *_: self.ledger.end()))
+
+    def _begin(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        real = self.state.real
+        if real is None:
+            self.state.select("all")  # raises: a 4-D mask hides the pads
+            return
+        tokens = real.shape[1]
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.dim() == 2:
+            positions = (mask.long().cumsum(-1) - 1)[:, -tokens:]
+        else:
+            positions = (torch.arange(tokens, device=real.device) + self.state.offset).expand(real.shape)
+        self.real = real
+        starts = torch.where(real, positions, torch.iinfo(torch.long).max).min(-1).values.tolist()
+        lengths = real.sum(-1).tolist()
+        self.ledger.begin(
+            [Segment(r, s, n) for r, (s, n) in enumerate(zip(starts, lengths, strict=True)) if n]
+        )
+
+    def edit(self, layer: int, hidden: Tensor) -> Tensor | None:
+        real = self.real.to(hidden.device)
+        new = self.ledger.at_layer(layer, hidden[real])
+        return None if new is None else hidden.masked_scatter(real.unsqueeze(-1), new)
+
+
+class _Scores(BaseStreamer):
+    """Each new token's log-probability and the row's likeliest tokens, read at ``generate``'s steps
+    off the logits a forward hook on the model keeps."""
+
+    def __init__(self, model: nn.Module, rows: int, k: int) -> None:
+        self.k, self.latest = k, torch.empty(0)
+        self.scores: list[list[TokenScore]] = [[] for _ in range(rows)]
+        self._prompt_seen = False
+        self._handle = model.register_forward_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, _args: Any, output: Any) -> None:
+        self.latest = output.logits[:, -1].float()
+
+    def put(self, value: Tensor) -> None:
+        if not self._prompt_seen:  # generate first hands over the prompts
+            self._prompt_seen = True
+            return
+        logprobs = torch.log_softmax(self.latest, dim=-1).cpu()
+        top = logprobs.topk(self.k, dim=-1) if self.k else None
+        for r, token in enumerate(value.reshape(-1).tolist()):
+            best = (
+                [] if top is None else list(zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True))
+            )
+            self.scores[r].append(TokenScore(float(logprobs[r, token]), best))
+
+    def end(self) -> None:
+        self._handle.remove()
+
+
+class _Pooler(ResidualHooks):
+    """Hooks on every layer that reduce each batch's hidden states to the three poolings."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int]):
+        super().__init__(model, layers)
+        self.row = {layer: j for j, layer in enumerate(layers)}
+        self.prompt_weights = self.response_weights = self.last = self.pad = torch.empty(0)
+        self.out: dict[str, Tensor] = {}
+
+    def start_batch(self, prompt_w: Tensor, response_w: Tensor, last: Tensor, hidden: int) -> None:
+        batch, device = prompt_w.shape[0], prompt_w.device
+        self.prompt_weights, self.response_weights, self.last = prompt_w, response_w, last
+        self.pad = ((prompt_w + response_w) == 0).unsqueeze(-1)  # pad tokens (and cut-off ones)
+        shape = (batch, len(self.layers), hidden)
+        self.out = {
+            k: torch.empty(shape, device=device) for k in ("prompt-last", "prompt-avg", "response-avg")
+        }
+
+    def edit(self, layer: int, hidden: Tensor) -> None:
+        device = hidden.device  # under a multi-GPU device map, blocks sit on different devices
+        prompt_w, response_w = self.prompt_weights.to(device), self.response_weights.to(device)
+        # zero pad positions first: a weight of 0 does not hide a NaN or inf there
+        h = hidden.float().masked_fill(self.pad.to(device), 0.0)
+        out_device = self.out["prompt-avg"].device
+        row = self.row[layer]
+        self.out["prompt-avg"][:, row] = torch.einsum("bt,bth->bh", prompt_w, h).to(out_device)
+        self.out["response-avg"][:, row] = torch.einsum("bt,bth->bh", response_w, h).to(out_device)
+        last = h[torch.arange(h.shape[0], device=device), self.last.to(device)]
+        self.out["prompt-last"][:, row] = last.to(out_device)
+
+
+def collate(samples: list[Sample], pad_id: int, left: bool, device: torch.device) -> dict[str, Tensor]:
+    width = max(len(s.ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    prompt_w = torch.zeros((len(samples), width))
+    response_w = torch.zeros((len(samples), width))
+    last = torch.zeros(len(samples), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        n = len(sample.ids)
+        start = width - n if left else 0
+        ids[row, start : start + n] = torch.tensor(sample.ids)
+        mask[row, start : start + n] = 1
+        prompt_w[row, start : start + sample.n_prompt] = 1.0 / sample.n_prompt
+        if n > sample.n_prompt:
+            response_w[row, start + sample.n_prompt : start + n] = 1.0 / (n - sample.n_prompt)
+        last[row] = start + sample.n_prompt - 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    extra = {"prompt_w": prompt_w, "response_w": response_w, "last": last}
+    return {k: v.to(device) for k, v in {**batch, **extra}.items()}
+
+
+def _cut_at_stop(
+    decode: Callable[[Sequence[int]], str], ids: list[int], stops: Sequence[str]
+) -> tuple[list[int], str, bool]:
+    """The answer up to its first stop sequence: the ids up to the one completing it, the text before
+    it, and whether there was one."""
+    text = decode(ids)
+    if not any(s in text for s in stops):
+        return ids, text, False
+    n = next(n for n in range(1, len(ids) + 1) if any(s in decode(ids[:n]) for s in stops))
+    prefix = decode(ids[:n])
+    return ids[:n], prefix[: min(prefix.find(s) for s in stops if s in prefix)], True
+
+
+class TransformersBackend:
+    """The `Backend` on a `LoadedModel` (see the module's docstring)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded, self.identity = loaded, loaded.identity
+        eos = loaded.model.generation_config.eos_token_id if loaded.model.generation_config else None
+        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    def chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return format_chat(self.loaded.tokenizer, [dict(m) for m in messages])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.loaded.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        seed: int = 0,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[Generation]:
+        if not isinstance(
+            unwrap(self.loaded.model), GenerationMixin
+        ):  # a PEFT model generates through its base
+            raise ModelError(f"{type(self.loaded.model).__name__} cannot generate text (not a causal LM)")
+        order = sorted(
+            range(len(requests)), key=lambda i: (requests[i].decoding, len(requests[i].prompt_ids))
+        )
+        out: list[Generation | None] = [None] * len(requests)
+        torch.manual_seed(seed)
+        bar = tqdm(total=len(requests), desc="generate", unit="answer", disable=not progress)
+        start = 0
+        while start < len(order):
+            decoding = requests[order[start]].decoding
+            chunk = [i for i in order[start : start + batch_size] if requests[i].decoding == decoding]
+            for i, generation in zip(chunk, self._batch([requests[i] for i in chunk]), strict=True):
+                out[i] = generation
+            start += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        return [g for g in out if g is not None]
+
+    def _batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """One ``generate`` over `requests` (one decoding)."""
+        loaded, first = self.loaded, requests[0]
+        pad = loaded.tokenizer.pad_token_id
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
+        mask = (
+            torch.arange(width) >= (width - torch.tensor([len(r.prompt_ids) for r in requests]))[:, None]
+        ).long()
+        ledger = Ledger()
+        for r, request in enumerate(requests):
+            if request.edits or request.probes or request.guard is not None:
+                ledger.open(r, Plan(len(request.prompt_ids), request.edits, request.probes, request.guard))
+        probing = any(r.probes for r in requests)
+        max_new = max(r.max_tokens for r in requests) + probing  # + the step that reads the last token
+        k = max((r.top_logprobs or 0 for r in requests), default=0)
+        model: Any = loaded.model
+        scores = (
+            _Scores(model, len(requests), k) if any(r.top_logprobs is not None for r in requests) else None
+        )
+        hooks = LedgerHooks(model, ledger) if ledger.layers else None
+        try:
+            with hooks or nullcontext(), torch.inference_mode():
+                new = model.generate(
+                    input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device),
+                    max_new_tokens=max_new, pad_token_id=pad, streamer=scores,
+                    **Sampling(temperature=first.temperature, top_p=first.top_p).decoding(),
+                )[:, width:].tolist()  # fmt: skip
+        finally:
+            if scores is not None:
+                scores.end()
+        return [
+            self._finish(r, request, new[r], ledger, None if scores is None else scores.scores[r])
+            for r, request in enumerate(requests)
+        ]
+
+    def _finish(
+        self,
+        r: int,
+        request: GenerationRequest,
+        new: list[int],
+        ledger: Ledger,
+        scores: list[TokenScore] | None,
+    ) -> Generation:
+        """Row `r`'s answer: cut at its end-of-sequence token, length or stop sequence."""
+        end = next((t for t, token in enumerate(new) if token in self.eos), None)
+        ids = new[: request.max_tokens if end is None else min(end, request.max_tokens)]
+        finish = "stop" if end is not None and end < request.max_tokens else "length"
+        ids, text, stopped = (
+            _cut_at_stop(self.decode, ids, request.stops) if request.stops else (ids, self.decode(ids), False)
+        )
+        generation = Generation(ids, text, "stop" if stopped else finish)  # type: ignore[arg-type]
+        if request.probes:
+            last_prompt = len(request.prompt_ids) - 1
+            generation.readings = ledger.readings(r)[last_prompt : last_prompt + len(ids) + 1]
+        if request.guard is not None:
+            fired = ledger.fired(r)
+            step = -1 if fired is None else fired - (len(request.prompt_ids) - 1)
+            generation.fired_at = step if step <= len(ids) else -1
+        if request.top_logprobs is not None and scores is not None:
+            k = request.top_logprobs
+            generation.scores = [TokenScore(s.logprob, s.top[:k]) for s in scores[: len(ids)]]
+        return generation
+
+    def logprobs(self, requests: Sequence[LogprobRequest], batch_size: int = 16) -> list[Logprobs]:
+        sequences = [list(r.prompt_ids) + list(r.continuation) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: len(sequences[i]))
+        out: list[Logprobs | None] = [None] * len(requests)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for i, result in zip(chunk, self._logprob_batch([requests[i] for i in chunk]), strict=True):
+                out[i] = result
+        return [x for x in out if x is not None]
+
+    def _logprob_batch(self, requests: Sequence[LogprobRequest]) -> list[Logprobs]:
+        """One forward over left-padded prompt + continuation, logits kept for the positions needed."""
+        loaded, pad = self.loaded, self.loaded.tokenizer.pad_token_id
+        sequences = [list(r.prompt_ids) + list(r.continuation) for r in requests]
+        width = max(len(s) for s in sequences)
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])
+        mask = (torch.arange(width) >= (width - torch.tensor([len(s) for s in sequences]))[:, None]).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
+        keep = max(len(r.continuation) for r in requests) + 1
+        ledger = Ledger()
+        for r, request in enumerate(requests):
+            if request.edits:
+                ledger.open(r, Plan(len(request.prompt_ids), request.edits))
+        model: Any = loaded.model
+        hooks = LedgerHooks(model, ledger) if ledger.layers else None
+        with hooks or nullcontext(), torch.inference_mode():
+            logits = model(
+                input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device),
+                position_ids=positions.to(loaded.device), use_cache=False, logits_to_keep=keep,
+            ).logits  # fmt: skip
+            logprobs = logits.float().log_softmax(-1).cpu()
+        results = []
+        for r, request in enumerate(requests):
+            at = keep - 1 - len(request.continuation)  # the prompt's last position among those kept
+            row = logprobs[r, at]
+            top = row.topk(request.top_k) if request.top_k else None
+            results.append(
+                Logprobs(
+                    candidates=[float(row[t]) for t in request.candidates],
+                    top=[]
+                    if top is None
+                    else list(zip(top.indices.tolist(), top.values.tolist(), strict=True)),
+                    continuation=[float(logprobs[r, at + j, t]) for j, t in enumerate(request.continuation)],
+                )
+            )
+        return results
+
+    def pooled(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str] | None = None,
+        layers: Sequence[int] | None = None,
+        token_budget: int = 16384,
+        max_batch_size: int = 64,
+        max_length: int | None = None,
+        progress: bool = True,
+    ) -> Iterator[tuple[list[int], Pooled]]:
+        layers = check_layers(self.identity.n_layers, layers)
+        samples = encode_samples(self.loaded.tokenizer, prompts, responses, max_length)
+        device = self.loaded.device  # where the embeddings are, also under a multi-GPU device map
+        pad_id = int(self.loaded.tokenizer.pad_token_id)
+        left = self.loaded.tokenizer.padding_side == "left"
+        pooler = _Pooler(self.loaded.model, layers)
+        bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
+        for indices in length_batches([len(s.ids) for s in samples], token_budget, max_batch_size):
+            batch = collate([samples[i] for i in indices], pad_id, left, device)
+            pooler.start_batch(
+                batch.pop("prompt_w"), batch.pop("response_w"), batch.pop("last"), self.identity.hidden_size
+            )
+            with torch.inference_mode(), pooler:  # hooks on only while the batch runs, not across the yield
+                pooler.blocks.backbone(**batch, use_cache=False)
+                out = {k: v.cpu() for k, v in pooler.out.items()}
+            bar.update(len(indices))
+            yield (
+                indices,
+                Pooled(
+                    prompt_last=out["prompt-last"],
+                    prompt_avg=out["prompt-avg"],
+                    response_avg=out["response-avg"] if responses is not None else None,
+                    truncated=torch.tensor([samples[i].truncated for i in indices], dtype=torch.bool),
+                    layers=layers,
+                ),
+            )
+        bar.close()

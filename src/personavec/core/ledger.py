@@ -1,0 +1,270 @@
+"""Per-request steering, probes, guard and pooling over the tokens of one forward step, laid out flat.
+
+A runtime serving many requests at once runs each forward step over one ``[num_tokens, hidden]``
+tensor per layer: the scheduled requests' tokens back to back, request r's at rows
+``[offset_r, offset_r + length_r)`` and at absolute positions ``[start_r, start_r + length_r)`` of
+its sequence (a `Segment`). A prompt may arrive over several steps (chunked prefill), start past
+position 0 (its first tokens served from a prefix cache), or arrive again from position 0 (recomputed
+after a preemption). The `Ledger` keeps each request's state by absolute position, so that none of
+these changes what it edits or reads:
+
+- an edit applies at each of its positions every time that position is computed (``prompt``:
+  positions below the prompt's length; ``response``: the others);
+- a probe reads each position's projection the first time the position is computed, before the
+  layer's edits; a position never computed here (skipped by a prefix cache) reads NaN;
+- the guard checks the prompt's last position (with ``per_token``, every later one too) the first
+  time each is computed; from the first crossing on, that position and every later one is pushed;
+- pooling (prompt-last, prompt-avg, response-avg) counts each position once, and refuses a request
+  whose positions were not all computed.
+
+The transformers backend uses it too (its pads dropped), so both runtimes share this one account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from personavec.core.backend import Edit, GuardRule, Probe
+from personavec.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Request `key`'s tokens in this step: `length` of them from absolute position `start`."""
+
+    key: Hashable
+    start: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do for one request: its prompt's length (in tokens), edits, probes, guard, and the
+    layers to pool (over the positions ``[0, pool_length)``, prompt then response)."""
+
+    prompt_len: int
+    edits: tuple[Edit, ...] = ()
+    probes: tuple[Probe, ...] = ()
+    guard: GuardRule | None = None
+    pool_layers: tuple[int, ...] = ()
+    pool_length: int = 0
+
+    @property
+    def layers(self) -> set[int]:
+        return {e.layer for e in self.edits} | {p.layer for p in self.probes} | set(self.pool_layers)
+
+
+@dataclass
+class _Sums:
+    prompt: Tensor
+    response: Tensor
+    last: Tensor
+
+
+@dataclass
+class _Row:
+    plan: Plan
+    seen: int = 0  # positions [0, seen) have been computed at least once ...
+    complete: bool = True  # ... each of them (no position was skipped)
+    readings: list[list[float]] = field(default_factory=list)  # [position][probe], NaN until read
+    fired: int | None = None  # the position the guard fired at
+    sums: dict[int, _Sums] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A segment in this step: its rows in the flat tensor, and the first position new to it."""
+
+    row: _Row
+    offset: int
+    start: int
+    length: int
+    new_from: int
+
+
+class Ledger:
+    """The per-request account (see the module docstring). Per forward step: `begin` with the step's
+    segments, `at_layer` at each layer in `layers`, `end` after the step."""
+
+    def __init__(self) -> None:
+        self._rows: dict[Hashable, _Row] = {}
+        self._step: list[_Placed] = []
+        self._values: list[tuple[Tensor, list[tuple[_Placed, int, int]]]] = []  # read at end()
+
+    def open(self, key: Hashable, plan: Plan) -> None:
+        if key in self._rows:
+            raise ConfigError(f"request {key!r} is already open")
+        self._rows[key] = _Row(plan)
+
+    def close(self, key: Hashable) -> None:
+        del self._rows[key]
+
+    @property
+    def layers(self) -> set[int]:
+        """The layers some open request edits, reads or pools at."""
+        return set().union(*(row.plan.layers for row in self._rows.values()))
+
+    def begin(self, segments: Sequence[Segment]) -> None:
+        """Lay out a step: `segments` in the order of the flat tensor's rows (requests not opened
+        pass through)."""
+        self._step, self._values, offset = [], [], 0
+        for segment in segments:
+            row = self._rows.get(segment.key)
+            if row is None:  # a request with nothing to edit, read or pool: its tokens pass through
+                offset += segment.length
+                continue
+            if segment.start > row.seen:  # positions [seen, start) were never computed here
+                row.complete = False
+            new_from = max(segment.start, row.seen)
+            self._step.append(_Placed(row, offset, segment.start, segment.length, new_from))
+            offset += segment.length
+
+    def at_layer(self, layer: int, hidden: Tensor) -> Tensor | None:
+        """The step's residual at `layer`, ``[num_tokens, hidden]``, edited (None: left as it is)."""
+        self._read(layer, hidden)
+        out = hidden
+        for placed in self._step:
+            plan = placed.row.plan
+            if layer in plan.pool_layers:
+                self._pool(layer, placed, hidden)
+            edits = [e for e in plan.edits if e.layer == layer]
+            guard = (
+                plan.guard
+                if plan.guard is not None and plan.probes[plan.guard.probe].layer == layer
+                else None
+            )
+            if not edits and guard is None:
+                continue
+            rows = slice(placed.offset, placed.offset + placed.length)
+            segment = out[rows]
+            positions = torch.arange(placed.start, placed.start + placed.length, device=hidden.device)
+            for edit in edits:
+                segment = _apply(edit, segment, positions, plan.prompt_len)
+            if guard is not None:
+                segment = self._guard(placed, guard, hidden[rows], segment, positions)
+            if segment is not out[rows]:
+                out = out.clone() if out is hidden else out
+                out[rows] = segment
+        return None if out is hidden else out
+
+    def end(self) -> None:
+        """Close the step: its probe readings move to the requests (one copy to the CPU per layer)."""
+        for values, targets in self._values:
+            host = values.cpu()
+            for placed, probe, column in targets:
+                readings, skip = placed.row.readings, placed.new_from - placed.start
+                for i, value in enumerate(host[placed.offset + skip : placed.offset + placed.length, column]):
+                    position = placed.new_from + i
+                    while len(readings) <= position:
+                        readings.append([float("nan")] * len(placed.row.plan.probes))
+                    readings[position][probe] = float(value)
+        for placed in self._step:
+            placed.row.seen = max(placed.row.seen, placed.start + placed.length)
+        self._step, self._values = [], []
+
+    def readings(self, key: Hashable) -> list[list[float]]:
+        """Request `key`'s probe readings by position (``[position][probe]``)."""
+        return self._rows[key].readings
+
+    def fired(self, key: Hashable) -> int | None:
+        """The position request `key`'s guard fired at, or None."""
+        return self._rows[key].fired
+
+    def pooled(self, key: Hashable) -> dict[int, tuple[Tensor, Tensor, Tensor | None]]:
+        """Request `key`'s (prompt-last, prompt-avg, response-avg) by pooled layer, float32."""
+        row = self._rows[key]
+        plan = row.plan
+        if not row.complete or row.seen < plan.pool_length:
+            raise DataError(
+                f"request {key!r}: not every position was computed (a prefix cache skipped some?); "
+                "pooled activations need all of them"
+            )
+        n_response = plan.pool_length - plan.prompt_len
+        return {
+            layer: (s.last, s.prompt / plan.prompt_len, s.response / n_response if n_response else None)
+            for layer, s in row.sums.items()
+        }
+
+    def _read(self, layer: int, hidden: Tensor) -> None:
+        """Project every token onto the probes at `layer` (one product for all requests)."""
+        columns: dict[int, int] = {}
+        units: list[Tensor] = []
+        targets: list[tuple[_Placed, int, int]] = []
+        for placed in self._step:
+            if placed.new_from >= placed.start + placed.length:
+                continue  # nothing new to read in this segment
+            for j, probe in enumerate(placed.row.plan.probes):
+                if probe.layer == layer:
+                    if id(probe.unit) not in columns:
+                        columns[id(probe.unit)] = len(units)
+                        units.append(probe.unit)
+                    targets.append((placed, j, columns[id(probe.unit)]))
+        if targets:
+            matrix = torch.stack(units, dim=1).to(hidden.device)
+            self._values.append((hidden.float() @ matrix, targets))
+
+    def _probe_values(self, placed: _Placed, probe: int, hidden: Tensor) -> Tensor:
+        unit = placed.row.plan.probes[probe].unit.to(hidden.device)
+        return hidden.float() @ unit
+
+    def _guard(
+        self, placed: _Placed, guard: GuardRule, original: Tensor, segment: Tensor, positions: Tensor
+    ) -> Tensor:
+        """Check the guard at the segment's new positions; push the positions from its firing on."""
+        row, last_prompt = placed.row, placed.row.plan.prompt_len - 1
+        if row.fired is None:
+            first = max(placed.new_from, last_prompt)
+            end = (
+                placed.start + placed.length
+                if guard.per_token
+                else min(placed.start + placed.length, last_prompt + 1)
+            )
+            if first < end:
+                values = self._probe_values(
+                    placed, guard.probe, original[first - placed.start : end - placed.start]
+                )
+                over = (values > guard.threshold).nonzero()
+                if len(over):
+                    row.fired = first + int(over[0])
+        if row.fired is None or row.fired >= placed.start + placed.length:
+            return segment
+        push = (-guard.coef * guard.direction).to(device=segment.device, dtype=segment.dtype)
+        mask = (positions >= row.fired).to(segment.dtype).unsqueeze(-1)
+        return segment + push * mask
+
+    def _pool(self, layer: int, placed: _Placed, hidden: Tensor) -> None:
+        """Add the segment's new positions to the request's sums at `layer`."""
+        plan, row = placed.row.plan, placed.row
+        first, end = placed.new_from, min(placed.start + placed.length, plan.pool_length)
+        if first >= end:
+            return
+        h = hidden[placed.offset + first - placed.start : placed.offset + end - placed.start].float()
+        if layer not in row.sums:
+            zero = torch.zeros(h.shape[-1], device=h.device)
+            row.sums[layer] = _Sums(zero, zero.clone(), zero.clone())
+        sums, split = row.sums[layer], min(max(plan.prompt_len - first, 0), end - first)
+        sums.prompt = sums.prompt + h[:split].sum(0)
+        sums.response = sums.response + h[split:].sum(0)
+        if first <= plan.prompt_len - 1 < end:
+            sums.last = h[plan.prompt_len - 1 - first]
+
+
+def _apply(edit: Edit, segment: Tensor, positions: Tensor, prompt_len: int) -> Tensor:
+    """`edit` on a request's tokens at absolute `positions`, out of place."""
+    if edit.positions == "all":
+        mask = torch.ones_like(positions, dtype=torch.bool)
+    else:
+        in_prompt = positions < prompt_len
+        mask = in_prompt if edit.positions == "prompt" else ~in_prompt
+    if not bool(mask.any()):
+        return segment
+    if edit.op == "steer":
+        vector = edit.coef * edit.vector.to(device=segment.device, dtype=segment.dtype)
+        return segment + vector * mask.to(segment.dtype).unsqueeze(-1)
+    unit = edit.vector.to(segment.device)
+    along = (segment.float() @ unit).unsqueeze(-1) * unit
+    return segment - (along * mask.unsqueeze(-1)).to(segment.dtype)
