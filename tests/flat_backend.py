@@ -170,6 +170,7 @@ class FlatBackend(TransformersBackend):
         seed: int = 0,
         batch_size: int = 16,
         progress: bool = False,
+        desc: str = "generate",
     ) -> list[Generation]:
         ledger = Ledger()
         seqs = [_Seq(i, list(r.prompt_ids), len(r.prompt_ids), _salt(r)) for i, r in enumerate(requests)]

@@ -202,6 +202,7 @@ class Backend(Protocol):
         seed: int = 0,
         batch_size: int = 16,
         progress: bool = False,
+        desc: str = "generate",
     ) -> list[Generation]:
         """Answers to `requests`, in order. `seed` seeds the call (a backend may derive one seed per
         request from it); `batch_size` bounds the requests run at once."""

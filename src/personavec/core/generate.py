@@ -11,59 +11,46 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm.auto import tqdm
-from transformers import GenerationMixin
 
 from personavec._internal.files import atomic_path, open_append
+from personavec.core.backend import Backend, Edit, GenerationRequest, as_backend
 from personavec.core.engine import Engine, request_seed
-from personavec.core.layers import unwrap
-from personavec.core.models import LoadedModel, format_chat, token_counts
+from personavec.core.hf import TransformersBackend
+from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
-from personavec.errors import ModelError
+from personavec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def generate(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     prompts: Sequence[str],
     sampling: Sampling = Sampling(),
     progress: bool = True,
     desc: str = "generate",
+    edits: Sequence[Edit] = (),
 ) -> list[str]:
-    """Answers to chat-formatted `prompts`, in order, generated as `sampling` says.
+    """Answers to chat-formatted `prompts`, in order, generated as `sampling` says, under `edits`.
 
-    Prompts are sorted by length and cut into batches of ``sampling.batch_size``, so little padding is
-    run. Steering applies when called inside an intervention (``with vector.apply(model, coef): ...``).
+    On the transformers backend prompts are sorted by length and cut into batches of
+    ``sampling.batch_size``, so little padding is run, and steering also applies when called inside
+    an intervention (``with vector.apply(model, coef): ...``).
     """
-    tokenizer, model = loaded.tokenizer, loaded.model
-    if not isinstance(unwrap(model), GenerationMixin):  # a PEFT model generates through its base
-        raise ModelError(f"{type(model).__name__} cannot generate text (not a causal LM)")
-    generator: Any = model
-    lengths = token_counts(tokenizer, prompts)
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    answers: list[str] = [""] * len(prompts)
-    decoding = sampling.decoding()
-    batch_size, max_new_tokens = sampling.batch_size, sampling.max_new_tokens
-    torch.manual_seed(sampling.seed)
-    bar = tqdm(total=len(prompts), desc=desc, unit="answer", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch = tokenizer(
-            [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+    backend = as_backend(model)
+    requests = [
+        GenerationRequest(
+            tuple(backend.encode(prompt)), sampling.max_new_tokens, sampling.temperature, sampling.top_p,
+            edits=tuple(edits),
         )
-        batch = batch.to(loaded.device)
-        with torch.inference_mode():
-            out = generator.generate(
-                **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **decoding
-            )
-        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        for i, text in zip(chunk, texts, strict=True):
-            answers[i] = text.strip()
-        bar.update(len(chunk))
-    bar.close()
-    return answers
+        for prompt in prompts
+    ]  # fmt: skip
+    answers = backend.generate(requests, sampling.seed, sampling.batch_size, progress=progress, desc=desc)
+    return [answer.text.strip() for answer in answers]
 
 
 @dataclass(frozen=True)
@@ -79,15 +66,13 @@ class Request:
     fields: tuple[tuple[str, Any], ...] = ()
     history: tuple[tuple[str, str], ...] = ()
 
-    def prompt(self, loaded: LoadedModel) -> str:
+    def prompt(self, model: Backend | LoadedModel) -> str:
         """The chat-formatted prompt text."""
-        if not self.history:
-            return loaded.chat(self.question, self.system)
         messages = [{"role": "system", "content": self.system}] if self.system else []
         for user, assistant in self.history:
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
         messages.append({"role": "user", "content": self.question})
-        return format_chat(loaded.tokenizer, messages)
+        return as_backend(model).chat(messages)
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -104,7 +89,7 @@ def read_rows(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def generate_rows(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     requests: Sequence[Request],
     path: Path,
     sampling: Sampling = Sampling(),
@@ -112,6 +97,7 @@ def generate_rows(
     progress: bool = True,
     desc: str = "generate",
     engine: Engine | None = None,
+    edits: Sequence[Edit] = (),
 ) -> list[dict[str, Any]]:
     """Answer `requests` into the JSONL file `path`; one row per request, in the order of `requests`.
 
@@ -124,8 +110,11 @@ def generate_rows(
     `request_seed` from ``sampling.seed`` and its id, and chunks hold at least four requests per
     concurrent one; ``sampling.batch_size`` is then unused.
     """
+    backend = as_backend(model)
     if engine is not None:
-        engine.check(loaded.tokenizer)
+        if edits:
+            raise ConfigError("a remote engine cannot steer: generate steered answers on the local model")
+        engine.check(_tokenizer(backend))
         chunk_size = max(chunk_size, 4 * engine.concurrency)
     rows = read_rows(path)
     chunks = [requests[i : i + chunk_size] for i in range(0, len(requests), chunk_size)]
@@ -141,9 +130,10 @@ def generate_rows(
     with open_append(path) as out:
         for k in todo:
             chunk = chunks[k]
-            prompts = [r.prompt(loaded) for r in chunk]
+            prompts = [r.prompt(backend) for r in chunk]
             if engine is None:
-                answers = generate(loaded, prompts, replace(sampling, seed=sampling.seed + k), progress=False)
+                chunk_sampling = replace(sampling, seed=sampling.seed + k)
+                answers = generate(backend, prompts, chunk_sampling, progress=False, edits=edits)
             else:
                 seeds = [request_seed(sampling.seed, r.id) for r in chunk]
                 answers = engine.submit(prompts, sampling, seeds).result()
@@ -154,7 +144,7 @@ def generate_rows(
                     "system": request.system,
                     "question": request.question,
                     "answer": answer,
-                    "model": loaded.identity.name,
+                    "model": backend.identity.name,
                 }
                 rows[request.id] = row
                 out.write(json.dumps(row) + "\n")
@@ -163,3 +153,10 @@ def generate_rows(
             bar.update(len(chunk))
     bar.close()
     return [rows[r.id] for r in requests]
+
+
+def _tokenizer(backend: Backend) -> PreTrainedTokenizerBase:
+    """The local tokenizer a remote engine is checked against (the transformers backend's)."""
+    if not isinstance(backend, TransformersBackend):
+        raise ConfigError("a remote engine is checked against the transformers backend's tokenizer")
+    return backend.loaded.tokenizer

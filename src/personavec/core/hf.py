@@ -196,6 +196,7 @@ class TransformersBackend:
         seed: int = 0,
         batch_size: int = 16,
         progress: bool = False,
+        desc: str = "generate",
     ) -> list[Generation]:
         if not isinstance(
             unwrap(self.loaded.model), GenerationMixin
@@ -206,7 +207,7 @@ class TransformersBackend:
         )
         out: list[Generation | None] = [None] * len(requests)
         torch.manual_seed(seed)
-        bar = tqdm(total=len(requests), desc="generate", unit="answer", disable=not progress)
+        bar = tqdm(total=len(requests), desc=desc, unit="answer", disable=not progress)
         start = 0
         while start < len(order):
             decoding = requests[order[start]].decoding

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from personavec._internal.files import atomic_path
+from personavec.core.backend import Edit
 from personavec.core.hooks import Intervention, ablate, steer
 from personavec.core.layers import check_layer
 from personavec.core.models import ModelIdentity
@@ -129,6 +130,11 @@ class PersonaVector:
         """Context manager steering `model` with ``coef`` × this vector at `layer` (default: chosen)."""
         layer = self.resolve_layer(layer)
         return steer(model, {layer: self.tensor[layer]}, coef=coef, positions=positions)
+
+    def edit(self, coef: float, layer: int | None = None, positions: TokenPositions = "all") -> Edit:
+        """This vector's steering, ``coef`` × v at `layer` (default: chosen), as a backend request's edit."""
+        layer = self.resolve_layer(layer)
+        return Edit(layer, self.tensor[layer], coef, positions=positions)
 
     def ablate(
         self, model: nn.Module, layer: int | None = None, positions: TokenPositions | Tensor = "all"

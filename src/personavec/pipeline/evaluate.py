@@ -13,12 +13,12 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from personavec._internal.files import atomic_path, write_json
+from personavec.core.backend import Backend
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
@@ -96,7 +96,7 @@ def halfway_coefs(cells: Sequence[Cell], layer: int) -> dict[str, float | None]:
 
 
 def evaluate(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     trait: TraitSpec,
     judge: Judge,
     cache: JudgeCache,
@@ -119,13 +119,10 @@ def evaluate(
         for q, question in enumerate(trait.evaluation_questions[: sizes.questions])
         for s in range(sizes.samples)
     ]
-    steering = (
-        vector.apply(loaded.model, setting.coef, setting.layer)
-        if vector is not None and setting.coef != 0
-        else nullcontext()
+    edits = [vector.edit(setting.coef, setting.layer)] if vector is not None and setting.coef != 0 else []
+    rows = generate_rows(
+        model, requests, path, sizes.sampling, progress=progress, desc=setting.name, edits=edits
     )
-    with steering:
-        rows = generate_rows(loaded, requests, path, sizes.sampling, progress=progress, desc=setting.name)
     items = [(r["question"], r["answer"]) for r in rows]
     trait_scores = cache.judge(judge, trait.rubric, items, f"{setting.name} trait", progress)
     mean, ci, n = mean_ci([s.value for s in trait_scores])
@@ -137,7 +134,7 @@ def evaluate(
 
 
 def run_cells(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     trait: TraitSpec,
     judge: Judge,
     cache: JudgeCache,
@@ -156,14 +153,14 @@ def run_cells(
             found.append(Cell.from_dict(json.loads(done.read_text())))
             continue
         path = cells / f"{setting.name}.jsonl"
-        cell = evaluate(loaded, trait, judge, cache, path, vector, setting, sizes, progress)
+        cell = evaluate(model, trait, judge, cache, path, vector, setting, sizes, progress)
         write_json(done, cell.to_dict())
         found.append(cell)
     return found
 
 
 def sweep(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     trait: TraitSpec,
     judge: Judge,
     vector: PersonaVector,
@@ -184,8 +181,8 @@ def sweep(
     for layer in layers:
         vector.resolve_layer(layer)
     sizes.check(trait)
-    preflight(judge=judge, out=out, vectors=[vector], model=loaded.identity)
-    identity = {**run_identity(loaded, trait, judge, vector), **asdict(sizes)}
+    preflight(judge=judge, out=out, vectors=[vector], model=model.identity)
+    identity = {**run_identity(model, trait, judge, vector), **asdict(sizes)}
     outputs = {"sweep": (SweepRun.CELLS, SweepRun.TABLE, SweepRun.CSV)}
     run = RunDir.open(out, SweepRun.KIND, identity, outputs)
     started = time.perf_counter()
@@ -194,7 +191,7 @@ def sweep(
     settings += [Setting(layer, c) for layer in layers for c in coefs if c != 0]
     cache = JudgeCache(run.path / "judge-cache.jsonl")
     cells = run_cells(
-        loaded, trait, judge, cache, run.path / SweepRun.CELLS, vector, settings, sizes, progress
+        model, trait, judge, cache, run.path / SweepRun.CELLS, vector, settings, sizes, progress
     )
     table = {"trait": trait.name, "judge": judge.describe(), "cells": [c.to_dict() for c in cells]}
     write_json(run.path / SweepRun.TABLE, table)
@@ -205,33 +202,33 @@ def sweep(
 
 
 def evaluate_run(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     trait: TraitSpec,
     judge: Judge,
     out: str | Path,
     sizes: Sizes = Sizes(),
     progress: bool = True,
 ) -> Cell:
-    """The unsteered cell of `loaded` (see `evaluate`), in the run directory `out`, resumably: its
+    """The unsteered cell of `model` (see `evaluate`), in the run directory `out`, resumably: its
     answers in ``answers.jsonl``, judgements in ``judge-cache.jsonl``. Another model, trait, judge or
     size is refused."""
     sizes.check(trait)
     preflight(judge=judge, out=out)
-    identity = {"model": loaded.identity.to_dict(), "trait_sha256": trait.sha256(), "judge": judge.name}
+    identity = {"model": model.identity.to_dict(), "trait_sha256": trait.sha256(), "judge": judge.name}
     run = RunDir.open(out, "evaluation", {**identity, **asdict(sizes)}, {"answers": ("answers.jsonl",)})
     started = time.perf_counter()
     cache = JudgeCache(run.path / "judge-cache.jsonl")
-    cell = evaluate(loaded, trait, judge, cache, run.path / "answers.jsonl", sizes=sizes, progress=progress)
+    cell = evaluate(model, trait, judge, cache, run.path / "answers.jsonl", sizes=sizes, progress=progress)
     run.record("answers", started, **cell.to_dict())
     return cell
 
 
 def run_identity(
-    loaded: LoadedModel, trait: TraitSpec, judge: Judge, vector: PersonaVector
+    model: Backend | LoadedModel, trait: TraitSpec, judge: Judge, vector: PersonaVector
 ) -> dict[str, Any]:
     """What a sweep's or a calibration's results depend on, besides their sizes."""
     return {
-        "model": loaded.identity.to_dict(),
+        "model": model.identity.to_dict(),
         "trait_sha256": trait.sha256(),
         "judge": judge.name,
         "vector": vector.fingerprint(),
