@@ -194,3 +194,35 @@ def test_pooled_activations_are_equal(
     for name in ("prompt_last", "prompt_avg", "response_avg"):
         x, y = getattr(a, name), getattr(b, name)
         assert torch.allclose(x, y, atol=1e-4 * float(x.abs().max())), name
+
+
+def test_stages_give_equal_figures_on_both_backends(
+    backends: tuple[TransformersBackend, FlatBackend], directions: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """generate (steered by an edit), capability scoring (steered) and projections, on each backend."""
+    from personavec.core.generate import generate
+    from personavec.core.sampling import Sampling
+    from personavec.core.vectors import PersonaVector
+    from personavec.deploy.capability import SMOKE, load_questions, score_steered
+    from personavec.deploy.monitor import project
+
+    hf = backends[0]
+    tensor = torch.zeros(hf.identity.n_layers + 1, hf.identity.hidden_size)
+    tensor[LAYER] = directions[1]
+    vector = PersonaVector("test", tensor, layer=LAYER, metadata={"model": hf.identity.to_dict()})
+    texts = [hf.chat([{"role": "user", "content": q}]) for q in QUESTIONS]
+    greedy = Sampling(max_new_tokens=8)
+    answers = [generate(b, texts, greedy, progress=False, edits=[vector.edit(2.0)]) for b in backends]
+    assert answers[0] == answers[1] != generate(hf, texts, greedy, progress=False)
+    questions = load_questions(SMOKE)[:8]
+    scores = [score_steered(b, questions, vector, [0.0, 3.0]) for b in backends]
+    for name in ("unsteered", "steered +3"):
+        a, b = (s[name] for s in scores)
+        assert a.accuracy == b.accuracy
+        for x, y in zip(a.questions, b.questions, strict=True):
+            assert x.logliks == pytest.approx(y.logliks, abs=1e-4)
+    assert scores[0]["unsteered"].questions[0].logliks != pytest.approx(
+        scores[0]["steered +3"].questions[0].logliks, abs=1e-3
+    )
+    projected = [project(b, [vector], texts, answers[0], "response-avg", progress=False) for b in backends]
+    assert torch.allclose(projected[0], projected[1], atol=1e-3)

@@ -15,16 +15,15 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from personavec.core.models import LoadedModel, format_chat, token_counts
+from personavec.core.backend import Backend, Edit, LogprobRequest, as_backend
+from personavec.core.models import LoadedModel, format_chat
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError, DataError, ModelError
 
@@ -105,7 +104,7 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     return questions
 
 
-def prompt_text(loaded: LoadedModel, q: Question) -> str:
+def prompt_text(model: Backend | LoadedModel, q: Question) -> str:
     """The chat prompt for `q`: one user turn, after which the next token is the answer letter.
 
     The user text is the question, a blank line, one ``"<letter>. <option>"`` line per option, a
@@ -114,21 +113,29 @@ def prompt_text(loaded: LoadedModel, q: Question) -> str:
     options = "\n".join(
         f"{letter}. {choice.strip()}" for letter, choice in zip(LETTERS, q.choices, strict=True)
     )
-    return loaded.chat(f"{q.question.strip()}\n\n{options}\n\n{INSTRUCTION}")
+    return as_backend(model).chat(
+        [{"role": "user", "content": f"{q.question.strip()}\n\n{options}\n\n{INSTRUCTION}"}]
+    )
 
 
-def letter_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def letter_ids(text: Backend | LoadedModel | PreTrainedTokenizerBase) -> list[int]:
     """The token ids of A, B, C, D as the first token of the assistant's answer.
 
     The letter directly follows the generation prompt, after a space when that prompt does not end in
     whitespace (the plain template's ``"Assistant:"``).
     """
-    prompt = format_chat(tokenizer, [{"role": "user", "content": INSTRUCTION}])
+    if isinstance(text, PreTrainedTokenizerBase):
+        tokenizer = text
+        chat = lambda messages: format_chat(tokenizer, messages)  # noqa: E731
+        encode = lambda t: list(tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    else:
+        chat, encode = as_backend(text).chat, as_backend(text).encode
+    prompt = chat([{"role": "user", "content": INSTRUCTION}])
     separator = "" if prompt[-1:].isspace() else " "
-    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    base = encode(prompt)
     ids = []
     for letter in LETTERS:
-        full = tokenizer(prompt + separator + letter, add_special_tokens=False)["input_ids"]
+        full = encode(prompt + separator + letter)
         added = full[len(base) :]
         if full[: len(base)] != base or len(added) != 1:
             raise ModelError(
@@ -163,48 +170,39 @@ class CapabilityResult:
 
 
 def score(
-    loaded: LoadedModel, questions: Sequence[Question], batch_size: int = 16, progress: bool = True
+    model: Backend | LoadedModel,
+    questions: Sequence[Question],
+    batch_size: int = 16,
+    progress: bool = True,
+    edits: Sequence[Edit] = (),
 ) -> CapabilityResult:
     """Score `questions`: the prediction is the letter with the highest next-token log-probability.
 
-    Prompts are sorted by length and cut into left-padded batches of `batch_size`; each batch is one
-    forward pass computing only the last position's logits, log-softmaxed over the whole vocabulary.
-    Steering applies when called inside an intervention (``with vector.apply(loaded.model, coef): ...``):
-    interventions read the 2-D attention mask of plain forward passes, so they need nothing more here.
+    Prompts are sorted by length and cut into batches of `batch_size`; each batch is one forward pass
+    over the prompts (left-padded on the transformers backend), log-softmaxed over the whole vocabulary
+    at the last position, under `edits`. On the transformers backend steering also applies when called
+    inside an intervention (``with vector.apply(loaded.model, coef): ...``).
     """
     if not questions:
         raise DataError("no questions to score")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    tokenizer, model = loaded.tokenizer, loaded.model
-    letters = torch.tensor(letter_ids(tokenizer))
-    prompts = [prompt_text(loaded, q) for q in questions]
-    lengths = token_counts(tokenizer, prompts)
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    logliks = torch.empty(len(prompts), len(LETTERS), dtype=torch.float64)
+    backend = as_backend(model)
+    letters = tuple(letter_ids(backend))
+    prompts = [tuple(backend.encode(prompt_text(backend, q))) for q in questions]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    logliks: list[list[float]] = [[] for _ in questions]
     bar = tqdm(total=len(prompts), desc="capability", unit="question", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = tokenizer(
-            [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        mask = batch["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
-        with torch.inference_mode():
-            logits = model(
-                input_ids=batch["input_ids"].to(loaded.device),
-                attention_mask=mask.to(loaded.device),
-                position_ids=positions.to(loaded.device),
-                use_cache=False,
-                logits_to_keep=1,
-            ).logits[:, -1]
-            logprobs = logits.float().log_softmax(-1)
-            logliks[chunk] = logprobs[:, letters.to(logprobs.device)].double().cpu()
+        asked = [LogprobRequest(prompts[i], candidates=letters, edits=tuple(edits)) for i in chunk]
+        for i, result in zip(chunk, backend.logprobs(asked, batch_size), strict=True):
+            logliks[i] = result.candidates
         bar.update(len(chunk))
     bar.close()
     scored = [
         Scored(q.subject, q.answer, LETTERS[row.index(max(row))], (row[0], row[1], row[2], row[3]))
-        for q, row in zip(questions, logliks.tolist(), strict=True)
+        for q, row in zip(questions, logliks, strict=True)
     ]
     subjects = sorted({q.subject for q in scored})
     per_subject = {s: _accuracy([q for q in scored if q.subject == s]) for s in subjects}
@@ -216,7 +214,7 @@ def _accuracy(scored: Sequence[Scored]) -> float:
 
 
 def score_steered(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     questions: Sequence[Question],
     vector: PersonaVector | None,
     coefs: Sequence[float],
@@ -226,11 +224,10 @@ def score_steered(
     """`score` with coef·v added at `layer` (default: the vector's chosen layer), once per coefficient;
     keyed ``unsteered`` (coefficient 0, or no vector) or ``steered +C``."""
     if vector is not None:
-        vector.check_model(loaded.identity)
+        vector.check_model(model.identity)
     results = {}
     for coef in coefs if vector is not None else [0.0]:
         name = "unsteered" if not coef else f"steered {coef:+g}"
-        steering = vector.apply(loaded.model, coef, layer) if vector is not None and coef else nullcontext()
-        with steering:
-            results[name] = score(loaded, questions, batch_size=batch_size)
+        edits = [vector.edit(coef, layer)] if vector is not None and coef else []
+        results[name] = score(model, questions, batch_size=batch_size, edits=edits)
     return results

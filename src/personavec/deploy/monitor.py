@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from personavec.core.activations import iter_pooled
+from personavec.core.backend import Backend
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
 from personavec.core.pooling import POOLINGS, Pooling
@@ -55,7 +56,7 @@ class Readout:
 
 
 def project(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     vectors: Sequence[PersonaVector],
     prompts: Sequence[str],
     responses: Sequence[str] | None = None,
@@ -77,11 +78,11 @@ def project(
     if pooling == "response-avg" and responses is None:
         raise ConfigError("response-avg projections need the responses")
     for vector in vectors:
-        vector.check_model(loaded.identity)
+        vector.check_model(model.identity)
     readout = Readout.of(vectors, layer)
     out = torch.empty(len(prompts), len(vectors))
     for indices, pooled in iter_pooled(
-        loaded, prompts, responses, token_budget=token_budget, progress=progress, layers=readout.layers
+        model, prompts, responses, token_budget=token_budget, progress=progress, layers=readout.layers
     ):
         out[torch.tensor(indices)] = readout.project(pooled.tensor(pooling))
     return out
