@@ -106,16 +106,11 @@ def generate_rows(
     (the rows of a chunk left half-written are dropped first), so a rerun after a crash resumes where it
     stopped and writes the same file as an uninterrupted run.
 
-    With an `engine`, it writes the answers (checked first; `Engine.check`), each request seeded by
-    `request_seed` from ``sampling.seed`` and its id, and chunks hold at least four requests per
-    concurrent one; ``sampling.batch_size`` is then unused.
+    With an `engine` (checked first), it writes the answers, each seeded by `request_seed`; chunks
+    hold at least four requests per concurrent one. `edits` steer every answer (not on an engine).
     """
     backend = as_backend(model)
-    if engine is not None:
-        if edits:
-            raise ConfigError("a remote engine cannot steer: generate steered answers on the local model")
-        engine.check(_tokenizer(backend))
-        chunk_size = max(chunk_size, 4 * engine.concurrency)
+    chunk_size = chunk_size if engine is None else _check_engine(engine, backend, edits, chunk_size)
     rows = read_rows(path)
     chunks = [requests[i : i + chunk_size] for i in range(0, len(requests), chunk_size)]
     todo = [k for k, chunk in enumerate(chunks) if any(r.id not in rows for r in chunk)]
@@ -153,6 +148,14 @@ def generate_rows(
             bar.update(len(chunk))
     bar.close()
     return [rows[r.id] for r in requests]
+
+
+def _check_engine(engine: Engine, backend: Backend, edits: Sequence[Edit], chunk_size: int) -> int:
+    """Check `engine` against the local tokenizer; the chunk size that keeps it busy."""
+    if edits:
+        raise ConfigError("a remote engine cannot steer: generate steered answers on the local model")
+    engine.check(_tokenizer(backend))
+    return max(chunk_size, 4 * engine.concurrency)
 
 
 def _tokenizer(backend: Backend) -> PreTrainedTokenizerBase:
