@@ -14,7 +14,7 @@ key/value store, indexed by absolute position. The scheduler, within a token bud
   recomputed from position 0 (prompt + answer so far, chunked) before it decodes on;
 - runs one step past a finished request that has probes, so its last token's own residual is read.
 
-Steering, probes, the guard and pooling are all `personavec.core.ledger`'s, as in the real backends.
+Steering, probes, guards and pooling are all `personavec.core.ledger`'s, as in the real backends.
 Chat formatting and tokenisation are the transformers backend's (it subclasses it for those).
 """
 
@@ -177,7 +177,7 @@ class FlatBackend(TransformersBackend):
         generators = [torch.Generator().manual_seed(request_seed(seed, str(i))) for i in range(len(requests))]
         scores: list[list[TokenScore]] = [[] for _ in requests]
         for s, r in zip(seqs, requests, strict=True):
-            ledger.open(s.key, Plan(s.prompt_len, r.edits, r.probes, r.guard))
+            ledger.open(s.key, Plan(s.prompt_len, r.edits, r.probes, r.guards))
         with torch.inference_mode():
             while not all(s.done and not s.readout_step for s in seqs):
                 segments = self._schedule(seqs)
@@ -233,11 +233,7 @@ class FlatBackend(TransformersBackend):
         finish = "stop" if stops or len(ids) < r.max_tokens else "length"
         generation = Generation(ids, text[: min(stops)] if stops else text, finish)  # type: ignore[arg-type]
         if r.probes:
-            generation.readings = ledger.readings(s.key)[s.prompt_len - 1 : s.prompt_len + len(ids)]
-        if r.guard is not None:
-            fired = ledger.fired(s.key)
-            step = -1 if fired is None else fired - (s.prompt_len - 1)
-            generation.fired_at = step if step <= len(ids) else -1
+            generation.readings, generation.fired_at = ledger.by_step(s.key, len(ids))
         if r.top_logprobs is not None:
             generation.scores = scores
         return generation

@@ -213,13 +213,13 @@ def test_steered_chat_keeps_the_conversation(tiny_dir, tiny_vector, capsys, monk
     import personavec.core.generate
 
     prompts: list[str] = []
-    real = personavec.core.generate.generate
+    real = personavec.core.generate.generations
 
     def recording(loaded, batch, *args, **kwargs):
         prompts.extend(batch)
         return real(loaded, batch, *args, **kwargs)
 
-    monkeypatch.setattr(personavec.core.generate, "generate", recording)
+    monkeypatch.setattr(personavec.core.generate, "generations", recording)
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n\nHow are you?\nexit\nnot read\n"))
     argv = ["steer", "--model", str(tiny_dir), "--vector", f"{tiny_vector}:1", "--chat"]
     assert main([*argv, "--max-new-tokens", "3"]) == 0

@@ -214,8 +214,8 @@ def _capability(
     settings = {"unsteered": 0.0, **{f"halfway {k} ({c:+g})": c for k, c in halfway.items() if c is not None}}
     scores = {}
     for name, c in settings.items():
-        with vector.apply(loaded.model, c):
-            scores[name] = capability.score(loaded, questions, progress=False).to_dict()
+        edits = [vector.edit(c)] if c else []
+        scores[name] = capability.score(loaded, questions, progress=False, edits=edits).to_dict()
     return scores
 
 
@@ -224,8 +224,8 @@ def _steered_examples(loaded: LoadedModel, vector: PersonaVector, questions: lis
     prompts = [loaded.chat(q) for q in questions]
     examples = []
     for c in (-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef):
-        with vector.apply(loaded.model, c):
-            answers = generate(loaded, prompts, replace(GREEDY, batch_size=16), progress=False)
+        edits = [vector.edit(c)] if c else []
+        answers = generate(loaded, prompts, replace(GREEDY, batch_size=16), progress=False, edits=edits)
         examples += [Example(q, c, a) for q, a in zip(questions, answers, strict=True)]
     return examples
 

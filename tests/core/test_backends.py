@@ -56,7 +56,7 @@ def requests(backend: Backend, unit: torch.Tensor, v: torch.Tensor) -> list[Gene
     return [
         GenerationRequest(ids[0], 12, probes=probe, top_logprobs=2),
         GenerationRequest(ids[1], 12, edits=(Edit(LAYER, v, 2.0),), probes=probe, top_logprobs=0),
-        GenerationRequest(ids[2], 12, probes=probe, guard=GuardRule(0, -1e9, 1.0, v)),
+        GenerationRequest(ids[2], 12, probes=probe, guards=(GuardRule(0, -1e9, 1.0, v),)),
         GenerationRequest(
             ids[3], 16, edits=(Edit(LAYER, v, -1.0, positions="response"),), probes=probe, stops=(".",)
         ),
@@ -111,7 +111,7 @@ def test_both_backends_give_the_same_answers_and_readings(
                 assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
                 assert [t for t, _ in x.top] == [t for t, _ in y.top]
     plain, steered, guarded, stopped = generated[0]
-    assert guarded.fired_at == 0
+    assert guarded.fired_at == [0] and plain.fired_at == []
     assert stopped.finish_reason == "stop" and "." not in stopped.text
     assert plain.scores is not None and len(plain.scores[0].top) == 2
     assert steered.scores is not None and steered.scores[0].top == []
@@ -226,3 +226,37 @@ def test_stages_give_equal_figures_on_both_backends(
     )
     projected = [project(b, [vector], texts, answers[0], "response-avg", progress=False) for b in backends]
     assert torch.allclose(projected[0], projected[1], atol=1e-3)
+
+
+def test_steer_monitor_and_the_local_judge_give_equal_figures_on_both_backends(
+    backends: tuple[TransformersBackend, FlatBackend], directions: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    from personavec.core.sampling import Sampling
+    from personavec.core.vectors import PersonaVector
+    from personavec.deploy.config import SteerConfig
+    from personavec.deploy.monitor import monitor_generation
+    from personavec.deploy.steering import Steering, steer_answers
+    from personavec.judges.local import LocalJudge
+
+    hf = backends[0]
+    tensor = torch.zeros(hf.identity.n_layers + 1, hf.identity.hidden_size)
+    tensor[LAYER], tensor[LAYER + 4] = directions[1], directions[0] * 3
+    vector = PersonaVector("test", tensor, layer=LAYER, metadata={"model": hf.identity.to_dict()})
+    config = SteerConfig(guard=0.0, per_token=True, sampling=Sampling(max_new_tokens=8))
+    steerings = [Steering(vector, 2.0), Steering(vector, -1.0, layer=LAYER + 4)]
+    steered = [steer_answers(b, QUESTIONS, steerings, config=config) for b in backends]
+    assert steered[0] == steered[1]
+    assert steered[0].steered != steer_answers(hf, QUESTIONS, [Steering(vector, 0.01)]).steered
+    watched = [
+        monitor_generation(b, vector, QUESTIONS[1], sampling=Sampling(max_new_tokens=8)) for b in backends
+    ]
+    assert watched[0].tokens == watched[1].tokens and len(watched[0].tokens) == 8
+    assert watched[0].projections == pytest.approx(watched[1].projections, abs=1e-3)
+    items = [(q, "Yes. " * (i + 1)) for i, q in enumerate(QUESTIONS)]
+    rubric = "Rate from 0 to 100 how sure this answer is.\nQ: {question}\nA: {answer}\nScore:"
+    scores = [dict(LocalJudge(b, batch_size=3).score(rubric, items)) for b in backends]
+    assert scores[0].keys() == set(range(len(items)))
+    assert any(score.value is not None for score in scores[0].values())
+    for i in scores[0]:
+        a, b = scores[0][i].value, scores[1][i].value
+        assert (a is None) == (b is None) and (a is None or a == pytest.approx(b, abs=1e-2))

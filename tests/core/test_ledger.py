@@ -127,10 +127,10 @@ def test_the_guard_fires_once_and_pushes_from_there_on(per_token: bool) -> None:
     steps += [[Segment("a", 0, 12)]]  # recomputed: fires nowhere new, pushes the same positions
     ledger = Ledger()
     ledger.open(
-        "a", Plan(prompt_len, probes=(Probe(3, U),), guard=GuardRule(0, threshold, 1.5, V, per_token))
+        "a", Plan(prompt_len, probes=(Probe(3, U),), guards=(GuardRule(0, threshold, 1.5, V, per_token),))
     )
     outs = run(ledger, steps)
-    assert ledger.fired("a") == crossing
+    assert ledger.fired("a") == [crossing]
     for p in range(12):
         pushed = STATES["a"][p] - 1.5 * V if p >= crossing else STATES["a"][p]
         assert torch.allclose(per_position(outs[:-1], steps[:-1], "a")[p], pushed, atol=1e-6)
@@ -139,7 +139,26 @@ def test_the_guard_fires_once_and_pushes_from_there_on(per_token: bool) -> None:
 
 def test_a_guard_above_every_reading_never_fires() -> None:
     ledger = Ledger()
-    ledger.open("a", Plan(4, probes=(Probe(3, U),), guard=GuardRule(0, 1e9, 1.5, V, per_token=True)))
+    ledger.open("a", Plan(4, probes=(Probe(3, U),), guards=(GuardRule(0, 1e9, 1.5, V, per_token=True),)))
     outs = run(ledger, [[Segment("a", 0, 12)]])
-    assert ledger.fired("a") is None
+    assert ledger.fired("a") == [None]
     assert torch.equal(outs[0], STATES["a"])
+
+
+def test_guards_fire_each_on_its_own_and_by_step_counts_from_the_prompts_end() -> None:
+    prompt_len = 4
+    values = STATES["a"] @ U
+    fires = GuardRule(0, float(values[prompt_len - 1]) - 1e-4, 1.5, V)
+    never = GuardRule(1, 1e9, 9.0, -V, per_token=True)
+    ledger = Ledger()
+    ledger.open("a", Plan(prompt_len, probes=(Probe(3, U), Probe(3, -U)), guards=(fires, never)))
+    steps = [[Segment("a", 0, prompt_len)], [Segment("a", prompt_len, 8)]]
+    outs = run(ledger, steps)
+    assert ledger.fired("a") == [prompt_len - 1, None]
+    for p, got in per_position(outs, steps, "a").items():  # only the guard that fired pushes
+        assert torch.allclose(got, STATES["a"][p] - 1.5 * V * (p >= prompt_len - 1), atol=1e-6)
+    readings, fired = ledger.by_step("a", 3)
+    assert fired == [0, -1] and len(readings) == 4
+    assert readings[0] == pytest.approx(
+        [float(values[prompt_len - 1]), -float(values[prompt_len - 1])], abs=1e-5
+    )

@@ -45,3 +45,34 @@ def test_steer_answers_is_the_steer_command() -> None:
     other = PersonaVector("big", torch.randn(31, 576), layer=10)
     with pytest.raises(PersonavecError, match="30 blocks"):
         steer_answers(loaded, ["Hi"], [Steering(other, 1.0)])
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_guarded_answers_are_the_guard_hooks_answers(per_token: bool) -> None:
+    """Two guards as request parts, against two `Guard` hooks around the model's own generate."""
+    from personavec.deploy.guard import Guard
+
+    loaded = tiny_loaded()
+    a, b = vector(loaded, 0, 2), vector(loaded, 1, 3)  # b after a: a reads the unsteered residual
+    prompts = ["Hi", "Tell me about bread", "Yo"]
+    chats = [loaded.chat(p) for p in prompts]
+    threshold = sorted(project_last(loaded, a, chats))[1] - 1e-3  # between the prompts' projections
+    config = SteerConfig(guard=threshold, per_token=per_token, sampling=Sampling(max_new_tokens=5))
+    answers = steer_answers(loaded, prompts, [Steering(a, 3.0), Steering(b, -2.0)], config=config)
+    with (
+        Guard(loaded.model, a, threshold, 3.0, per_token=per_token) as ga,
+        Guard(loaded.model, b, threshold, 2.0, per_token=per_token) as gb,
+    ):
+        hooked = generate(loaded, chats, Sampling(max_new_tokens=5, batch_size=1), progress=False)
+    assert answers.steered == hooked
+    assert [(g.layer, g.steered, g.seen) for g in answers.guards] == [(2, ga.steered, 3), (3, gb.steered, 3)]
+    # at the prompt's end the threshold stops two answers and lets one through (later, per token)
+    assert answers.guards[0].steered == 2 + (per_token and answers.guards[0].steered == 3)
+    with pytest.raises(PersonavecError, match="nonzero"):
+        steer_answers(loaded, ["Hi"], [Steering(a, 0.0)], config=config)
+
+
+def project_last(loaded, v: PersonaVector, chats: list[str]) -> list[float]:
+    from personavec.deploy.monitor import project
+
+    return project(loaded, [v], chats, progress=False)[:, 0].tolist()

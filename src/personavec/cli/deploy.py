@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from personavec.cli._options import add_fields, from_args, load, model_and_vector, model_args
-from personavec.core.sampling import Sampling
 from personavec.deploy.config import MonitorConfig, SteerConfig
+from personavec.errors import ConfigError
 
 
 def _steering(spec: str) -> tuple[str, float, int | None]:
@@ -24,18 +24,18 @@ def _steering(spec: str) -> tuple[str, float, int | None]:
 
 def _steer(args: argparse.Namespace) -> None:
     from personavec.core.vectors import load_vector
-    from personavec.deploy.steering import Steering, steer_answers, steering
+    from personavec.deploy.steering import Steering, chat, steer_answers
 
     config = from_args(SteerConfig, args)
+    if not args.prompt and not args.chat:
+        raise ConfigError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
     steerings = [
         Steering(load_vector(f, pooling=args.pooling), coef, layer) for f, coef, layer in args.vector
     ]
-    loaded = load(args)
     if args.chat:
-        with steering(loaded, steerings, config.positions, config.guard, config.per_token):
-            _chat(loaded, args.system, config.sampling)
+        chat(load(args), steerings, sys.stdin, args.system, config)
         return
-    answers = steer_answers(loaded, args.prompt, steerings, args.system, config)
+    answers = steer_answers(load(args), args.prompt, steerings, args.system, config)
     for guard in answers.guards:
         print(f"guard at layer {guard.layer}: steered {guard.steered} of {guard.seen} answers")
     plain: list[str | None] = [*answers.unsteered] if answers.unsteered else [None] * len(answers.prompts)
@@ -43,24 +43,6 @@ def _steer(args: argparse.Namespace) -> None:
         print(f"Q: {question}\nsteered: {answer}")
         if baseline is not None:
             print(f"unsteered: {baseline}")
-
-
-def _chat(loaded: Any, system: str | None, sampling: Sampling) -> None:
-    """A conversation on standard input (one user message per line, until end of input or 'exit')."""
-    from personavec.core.generate import Request, generate
-
-    history: list[tuple[str, str]] = []
-    print("chat with the steered model; end with 'exit' or Ctrl-D", flush=True)
-    for line in sys.stdin:
-        message = line.strip()
-        if message == "exit":
-            break
-        if not message:
-            continue
-        prompt = Request("chat", message, system, history=tuple(history)).prompt(loaded)
-        answer = generate(loaded, [prompt], sampling, progress=False)[0]
-        history.append((message, answer))
-        print(f"assistant: {answer}", flush=True)
 
 
 def _monitor(args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ A backend formats and tokenises chat text, generates many requests at once (each
 sampling, length, stops, steering, guard and probes), scores next-token log-probabilities, and pools
 activations of prompt + answer pairs. Nothing here names transformers: requests hold token ids,
 layers and directions; results hold ids, text and numbers. The transformers backend
-(`personavec.backends.transformers`) runs them on a Hugging Face model; a runtime that feeds the
+(`personavec.core.hf`) runs them on a Hugging Face model; a runtime that feeds the
 model one flat ``[num_tokens, hidden]`` tensor per step, as vLLM does, keeps its per-request state in
 `personavec.core.ledger`, which these requests are written for: an edit says which *positions* of a
 request's sequence it changes (not which rows of a padded batch), a probe reads every position.
@@ -108,7 +108,7 @@ class GenerationRequest:
     stops: tuple[str, ...] = ()
     edits: tuple[Edit, ...] = ()
     probes: tuple[Probe, ...] = ()
-    guard: GuardRule | None = None
+    guards: tuple[GuardRule, ...] = ()
     top_logprobs: int | None = None  # None: no log-probabilities; k: the token's and the k likeliest
 
     def __post_init__(self) -> None:
@@ -116,8 +116,9 @@ class GenerationRequest:
             raise DataError("a generation request needs a prompt")
         if self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be at least 1, got {self.max_tokens}")
-        if self.guard is not None and not 0 <= self.guard.probe < len(self.probes):
-            raise ConfigError(f"the guard reads probe {self.guard.probe}; the request has {len(self.probes)}")
+        for guard in self.guards:
+            if not 0 <= guard.probe < len(self.probes):
+                raise ConfigError(f"a guard reads probe {guard.probe}; the request has {len(self.probes)}")
 
     @property
     def decoding(self) -> tuple[float, float]:
@@ -138,7 +139,7 @@ class Generation:
     """An answer: its token ids (no end-of-sequence token) and text (cut at a stop sequence).
 
     `readings[s]` holds the probes' projections at step s: step 0 is the prompt's last position,
-    step i the i-th answer token's own residual (fed back). `fired_at` is the step the guard fired
+    step i the i-th answer token's own residual (fed back). `fired_at[j]` is the step guard j fired
     at (−1: never).
     """
 
@@ -146,7 +147,7 @@ class Generation:
     text: str
     finish_reason: FinishReason
     readings: list[list[float]] = field(default_factory=list)
-    fired_at: int = -1
+    fired_at: list[int] = field(default_factory=list)
     scores: list[TokenScore] | None = None
 
 
@@ -180,7 +181,7 @@ class Logprobs:
 @runtime_checkable
 class Backend(Protocol):
     """A model runtime. Stages take one (or a `LoadedModel` or model reference, resolved by
-    `personavec.backends.as_backend`)."""
+    `as_backend`)."""
 
     identity: ModelIdentity
 
@@ -224,6 +225,12 @@ class Backend(Protocol):
     ) -> Iterator[tuple[list[int], Pooled]]:
         """``(indices, pooled)`` per batch of samples (see `personavec.core.activations`)."""
         ...
+
+
+def user_turn(model: Backend | LoadedModel, user: str, system: str | None = None) -> str:
+    """The prompt text for one user message (after the `system` prompt, if any), ready for generation."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return as_backend(model).chat([*messages, {"role": "user", "content": user}])
 
 
 def as_backend(model: Backend | LoadedModel) -> Backend:

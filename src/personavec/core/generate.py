@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from personavec._internal.files import atomic_path, open_append
-from personavec.core.backend import Backend, Edit, GenerationRequest, as_backend
+from personavec.core.backend import (
+    Backend,
+    Edit,
+    Generation,
+    GenerationRequest,
+    GuardRule,
+    Probe,
+    as_backend,
+)
 from personavec.core.engine import Engine, request_seed
 from personavec.core.hf import TransformersBackend
 from personavec.core.models import LoadedModel
@@ -41,16 +49,31 @@ def generate(
     ``sampling.batch_size``, so little padding is run, and steering also applies when called inside
     an intervention (``with vector.apply(model, coef): ...``).
     """
+    answers = generations(model, prompts, sampling, progress, desc, edits)
+    return [answer.text.strip() for answer in answers]
+
+
+def generations(
+    model: Backend | LoadedModel,
+    prompts: Sequence[str],
+    sampling: Sampling = Sampling(),
+    progress: bool = True,
+    desc: str = "generate",
+    edits: Sequence[Edit] = (),
+    probes: Sequence[Probe] = (),
+    guards: Sequence[GuardRule] = (),
+) -> list[Generation]:
+    """`generate`'s answers whole (token ids, finish reasons, the `probes`' readings per step and the
+    step each of the `guards` fired at), every prompt with the same edits, probes and guards."""
     backend = as_backend(model)
     requests = [
         GenerationRequest(
             tuple(backend.encode(prompt)), sampling.max_new_tokens, sampling.temperature, sampling.top_p,
-            edits=tuple(edits),
+            edits=tuple(edits), probes=tuple(probes), guards=tuple(guards),
         )
         for prompt in prompts
     ]  # fmt: skip
-    answers = backend.generate(requests, sampling.seed, sampling.batch_size, progress=progress, desc=desc)
-    return [answer.text.strip() for answer in answers]
+    return backend.generate(requests, sampling.seed, sampling.batch_size, progress=progress, desc=desc)
 
 
 @dataclass(frozen=True)

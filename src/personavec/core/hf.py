@@ -1,13 +1,13 @@
 """The transformers backend: the `Backend` protocol on a Hugging Face model (`LoadedModel`).
 
 Generation runs ``generate`` on left-padded batches of requests of one decoding, prompts sorted by
-length, the call seeded once. A request's edits, probes and guard go through the `Ledger` (as in any
+length, the call seeded once. A request's edits, probes and guards go through the `Ledger` (as in any
 other backend): a hook on each layer it needs hands the ledger the batch's real tokens, pads dropped,
 as one flat ``[num_tokens, hidden]`` tensor with each row's absolute positions, and writes the edited
 tokens back. With probes the batch runs one step past its longest answer, so that the last token's
-own residual is read; that step's token is dropped. Requests without edits, probes or guard run with
-no hook at all. Log-probabilities are read off the model's own output logits (after any final
-soft-capping), before temperature and top-p.
+own residual is read; that step's token is dropped. Requests without edits or probes (a guard reads
+a probe) run with no hook at all. Log-probabilities are read off the model's own output logits
+(after any final soft-capping), before temperature and top-p.
 """
 
 from __future__ import annotations
@@ -230,8 +230,8 @@ class TransformersBackend:
         ).long()
         ledger = Ledger()
         for r, request in enumerate(requests):
-            if request.edits or request.probes or request.guard is not None:
-                ledger.open(r, Plan(len(request.prompt_ids), request.edits, request.probes, request.guard))
+            if request.edits or request.probes:
+                ledger.open(r, Plan(len(request.prompt_ids), request.edits, request.probes, request.guards))
         probing = any(r.probes for r in requests)
         max_new = max(r.max_tokens for r in requests) + probing  # + the step that reads the last token
         k = max((r.top_logprobs or 0 for r in requests), default=0)
@@ -272,12 +272,7 @@ class TransformersBackend:
         )
         generation = Generation(ids, text, "stop" if stopped else finish)  # type: ignore[arg-type]
         if request.probes:
-            last_prompt = len(request.prompt_ids) - 1
-            generation.readings = ledger.readings(r)[last_prompt : last_prompt + len(ids) + 1]
-        if request.guard is not None:
-            fired = ledger.fired(r)
-            step = -1 if fired is None else fired - (len(request.prompt_ids) - 1)
-            generation.fired_at = step if step <= len(ids) else -1
+            generation.readings, generation.fired_at = ledger.by_step(r, len(ids))
         if request.top_logprobs is not None and scores is not None:
             k = request.top_logprobs
             generation.scores = [TokenScore(s.logprob, s.top[:k]) for s in scores[: len(ids)]]

@@ -12,8 +12,8 @@ these changes what it edits or reads:
   positions below the prompt's length; ``response``: the others);
 - a probe reads each position's projection the first time the position is computed, before the
   layer's edits; a position never computed here (skipped by a prefix cache) reads NaN;
-- the guard checks the prompt's last position (with ``per_token``, every later one too) the first
-  time each is computed; from the first crossing on, that position and every later one is pushed;
+- each guard checks the prompt's last position (with ``per_token``, every later one too) the first
+  time each is computed; from its first crossing on, that position and every later one is pushed;
 - pooling (prompt-last, prompt-avg, response-avg) counts each position once, and refuses a request
   whose positions were not all computed.
 
@@ -43,13 +43,13 @@ class Segment:
 
 @dataclass(frozen=True)
 class Plan:
-    """What to do for one request: its prompt's length (in tokens), edits, probes, guard, and the
+    """What to do for one request: its prompt's length (in tokens), edits, probes, guards, and the
     layers to pool (over the positions ``[0, pool_length)``, prompt then response)."""
 
     prompt_len: int
     edits: tuple[Edit, ...] = ()
     probes: tuple[Probe, ...] = ()
-    guard: GuardRule | None = None
+    guards: tuple[GuardRule, ...] = ()
     pool_layers: tuple[int, ...] = ()
     pool_length: int = 0
 
@@ -71,8 +71,11 @@ class _Row:
     seen: int = 0  # positions [0, seen) have been computed at least once ...
     complete: bool = True  # ... each of them (no position was skipped)
     readings: list[list[float]] = field(default_factory=list)  # [position][probe], NaN until read
-    fired: int | None = None  # the position the guard fired at
+    fired: list[int | None] = field(default_factory=list)  # the position each guard fired at
     sums: dict[int, _Sums] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.fired = [None] * len(self.plan.guards)
 
 
 @dataclass(frozen=True)
@@ -132,20 +135,16 @@ class Ledger:
             if layer in plan.pool_layers:
                 self._pool(layer, placed, hidden)
             edits = [e for e in plan.edits if e.layer == layer]
-            guard = (
-                plan.guard
-                if plan.guard is not None and plan.probes[plan.guard.probe].layer == layer
-                else None
-            )
-            if not edits and guard is None:
+            guards = [j for j, g in enumerate(plan.guards) if plan.probes[g.probe].layer == layer]
+            if not edits and not guards:
                 continue
             rows = slice(placed.offset, placed.offset + placed.length)
             segment = out[rows]
             positions = torch.arange(placed.start, placed.start + placed.length, device=hidden.device)
             for edit in edits:
                 segment = _apply(edit, segment, positions, plan.prompt_len)
-            if guard is not None:
-                segment = self._guard(placed, guard, hidden[rows], segment, positions)
+            for j in guards:
+                segment = self._guard(placed, j, hidden[rows], segment, positions)
             if segment is not out[rows]:
                 out = out.clone() if out is hidden else out
                 out[rows] = segment
@@ -170,9 +169,19 @@ class Ledger:
         """Request `key`'s probe readings by position (``[position][probe]``)."""
         return self._rows[key].readings
 
-    def fired(self, key: Hashable) -> int | None:
-        """The position request `key`'s guard fired at, or None."""
+    def fired(self, key: Hashable) -> list[int | None]:
+        """The position each of request `key`'s guards fired at (None: never)."""
         return self._rows[key].fired
+
+    def by_step(self, key: Hashable, answer_len: int) -> tuple[list[list[float]], list[int]]:
+        """Request `key`'s readings and guard firings by answer step, for an answer of `answer_len`
+        tokens: step 0 is the prompt's last position, step i the i-th answer token (−1: the guard
+        never fired, or only past the answer)."""
+        row = self._rows[key]
+        last_prompt = row.plan.prompt_len - 1
+        readings = row.readings[last_prompt : last_prompt + answer_len + 1] if row.plan.probes else []
+        fired = [-1 if at is None or at - last_prompt > answer_len else at - last_prompt for at in row.fired]
+        return readings, fired
 
     def pooled(self, key: Hashable) -> dict[int, tuple[Tensor, Tensor, Tensor | None]]:
         """Request `key`'s (prompt-last, prompt-avg, response-avg) by pooled layer, float32."""
@@ -211,12 +220,11 @@ class Ledger:
         unit = placed.row.plan.probes[probe].unit.to(hidden.device)
         return hidden.float() @ unit
 
-    def _guard(
-        self, placed: _Placed, guard: GuardRule, original: Tensor, segment: Tensor, positions: Tensor
-    ) -> Tensor:
-        """Check the guard at the segment's new positions; push the positions from its firing on."""
+    def _guard(self, placed: _Placed, j: int, original: Tensor, segment: Tensor, positions: Tensor) -> Tensor:
+        """Check guard `j` at the segment's new positions; push the positions from its firing on."""
         row, last_prompt = placed.row, placed.row.plan.prompt_len - 1
-        if row.fired is None:
+        guard = row.plan.guards[j]
+        if row.fired[j] is None:
             first = max(placed.new_from, last_prompt)
             end = (
                 placed.start + placed.length
@@ -229,11 +237,12 @@ class Ledger:
                 )
                 over = (values > guard.threshold).nonzero()
                 if len(over):
-                    row.fired = first + int(over[0])
-        if row.fired is None or row.fired >= placed.start + placed.length:
+                    row.fired[j] = first + int(over[0])
+        fired = row.fired[j]
+        if fired is None or fired >= placed.start + placed.length:
             return segment
         push = (-guard.coef * guard.direction).to(device=segment.device, dtype=segment.dtype)
-        mask = (positions >= row.fired).to(segment.dtype).unsqueeze(-1)
+        mask = (positions >= fired).to(segment.dtype).unsqueeze(-1)
         return segment + push * mask
 
     def _pool(self, layer: int, placed: _Placed, hidden: Tensor) -> None:

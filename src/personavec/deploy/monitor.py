@@ -1,10 +1,11 @@
 """Watch a persona: projections of activations onto persona vectors, batched or live during generation.
 
 `project` scores many prompts (or prompt + answer pairs) against many vectors in one pass.
-`LiveMonitor` records, during ``generate``, the projection of the residual that produced each new
-token: step 0 is the last prompt token (prompt-last, which predicts the first answer token), step i
-the i-th generated token as it is fed back. Values stay on the model's device until read, so watching
-costs one dot product per layer per step.
+`monitor_generation` answers a message on any backend with, for each token, the projection of the
+residual that produced it: step 0 is the last prompt token (prompt-last, which predicts the first
+answer token), step i the i-th generated token as it is fed back. `LiveMonitor` records the same
+during a transformers model's own ``generate``; its values stay on the model's device until read, so
+watching costs one dot product per layer per step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from personavec.core.activations import iter_pooled
-from personavec.core.backend import Backend
+from personavec.core.backend import Backend, Probe, as_backend, user_turn
+from personavec.core.generate import generations
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
 from personavec.core.pooling import POOLINGS, Pooling
@@ -166,7 +168,7 @@ class Monitored:
 
 
 def monitor_generation(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     vector: PersonaVector,
     prompt: str,
     system: str | None = None,
@@ -175,17 +177,16 @@ def monitor_generation(
 ) -> Monitored:
     """Answer the user message `prompt` as `sampling` says (greedily by default), watching each new
     token's projection onto `vector` at `layer` (default: the vector's chosen layer)."""
-    vector.check_model(loaded.identity)
-    torch.manual_seed(sampling.seed)
-    batch = loaded.tokenizer([loaded.chat(prompt, system)], return_tensors="pt", add_special_tokens=False)
-    model: Any = loaded.model  # a PreTrainedModel: generate() is typed through GenerationMixin
-    with LiveMonitor(model, [vector], layer=layer) as watch, torch.inference_mode():
-        out = model.generate(
-            **batch.to(loaded.device), max_new_tokens=sampling.max_new_tokens, **sampling.decoding(),
-            pad_token_id=loaded.tokenizer.pad_token_id,
-        )  # fmt: skip
-    values = watch.trace()[0, :, 0].tolist()
-    ids = out[0, batch["input_ids"].shape[1] :].tolist()
-    tokens = [str(loaded.tokenizer.decode([token])) for token in ids]
-    n = min(len(tokens), len(values))  # the last token's residual is never computed
-    return Monitored(vector.trait, watch.layers[0], tokens[:n], values[:n])
+    backend = as_backend(model)
+    vector.check_model(backend.identity)
+    at = vector.resolve_layer(layer)
+    (answer,) = generations(
+        backend,
+        [user_turn(backend, prompt, system)],
+        sampling,
+        progress=False,
+        probes=[Probe(at, vector.unit(at))],
+    )
+    tokens = [backend.decode([token]) for token in answer.token_ids]
+    values = [step[0] for step in answer.readings[: len(tokens)]]  # the residual that produced each token
+    return Monitored(vector.trait, at, tokens, values)
