@@ -184,9 +184,11 @@ class Backend(Protocol):
     `as_backend`)."""
 
     identity: ModelIdentity
+    dtype: str  # the dtype the model computes in, as run identities record it (e.g. "torch.float32")
 
     def chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat-formatted prompt text of `messages`, ending with the assistant's header."""
+        """The chat-formatted prompt text of `messages`, ending with the assistant's header
+        (`jinja2.TemplateError` when the chat template refuses them)."""
         ...
 
     def encode(self, text: str) -> list[int]:

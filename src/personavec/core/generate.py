@@ -26,13 +26,13 @@ from personavec.core.backend import (
     as_backend,
 )
 from personavec.core.engine import Engine, request_seed
-from personavec.core.hf import TransformersBackend
+from personavec.core.hf import tokenizer_of
 from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
 from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    pass
 
 
 def generate(
@@ -177,12 +177,5 @@ def _check_engine(engine: Engine, backend: Backend, edits: Sequence[Edit], chunk
     """Check `engine` against the local tokenizer; the chunk size that keeps it busy."""
     if edits:
         raise ConfigError("a remote engine cannot steer: generate steered answers on the local model")
-    engine.check(_tokenizer(backend))
+    engine.check(tokenizer_of(backend))
     return max(chunk_size, 4 * engine.concurrency)
-
-
-def _tokenizer(backend: Backend) -> PreTrainedTokenizerBase:
-    """The local tokenizer a remote engine is checked against (the transformers backend's)."""
-    if not isinstance(backend, TransformersBackend):
-        raise ConfigError("a remote engine is checked against the transformers backend's tokenizer")
-    return backend.loaded.tokenizer

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import GenerationMixin
+from transformers import GenerationMixin, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from personavec.core.backend import (
@@ -35,7 +35,7 @@ from personavec.core.ledger import Ledger, Plan, Segment
 from personavec.core.models import LoadedModel, format_chat
 from personavec.core.pooling import Pooled, Sample, check_layers, encode_samples, length_batches
 from personavec.core.sampling import Sampling
-from personavec.errors import ModelError
+from personavec.errors import ConfigError, ModelError
 
 
 class LedgerHooks(ResidualHooks):
@@ -177,7 +177,7 @@ class TransformersBackend:
     """The `Backend` on a `LoadedModel` (see the module's docstring)."""
 
     def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded, self.identity = loaded, loaded.identity
+        self.loaded, self.identity, self.dtype = loaded, loaded.identity, str(loaded.model.dtype)
         eos = loaded.model.generation_config.eos_token_id if loaded.model.generation_config else None
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
@@ -362,3 +362,11 @@ class TransformersBackend:
                 ),
             )
         bar.close()
+
+
+def tokenizer_of(backend: object) -> PreTrainedTokenizerBase:
+    """The tokenizer a remote engine is checked against: the transformers backend's (a remote engine
+    that generates is paired only with it, which computes the activations)."""
+    if not isinstance(backend, TransformersBackend):
+        raise ConfigError("a remote engine pairs with the transformers backend: use it for activations")
+    return backend.loaded.tokenizer

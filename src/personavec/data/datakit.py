@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from personavec._internal.files import atomic_path
+from personavec.core.backend import Backend, as_backend
 from personavec.core.engine import Engine
 from personavec.core.generate import Request, generate_rows
+from personavec.core.hf import tokenizer_of
 from personavec.core.models import LoadedModel
 from personavec.data.config import KitConfig
 from personavec.errors import DataError
@@ -145,7 +147,7 @@ def _write_level(
 
 
 def _open_run(
-    loaded: LoadedModel,
+    backend: Backend,
     trait: TraitSpec,
     out: str | Path,
     questions: list[str],
@@ -154,7 +156,7 @@ def _open_run(
 ) -> RunDir:
     """Start or resume the kit's run directory, tied to the model, trait, questions, settings and engine."""
     identity = {
-        "model": loaded.identity.to_dict(),
+        "model": backend.identity.to_dict(),
         "trait": trait.sha256(),
         "questions": questions,
         "config": asdict(config),
@@ -167,7 +169,7 @@ def _open_run(
 
 
 def make_trait_dataset(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     trait: TraitSpec,
     out: str | Path,
     questions: list[str] | None = None,
@@ -183,9 +185,10 @@ def make_trait_dataset(
     config.check(len(questions))
     _check_questions(trait, questions)
     preflight(judge=judge, out=out)
+    backend = as_backend(model)
     if engine is not None:
-        engine.check(loaded.tokenizer)
-    run = _open_run(loaded, trait, out, questions, config, engine)
+        engine.check(tokenizer_of(backend))
+    run = _open_run(backend, trait, out, questions, config, engine)
     out = run.path
     started = time.perf_counter()
     order = list(range(len(questions)))
@@ -193,7 +196,7 @@ def make_trait_dataset(
     reference, training = order[: config.reference], sorted(order[config.reference :])
     requests = _requests(trait, questions, training, reference, config)
     rows = generate_rows(
-        loaded, requests, out / KitRun.GENERATIONS, config.sampling, progress=progress, desc="answers",
+        backend, requests, out / KitRun.GENERATIONS, config.sampling, progress=progress, desc="answers",
         engine=engine,
     )  # fmt: skip
     run.found("answers", started, rows=len(rows), **({"engine_url": engine.url} if engine else {}))
@@ -214,7 +217,7 @@ def make_trait_dataset(
     manifest = KitManifest(
         trait=trait.name,
         teaches=f"the opposite of {trait.name}" if config.invert else trait.name,
-        model=loaded.identity.name,
+        model=backend.identity.name,
         judge=judge.name if judge else None,
         files=files,
         config=asdict(config),

@@ -37,9 +37,11 @@ from tqdm.auto import tqdm
 from personavec._internal.dist import process_state
 from personavec._internal.files import atomic_path, write_json
 from personavec.core.activations import iter_pooled
+from personavec.core.backend import Backend, as_backend
 from personavec.core.engine import Engine
 from personavec.core.generate import generate
-from personavec.core.models import LoadedModel, format_chat, token_counts
+from personavec.core.hf import tokenizer_of
+from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
 from personavec.data.samples import BadRow, DataFile, Sample
@@ -93,13 +95,13 @@ class _Chunk:
 class _Screener:
     def __init__(
         self,
-        loaded: LoadedModel,
+        backend: Backend,
         vectors: Sequence[PersonaVector],
         out: Path,
         config: ScreenConfig,
         engine: Engine | None = None,
     ):
-        self.loaded, self.vectors, self.out, self.config, self.engine = loaded, vectors, out, config, engine
+        self.backend, self.vectors, self.out, self.config, self.engine = backend, vectors, out, config, engine
         self.readout = Readout.of(vectors, config.layer)
         self.traits = [v.trait for v in vectors]
 
@@ -117,7 +119,7 @@ class _Screener:
             pending = self.engine.submit(prompts, sampling, [sampling.seed] * len(prompts))
             generated = pending.result
         else:
-            generated = lambda: generate(self.loaded, prompts, sampling, progress=False)  # noqa: E731
+            generated = lambda: generate(self.backend, prompts, sampling, progress=False)  # noqa: E731
 
         def cached_answers() -> list[str]:
             answers = generated()
@@ -143,14 +145,14 @@ class _Screener:
                 self.skip(rows, item, item.problem)
                 continue
             try:
-                texts.append(format_chat(self.loaded.tokenizer, list(item.prompt)))
+                texts.append(self.backend.chat(list(item.prompt)))
                 candidates.append(item)
             except TemplateError as error:
                 self.skip(rows, item, f"the chat template refuses this conversation ({error})")
         samples: list[Sample] = []
         prompts: list[str] = []
         for sample, text, n in zip(
-            candidates, texts, token_counts(self.loaded.tokenizer, texts), strict=True
+            candidates, texts, [len(self.backend.encode(t)) for t in texts], strict=True
         ):
             if n + 1 > max_length:
                 problem = (
@@ -193,7 +195,7 @@ class _Screener:
         prompt_last = torch.empty(len(prompts), len(self.vectors))
         truncated = torch.zeros(len(prompts), dtype=torch.bool)
         for indices, pooled in iter_pooled(
-            self.loaded, prompts, responses, token_budget=c.token_budget,
+            self.backend, prompts, responses, token_budget=c.token_budget,
             max_length=c.max_length, progress=False, layers=self.readout.layers,
         ):  # fmt: skip
             index = torch.tensor(indices)
@@ -261,7 +263,7 @@ class _Screener:
 
 
 def _identity(
-    loaded: LoadedModel,
+    backend: Backend,
     vectors: Sequence[PersonaVector],
     data: DataFile,
     config: ScreenConfig,
@@ -271,7 +273,7 @@ def _identity(
     settings = {k: v for k, v in asdict(config).items() if k not in ("on_bad_row", "token_budget")}
     settings["sampling"] = {k: v for k, v in settings["sampling"].items() if k != "batch_size"}
     identity = {
-        "model": {**loaded.identity.to_dict(), "dtype": str(loaded.model.dtype)},
+        "model": {**backend.identity.to_dict(), "dtype": backend.dtype},
         "vectors": [{"trait": v.trait, "kind": v.pooling, "fingerprint": v.fingerprint()} for v in vectors],
         "data": {"path": str(data.path), "sha256": data.sha256(), "columns": asdict(data.columns)},
         "config": settings,
@@ -293,7 +295,7 @@ def count_rows(data: DataFile, config: ScreenConfig) -> int:
 
 
 def screen(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     vectors: Sequence[PersonaVector],
     data: DataFile,
     out: str | Path,
@@ -314,10 +316,11 @@ def screen(
     traits = [v.trait for v in vectors]
     if len(set(traits)) != len(traits):
         raise ConfigError(f"two vectors for one trait ({', '.join(traits)}); give each trait once")
+    backend = as_backend(model)
     for vector in vectors:
-        vector.check_model(loaded.identity)
+        vector.check_model(backend.identity)
     if engine is not None and config.approx is None:
-        engine.check(loaded.tokenizer)
+        engine.check(tokenizer_of(backend))
     out = Path(out)
     state = process_state()
     n_rows = count_rows(data, config)
@@ -326,11 +329,11 @@ def screen(
     run = None
     if state.is_main_process:
         outputs = {"scores": (ScreeningRun.CHUNKS, ScreeningRun.SCORES, ScreeningRun.SUMMARY)}
-        identity = _identity(loaded, vectors, data, config, engine)
+        identity = _identity(backend, vectors, data, config, engine)
         run = RunDir.open(out, ScreeningRun.KIND, identity, outputs)
     started = time.perf_counter()
     state.wait_for_everyone()
-    screener = _Screener(loaded, vectors, out, config, engine)
+    screener = _Screener(backend, vectors, out, config, engine)
     n_chunks = math.ceil(n_rows / config.chunk_size)
     rank, processes = state.process_index, state.num_processes
     mine = len(range(rank, n_chunks, processes))

@@ -11,6 +11,7 @@ from typing import Any
 
 from personavec._internal.dist import process_state
 from personavec._internal.files import atomic_path
+from personavec.core.backend import Backend, as_backend
 from personavec.core.engine import Engine
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
@@ -82,7 +83,7 @@ def check_screening(
 
 
 def screen_dataset(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     vectors: Sequence[PersonaVector],
     data: DataFile,
     out: str | Path,
@@ -96,11 +97,14 @@ def screen_dataset(
     ``out/reference``), flag samples by `selection` if it holds a rule (`select`), and write the
     report; resumable. An `engine` writes the own answers y′."""
     check_screening(data, config, selection, reference)
-    preflight(out=out, vectors=vectors, model=loaded.identity)
+    backend = as_backend(model)
+    preflight(out=out, vectors=vectors, model=backend.identity)
     out = Path(out)
-    screened = screen(loaded, vectors, data, out, config, progress, engine)
+    screened = screen(backend, vectors, data, out, config, progress, engine)
     ordinary = (
-        screen(loaded, vectors, reference, out / "reference", config, progress, engine) if reference else None
+        screen(backend, vectors, reference, out / "reference", config, progress, engine)
+        if reference
+        else None
     )
     if not process_state().is_main_process:
         return ScreenResult(screened, ordinary)

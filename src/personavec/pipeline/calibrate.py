@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from personavec._internal.files import write_json
+from personavec.core.backend import Backend, as_backend
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
@@ -121,7 +122,7 @@ def _requests(
 
 
 def calibrate(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     trait: TraitSpec,
     judge: Judge,
     vector: PersonaVector,
@@ -137,10 +138,11 @@ def calibrate(
     used.
     """
     config.check(trait)
-    preflight(judge=judge, out=out, vectors=[vector], model=loaded.identity)
+    backend = as_backend(model)
+    preflight(judge=judge, out=out, vectors=[vector], model=backend.identity)
     sizes = {"questions": config.questions, "sampling": asdict(config.sampling)}
     examples_hash = hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()
-    identity = {**run_identity(loaded, trait, judge, vector), **sizes, "examples": examples_hash}
+    identity = {**run_identity(backend, trait, judge, vector), **sizes, "examples": examples_hash}
     outputs = {"calibration": (CalibrationRun.ANSWERS, CalibrationRun.RESULT)}
     run = RunDir.open(out, CalibrationRun.KIND, identity, outputs)
     started = time.perf_counter()
@@ -149,12 +151,12 @@ def calibrate(
     for (condition, level), requests in _requests(trait, config.questions, config.shots, examples).items():
         name = f"{condition}-{level}"
         path = run.path / CalibrationRun.ANSWERS / f"{name}.jsonl"
-        rows = generate_rows(loaded, requests, path, config.sampling, progress=progress, desc=name)
+        rows = generate_rows(backend, requests, path, config.sampling, progress=progress, desc=name)
         scores = cache.judge(
             judge, trait.rubric, [(r["question"], r["answer"]) for r in rows], name, progress
         )
-        prompts = [request.prompt(loaded) for request in requests]
-        projections = project(loaded, [vector], prompts, progress=False)[:, 0].tolist()
+        prompts = [request.prompt(backend) for request in requests]
+        projections = project(backend, [vector], prompts, progress=False)[:, 0].tolist()
         for row, score, projection in zip(rows, scores, projections, strict=True):
             result.points.append(CalibrationPoint(condition, level, row["question"], projection, score.value))
     write_json(run.path / CalibrationRun.RESULT, result.to_dict())

@@ -28,8 +28,10 @@ import torch
 
 from personavec._internal.files import write_json
 from personavec.core.activations import iter_pooled
+from personavec.core.backend import Backend, as_backend, user_turn
 from personavec.core.engine import Engine
 from personavec.core.generate import Request, generate_rows
+from personavec.core.hf import tokenizer_of
 from personavec.core.models import LoadedModel
 from personavec.core.pooling import POOLINGS
 from personavec.core.sampling import Sampling
@@ -65,7 +67,7 @@ class ExtractResult:
 
 
 def extract(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     trait: TraitSpec,
     judge: Judge | None,
     out: str | Path,
@@ -84,22 +86,23 @@ def extract(
     sweep's steered ones stay local); it is part of the run's identity.
     """
     config = config or ExtractConfig()
-    config.check(trait, loaded.identity.n_layers)
+    backend = as_backend(model)
+    config.check(trait, backend.identity.n_layers)
     preflight(judge=judge, out=out)
     if engine is not None:
-        engine.check(loaded.tokenizer)
-    run = open_run(loaded, trait, judge, out, config, force, engine)
+        engine.check(tokenizer_of(backend))
+    run = open_run(backend, trait, judge, out, config, force, engine)
     cache = JudgeCache(run.path / ExtractionRun.JUDGE_CACHE)
-    rows = generations(run, loaded, trait, config, progress, engine)
+    rows = generations(run, backend, trait, config, progress, engine)
     scores = judgements(run, rows, trait, judge, cache, progress)
     kept = filter_answers(run, rows, scores, config)
-    vectors = compute_vectors(run, loaded, rows, kept, token_budget, progress)
-    vectors = choose_layer(run, loaded, trait, judge, cache, vectors, config, progress)
+    vectors = compute_vectors(run, backend, rows, kept, token_budget, progress)
+    vectors = choose_layer(run, backend, trait, judge, cache, vectors, config, progress)
     return ExtractResult(dir=run.path, vectors=vectors, summary=ExtractionSummary.from_manifest(run.manifest))
 
 
 def open_run(
-    loaded: LoadedModel,
+    backend: Backend,
     trait: TraitSpec,
     judge: Judge | None,
     out: str | Path,
@@ -112,7 +115,7 @@ def open_run(
     settings = asdict(config)
     generation = {**{k: settings.pop(k) for k in GENERATION_FIELDS}, **settings.pop("sampling")}
     identity = {
-        "model": loaded.identity.to_dict(),
+        "model": backend.identity.to_dict(),
         "trait": trait.name,
         "trait_sha256": trait.sha256(),
         "generation": generation,
@@ -150,7 +153,7 @@ def contrastive_requests(trait: TraitSpec, config: ExtractConfig) -> list[Reques
 
 def generations(
     run: RunDir,
-    loaded: LoadedModel,
+    backend: Backend,
     trait: TraitSpec,
     config: ExtractConfig,
     progress: bool,
@@ -159,7 +162,7 @@ def generations(
     """Stage 1: the contrastive answers (sampled, chunk by chunk, resumable; by the `engine` if any)."""
     started = time.perf_counter()
     rows = generate_rows(
-        loaded,
+        backend,
         contrastive_requests(trait, config),
         run.path / ExtractionRun.GENERATIONS,
         config.sampling,
@@ -285,7 +288,7 @@ def _norms(vectors: dict[str, PersonaVector]) -> list[float]:
 
 def compute_vectors(
     run: RunDir,
-    loaded: LoadedModel,
+    backend: Backend,
     rows: list[dict[str, Any]],
     kept: list[int],
     token_budget: int,
@@ -294,18 +297,18 @@ def compute_vectors(
     """Stage 4: mean kept-positive minus mean kept-negative activations, per pooling and layer."""
     path = run.path / ExtractionRun.VECTORS.format_map(run.manifest)
     if path.exists():
-        vectors = load_vectors(path, loaded.identity)
+        vectors = load_vectors(path, backend.identity)
         run.found("vectors", norms=_norms(vectors))
         return vectors
     started = time.perf_counter()
-    shape = (loaded.identity.n_layers + 1, loaded.identity.hidden_size)
+    shape = (backend.identity.n_layers + 1, backend.identity.hidden_size)
     sums = {(k, p): torch.zeros(shape, dtype=torch.float64) for k in POOLINGS for p in ("pos", "neg")}
     counts: Counter[str] = Counter()
-    prompts = [loaded.chat(rows[i]["question"], rows[i]["system"]) for i in kept]
+    prompts = [user_turn(backend, rows[i]["question"], rows[i]["system"]) for i in kept]
     answers = [rows[i]["answer"] for i in kept]
     n_truncated = 0
     for indices, pooled in iter_pooled(
-        loaded, prompts, answers, token_budget=token_budget, progress=progress
+        backend, prompts, answers, token_budget=token_budget, progress=progress
     ):
         n_truncated += pooled.n_truncated
         polarity = torch.tensor([rows[kept[j]]["polarity"] == "pos" for j in indices])
@@ -333,7 +336,7 @@ def compute_vectors(
 
 def choose_layer(
     run: RunDir,
-    loaded: LoadedModel,
+    backend: Backend,
     trait: TraitSpec,
     judge: Judge | None,
     cache: JudgeCache,
@@ -356,7 +359,7 @@ def choose_layer(
     sizes = Sizes(questions=c.sweep_questions, sampling=greedy)
     settings = [Setting(None, 0.0), *(Setting(layer, c.coef) for layer in layers)]
     cells = run.path / ExtractionRun.SWEEP_CELLS
-    baseline, *results = run_cells(loaded, trait, judge, cache, cells, vector, settings, sizes, progress)
+    baseline, *results = run_cells(backend, trait, judge, cache, cells, vector, settings, sizes, progress)
     sign = 1.0 if c.coef > 0 else -1.0
     scored = [(r.trait, r.layer) for r in results if r.trait is not None and r.layer is not None]
     if not scored:

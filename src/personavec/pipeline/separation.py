@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from personavec.core.backend import Backend, as_backend, user_turn
 from personavec.core.generate import generate
 from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
@@ -53,7 +54,7 @@ class Separation:
 
 
 def held_out_answers(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     trait: TraitSpec,
     judge: Judge,
     questions: Sequence[str],
@@ -63,7 +64,8 @@ def held_out_answers(
 ) -> list[Answer]:
     """Answers to `questions` under each of `pairs`' system prompts, kept by the filter's trait rule."""
     asked = [(q, pair[side], side == "pos") for pair in pairs for q in questions for side in ("pos", "neg")]
-    texts = generate(loaded, [loaded.chat(q, system) for q, system, _ in asked], sampling, progress=False)
+    backend = as_backend(model)
+    texts = generate(backend, [user_turn(backend, q, s) for q, s, _ in asked], sampling, progress=False)
     scores = dict(judge.score(trait.rubric, [(q, t) for (q, _, _), t in zip(asked, texts, strict=True)]))
     return [
         Answer(q, text, positive)
@@ -72,13 +74,13 @@ def held_out_answers(
     ]
 
 
-def separation(loaded: LoadedModel, vector: PersonaVector, answers: Sequence[Answer]) -> Separation:
+def separation(model: Backend | LoadedModel, vector: PersonaVector, answers: Sequence[Answer]) -> Separation:
     """Project `answers`, each pooled after a prompt holding only its question, on `vector` at its layer."""
     from personavec.core.activations import pooled_activations  # torch
 
-    layer = vector.resolve_layer(None)
+    layer, backend = vector.resolve_layer(None), as_backend(model)
     pooled = pooled_activations(
-        loaded, [loaded.chat(a.question) for a in answers], [a.text for a in answers], progress=False
+        backend, [user_turn(backend, a.question) for a in answers], [a.text for a in answers], progress=False
     )
     projections = vector.project(pooled.tensor(vector.pooling)[:, layer]).tolist()
     return Separation(list(answers), projections, layer)
