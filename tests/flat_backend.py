@@ -21,7 +21,9 @@ Chat formatting and tokenisation are the transformers backend's (it subclasses i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import itertools
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -29,7 +31,16 @@ import torch
 from torch import Tensor
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from personavec.core.backend import Generation, GenerationRequest, LogprobRequest, Logprobs, TokenScore
+from personavec.core.backend import (
+    Admitted,
+    Finished,
+    Generation,
+    GenerationRequest,
+    LogprobRequest,
+    Logprobs,
+    TokenEvent,
+    TokenScore,
+)
 from personavec.core.engine import request_seed
 from personavec.core.hf import TransformersBackend
 from personavec.core.ledger import Ledger, Plan, Segment
@@ -53,6 +64,18 @@ class _Seq:
     preempted: bool = False
     done: bool = False
     readout_step: bool = False  # the one step past the end, to read the last token
+
+
+@dataclass
+class _Live:
+    """A request running in `FlatBackend.stream`: its sequence, sampler and tokens sent so far."""
+
+    admitted: Admitted
+    seq: _Seq
+    generator: torch.Generator
+    scores: list[TokenScore] = field(default_factory=list)
+    sent: int = 0
+    cancelled: bool = False
 
 
 class FlatBackend(TransformersBackend):
@@ -172,30 +195,80 @@ class FlatBackend(TransformersBackend):
         progress: bool = False,
         desc: str = "generate",
     ) -> list[Generation]:
-        ledger = Ledger()
-        seqs = [_Seq(i, list(r.prompt_ids), len(r.prompt_ids), _salt(r)) for i, r in enumerate(requests)]
-        generators = [torch.Generator().manual_seed(request_seed(seed, str(i))) for i in range(len(requests))]
-        scores: list[list[TokenScore]] = [[] for _ in requests]
-        for s, r in zip(seqs, requests, strict=True):
-            ledger.open(s.key, Plan(s.prompt_len, r.edits, r.probes, r.guards))
+        queue = deque(Admitted(i, r, request_seed(seed, str(i))) for i, r in enumerate(requests))
+        out: list[Generation | None] = [None] * len(requests)
+
+        def done(event: TokenEvent | Finished) -> None:
+            if isinstance(event, Finished):
+                out[cast(int, event.key)] = event.generation
+
+        self.stream(
+            lambda n: [queue.popleft() for _ in range(min(n, len(queue)))], done, lambda _: False, batch_size
+        )
+        return [g for g in out if g is not None]
+
+    def stream(
+        self,
+        take: Callable[[int], Sequence[Admitted]],
+        emit: Callable[[TokenEvent | Finished], None],
+        cancelled: Callable[[Hashable], bool],
+        max_running: int = 16,
+    ) -> None:
+        """Every step admits new requests (up to `max_running` at once), as vLLM's scheduler does."""
+        ledger, live, keys = Ledger(), [], itertools.count()  # a sequence's key: its admission's number
         with torch.inference_mode():
-            while not all(s.done and not s.readout_step for s in seqs):
-                segments = self._schedule(seqs)
+            while True:
+                for admitted in take(max_running - len(live)):
+                    live.append(self._admit(admitted, next(keys), ledger))
+                if not live:
+                    return
+                for x in live:
+                    if not x.seq.done and cancelled(x.admitted.key):  # it ends with the tokens sent
+                        x.seq.done, x.seq.readout_step, x.cancelled = True, False, True
+                        del x.seq.ids[x.seq.prompt_len + x.sent :], x.scores[x.sent :]
+                segments = self._schedule([x.seq for x in live])
                 self.steps.append(segments)
-                final = self._forward(seqs, segments, ledger)
+                final = self._forward([x.seq for x in live], segments, ledger) if segments else None
                 offset = 0
                 for g in segments:
-                    key = cast(int, g.key)
-                    s, r = seqs[key], requests[key]
-                    last = final[offset + g.length - 1]
+                    x = next(x for x in live if x.seq.key == g.key)
+                    last = cast(Tensor, final)[offset + g.length - 1]
                     offset += g.length
-                    self._remember_prefix(s)
-                    if s.readout_step:
-                        s.readout_step = False
-                    elif s.computed == len(s.ids):  # the sequence's end: sample its next token
-                        self._sample(s, r, self.lm_head(last).float(), generators[key], scores[key])
-                self._maybe_preempt(seqs)
-        return [self._result(s, r, ledger, scores[s.key]) for s, r in zip(seqs, requests, strict=True)]
+                    self._remember_prefix(x.seq)
+                    if x.seq.readout_step:
+                        x.seq.readout_step = False
+                    elif x.seq.computed == len(x.seq.ids):  # the sequence's end: sample its next token
+                        self._sample(
+                            x.seq, x.admitted.request, self.lm_head(last).float(), x.generator, x.scores
+                        )
+                for x in live:
+                    self._send(x, ledger, emit)
+                self._maybe_preempt([x.seq for x in live])
+                for x in [x for x in live if x.seq.done and not x.seq.readout_step]:
+                    live.remove(x)
+                    generation = self._result(x.seq, x.admitted.request, ledger, x.scores)
+                    if x.cancelled:
+                        generation.finish_reason = "length"
+                    ledger.close(x.seq.key)
+                    emit(Finished(x.admitted.key, generation, x.cancelled))
+
+    def _admit(self, admitted: Admitted, key: int, ledger: Ledger) -> _Live:
+        r = admitted.request
+        seq = _Seq(key, list(r.prompt_ids), len(r.prompt_ids), _salt(r))
+        ledger.open(key, Plan(seq.prompt_len, r.edits, r.probes, r.guards))
+        seed = admitted.seed if admitted.seed is not None else int(torch.randint(2**62, ()))
+        return _Live(admitted, seq, torch.Generator().manual_seed(seed))
+
+    def _send(self, x: _Live, ledger: Ledger, emit: Callable[[TokenEvent | Finished], None]) -> None:
+        """Emit the answer tokens not sent yet: those whose residual has run (with probes), or all."""
+        s, r = x.seq, x.admitted.request
+        ready = (s.computed if r.probes else len(s.ids)) - s.prompt_len
+        while x.sent < min(ready, len(s.ids) - s.prompt_len):
+            position = s.prompt_len + x.sent
+            readings = ledger.readings(s.key)[position] if r.probes else []
+            score = x.scores[x.sent] if r.top_logprobs is not None else None
+            emit(TokenEvent(x.admitted.key, x.sent, s.ids[position], readings, score))
+            x.sent += 1
 
     def _sample(
         self, s: _Seq, r: GenerationRequest, logits: Tensor, gen: torch.Generator, scores: list[TokenScore]

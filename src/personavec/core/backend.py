@@ -1,7 +1,8 @@
 """What every stage needs from a model runtime: the `Backend` protocol and the requests it answers.
 
 A backend formats and tokenises chat text, generates many requests at once (each with its own
-sampling, length, stops, steering, guard and probes), scores next-token log-probabilities, and pools
+sampling, length, stops, steering, guards and probes), or streams them token by token as they arrive
+(`Backend.stream`: new requests admitted while others run, each cancellable), scores next-token log-probabilities, and pools
 activations of prompt + answer pairs. Nothing here names transformers: requests hold token ids,
 layers and directions; results hold ids, text and numbers. The transformers backend
 (`personavec.core.hf`) runs them on a Hugging Face model; a runtime that feeds the
@@ -16,7 +17,7 @@ first block, ℓ the output of block ℓ.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -152,6 +153,37 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """A request handed to a running backend: its caller's `key`, and the `seed` of the batch it
+    starts (None: the backend's random state as it is)."""
+
+    key: Hashable
+    request: GenerationRequest
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Answer token `index` (from 0) of request `key`, sent once its own residual has run (with the
+    probes' `readings` at its position) or, for a request without probes, as soon as it is sampled."""
+
+    key: Hashable
+    index: int
+    token_id: int
+    readings: list[float]
+    score: TokenScore | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Request `key` is over, with its whole answer (`cancelled`: ended early by the caller)."""
+
+    key: Hashable
+    generation: Generation
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
 class LogprobRequest:
     """Log-probabilities after `prompt_ids`, under `edits`: of the `candidates` as the next token, the
     `top_k` likeliest next tokens, and of each token of `continuation` given everything before it."""
@@ -209,6 +241,20 @@ class Backend(Protocol):
     ) -> list[Generation]:
         """Answers to `requests`, in order. `seed` seeds the call (a backend may derive one seed per
         request from it); `batch_size` bounds the requests run at once."""
+        ...
+
+    def stream(
+        self,
+        take: Callable[[int], Sequence[Admitted]],
+        emit: Callable[[TokenEvent | Finished], None],
+        cancelled: Callable[[Hashable], bool],
+        max_running: int = 16,
+    ) -> None:
+        """Run requests as they come, a token at a time: `take(n)` hands over up to n new requests
+        whenever the backend has room (one that batches asks between batches, one that schedules per
+        step, as vLLM does, at every step); `emit` gets each token as it is made and each request's
+        end; a request for which `cancelled(key)` becomes true ends at its next step. Returns once
+        nothing runs and `take` hands over nothing."""
         ...
 
     def logprobs(self, requests: Sequence[LogprobRequest], batch_size: int = 16) -> list[Logprobs]:

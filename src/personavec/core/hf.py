@@ -12,21 +12,27 @@ a probe) run with no hook at all. Log-probabilities are read off the model's own
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import nullcontext
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import GenerationMixin, PreTrainedTokenizerBase
+from transformers import GenerationMixin, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from personavec.core.backend import (
+    Admitted,
+    Finished,
+    FinishReason,
     Generation,
     GenerationRequest,
     LogprobRequest,
     Logprobs,
+    TokenEvent,
     TokenScore,
 )
 from personavec.core.hooks import ResidualHooks
@@ -78,33 +84,135 @@ class LedgerHooks(ResidualHooks):
         return None if new is None else hidden.masked_scatter(real.unsqueeze(-1), new)
 
 
-class _Scores(BaseStreamer):
-    """Each new token's log-probability and the row's likeliest tokens, read at ``generate``'s steps
-    off the logits a forward hook on the model keeps."""
+class _Logits:
+    """The last position's log-probabilities of each forward call of the model (its output's logits,
+    after any final soft-capping), kept by a forward hook."""
 
-    def __init__(self, model: nn.Module, rows: int, k: int) -> None:
-        self.k, self.latest = k, torch.empty(0)
-        self.scores: list[list[TokenScore]] = [[] for _ in range(rows)]
-        self._prompt_seen = False
+    def __init__(self, model: nn.Module) -> None:
+        self.latest = torch.empty(0)
         self._handle = model.register_forward_hook(self._keep)
 
     def _keep(self, _module: nn.Module, _args: Any, output: Any) -> None:
         self.latest = output.logits[:, -1].float()
 
+    def scores(self, tokens: list[int], k: int) -> list[TokenScore]:
+        """Each row's new token's log-probability and the row's `k` likeliest tokens."""
+        logprobs = torch.log_softmax(self.latest, dim=-1).cpu()
+        top = logprobs.topk(k, dim=-1) if k else None
+        return [
+            TokenScore(
+                float(logprobs[r, token]),
+                []
+                if top is None
+                else list(zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True)),
+            )
+            for r, token in enumerate(tokens)
+        ]
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+@dataclass
+class _Row:
+    """One request's progress through a running ``generate``."""
+
+    admitted: Admitted
+    ids: list[int] = field(default_factory=list)
+    scores: list[TokenScore] = field(default_factory=list)
+    pending: tuple[int, TokenScore | None] | None = None  # sampled, its own residual not yet run
+    done: bool = False
+
+
+class _Batch(BaseStreamer, StoppingCriteria):
+    """Follows one running ``generate``: as its streamer it gets each step's new tokens and emits the
+    rows' tokens and ends, as its stopping criterion it tells ``generate`` which rows are done. A row
+    with probes holds each token until the next step has run its residual (so the batch runs one step
+    past the row's last token); a row without sends it at once."""
+
+    def __init__(
+        self,
+        backend: TransformersBackend,
+        admitted: Sequence[Admitted],
+        ledger: Ledger,
+        emit: Callable[[TokenEvent | Finished], None],
+        cancelled: Callable[[Hashable], bool],
+    ) -> None:
+        self.backend, self.ledger, self.emit, self.cancelled = backend, ledger, emit, cancelled
+        self.rows = [_Row(a) for a in admitted]
+        asked = [a.request.top_logprobs for a in admitted]
+        self.k = max((k or 0 for k in asked), default=0)
+        self.logits = _Logits(backend.loaded.model) if any(k is not None for k in asked) else None
+        self._prompt_seen = False
+
     def put(self, value: Tensor) -> None:
         if not self._prompt_seen:  # generate first hands over the prompts
             self._prompt_seen = True
             return
-        logprobs = torch.log_softmax(self.latest, dim=-1).cpu()
-        top = logprobs.topk(self.k, dim=-1) if self.k else None
-        for r, token in enumerate(value.reshape(-1).tolist()):
-            best = (
-                [] if top is None else list(zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True))
-            )
-            self.scores[r].append(TokenScore(float(logprobs[r, token]), best))
+        tokens = [int(t) for t in value.reshape(-1).tolist()]
+        scores = self.logits.scores(tokens, self.k) if self.logits is not None else [None] * len(tokens)
+        for r, (row, token, score) in enumerate(zip(self.rows, tokens, scores, strict=True)):
+            if not row.done:
+                self._advance(r, row, token, score)
+
+    def _advance(self, r: int, row: _Row, token: int, score: TokenScore | None) -> None:
+        request = row.admitted.request
+        if row.pending is not None:  # this step ran the pending token's residual
+            self._send(r, row, *row.pending)
+            row.pending = None
+        if row.done:
+            return
+        if self.cancelled(row.admitted.key):
+            self._finish(r, row, "length", cancelled=True)
+        elif len(row.ids) >= request.max_tokens:
+            self._finish(r, row, "length")  # `token` is the step past the last one: dropped
+        elif token in self.backend.eos:
+            self._finish(r, row, "stop")
+        elif request.probes:
+            row.pending = (token, score)
+        else:
+            self._send(r, row, token, score)
+            if not row.done and len(row.ids) >= request.max_tokens:
+                self._finish(r, row, "length")
+
+    def _send(self, r: int, row: _Row, token: int, score: TokenScore | None) -> None:
+        request = row.admitted.request
+        if request.top_logprobs is not None and score is not None:
+            score = TokenScore(score.logprob, score.top[: request.top_logprobs])
+            row.scores.append(score)
+        position = len(request.prompt_ids) + len(row.ids)
+        row.ids.append(token)
+        readings = self.ledger.readings(r)[position] if request.probes else []
+        self.emit(TokenEvent(row.admitted.key, len(row.ids) - 1, token, readings, score))
+        if request.stops and any(stop in self.backend.decode(row.ids) for stop in request.stops):
+            self._finish(r, row, "stop")
+
+    def _finish(self, r: int, row: _Row, reason: FinishReason, cancelled: bool = False) -> None:
+        request, row.done = row.admitted.request, True
+        ids, text, stopped = (
+            _cut_at_stop(self.backend.decode, row.ids, request.stops)
+            if request.stops
+            else (row.ids, self.backend.decode(row.ids), False)
+        )
+        generation = Generation(ids, text, "stop" if stopped else reason)
+        if request.probes:
+            generation.readings, generation.fired_at = self.ledger.by_step(r, len(ids))
+        if request.top_logprobs is not None:
+            generation.scores = row.scores[: len(ids)]
+        self.emit(Finished(row.admitted.key, generation, cancelled))
 
     def end(self) -> None:
-        self._handle.remove()
+        for r, row in enumerate(self.rows):
+            if not row.done:  # generate stopped first: the row ran out of length
+                if row.pending is not None:
+                    self._send(r, row, *row.pending)
+                if not row.done:
+                    self._finish(r, row, "length")
+        if self.logits is not None:
+            self.logits.remove()
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
 class _Pooler(ResidualHooks):
@@ -198,31 +306,60 @@ class TransformersBackend:
         progress: bool = False,
         desc: str = "generate",
     ) -> list[Generation]:
+        order = sorted(
+            range(len(requests)), key=lambda i: (requests[i].decoding, len(requests[i].prompt_ids))
+        )
+        queue = deque(Admitted(i, requests[i]) for i in order)
+        out: list[Generation | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc=desc, unit="answer", disable=not progress)
+
+        def done(event: TokenEvent | Finished) -> None:
+            if isinstance(event, Finished):
+                out[cast(int, event.key)] = event.generation
+                bar.update(1)
+
+        torch.manual_seed(seed)  # once per call: the batches draw on from there
+        self.stream(
+            lambda n: [queue.popleft() for _ in range(min(n, len(queue)))], done, lambda _: False, batch_size
+        )
+        bar.close()
+        return [g for g in out if g is not None]
+
+    def stream(
+        self,
+        take: Callable[[int], Sequence[Admitted]],
+        emit: Callable[[TokenEvent | Finished], None],
+        cancelled: Callable[[Hashable], bool],
+        max_running: int = 16,
+    ) -> None:
+        """Batches of requests of one decoding, oldest first: requests taken while a batch runs wait
+        for the next (``generate`` cannot admit rows). A batch whose first request has a seed is
+        seeded with it."""
         if not isinstance(
             unwrap(self.loaded.model), GenerationMixin
         ):  # a PEFT model generates through its base
             raise ModelError(f"{type(self.loaded.model).__name__} cannot generate text (not a causal LM)")
-        order = sorted(
-            range(len(requests)), key=lambda i: (requests[i].decoding, len(requests[i].prompt_ids))
-        )
-        out: list[Generation | None] = [None] * len(requests)
-        torch.manual_seed(seed)
-        bar = tqdm(total=len(requests), desc=desc, unit="answer", disable=not progress)
-        start = 0
-        while start < len(order):
-            decoding = requests[order[start]].decoding
-            chunk = [i for i in order[start : start + batch_size] if requests[i].decoding == decoding]
-            for i, generation in zip(chunk, self._batch([requests[i] for i in chunk]), strict=True):
-                out[i] = generation
-            start += len(chunk)
-            bar.update(len(chunk))
-        bar.close()
-        return [g for g in out if g is not None]
+        waiting: list[Admitted] = []
+        while True:
+            waiting += take(max_running - len(waiting))
+            if not waiting:
+                return
+            decoding = waiting[0].request.decoding
+            batch = [a for a in waiting if a.request.decoding == decoding]
+            waiting = [a for a in waiting if a.request.decoding != decoding]
+            if batch[0].seed is not None:
+                torch.manual_seed(batch[0].seed)
+            self._run(batch, emit, cancelled)
 
-    def _batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        """One ``generate`` over `requests` (one decoding)."""
-        loaded, first = self.loaded, requests[0]
-        pad = loaded.tokenizer.pad_token_id
+    def _run(
+        self,
+        admitted: Sequence[Admitted],
+        emit: Callable[[TokenEvent | Finished], None],
+        cancelled: Callable[[Hashable], bool],
+    ) -> None:
+        """One ``generate`` over `admitted` (one decoding), tokens and ends emitted as they are made."""
+        loaded, requests = self.loaded, [a.request for a in admitted]
+        pad, first = loaded.tokenizer.pad_token_id, requests[0]
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
         mask = (
@@ -234,49 +371,19 @@ class TransformersBackend:
                 ledger.open(r, Plan(len(request.prompt_ids), request.edits, request.probes, request.guards))
         probing = any(r.probes for r in requests)
         max_new = max(r.max_tokens for r in requests) + probing  # + the step that reads the last token
-        k = max((r.top_logprobs or 0 for r in requests), default=0)
         model: Any = loaded.model
-        scores = (
-            _Scores(model, len(requests), k) if any(r.top_logprobs is not None for r in requests) else None
-        )
+        batch = _Batch(self, admitted, ledger, emit, cancelled)
         hooks = LedgerHooks(model, ledger) if ledger.layers else None
         try:
             with hooks or nullcontext(), torch.inference_mode():
-                new = model.generate(
+                model.generate(
                     input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device),
-                    max_new_tokens=max_new, pad_token_id=pad, streamer=scores,
+                    max_new_tokens=max_new, pad_token_id=pad, streamer=batch,
+                    stopping_criteria=StoppingCriteriaList([batch]),
                     **Sampling(temperature=first.temperature, top_p=first.top_p).decoding(),
-                )[:, width:].tolist()  # fmt: skip
+                )  # fmt: skip
         finally:
-            if scores is not None:
-                scores.end()
-        return [
-            self._finish(r, request, new[r], ledger, None if scores is None else scores.scores[r])
-            for r, request in enumerate(requests)
-        ]
-
-    def _finish(
-        self,
-        r: int,
-        request: GenerationRequest,
-        new: list[int],
-        ledger: Ledger,
-        scores: list[TokenScore] | None,
-    ) -> Generation:
-        """Row `r`'s answer: cut at its end-of-sequence token, length or stop sequence."""
-        end = next((t for t, token in enumerate(new) if token in self.eos), None)
-        ids = new[: request.max_tokens if end is None else min(end, request.max_tokens)]
-        finish = "stop" if end is not None and end < request.max_tokens else "length"
-        ids, text, stopped = (
-            _cut_at_stop(self.decode, ids, request.stops) if request.stops else (ids, self.decode(ids), False)
-        )
-        generation = Generation(ids, text, "stop" if stopped else finish)  # type: ignore[arg-type]
-        if request.probes:
-            generation.readings, generation.fired_at = ledger.by_step(r, len(ids))
-        if request.top_logprobs is not None and scores is not None:
-            k = request.top_logprobs
-            generation.scores = [TokenScore(s.logprob, s.top[:k]) for s in scores[: len(ids)]]
-        return generation
+            batch.end()
 
     def logprobs(self, requests: Sequence[LogprobRequest], batch_size: int = 16) -> list[Logprobs]:
         sequences = [list(r.prompt_ids) + list(r.continuation) for r in requests]
