@@ -55,3 +55,48 @@ def test_no_function_is_longer_than_60_lines() -> None:
         and node.end_lineno - node.lineno + 1 > 60
     ]
     assert long == []
+
+
+# Where a transformers model may be reached directly: the transformers backend, its hooks, training (it
+# needs gradients), and the hook tools for a user's own ``model.generate`` (`Guard`, `LiveMonitor`,
+# `steering`). Every verb reaches the model through a `Backend`.
+TRANSFORMERS_SIDE = {
+    "core/hf.py", "core/hooks.py", "core/vectors.py", "deploy/guard.py", "deploy/monitor.py", "deploy/steering.py",
+}  # fmt: skip
+RECEIVERS = {"backend", "self.backend", "gen", "super()"}  # `.generate` on a backend (or the module)
+
+
+def _model_reaches() -> list[str]:
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        name = str(path.relative_to(PACKAGE))
+        if name in TRANSFORMERS_SIDE or name.startswith("training/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                receiver = ast.unparse(node.func.value)
+                if node.func.attr == "generate" and receiver not in RECEIVERS:
+                    found.append(f"{name}:{node.lineno} {receiver}.generate(")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "model"
+                and ast.unparse(node.value).endswith("loaded")
+            ):
+                found.append(f"{name}:{node.lineno} {ast.unparse(node)}")
+            if isinstance(node, ast.Name) and node.id == "ResidualHooks":
+                found.append(f"{name}:{node.lineno} ResidualHooks")
+    return found
+
+
+def test_verbs_reach_the_model_only_through_a_backend() -> None:
+    assert _model_reaches() == []
+
+
+def test_the_rule_sees_a_direct_reach(tmp_path: Path, monkeypatch) -> None:
+    """The walk above finds each kind of reach (so an empty list means something)."""
+    room = tmp_path / "personavec" / "data"
+    room.mkdir(parents=True)
+    (room / "x.py").write_text("def f(loaded, hooks: ResidualHooks):\n    return loaded.model.generate()\n")
+    monkeypatch.setattr(f"{__name__}.PACKAGE", tmp_path / "personavec")
+    want = ["data/x.py:1 ResidualHooks", "data/x.py:2 loaded.model", "data/x.py:2 loaded.model.generate("]
+    assert sorted(_model_reaches()) == want

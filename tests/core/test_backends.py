@@ -262,7 +262,9 @@ def test_steer_monitor_and_the_local_judge_give_equal_figures_on_both_backends(
         assert (a is None) == (b is None) and (a is None or a == pytest.approx(b, abs=1e-2))
 
 
+@pytest.mark.parametrize("which", [0, 1])
 def test_streams_send_each_token_with_its_reading_admit_late_requests_and_cancel(
+    which: int,
     backends: tuple[TransformersBackend, FlatBackend],
     generated: tuple[list[Generation], list[Generation]],
     directions: tuple[torch.Tensor, torch.Tensor],
@@ -271,41 +273,41 @@ def test_streams_send_each_token_with_its_reading_admit_late_requests_and_cancel
     cancelled after its third: tokens as `generate` makes them, each with its own reading."""
     from personavec.core.backend import Admitted, Finished, TokenEvent
 
-    for backend, whole in zip(backends, generated, strict=True):
-        asked = requests(backend, *directions)
-        queue = [Admitted(k, asked[k]) for k in range(4)]
-        events: list[TokenEvent | Finished] = []
+    backend, whole = backends[which], generated[which]
+    asked = requests(backend, *directions)
+    queue = [Admitted(k, asked[k]) for k in range(4)]
+    events: list[TokenEvent | Finished] = []
 
-        def take(n: int) -> list[Admitted]:
-            late = sum(e.key == 0 for e in events) >= 2  # the fourth waits for the first's two tokens
-            handed = queue[: min(n, len(queue) if late else len(queue) - 1)]
-            del queue[: len(handed)]
-            return handed
+    def take(n: int) -> list[Admitted]:
+        late = sum(e.key == 0 for e in events) >= 2  # the fourth waits for the first's two tokens
+        handed = queue[: min(n, len(queue) if late else len(queue) - 1)]
+        del queue[: len(handed)]
+        return handed
 
-        def cancelled(key: object) -> bool:
-            return key == 1 and sum(e.key == 1 and isinstance(e, TokenEvent) for e in events) >= 3
+    def cancelled(key: object) -> bool:
+        return key == 1 and sum(e.key == 1 and isinstance(e, TokenEvent) for e in events) >= 3
 
-        backend.stream(take, events.append, cancelled, max_running=8)
-        ends = {e.key: e for e in events if isinstance(e, Finished)}
-        assert sorted(ends) == [0, 1, 2, 3] and [ends[k].cancelled for k in range(4)] == [
-            False,
-            True,
-            False,
-            False,
-        ]
-        for k in (0, 2, 3):
-            tokens = [e for e in events if isinstance(e, TokenEvent) and e.key == k]
-            want = whole[k]
-            assert [e.index for e in tokens] == list(range(len(want.token_ids)))
-            assert [e.token_id for e in tokens] == want.token_ids == ends[k].generation.token_ids
-            got = torch.tensor([e.readings for e in tokens])
-            assert torch.allclose(got, torch.tensor(want.readings[1:]), atol=1e-3)
-        stopped = [e for e in events if e.key == 1 and isinstance(e, TokenEvent)]
-        assert len(stopped) == 3 == len(ends[1].generation.token_ids)
-        assert stopped[0].score is not None and stopped[0].score.top == []  # asked for no alternatives
-        late = events.index(next(e for e in events if e.key == 3))
-        first_end = events.index(ends[0])
-        if isinstance(backend, FlatBackend):  # admitted at the next step, while the others run
-            assert late < first_end
-        else:  # generate cannot take rows: the next batch
-            assert late > max(events.index(ends[k]) for k in (0, 1, 2))
+    backend.stream(take, events.append, cancelled, max_running=8)
+    ends = {e.key: e for e in events if isinstance(e, Finished)}
+    assert sorted(ends) == [0, 1, 2, 3] and [ends[k].cancelled for k in range(4)] == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    for k in (0, 2, 3):
+        tokens = [e for e in events if isinstance(e, TokenEvent) and e.key == k]
+        want = whole[k]
+        assert [e.index for e in tokens] == list(range(len(want.token_ids)))
+        assert [e.token_id for e in tokens] == want.token_ids == ends[k].generation.token_ids
+        got = torch.tensor([e.readings for e in tokens])
+        assert torch.allclose(got, torch.tensor(want.readings[1:]), atol=1e-3)
+    stopped = [e for e in events if e.key == 1 and isinstance(e, TokenEvent)]
+    assert len(stopped) == 3 == len(ends[1].generation.token_ids)
+    assert stopped[0].score is not None and stopped[0].score.top == []  # asked for no alternatives
+    late = events.index(next(e for e in events if e.key == 3))
+    first_end = events.index(ends[0])
+    if isinstance(backend, FlatBackend):  # admitted at the next step, while the others run
+        assert late < first_end
+    else:  # generate cannot take rows: the next batch
+        assert late > max(events.index(ends[k]) for k in (0, 1, 2))

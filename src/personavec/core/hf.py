@@ -208,6 +208,8 @@ class _Batch(BaseStreamer, StoppingCriteria):
                     self._send(r, row, *row.pending)
                 if not row.done:
                     self._finish(r, row, "length")
+
+    def close(self) -> None:
         if self.logits is not None:
             self.logits.remove()
 
@@ -382,8 +384,9 @@ class TransformersBackend:
                     stopping_criteria=StoppingCriteriaList([batch]),
                     **Sampling(temperature=first.temperature, top_p=first.top_p).decoding(),
                 )  # fmt: skip
+            batch.end()  # rows generate stopped before they finished (not after a failure)
         finally:
-            batch.end()
+            batch.close()
 
     def logprobs(self, requests: Sequence[LogprobRequest], batch_size: int = 16) -> list[Logprobs]:
         sequences = [list(r.prompt_ids) + list(r.continuation) for r in requests]

@@ -1,11 +1,12 @@
-"""The in-process engine: requests queue up and are answered in shared batches by one worker thread.
+"""The in-process engine: requests queue up and stream through the backend, run by one worker thread.
 
-A request that arrives while a batch runs joins the next one. A batch holds requests of one decoding
-(greedy, or one temperature and top-p), at most ``max_batch`` of them, oldest first; each row has its own
-answer length, stop sequences, steering and guard. Every row's tokens reach its request as they are
-made, each with its projections, read where the token sits (its own residual, fed back), so that the
-answer's mean is `project`'s response-avg of prompt + answer. To read the last token's residual the
-batch runs one step past the longest answer; that token is dropped.
+The backend admits waiting requests whenever it has room, at most ``max_batch`` running at once: the
+transformers backend between its batches (a batch holds requests of one decoding, oldest first), one
+that schedules per step (as vLLM does) at every step. Each row has its own answer length, stop
+sequences, steering and guard (request edits and guards), and every served vector is read on every
+row (a probe each). Every row's tokens reach its request as they are made, each with its projections,
+read where the token sits (its own residual, fed back), so that the answer's mean is `project`'s
+response-avg of prompt + answer.
 
 Log-probabilities (a request's ``logprobs``) are read off the model's own logits at each step, the
 ones the token was sampled from: before temperature and top-p, under the row's steering.
@@ -18,24 +19,28 @@ on the other rows (greedy answers do not, up to float rounding of padded batches
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
-
+from personavec.core.backend import (
+    Admitted,
+    Backend,
+    Finished,
+    GenerationRequest,
+    TokenEvent,
+    TokenScore,
+    as_backend,
+)
 from personavec.core.models import LoadedModel
 from personavec.core.pooling import Pooling
-from personavec.core.sampling import Sampling
 from personavec.deploy.monitor import project
-from personavec.serve.rows import RowHooks, RowPlan, Watched
+from personavec.serve.rows import RowPlan, Watched
 
 
 class QueueFull(Exception):
@@ -44,15 +49,6 @@ class QueueFull(Exception):
 
 class Stopping(Exception):
     """The server is shutting down (a 503)."""
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A sampled token's log-probability under the model, and the most likely tokens at its place
-    (id, log-probability), most likely first."""
-
-    logprob: float
-    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -65,7 +61,7 @@ class Token:
     text: str
     projections: list[float]
     delta: str = ""
-    scored: Scored | None = None
+    scored: TokenScore | None = None
 
 
 @dataclass
@@ -115,135 +111,13 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 
 class _Row:
-    """One row's progress through a batch."""
+    """One job's answer so far, as the backend streams it."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.tokens: list[Token] = []
-        self.pending: int | None = None  # the newest token, until its own residual is read
-        self.pending_scored: Scored | None = None
-        self.prompt_last: list[float] = []
-        self.finish: str | None = None
-        self.text = ""
         self.sent = ""  # the text sent as deltas
-
-
-class _Logits:
-    """The last position's logits of each forward call of `model` (its output's, after any final
-    soft-capping), while entered."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.latest = model, torch.empty(0)
-
-    def __enter__(self) -> _Logits:
-        def keep(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-            self.latest = output.logits[:, -1].float()
-
-        self._handle = self.model.register_forward_hook(keep)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
-
-    def scored(self, tokens: list[int], k: int) -> list[Scored]:
-        """Each row's sampled token's log-probability and its row's `k` most likely tokens."""
-        logprobs = torch.log_softmax(self.latest, dim=-1).cpu()
-        top = logprobs.topk(k, dim=-1) if k else None
-        out = []
-        for r, token in enumerate(tokens):
-            best = (
-                [] if top is None else list(zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True))
-            )
-            out.append(Scored(float(logprobs[r, token]), best))
-        return out
-
-
-class _Batch(BaseStreamer, StoppingCriteria):
-    """Follows a running ``generate``: as its streamer it gets each step's new tokens, as its stopping
-    criterion it tells which rows are done."""
-
-    def __init__(
-        self, jobs: Sequence[Job], hooks: RowHooks, loaded: LoadedModel, logits: _Logits | None = None
-    ) -> None:
-        self.rows = [_Row(job) for job in jobs]
-        self.logits = logits
-        self.top_k = max((job.top_logprobs or 0 for job in jobs), default=0)
-        self.hooks, self.tokenizer = hooks, loaded.tokenizer
-        eos = loaded.model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.started = time.monotonic()
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate first hands over the prompts
-            self._prompt_seen = True
-            return
-        readings = self.hooks.latest().tolist()
-        new_tokens = [int(t) for t in value.tolist()]
-        scored: list[Scored | None] = [None] * len(new_tokens)
-        if self.logits is not None:
-            scored = list(self.logits.scored(new_tokens, self.top_k))
-        for row, new, values, score in zip(self.rows, new_tokens, readings, scored, strict=True):
-            if row.finish is None:
-                self._advance(row, new, values, score)
-
-    def _advance(self, row: _Row, new: int, values: list[float], scored: Scored | None) -> None:
-        if row.pending is None and not row.tokens:
-            row.prompt_last = values  # the first step's reading is the prompt's last token
-        else:
-            assert row.pending is not None
-            text = str(self.tokenizer.decode([row.pending]))
-            token = Token(row.pending, text, values, scored=row.pending_scored)
-            row.tokens.append(token)
-            self._emit(row, token)
-            row.pending, row.pending_scored = None, None
-        if row.finish is not None:
-            return
-        if row.job.cancelled:
-            row.finish = "cancelled"
-        elif len(row.tokens) >= row.job.max_tokens:
-            row.finish = "length"  # `new` is the extra step's token: dropped
-        elif new in self.eos:
-            row.finish = "stop"
-        else:
-            row.pending = new
-            if row.job.top_logprobs is not None and scored is not None:
-                k = row.job.top_logprobs
-                row.pending_scored = Scored(scored.logprob, scored.top[:k])
-        if row.finish is not None:
-            self._close(row)
-
-    def _emit(self, row: _Row, token: Token) -> None:
-        """Send the token; its text goes out once no stop sequence can still claim it."""
-        text = str(self.tokenizer.decode([t.id for t in row.tokens], skip_special_tokens=True))
-        stops = row.job.stops
-        hit = min((text.find(s) for s in stops if s in text), default=-1)
-        if hit >= 0:
-            row.text, row.finish = text[:hit], "stop"
-        else:
-            row.text = text
-        safe = row.text[: len(row.text) - _held_back(row.text, stops)] if row.finish is None else row.text
-        if safe.startswith(row.sent):
-            token.delta, row.sent = safe[len(row.sent) :], safe
-        row.job.send(token)
-        if row.finish is not None:
-            self._close(row)
-
-    def _close(self, row: _Row) -> None:
-        fired_at = int(self.hooks.fired_at[self.rows.index(row)])
-        tail = row.text[len(row.sent) :] if row.text.startswith(row.sent) else ""
-        finish = row.finish or "length"
-        row.job.send(Outcome(row.text, row.tokens, row.prompt_last, fired_at, finish, self.started, tail))
-
-    def end(self) -> None:
-        for row in self.rows:
-            if row.finish is None:  # generate stopped before this row finished: it ran out of length
-                row.finish = "length"
-                self._close(row)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        done = [row.finish is not None or row.job.cancelled for row in self.rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -274,27 +148,28 @@ class Score:
 
 
 class LocalEngine:
-    """Answers jobs in shared batches on the model, in a worker thread (see the module's docstring).
+    """Answers jobs on a backend, in a worker thread (see the module's docstring).
 
-    Hooks act on the whole model, so all work on it runs in that one thread: `first` (e.g. a
-    calibration) runs there before the first batch; jobs submitted meanwhile wait.
+    All work on the model runs in that one thread: `first` (e.g. a calibration) runs there before the
+    first job; jobs submitted meanwhile wait.
     """
 
     def __init__(
         self,
-        loaded: LoadedModel,
+        model: Backend | LoadedModel,
         watched: Sequence[Watched],
         max_batch: int,
         max_queue: int,
         first: Callable[[], None] | None = None,
     ):
-        self.loaded, self.watched, self._first = loaded, list(watched), first
+        self.backend, self.watched, self._first = as_backend(model), list(watched), first
         self.max_batch, self.max_queue = max_batch, max_queue
         self._queue: deque[Job | Score] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self.running = 0
-        self.batch_sizes: list[int] = []  # read (and cleared) by the telemetry
+        self.batch_sizes: list[int] = []  # requests admitted at once; read (and cleared) by the telemetry
+        self._live: dict[int, Job] = {}  # the jobs the backend runs, by key
         self._thread = threading.Thread(target=self._work, name="personavec-engine", daemon=True)
         self._thread.start()
 
@@ -323,39 +198,60 @@ class LocalEngine:
             self._cond.notify()
         self._thread.join(timeout=60)
 
-    def _take(self) -> list[Job | Score]:
+    def _wait(self) -> bool:
+        """Wait for work; False once stopping."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
-            if self._stopping:
+            return not self._stopping
+
+    def _take_scores(self) -> list[Score]:
+        """The prefill jobs at the head of the queue of its kind (with or without answers)."""
+        with self._cond:
+            self._queue = deque(j for j in self._queue if not j.cancelled)
+            if not self._queue or not isinstance(self._queue[0], Score):
                 return []
-            decoding = self._queue[0].decoding
-            jobs = [job for job in self._queue if job.decoding == decoding and not job.cancelled]
-            jobs = jobs[: self.max_batch * (4 if decoding[0] < 0 else 1)]  # prefills are cheaper
-            for job in [j for j in self._queue if j.cancelled or j in jobs]:
+            kind = self._queue[0].decoding
+            scores = [j for j in self._queue if isinstance(j, Score) and j.decoding == kind]
+            scores = scores[: self.max_batch * 4]  # prefills are cheaper
+            for job in scores:
                 self._queue.remove(job)
-            self.running = len(jobs)
+            self.running = len(scores)
+            return scores
+
+    def _take_jobs(self, n: int) -> list[Job]:
+        """Up to `n` generation jobs from the head of the queue (up to the first prefill job)."""
+        with self._cond:
+            jobs: list[Job] = []
+            while self._queue and len(jobs) < n and not self._stopping:
+                head = self._queue[0]
+                if isinstance(head, Score):
+                    break
+                self._queue.popleft()
+                if not head.cancelled:
+                    jobs.append(head)
+            if jobs:
+                self.batch_sizes.append(len(jobs))
+            self.running += len(jobs)
             return jobs
 
     def _work(self) -> None:
         if self._first is not None:
             self._first()
-        while True:
-            jobs = self._take()
-            if not jobs:
-                if self._stopping:
-                    return
-                continue
+        while self._wait():
+            scores = self._take_scores()
             try:
-                if isinstance(jobs[0], Score):
-                    self._score([j for j in jobs if isinstance(j, Score)])
+                if scores:
+                    self._score(scores)
                 else:
-                    self._generate([j for j in jobs if isinstance(j, Job)])
-            except Exception as error:  # the batch's requests fail; the server goes on
-                for job in jobs:
+                    self._generate()
+            except Exception as error:  # the requests fail; the server goes on
+                failed: list[Job | Score] = [*scores, *self._live.values()]
+                for job in failed:
                     job.send(error)
             finally:
                 self.running = 0
+                self._live.clear()
 
     def _score(self, scores: list[Score]) -> None:
         """One batched prefill for `scores` (all prompt-last, or all response-average)."""
@@ -370,35 +266,61 @@ class LocalEngine:
         prompts = [s.prompt for s in todo]
         answers = [s.answer or "" for s in todo] if with_answer else None
         pooling: Pooling = "response-avg" if with_answer else "prompt-last"
-        values = project(self.loaded, vectors, prompts, answers, pooling, progress=False)
+        values = project(self.backend, vectors, prompts, answers, pooling, progress=False)
         for s, row in zip(todo, values.tolist(), strict=True):
             s.send(row)
 
-    def _generate(self, jobs: list[Job]) -> None:
-        loaded, first = self.loaded, jobs[0]
-        pad = loaded.tokenizer.pad_token_id
-        width = max(len(job.prompt_ids) for job in jobs)
-        ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs])
-        mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs])
-        torch.manual_seed(first.seed if first.seed is not None else secrets.randbits(63))
-        decoding = Sampling(temperature=first.temperature, top_p=first.top_p).decoding()  # as `generate`
-        self.batch_sizes.append(len(jobs))
-        model: Any = loaded.model
-        wants_logprobs = any(job.top_logprobs is not None for job in jobs)
-        with (
-            RowHooks(model, self.watched, [job.plan for job in jobs]) as hooks,
-            contextlib.ExitStack() as stack,
-        ):
-            logits = stack.enter_context(_Logits(model)) if wants_logprobs else None
-            batch = _Batch(jobs, hooks, loaded, logits)
-            with torch.inference_mode():
-                model.generate(
-                    input_ids=ids.to(loaded.device),
-                    attention_mask=mask.to(loaded.device),
-                    max_new_tokens=max(job.max_tokens for job in jobs) + 1,  # + the step that reads the last
-                    pad_token_id=pad,
-                    streamer=batch,
-                    stopping_criteria=StoppingCriteriaList([batch]),
-                    **decoding,
-                )
-            batch.end()
+    def _request(self, job: Job) -> GenerationRequest:
+        """The backend request of `job`: every served vector read, its steering and guard."""
+        edits, probes, guards = job.plan.parts(self.watched)
+        return GenerationRequest(
+            tuple(job.prompt_ids), job.max_tokens, job.temperature, job.top_p, tuple(job.stops),
+            edits, probes, guards, job.top_logprobs,
+        )  # fmt: skip
+
+    def _generate(self) -> None:
+        """Stream the queued generation jobs through the backend until none runs or waits."""
+        self._live.clear()
+        rows: dict[int, _Row] = {}
+        keys = itertools.count()
+
+        def take(n: int) -> list[Admitted]:
+            admitted = []
+            for job in self._take_jobs(n):
+                key = next(keys)
+                self._live[key], rows[key] = job, _Row(job)
+                seed = job.seed if job.seed is not None else secrets.randbits(63)
+                admitted.append(Admitted(key, self._request(job), seed))
+            return admitted
+
+        def emit(event: TokenEvent | Finished) -> None:
+            key = cast(int, event.key)
+            if isinstance(event, TokenEvent):
+                self._token(rows[key], event)
+                return
+            self._live.pop(key)
+            self.running -= 1
+            self._outcome(rows.pop(key), event)
+
+        self.backend.stream(take, emit, lambda key: self._live[cast(int, key)].cancelled, self.max_batch)
+
+    def _token(self, row: _Row, event: TokenEvent) -> None:
+        """Send the token; its text goes out once no stop sequence can still claim it."""
+        scored = event.score if row.job.top_logprobs is not None else None
+        token = Token(event.token_id, self.backend.decode([event.token_id]), event.readings, scored=scored)
+        row.tokens.append(token)
+        text, stops = self.backend.decode([t.id for t in row.tokens]), row.job.stops
+        hit = min((text.find(s) for s in stops if s in text), default=-1)
+        text = text[:hit] if hit >= 0 else text
+        safe = text if hit >= 0 else text[: len(text) - _held_back(text, stops)]
+        if safe.startswith(row.sent):
+            token.delta, row.sent = safe[len(row.sent) :], safe
+        row.job.send(token)
+
+    def _outcome(self, row: _Row, event: Finished) -> None:
+        g = event.generation
+        tail = g.text[len(row.sent) :] if g.text.startswith(row.sent) else ""
+        finish = "cancelled" if event.cancelled else g.finish_reason
+        prompt_last = g.readings[0] if g.readings else []
+        fired_at = g.fired_at[0] if g.fired_at else -1
+        row.job.send(Outcome(g.text, row.tokens, prompt_last, fired_at, finish, row.started, tail))
