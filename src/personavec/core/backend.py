@@ -3,10 +3,10 @@
 A backend formats and tokenises chat text, generates many requests at once (each with its own
 sampling, length, stops, steering, guards and probes), or streams them token by token as they arrive
 (`Backend.stream`: new requests admitted while others run, each cancellable), scores next-token
-log-probabilities, and pools activations of prompt + answer pairs. Nothing here names transformers: requests hold token ids,
-layers and directions; results hold ids, text and numbers. The transformers backend
-(`personavec.core.hf`) runs them on a Hugging Face model; a runtime that feeds the
-model one flat ``[num_tokens, hidden]`` tensor per step, as vLLM does, keeps its per-request state in
+log-probabilities, and pools activations of prompt + answer pairs. Nothing here names transformers:
+requests hold token ids, layers and directions; results hold ids, text and numbers. The transformers
+backend (`personavec.core.hf`) runs them on a Hugging Face model; a runtime that feeds the model one
+flat ``[num_tokens, hidden]`` tensor per step, as vLLM does, keeps its per-request state in
 `personavec.core.ledger`, which these requests are written for: an edit says which *positions* of a
 request's sequence it changes (not which rows of a padded batch), a probe reads every position.
 
