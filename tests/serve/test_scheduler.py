@@ -190,3 +190,44 @@ def test_logprobs_are_the_models_own_before_temperature_and_under_steering(
         values, indices = row.topk(5)
         assert [i for i, _ in token.scored.top] == indices.tolist()
         assert [lp for _, lp in token.scored.top] == pytest.approx(values.tolist(), abs=1e-4)
+
+
+def test_the_engine_on_the_flat_backend_answers_as_on_transformers(
+    loaded: LoadedModel, vector: PersonaVector, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Serve's local mode on vLLM's shape (flat steps, chunked prefill, a prefix cache, a preemption):
+    the same tokens, projections, guard step and finish for plain, steered, guarded and stopped rows."""
+    from flat_backend import FlatBackend
+    from personavec.serve.rows import GuardPlan
+
+    def answers(model: Any) -> list[Outcome]:
+        gate = threading.Event()
+        engine = LocalEngine(model, [Watched("opt", vector, 2)], 4, 4, first=gate.wait)
+        jobs = [
+            _job(loaded, loop, "hi", 6),
+            _job(loaded, loop, "Tell me a story.", 8, plan=RowPlan({0: 3.0})),
+            _job(loaded, loop, "How do I bake bread?", 8, plan=RowPlan(guard=GuardPlan(0, -1e9, 2.0))),
+            _job(loaded, loop, "Tell me about the weather.", 8, top_logprobs=2),
+        ]
+        for job in jobs:
+            engine.submit(job)
+        gate.set()
+        try:
+            return [_outcome(loop, job) for job in jobs]
+        finally:
+            engine.stop()
+
+    flat = FlatBackend(loaded, token_budget=12)
+    here, there = answers(loaded), answers(flat)
+    assert flat.preempted and max(len(step) for step in flat.steps) >= 3
+    for a, b in zip(here, there, strict=True):
+        assert [t.id for t in a.tokens] == [t.id for t in b.tokens] and a.text == b.text
+        assert (a.fired_at, a.finish_reason) == (b.fired_at, b.finish_reason)
+        assert a.prompt_last == pytest.approx(b.prompt_last, abs=1e-4)
+        for x, y in zip(a.tokens, b.tokens, strict=True):
+            assert x.projections == pytest.approx(y.projections, abs=1e-4) and x.delta == y.delta
+            assert (x.scored is None) == (y.scored is None)
+            if x.scored is not None and y.scored is not None:
+                assert x.scored.logprob == pytest.approx(y.scored.logprob, abs=1e-4)
+    assert here[2].fired_at == 0 and [t.id for t in here[1].tokens] != [t.id for t in here[0].tokens]
+    assert here[3].tokens[0].scored is not None and len(here[3].tokens[0].scored.top) == 2
