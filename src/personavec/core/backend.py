@@ -227,8 +227,8 @@ class Backend(Protocol):
         """The token ids of chat-formatted `text` (no special tokens added)."""
         ...
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """The text of `ids`, special tokens skipped."""
+    def decode(self, ids: Sequence[int], special: bool = False) -> str:
+        """The text of `ids`, special tokens skipped (kept as their text with `special`)."""
         ...
 
     def generate(

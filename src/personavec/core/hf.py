@@ -297,8 +297,8 @@ class TransformersBackend:
     def encode(self, text: str) -> list[int]:
         return list(self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.loaded.tokenizer.decode(list(ids), skip_special_tokens=True))
+    def decode(self, ids: Sequence[int], special: bool = False) -> str:
+        return str(self.loaded.tokenizer.decode(list(ids), skip_special_tokens=not special))
 
     def generate(
         self,

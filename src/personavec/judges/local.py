@@ -33,5 +33,5 @@ class LocalJudge(Judge):
             for i, result in zip(
                 chunk, backend.logprobs([requests[i] for i in chunk], self.batch_size), strict=True
             ):
-                pairs = [(backend.decode([token]), logprob) for token, logprob in result.top]
+                pairs = [(backend.decode([token], special=True), logprob) for token, logprob in result.top]
                 yield i, Score(logprob_score(pairs), "logprobs")

@@ -1,6 +1,6 @@
 """The HTTP app: OpenAI's chat completions with persona figures, plus models, vectors, health and metrics.
 
-``build_app(loaded, vectors, config)`` returns a FastAPI app to run with uvicorn or mount in another
+``build_app(model, vectors, config)`` returns a FastAPI app to run with uvicorn or mount in another
 ASGI app. Every error a client can cause is a 4xx with OpenAI's error body; nothing answers a 500 with a
 traceback.
 """
@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from personavec.core.backend import Backend, as_backend
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.serve import dashboard, local, upstream
@@ -33,7 +34,7 @@ from personavec.serve.thresholds import calibrate, fixed
 def _calibrate(state: State, model_key: str) -> None:
     try:
         state.thresholds = calibrate(
-            state.loaded, state.watched, state.config.calibration, state.thresholds, model_key
+            state.backend, state.watched, state.config.calibration, state.thresholds, model_key
         )
         state.ready = True
     except Exception as error:  # reported by /ready; the server keeps answering without thresholds
@@ -41,33 +42,34 @@ def _calibrate(state: State, model_key: str) -> None:
 
 
 def build_app(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     vectors: Mapping[str, PersonaVector],
     config: ServeConfig,
     model_name: str | None = None,
     model_key: str | None = None,
 ) -> FastAPI:
-    """The server's ASGI app for `loaded` measuring `vectors` (name → vector, read at each one's chosen
-    layer; none: no persona figures, the benchmarks' baseline). `model_name` is the id clients use
-    besides ``config.name``; `model_key` names the model for the calibration caches (default: its
-    identity)."""
+    """The server's ASGI app for `model` (a backend; a loaded model runs on the transformers one)
+    measuring `vectors` (name → vector, read at each one's chosen layer; none: no persona figures, the
+    benchmarks' baseline). `model_name` is the id clients use besides ``config.name``; `model_key`
+    names the model for the calibration caches (default: its identity)."""
+    backend = as_backend(model)
     watched = [Watched(name, v, v.resolve_layer(None)) for name, v in vectors.items()]
     for w in watched:
-        w.vector.check_model(loaded.identity)
-    given = (config.name, model_name or loaded.identity.name, config.upstream_model)
+        w.vector.check_model(backend.identity)
+    given = (config.name, model_name or backend.identity.name, config.upstream_model)
     names = list(dict.fromkeys(n for n in given if n))
     files = dict(config.vectors)
-    state = State(loaded, watched, files, config, names, fixed(config))
+    state = State(backend, watched, files, config, names, fixed(config))
     state.ready = all(v is not None for t in state.thresholds.values() for v in t.values())
     if config.upstream:
         state.upstream = upstream.client(config)
-    key = model_key or json.dumps(loaded.identity.to_dict(), sort_keys=True)
+    key = model_key or json.dumps(backend.identity.to_dict(), sort_keys=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         first = None if state.ready else lambda: _calibrate(state, key)  # in the engine's thread
         limits = config.limits
-        state.engine = LocalEngine(loaded, watched, limits.max_batch, limits.max_queue, first)
+        state.engine = LocalEngine(backend, watched, limits.max_batch, limits.max_queue, first)
         state.audit = AuditLog(config.audit, config.audit_text, state.wire) if config.audit else None
         try:
             yield

@@ -307,7 +307,8 @@ class LocalEngine:
     def _token(self, row: _Row, event: TokenEvent) -> None:
         """Send the token; its text goes out once no stop sequence can still claim it."""
         scored = event.score if row.job.top_logprobs is not None else None
-        token = Token(event.token_id, self.backend.decode([event.token_id]), event.readings, scored=scored)
+        text = self.backend.decode([event.token_id], special=True)
+        token = Token(event.token_id, text, event.readings, scored=scored)
         row.tokens.append(token)
         text, stops = self.backend.decode([t.id for t in row.tokens]), row.job.stops
         hit = min((text.find(s) for s in stops if s in text), default=-1)

@@ -10,7 +10,6 @@ from typing import Any, Literal
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from personavec.core.models import format_chat
 from personavec.serve import protocol as p
 from personavec.serve.engine import Job, Outcome, QueueFull, Stopping, Token
 from personavec.serve.http import Call, ClientError, ClientGone, call_of, log
@@ -90,11 +89,11 @@ def _job(state: State, body: p.ChatRequest) -> tuple[Job, int, str]:
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
     ]
     try:
-        prompt = format_chat(state.loaded.tokenizer, messages)
+        prompt = state.backend.chat(messages)
     except Exception as error:  # the template refused these messages (e.g. roles out of order)
         message = f"the chat template cannot render these messages: {error}"
         raise ClientError(400, message, param="messages") from None
-    ids = list(state.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    ids = state.backend.encode(prompt)
     if len(ids) > limits.max_prompt_tokens:
         raise ClientError(
             400, f"the prompt has {len(ids)} tokens; this server takes at most {limits.max_prompt_tokens}",
@@ -177,14 +176,14 @@ class _Exchange:
         """OpenAI's ``logprobs`` of `tokens`, or None when the request did not ask for them."""
         if not self.body.logprobs:
             return None
-        decode = self.state.loaded.tokenizer.decode
+        backend = self.state.backend
 
         def entry(text: str, logprob: float) -> dict[str, Any]:
             return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
         content = [
             {**entry(t.text, t.scored.logprob),
-             "top_logprobs": [entry(str(decode([i])), lp) for i, lp in t.scored.top]}
+             "top_logprobs": [entry(backend.decode([i], special=True), lp) for i, lp in t.scored.top]}
             for t in tokens if t.scored is not None
         ]  # fmt: skip
         return {"content": content, "refusal": None}

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from personavec.core.models import LoadedModel
+from personavec.core.backend import Backend
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import LocalEngine, Token
@@ -22,7 +22,7 @@ from personavec.serve.wire import Wire
 class State:
     """What the app serves and how it is doing."""
 
-    loaded: LoadedModel
+    backend: Backend
     watched: list[Watched]
     files: dict[str, str]
     config: ServeConfig

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from personavec._internal.files import write_json
+from personavec.core.backend import Backend, user_turn
 from personavec.core.generate import generate
 from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
@@ -46,18 +47,20 @@ def fixed(config: ServeConfig) -> Thresholds:
     return {name: {s: config.threshold(name, s) for s in STATISTICS} for name, _ in config.vectors}
 
 
-def _answers(loaded: LoadedModel, prompts: list[str], calibration: Calibration, model_key: str) -> list[str]:
+def _answers(
+    model: Backend | LoadedModel, prompts: list[str], calibration: Calibration, model_key: str
+) -> list[str]:
     path = cache_dir(calibration) / f"answers-{_key(model_key, prompts, calibration.max_new_tokens)}.json"
     if path.exists():
         return list(json.loads(path.read_text()))
     sampling = Sampling(max_new_tokens=calibration.max_new_tokens)  # greedy
-    answers = generate(loaded, prompts, sampling, progress=False, desc="reference answers")
+    answers = generate(model, prompts, sampling, progress=False, desc="reference answers")
     write_json(path, answers)
     return answers
 
 
 def calibrate(
-    loaded: LoadedModel,
+    model: Backend | LoadedModel,
     watched: Sequence[Watched],
     calibration: Calibration,
     given: Thresholds,
@@ -67,7 +70,7 @@ def calibrate(
 
     `model_key` names the model as served (its identity and any adapter), for the caches.
     """
-    prompts = [loaded.chat(q) for q in reference_questions(calibration)]
+    prompts = [user_turn(model, q) for q in reference_questions(calibration)]
     out: Thresholds = {w.name: dict(given[w.name]) for w in watched}
     settings = (model_key, prompts, calibration.max_new_tokens, calibration.percentile)
     for w in watched:
@@ -77,10 +80,10 @@ def calibrate(
         if path.exists():
             cached = json.loads(path.read_text())
         else:
-            answers = _answers(loaded, prompts, calibration, model_key)
+            answers = _answers(model, prompts, calibration, model_key)
             vector, layer = [w.vector], w.layer
-            last = project(loaded, vector, prompts, pooling="prompt-last", layer=layer, progress=False)[:, 0]
-            avg = project(loaded, vector, prompts, answers, "response-avg", layer, progress=False)[:, 0]
+            last = project(model, vector, prompts, pooling="prompt-last", layer=layer, progress=False)[:, 0]
+            avg = project(model, vector, prompts, answers, "response-avg", layer, progress=False)[:, 0]
             cached = {
                 "prompt_last": float(np.percentile(last.double().numpy(), calibration.percentile)),
                 "response_avg": float(np.percentile(avg.double().numpy(), calibration.percentile)),

@@ -149,9 +149,9 @@ def _prompt(state: State, body: p.UpstreamChatRequest) -> tuple[str, int]:
     if body.model not in state.names:
         message = f"the model {body.model!r} does not exist; use one of {state.names}"
         raise ClientError(404, message, param="model", code="model_not_found")
-    tokenizer, most = state.loaded.tokenizer, state.config.limits.max_prompt_tokens
-    prompt = format_chat(tokenizer, [{"role": m.role, "content": _text(m)} for m in body.messages])
-    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    backend, most = state.backend, state.config.limits.max_prompt_tokens
+    prompt = backend.chat([{"role": m.role, "content": _text(m)} for m in body.messages])
+    n_prompt = len(backend.encode(prompt))
     if n_prompt > most:
         message = f"the prompt has {n_prompt} tokens; this server takes at most {most}"
         raise ClientError(400, message, param="messages", code="context_length_exceeded")
@@ -287,7 +287,7 @@ async def _relay(
             await stream.close()  # stop the engine's generation
     content = "".join(parts)
     figures = _figures(state, last, await _score(state, prompt, content))
-    counted = len(state.loaded.tokenizer(content, add_special_tokens=False)["input_ids"])
+    counted = len(state.backend.encode(content))
     base.figures, base.answer, base.completion_tokens = figures, content, base.completion_tokens or counted
     yield _sse(state, base, [], persona={"vectors": figures})
     yield "data: [DONE]\n\n"
