@@ -101,3 +101,14 @@ def test_the_rule_sees_a_direct_reach(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(f"{__name__}.PACKAGE", tmp_path / "personavec")
     want = ["data/x.py:1 ResidualHooks", "data/x.py:2 loaded.model", "data/x.py:2 loaded.model.generate("]
     assert sorted(_model_reaches()) == want
+
+
+def test_the_server_takes_nothing_from_training_or_data() -> None:
+    """Serving needs no trainer and no dataset code: adapters load in `core.models`, thresholds and
+    their reference questions live in `deploy` and `traits`."""
+    reaches = [
+        (file, target)
+        for room, target, file in _imports()
+        if room == "serve" and target in ("training", "data")
+    ]
+    assert reaches == []

@@ -8,8 +8,9 @@ import pytest
 from personavec import PersonavecError
 from personavec.cli import main
 from personavec.core.sampling import Sampling
-from personavec.data.datakit import KitConfig, bundled_questions, make_trait_dataset
+from personavec.data.datakit import KitConfig, make_trait_dataset
 from personavec.traits import builtin_names, load_trait
+from personavec.traits.questions import bundled_questions
 from personavec.traits.spec import normalise_question
 
 from killing import kill_after_lines

@@ -15,7 +15,8 @@ from personavec.core.hf import TransformersBackend
 from personavec.core.models import LoadedModel, format_chat
 from personavec.core.vectors import PersonaVector, load_vector
 from personavec.deploy.guard import Guard
-from personavec.serve.rows import GuardPlan, RowPlan, Watched
+from personavec.deploy.monitor import Watched
+from personavec.serve.rows import GuardPlan, RowPlan
 
 from server import random_vectors
 

@@ -16,10 +16,11 @@ from personavec.core.generate import generate
 from personavec.core.models import LoadedModel, format_chat
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
+from personavec.deploy.monitor import Watched
 from personavec.serve.engine import Job, LocalEngine, Outcome, QueueFull
 from personavec.serve.http import ClientError
 from personavec.serve.local import _next
-from personavec.serve.rows import RowPlan, Watched
+from personavec.serve.rows import RowPlan
 
 from tiny import tiny_loaded
 

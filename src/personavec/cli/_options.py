@@ -321,8 +321,7 @@ def fmt(value: float | None) -> str:
 
 def load(args: argparse.Namespace) -> Any:
     """The model of --model, with the LoRA adapter of --adapter (a finetuned model) on it if given."""
-    from personavec.core.models import load_model
-    from personavec.training.shift import is_adapter, load_finetuned
+    from personavec.core.models import is_adapter, load_finetuned, load_model
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.adapter:

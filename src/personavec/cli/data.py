@@ -60,10 +60,11 @@ def _screen(args: argparse.Namespace) -> None:
 
 def _make_trait_dataset(args: argparse.Namespace) -> None:
     from personavec.core.models import load_model
-    from personavec.data.datakit import make_trait_dataset, read_questions
+    from personavec.data.datakit import make_trait_dataset
     from personavec.judges import make_judge
     from personavec.pipeline.preflight import preflight
     from personavec.traits import load_trait
+    from personavec.traits.questions import read_questions
 
     trait = load_trait(args.trait)
     questions = read_questions(args.questions) if args.questions else None

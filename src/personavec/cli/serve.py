@@ -7,7 +7,8 @@ import os
 from typing import Any
 
 from personavec.cli._options import add_config, add_fields, from_args, model_args
-from personavec.serve.config import STATISTICS, ServeConfig
+from personavec.deploy.config import STATISTICS
+from personavec.serve.config import ServeConfig
 
 
 def _named(text: str) -> tuple[str, str]:

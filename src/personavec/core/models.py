@@ -293,3 +293,35 @@ def inspect_model(ref: str, blocks: str | None = None) -> dict[str, Any]:
         "chat_template": has_chat_template(tokenizer),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_finetuned(
+    base_ref: str,
+    path: str | Path,
+    dtype: str = "auto",
+    device: str = "auto",
+    base: LoadedModel | None = None,
+) -> LoadedModel:
+    """The finetuned model at `path`: a PEFT adapter on `base_ref`, or a full model directory.
+
+    With `base` (the model of `base_ref`, already loaded) an adapter goes onto it in place: no
+    second copy of the weights, and `base` then is the finetuned model.
+    """
+    path = Path(path)
+    if is_adapter(path):
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise PersonavecError("a LoRA adapter needs PEFT: pip install 'personavec[peft]'") from None
+        base = base or load_model(base_ref, dtype=dtype, device=device)
+        tuned: Any = PeftModel.from_pretrained(base.model, str(path)).eval()  # a PreTrainedModel's stand-in
+        return LoadedModel(model=tuned, tokenizer=base.tokenizer, identity=base.identity)
+    if not (path / "config.json").exists():
+        raise ModelError(
+            f"{path} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)"
+        )
+    return load_model(str(path), dtype=dtype, device=device)

@@ -26,7 +26,6 @@ import math
 import random
 import time
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +44,10 @@ from personavec.pipeline.preflight import preflight
 from personavec.pipeline.results import KitFile, KitManifest
 from personavec.pipeline.rundir import RunDir
 from personavec.pipeline.runs import KitRun
+from personavec.traits.questions import bundled_questions
 from personavec.traits.spec import TraitSpec, normalise_question
 
 LEVELS = ("normal", "mild", "severe")
-
-
-def bundled_questions() -> list[str]:
-    """240 ordinary chat questions shipped with personavec (none is a built-in trait's question)."""
-    text = resources.files("personavec").joinpath("data/questions/general.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def read_questions(path: str | Path) -> list[str]:
-    """One question per line; blank lines are ignored."""
-    lines = [line.strip() for line in Path(path).read_text().splitlines()]
-    return [line for line in lines if line]
 
 
 def _judged(

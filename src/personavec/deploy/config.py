@@ -1,5 +1,5 @@
-"""What steering, monitoring and the capability check are told (torch-free, so the command line builds
-its flags from it). A field's ``metadata`` is its flag (see `personavec.pipeline.config`)."""
+"""What steering, monitoring, thresholds and the capability check are told (torch-free, so the command
+line builds its flags from it). A field's ``metadata`` is its flag (see `personavec.pipeline.config`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from personavec.core.sampling import Sampling
 from personavec.errors import ConfigError
 
 DECODING = ("max_new_tokens", "temperature", "top_p", "seed")
+STATISTICS = ("prompt_last", "response_avg")
+"""The statistics a threshold applies to: the prompt-last projection predicts, the answer's
+response-average measures."""
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,31 @@ class CapabilityConfig:
     def coefs(self, steered: bool) -> list[float]:
         """The coefficients to score: the steered one (with a vector), and 0 without one or to compare."""
         return [*([0.0] if not steered or self.compare else []), *([self.coef] if steered else [])]
+
+
+@dataclass(frozen=True)
+class ThresholdCalibration:
+    """Thresholds without hand-tuning: the `percentile` of a reference set's projections (the shipped
+    everyday questions, or `reference`, one question per line); answers are greedy, `max_new_tokens` long,
+    cached under `cache_dir` per model, vector and reference."""
+
+    percentile: float = field(
+        default=99.0, metadata={"help": "thresholds: this percentile of the reference set's projections"}
+    )
+    reference: str | None = field(
+        default=None,
+        metadata={"help": "reference questions, one per line (default: the shipped everyday questions)"},
+    )
+    max_new_tokens: int = field(
+        default=64, metadata={"help": "length of the reference answers", "flag": "--reference-tokens"}
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "where calibrations are cached (default ~/.cache/personavec/serve)"},
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.percentile < 100:
+            raise ConfigError(f"--percentile must be in (0, 100), got {self.percentile}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--reference-tokens must be at least 1, got {self.max_new_tokens}")

@@ -36,6 +36,23 @@ def _layers(vectors: Sequence[PersonaVector], layer: int | None) -> list[int]:
 
 
 @dataclass(frozen=True)
+class Watched:
+    """A vector the server measures, read (and steered) at `layer`."""
+
+    name: str
+    vector: PersonaVector
+    layer: int
+
+    @property
+    def unit(self) -> Tensor:
+        return self.vector.unit(self.layer)
+
+    @property
+    def direction(self) -> Tensor:
+        return self.vector.at(self.layer).float()
+
+
+@dataclass(frozen=True)
 class Readout:
     """How pooled activations become projections: the `layers` to pool (sorted, distinct), and for
     vector j its row ``rows[j]`` among them and its unit vector ``units[j]``."""

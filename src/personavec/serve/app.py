@@ -20,20 +20,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from personavec.core.backend import Backend, as_backend
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
+from personavec.deploy.monitor import Watched
+from personavec.deploy.thresholds import calibrate_thresholds
 from personavec.serve import dashboard, local, upstream
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import LocalEngine
 from personavec.serve.http import BodyLimit, ChatRequests, authorise, install_error_handlers
-from personavec.serve.rows import Watched
 from personavec.serve.state import State, settle
 from personavec.serve.telemetry import AuditLog
-from personavec.serve.thresholds import calibrate, fixed
 
 
 def _calibrate(state: State, model_key: str) -> None:
     try:
-        state.thresholds = calibrate(
+        state.thresholds = calibrate_thresholds(
             state.backend, state.watched, state.config.calibration, state.thresholds, model_key
         )
         state.ready = True
@@ -59,7 +59,7 @@ def build_app(
     given = (config.name, model_name or backend.identity.name, config.upstream_model)
     names = list(dict.fromkeys(n for n in given if n))
     files = dict(config.vectors)
-    state = State(backend, watched, files, config, names, fixed(config))
+    state = State(backend, watched, files, config, names, config.fixed_thresholds())
     state.ready = all(v is not None for t in state.thresholds.values() for v in t.values())
     if config.upstream:
         state.upstream = upstream.client(config)

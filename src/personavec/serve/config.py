@@ -10,12 +10,10 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
+from personavec.deploy.config import STATISTICS, ThresholdCalibration
 from personavec.errors import ConfigError
 
 OnFlag = Literal["pass", "annotate", "refuse"]
-STATISTICS = ("prompt_last", "response_avg")
-"""The statistics a threshold applies to: the prompt-last projection predicts, the answer's
-response-average measures."""
 MAX_KEEP = 100_000
 """The most requests the dashboard may keep in memory (``--keep``)."""
 MAX_COEF = 1000.0
@@ -69,34 +67,6 @@ class Limits:
             raise ConfigError("--default-max-tokens cannot exceed --max-tokens")
         if not self.request_timeout > 0:
             raise ConfigError(f"--request-timeout must be positive, got {self.request_timeout}")
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Thresholds without hand-tuning: the `percentile` of a reference set's projections (the shipped
-    everyday questions, or `reference`, one question per line); answers are greedy, `max_new_tokens` long,
-    cached under `cache_dir` per model, vector and reference."""
-
-    percentile: float = field(
-        default=99.0, metadata={"help": "thresholds: this percentile of the reference set's projections"}
-    )
-    reference: str | None = field(
-        default=None,
-        metadata={"help": "reference questions, one per line (default: the shipped everyday questions)"},
-    )
-    max_new_tokens: int = field(
-        default=64, metadata={"help": "length of the reference answers", "flag": "--reference-tokens"}
-    )
-    cache_dir: str | None = field(
-        default=None,
-        metadata={"help": "where calibrations are cached (default ~/.cache/personavec/serve)"},
-    )
-
-    def __post_init__(self) -> None:
-        if not 0 < self.percentile < 100:
-            raise ConfigError(f"--percentile must be in (0, 100), got {self.percentile}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--reference-tokens must be at least 1, got {self.max_new_tokens}")
 
 
 @dataclass(frozen=True)
@@ -167,8 +137,9 @@ class ServeConfig:
         default=30.0, metadata={"help": "seconds SIGTERM waits for in-flight requests to finish"}
     )
     limits: Limits = field(default=Limits(), metadata={"fields": tuple(f.name for f in fields(Limits))})
-    calibration: Calibration = field(
-        default=Calibration(), metadata={"fields": tuple(f.name for f in fields(Calibration))}
+    calibration: ThresholdCalibration = field(
+        default=ThresholdCalibration(),
+        metadata={"fields": tuple(f.name for f in fields(ThresholdCalibration))},
     )
 
     def __post_init__(self) -> None:
@@ -241,3 +212,7 @@ class ServeConfig:
     def threshold(self, vector: str, statistic: str) -> float | None:
         """The fixed threshold of a vector's statistic, if one was given."""
         return next((v for n, s, v in self.thresholds if (n, s) == (vector, statistic)), None)
+
+    def fixed_thresholds(self) -> dict[str, dict[str, float | None]]:
+        """The thresholds given on the command line (None where a calibration must supply one)."""
+        return {name: {s: self.threshold(name, s) for s in STATISTICS} for name, _ in self.vectors}

@@ -39,8 +39,8 @@ from personavec.core.backend import (
 )
 from personavec.core.models import LoadedModel
 from personavec.core.pooling import Pooling
-from personavec.deploy.monitor import project
-from personavec.serve.rows import RowPlan, Watched
+from personavec.deploy.monitor import Watched, project
+from personavec.serve.rows import RowPlan
 
 
 class QueueFull(Exception):

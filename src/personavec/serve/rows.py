@@ -12,27 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from torch import Tensor
-
 from personavec.core.backend import Edit, GuardRule, Probe
-from personavec.core.vectors import PersonaVector
-
-
-@dataclass(frozen=True)
-class Watched:
-    """A vector the server measures, read (and steered) at `layer`."""
-
-    name: str
-    vector: PersonaVector
-    layer: int
-
-    @property
-    def unit(self) -> Tensor:
-        return self.vector.unit(self.layer)
-
-    @property
-    def direction(self) -> Tensor:
-        return self.vector.at(self.layer).float()
+from personavec.deploy.monitor import Watched
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,8 @@ def serve(
         Path(config.audit).parent.mkdir(parents=True, exist_ok=True)
     import uvicorn
 
-    from personavec.core.models import load_model
+    from personavec.core.models import load_finetuned, load_model
     from personavec.serve.app import build_app
-    from personavec.training.shift import load_finetuned
 
     loaded = load_model(model, dtype=dtype, device=device)
     if adapter:

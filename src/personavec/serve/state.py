@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from personavec.core.backend import Backend
+from personavec.deploy.monitor import Watched
+from personavec.deploy.thresholds import Thresholds
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import LocalEngine, Token
 from personavec.serve.http import Call, log
 from personavec.serve.ring import Ring
-from personavec.serve.rows import Watched
 from personavec.serve.telemetry import AuditLog, Metrics
-from personavec.serve.thresholds import Thresholds
 from personavec.serve.wire import Wire
 
 

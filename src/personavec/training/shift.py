@@ -17,47 +17,15 @@ from typing import Any
 
 from torch import Tensor
 
-from personavec.core.models import LoadedModel, load_model
+from personavec.core.models import LoadedModel, is_adapter, load_finetuned, load_model
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
-from personavec.errors import ConfigError, ModelError, PersonavecError
+from personavec.errors import ConfigError
 from personavec.judges.base import Judge
 from personavec.pipeline.config import Sizes
 from personavec.pipeline.preflight import preflight
 from personavec.traits.spec import TraitSpec
-
-
-def is_adapter(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").exists()
-
-
-def load_finetuned(
-    base_ref: str,
-    path: str | Path,
-    dtype: str = "auto",
-    device: str = "auto",
-    base: LoadedModel | None = None,
-) -> LoadedModel:
-    """The finetuned model at `path`: a PEFT adapter on `base_ref`, or a full model directory.
-
-    With `base` (the model of `base_ref`, already loaded) an adapter goes onto it in place: no
-    second copy of the weights, and `base` then is the finetuned model.
-    """
-    path = Path(path)
-    if is_adapter(path):
-        try:
-            from peft import PeftModel
-        except ImportError:
-            raise PersonavecError("a LoRA adapter needs PEFT: pip install 'personavec[peft]'") from None
-        base = base or load_model(base_ref, dtype=dtype, device=device)
-        tuned: Any = PeftModel.from_pretrained(base.model, str(path)).eval()  # a PreTrainedModel's stand-in
-        return LoadedModel(model=tuned, tokenizer=base.tokenizer, identity=base.identity)
-    if not (path / "config.json").exists():
-        raise ModelError(
-            f"{path} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)"
-        )
-    return load_model(str(path), dtype=dtype, device=device)
 
 
 def finetuning_shift(

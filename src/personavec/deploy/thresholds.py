@@ -21,10 +21,9 @@ from personavec.core.backend import Backend, user_turn
 from personavec.core.generate import generate
 from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
-from personavec.data.datakit import bundled_questions, read_questions
-from personavec.deploy.monitor import project
-from personavec.serve.config import STATISTICS, Calibration, ServeConfig
-from personavec.serve.rows import Watched
+from personavec.deploy.config import STATISTICS, ThresholdCalibration
+from personavec.deploy.monitor import Watched, project
+from personavec.traits.questions import bundled_questions, read_questions
 
 Thresholds = dict[str, dict[str, float | None]]
 
@@ -33,22 +32,17 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cache_dir(calibration: Calibration) -> Path:
+def cache_dir(calibration: ThresholdCalibration) -> Path:
     return Path(calibration.cache_dir or Path.home() / ".cache" / "personavec" / "serve")
 
 
-def reference_questions(calibration: Calibration) -> list[str]:
+def reference_questions(calibration: ThresholdCalibration) -> list[str]:
     """The reference set: `calibration.reference`, or the shipped everyday questions."""
     return read_questions(calibration.reference) if calibration.reference else bundled_questions()
 
 
-def fixed(config: ServeConfig) -> Thresholds:
-    """The thresholds given on the command line (None where a calibration must supply one)."""
-    return {name: {s: config.threshold(name, s) for s in STATISTICS} for name, _ in config.vectors}
-
-
 def _answers(
-    model: Backend | LoadedModel, prompts: list[str], calibration: Calibration, model_key: str
+    model: Backend | LoadedModel, prompts: list[str], calibration: ThresholdCalibration, model_key: str
 ) -> list[str]:
     path = cache_dir(calibration) / f"answers-{_key(model_key, prompts, calibration.max_new_tokens)}.json"
     if path.exists():
@@ -59,10 +53,10 @@ def _answers(
     return answers
 
 
-def calibrate(
+def calibrate_thresholds(
     model: Backend | LoadedModel,
     watched: Sequence[Watched],
-    calibration: Calibration,
+    calibration: ThresholdCalibration,
     given: Thresholds,
     model_key: str,
 ) -> Thresholds:
