@@ -112,3 +112,47 @@ def test_the_server_takes_nothing_from_training_or_data() -> None:
         if room == "serve" and target in ("training", "data")
     ]
     assert reaches == []
+
+
+def _table_modules() -> set[str]:
+    """The modules the docs' "Where each stage lives" table names (``.x`` after ``personavec.a.b``:
+    ``personavec.a.x``)."""
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    table = text.split("## Where each stage lives")[1].split("\n## ")[0]
+    named = set()
+    for row in table.splitlines()[3:]:
+        cell = row.rsplit("|", 2)[-2]
+        package = ""
+        for name in re.findall(r"`(personavec(?:\.\w+)+|\.\w+)", cell):
+            if name.startswith("."):
+                named.add(package + name)
+            else:
+                named.add(name)
+                package = name.rsplit(".", 1)[0]
+    return named
+
+
+def test_the_stage_table_names_every_module() -> None:
+    modules = {
+        "personavec." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+        for p in PACKAGE.rglob("*.py")
+        if p.stem not in ("__init__", "__main__")
+    }
+    packages = {m for m in _table_modules() if (PACKAGE.parent / m.replace(".", "/")).is_dir()}
+    named = _table_modules()
+    missing = sorted(
+        m for m in modules if m not in named and not any(m.startswith(p + ".") for p in packages)
+    )
+    assert missing == []
+    assert not sorted(m for m in named - modules - packages)  # and nothing it names is gone
+
+
+def test_the_docs_draw_the_rooms_in_this_order() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    drawing = text.split("```text")[1].split("```")[0]
+    drawn = [
+        line.split()[0].rstrip("/,") for line in drawing.strip().splitlines() if not line.startswith(" ")
+    ]
+    assert drawn[::-1][1:] == ROOMS and drawn[-1] == "_internal"

@@ -28,3 +28,19 @@ def test_import_does_not_load_torch_or_transformers() -> None:
     code = "import sys, personavec; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_what_type_checkers_see_is_what_the_package_exports() -> None:
+    """The `TYPE_CHECKING` block of `__init__` names exactly `_EXPORTS`, each from its module."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(personavec.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    seen = {
+        alias.asname or alias.name: node.module
+        for node in ast.walk(block)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert seen == personavec._EXPORTS

@@ -47,6 +47,18 @@ _EXPORTS = {
     "generate": "personavec.core.generate",
     "Engine": "personavec.core.engine",
     "Sampling": "personavec.core.sampling",
+    # the backend seam: what a model runtime answers
+    "Backend": "personavec.core.backend",
+    "as_backend": "personavec.core.backend",
+    "Edit": "personavec.core.backend",
+    "Probe": "personavec.core.backend",
+    "GuardRule": "personavec.core.backend",
+    "GenerationRequest": "personavec.core.backend",
+    "Generation": "personavec.core.backend",
+    "LogprobRequest": "personavec.core.backend",
+    "Logprobs": "personavec.core.backend",
+    "TransformersBackend": "personavec.core.hf",
+    "generations": "personavec.core.generate",
     # traits and judges
     "TraitSpec": "personavec.traits.spec",
     "load_trait": "personavec.traits.spec",
@@ -74,6 +86,8 @@ _EXPORTS = {
     "steer_answers": "personavec.deploy.steering",
     "steering": "personavec.deploy.steering",
     "score_steered": "personavec.deploy.capability",
+    "ThresholdCalibration": "personavec.deploy.config",
+    "calibrate_thresholds": "personavec.deploy.thresholds",
     # data
     "DataFile": "personavec.data.samples",
     "ScreenConfig": "personavec.data.config",
@@ -122,8 +136,19 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.core.activations import (
         pooled_activations as pooled_activations,
     )
+    from personavec.core.backend import Backend as Backend
+    from personavec.core.backend import Edit as Edit
+    from personavec.core.backend import Generation as Generation
+    from personavec.core.backend import GenerationRequest as GenerationRequest
+    from personavec.core.backend import GuardRule as GuardRule
+    from personavec.core.backend import LogprobRequest as LogprobRequest
+    from personavec.core.backend import Logprobs as Logprobs
+    from personavec.core.backend import Probe as Probe
+    from personavec.core.backend import as_backend as as_backend
     from personavec.core.engine import Engine as Engine
     from personavec.core.generate import generate as generate
+    from personavec.core.generate import generations as generations
+    from personavec.core.hf import TransformersBackend as TransformersBackend
     from personavec.core.hooks import Capture as Capture
     from personavec.core.hooks import ablate as ablate
     from personavec.core.hooks import capture as capture
@@ -188,6 +213,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.deploy.capability import score_steered as score_steered
     from personavec.deploy.config import MonitorConfig as MonitorConfig
     from personavec.deploy.config import SteerConfig as SteerConfig
+    from personavec.deploy.config import ThresholdCalibration as ThresholdCalibration
     from personavec.deploy.guard import Guard as Guard
     from personavec.deploy.monitor import (
         LiveMonitor as LiveMonitor,
@@ -213,6 +239,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.deploy.steering import (
         steering as steering,
     )
+    from personavec.deploy.thresholds import calibrate_thresholds as calibrate_thresholds
     from personavec.errors import ConfigError as ConfigError
     from personavec.errors import DataError as DataError
     from personavec.errors import EngineError as EngineError
