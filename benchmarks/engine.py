@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from personavec.core.engine import Engine
+from personavec.core.engine import RemoteEngine
 from personavec.core.generate import generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
@@ -41,7 +41,7 @@ ALIAS = "bench"
 SCREEN_ROWS = 64
 
 
-def extraction(loaded: LoadedModel, engine: Engine, folder: Path) -> tuple[float, float]:
+def extraction(loaded: LoadedModel, engine: RemoteEngine, folder: Path) -> tuple[float, float]:
     """Answers/s of the demo extraction's generation stage, here and through the engine."""
     requests = contrastive_requests(load_trait(DEMO_TRAIT), DEMO_CONFIG)
     rates = []
@@ -56,7 +56,7 @@ def extraction(loaded: LoadedModel, engine: Engine, folder: Path) -> tuple[float
     return rates[0], rates[1]
 
 
-def screening(loaded: LoadedModel, engine: Engine, folder: Path) -> tuple[float, float]:
+def screening(loaded: LoadedModel, engine: RemoteEngine, folder: Path) -> tuple[float, float]:
     """Rows/s of a full ΔP screening (y′ generated), here and with the engine writing y′."""
     data = folder / "data.jsonl"
     chats = [
@@ -87,7 +87,7 @@ def main() -> None:
     port = free_port()
     server = llama_server(port, ALIAS)
     try:
-        engine = Engine(f"http://127.0.0.1:{port}/v1", ALIAS, concurrency=4)
+        engine = RemoteEngine(f"http://127.0.0.1:{port}/v1", ALIAS, concurrency=4)
         with tempfile.TemporaryDirectory() as tmp:
             local_x, engine_x = extraction(loaded, engine, Path(tmp))
             local_s, engine_s = screening(loaded, engine, Path(tmp))

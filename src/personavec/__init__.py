@@ -45,7 +45,8 @@ _EXPORTS = {
     "load_vectors": "personavec.core.vectors",
     "save_vectors": "personavec.core.vectors",
     "generate": "personavec.core.generate",
-    "Engine": "personavec.core.engine",
+    "RemoteEngine": "personavec.core.engine",
+    "Engine": "personavec.core.engine",  # deprecated: RemoteEngine
     "Sampling": "personavec.core.sampling",
     # the backend seam: what a model runtime answers
     "Backend": "personavec.core.backend",
@@ -146,6 +147,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.core.backend import Probe as Probe
     from personavec.core.backend import as_backend as as_backend
     from personavec.core.engine import Engine as Engine
+    from personavec.core.engine import RemoteEngine as RemoteEngine
     from personavec.core.generate import generate as generate
     from personavec.core.generate import generations as generations
     from personavec.core.hf import TransformersBackend as TransformersBackend

@@ -34,7 +34,7 @@ from personavec.pipeline.results import Cell, Target
 from personavec.pipeline.runs import CalibrationRun, SweepRun
 from personavec.pipeline.separation import Separation, held_out_answers, separation
 from personavec.report.pages import (
-    Example,
+    SteeredExample,
     calibration_section,
     capability_section,
     separation_section,
@@ -65,7 +65,7 @@ GREEDY = Sampling(max_new_tokens=DEMO_CONFIG.sampling.max_new_tokens, batch_size
 @dataclass
 class DemoResult:
     run: ExtractResult
-    examples: list[Example]
+    examples: list[SteeredExample]
     sweep: list[Cell]  # cells of the steering sweep at the chosen layer
     calibration: Calibration
     capability: dict[str, dict[str, Any]]  # setting → CapabilityResult.to_dict()
@@ -219,14 +219,16 @@ def _capability(
     return scores
 
 
-def _steered_examples(loaded: LoadedModel, vector: PersonaVector, questions: list[str]) -> list[Example]:
+def _steered_examples(
+    loaded: LoadedModel, vector: PersonaVector, questions: list[str]
+) -> list[SteeredExample]:
     """Each question answered at −coef, 0 and +coef."""
     prompts = [loaded.chat(q) for q in questions]
     examples = []
     for c in (-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef):
         edits = [vector.edit(c)] if c else []
         answers = generate(loaded, prompts, replace(GREEDY, batch_size=16), progress=False, edits=edits)
-        examples += [Example(q, c, a) for q, a in zip(questions, answers, strict=True)]
+        examples += [SteeredExample(q, c, a) for q, a in zip(questions, answers, strict=True)]
     return examples
 
 

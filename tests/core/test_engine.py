@@ -25,7 +25,7 @@ import torch
 
 from openai_server import closed_port
 from personavec.cli import main
-from personavec.core.engine import Engine, _mismatch, request_seed
+from personavec.core.engine import RemoteEngine, _mismatch, request_seed
 from personavec.core.generate import Request, generate_rows, read_rows
 from personavec.core.models import LoadedModel, format_chat, load_tokenizer
 from personavec.core.sampling import Sampling
@@ -85,7 +85,7 @@ def requests() -> list[Request]:
 
 
 def test_answers_are_the_engines_own_answers_to_the_local_prompt_text(smollm2, url, tmp_path) -> None:
-    engine = Engine(url, ALIAS, concurrency=2)
+    engine = RemoteEngine(url, ALIAS, concurrency=2)
     asked = requests()
     greedy = Sampling(max_new_tokens=32)
     sampled = Sampling(max_new_tokens=24, temperature=1.0, top_p=0.9, seed=3)
@@ -131,7 +131,7 @@ SMALL = ExtractConfig(
 
 
 def test_vectors_from_engine_answers_equal_the_local_prefill(smollm2, url, tmp_path) -> None:
-    engine = Engine(url, ALIAS, concurrency=2)
+    engine = RemoteEngine(url, ALIAS, concurrency=2)
     result = extract(
         smollm2, load_trait("evil"), None, tmp_path / "run", SMALL, progress=False, engine=engine
     )
@@ -285,7 +285,7 @@ def _bos(body: dict[str, Any]) -> None:
 
 def test_an_engine_that_cuts_answers_short_is_refused(smollm2, url, tmp_path) -> None:
     with Gateway(url, _cap) as capping:
-        engine = Engine(capping.url, ALIAS, concurrency=1)
+        engine = RemoteEngine(capping.url, ALIAS, concurrency=1)
         engine.check(smollm2.tokenizer)  # the probe asks for 4 tokens: not cut
         long = Sampling(max_new_tokens=40)  # the pirate's weekend: a long answer
         with pytest.raises(EngineError, match=r"cut an answer at 5 of the 40 tokens asked .*--n_ctx"):
@@ -296,10 +296,10 @@ def test_an_engine_that_cuts_answers_short_is_refused(smollm2, url, tmp_path) ->
 def test_an_engine_that_reads_another_prompt_is_refused(smollm2, url) -> None:
     refused = pytest.raises(EngineError, match=r"read a prompt as 26 tokens, the local tokenizer as 25")
     with Gateway(url, _bos) as adding, refused:
-        Engine(adding.url, ALIAS).check(smollm2.tokenizer)  # its probe already shows it
+        RemoteEngine(adding.url, ALIAS).check(smollm2.tokenizer)  # its probe already shows it
 
 
-class Recording(Engine):
+class Recording(RemoteEngine):
     """Notes, at each submission, which chunks' score files exist: scoring overlaps generation when
     chunk k + 1 is sent before chunk k is scored."""
 
@@ -367,3 +367,15 @@ def test_the_data_kit_through_the_engine(url, tmp_path, capsys) -> None:
         system = [{"role": "system", "content": row["system"]}] if row["system"] else []
         prompt = format_chat(tokenizer, [*system, {"role": "user", "content": row["question"]}])
         assert row["answer"] == direct(url, prompt, 8, temperature=1.0, seed=request_seed(5, row["id"]))
+
+
+def test_the_old_name_is_a_deprecated_alias() -> None:
+    import warnings
+
+    import personavec
+    import personavec.core.engine as module
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert module.Engine is module.RemoteEngine is personavec.RemoteEngine
+    assert [w.category for w in seen] == [DeprecationWarning] and "RemoteEngine" in str(seen[0].message)

@@ -260,7 +260,13 @@ def model_args(
 
 def pooling_arg(parser: argparse.ArgumentParser, text: str = "which vector of the file") -> None:
     parser.add_argument(
-        "--kind", dest="pooling", default="response-avg", help=f"{text} (default response-avg)"
+        "--pooling",
+        dest="pooling",
+        default="response-avg",
+        help=f"{text}: its pooling (default response-avg)",
+    )
+    parser.add_argument(
+        "--kind", dest="pooling", default="response-avg", help="deprecated spelling of --pooling"
     )
 
 
@@ -292,14 +298,16 @@ def engine_args(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def make_engine(args: argparse.Namespace) -> Any:
-    """The `Engine` of ``--engine`` (None without it); ``--engine-*`` alone is a mistake."""
-    from personavec.core.engine import Engine
+    """The `RemoteEngine` of ``--engine`` (None without it); ``--engine-*`` alone is a mistake."""
+    from personavec.core.engine import RemoteEngine
 
     if args.engine is None:
         if args.engine_model or args.engine_api_key:
             raise ConfigError("--engine-model and --engine-api-key need --engine openai:URL")
         return None
-    return Engine.from_spec(args.engine, args.engine_model, args.engine_concurrency, args.engine_api_key)
+    return RemoteEngine.from_spec(
+        args.engine, args.engine_model, args.engine_concurrency, args.engine_api_key
+    )
 
 
 def judge_args(parser: argparse.ArgumentParser) -> None:

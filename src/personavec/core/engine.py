@@ -3,7 +3,7 @@ server writes the answers, every activation stays local (a prefill over prompt +
 
 Exactness: the engine must see exactly the prompt whose activations personavec computes. So the prompt
 is formatted here, with the local chat template, and sent as text to the completions endpoint (the
-chat endpoint would apply the engine's own template). `Engine.check`, run before any generation,
+chat endpoint would apply the engine's own template). `RemoteEngine.check`, run before any generation,
 refuses an engine that does not serve ``--engine-model`` exactly, that tokenises a probe prompt to other
 ids than the local tokenizer (a doubled BOS shows here) or that does not answer a short greedy probe;
 each answer's prompt token count is checked against the local count, and an answer the engine cut
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class Pending:
             raise
 
 
-class Engine:
+class RemoteEngine:
     """An OpenAI-compatible server (``--engine openai:URL``) that answers locally formatted prompts.
 
     `model` must be one of the ids its ``/v1/models`` lists; `concurrency` requests are in flight at
@@ -135,7 +136,7 @@ class Engine:
     @classmethod
     def from_spec(
         cls, spec: str, model: str | None, concurrency: int = 16, api_key: str | None = None
-    ) -> Engine:
+    ) -> RemoteEngine:
         """The engine of ``--engine openai:URL`` and ``--engine-model``."""
         kind, _, url = spec.partition(":")
         if kind != KIND or not url:
@@ -191,7 +192,7 @@ class Engine:
         """Send chat-formatted `prompts` for answers sampled as `sampling` says, request i with seed
         ``seeds[i]``; return at once (call from one thread: the prompts are tokenised here)."""
         if self.dialect is None or self.tokenizer is None:
-            raise EngineError("the engine was not checked: call Engine.check(tokenizer) first")
+            raise EngineError("the engine was not checked: call RemoteEngine.check(tokenizer) first")
         lengths = token_counts(self.tokenizer, prompts)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="engine")
@@ -260,3 +261,13 @@ def _mismatch(url: str, tokens: list[int], local: list[int]) -> str:
         f"{len(local)}{why}: it would not see the prompts whose activations personavec computes; serve "
         "the same model and tokenizer as --model"
     )
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated names, kept for one release."""
+    if name == "Engine":
+        warnings.warn(
+            "Engine is now RemoteEngine (the old name goes in the next release)", DeprecationWarning, 2
+        )
+        return RemoteEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

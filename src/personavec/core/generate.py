@@ -25,7 +25,7 @@ from personavec.core.backend import (
     Probe,
     as_backend,
 )
-from personavec.core.engine import Engine, request_seed
+from personavec.core.engine import RemoteEngine, request_seed
 from personavec.core.hf import tokenizer_of
 from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
@@ -119,7 +119,7 @@ def generate_rows(
     chunk_size: int = 128,
     progress: bool = True,
     desc: str = "generate",
-    engine: Engine | None = None,
+    engine: RemoteEngine | None = None,
     edits: Sequence[Edit] = (),
 ) -> list[dict[str, Any]]:
     """Answer `requests` into the JSONL file `path`; one row per request, in the order of `requests`.
@@ -173,7 +173,7 @@ def generate_rows(
     return [rows[r.id] for r in requests]
 
 
-def _check_engine(engine: Engine, backend: Backend, edits: Sequence[Edit], chunk_size: int) -> int:
+def _check_engine(engine: RemoteEngine, backend: Backend, edits: Sequence[Edit], chunk_size: int) -> int:
     """Check `engine` against the local tokenizer; the chunk size that keeps it busy."""
     if edits:
         raise ConfigError("a remote engine cannot steer: generate steered answers on the local model")

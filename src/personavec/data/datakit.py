@@ -31,7 +31,7 @@ from typing import Any
 
 from personavec._internal.files import atomic_path
 from personavec.core.backend import Backend, as_backend
-from personavec.core.engine import Engine
+from personavec.core.engine import RemoteEngine
 from personavec.core.generate import Request, generate_rows
 from personavec.core.hf import tokenizer_of
 from personavec.core.models import LoadedModel
@@ -140,7 +140,7 @@ def _open_run(
     out: str | Path,
     questions: list[str],
     config: KitConfig,
-    engine: Engine | None,
+    engine: RemoteEngine | None,
 ) -> RunDir:
     """Start or resume the kit's run directory, tied to the model, trait, questions, settings and engine."""
     identity = {
@@ -164,7 +164,7 @@ def make_trait_dataset(
     config: KitConfig = KitConfig(),
     judge: Judge | None = None,
     progress: bool = True,
-    engine: Engine | None = None,
+    engine: RemoteEngine | None = None,
 ) -> KitManifest:
     """Write the graded datasets of the module docstring into the run directory `out` (`KitRun`);
     return what they teach and each file's counts (also the manifest's ``datasets`` stage record).

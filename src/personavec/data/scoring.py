@@ -38,7 +38,7 @@ from personavec._internal.dist import process_state
 from personavec._internal.files import atomic_path, write_json
 from personavec.core.activations import iter_pooled
 from personavec.core.backend import Backend, as_backend
-from personavec.core.engine import Engine
+from personavec.core.engine import RemoteEngine
 from personavec.core.generate import generate
 from personavec.core.hf import tokenizer_of
 from personavec.core.models import LoadedModel
@@ -99,7 +99,7 @@ class _Screener:
         vectors: Sequence[PersonaVector],
         out: Path,
         config: ScreenConfig,
-        engine: Engine | None = None,
+        engine: RemoteEngine | None = None,
     ):
         self.backend, self.vectors, self.out, self.config, self.engine = backend, vectors, out, config, engine
         self.readout = Readout.of(vectors, config.layer)
@@ -267,7 +267,7 @@ def _identity(
     vectors: Sequence[PersonaVector],
     data: DataFile,
     config: ScreenConfig,
-    engine: Engine | None,
+    engine: RemoteEngine | None,
 ) -> dict[str, Any]:
     # batching may change on a resume (say, after running out of memory): it moves the last bits only
     settings = {k: v for k, v in asdict(config).items() if k not in ("on_bad_row", "token_budget")}
@@ -301,14 +301,14 @@ def screen(
     out: str | Path,
     config: ScreenConfig = ScreenConfig(),
     progress: bool = True,
-    engine: Engine | None = None,
+    engine: RemoteEngine | None = None,
 ) -> Screened:
     """Score every sample of `data` against every vector into ``out/scores.jsonl``; resumable.
 
     Rows of ``scores.jsonl`` are in input order: ``index``, ``where``, and per trait ``delta`` (ΔP),
     ``response`` (a(x, y)·v̂), ``own`` (a(x, y′)·v̂; full mode only) and ``prompt_last``; or
     ``skipped`` with the reason. With an `engine`, it writes the own answers y′ (checked first;
-    `Engine.check`), chunk k + 1's while chunk k is scored here.
+    `RemoteEngine.check`), chunk k + 1's while chunk k is scored here.
     """
     config.check()
     if not vectors:

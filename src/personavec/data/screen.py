@@ -12,7 +12,7 @@ from typing import Any
 from personavec._internal.dist import process_state
 from personavec._internal.files import atomic_path
 from personavec.core.backend import Backend, as_backend
-from personavec.core.engine import Engine
+from personavec.core.engine import RemoteEngine
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig, Selection
@@ -91,7 +91,7 @@ def screen_dataset(
     selection: Selection = Selection(),
     reference: DataFile | None = None,
     progress: bool = True,
-    engine: Engine | None = None,
+    engine: RemoteEngine | None = None,
 ) -> ScreenResult:
     """What ``personavec screen`` does: `screen` `data` into `out` (and the `reference` data into
     ``out/reference``), flag samples by `selection` if it holds a rule (`select`), and write the

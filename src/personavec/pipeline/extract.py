@@ -29,7 +29,7 @@ import torch
 from personavec._internal.files import write_json
 from personavec.core.activations import iter_pooled
 from personavec.core.backend import Backend, as_backend, user_turn
-from personavec.core.engine import Engine
+from personavec.core.engine import RemoteEngine
 from personavec.core.generate import Request, generate_rows
 from personavec.core.hf import tokenizer_of
 from personavec.core.models import LoadedModel
@@ -75,7 +75,7 @@ def extract(
     force: bool = False,
     progress: bool = True,
     token_budget: int = 16384,
-    engine: Engine | None = None,
+    engine: RemoteEngine | None = None,
 ) -> ExtractResult:
     """Run (or resume) the pipeline into the run directory `out`; return the vectors and a summary.
 
@@ -108,7 +108,7 @@ def open_run(
     out: str | Path,
     config: ExtractConfig,
     force: bool,
-    engine: Engine | None = None,
+    engine: RemoteEngine | None = None,
 ) -> RunDir:
     """Start or resume the run directory: tied to the model, trait, generation settings and engine;
     another judge redoes the judgements on, other filter or sweep settings the filter on."""
@@ -157,7 +157,7 @@ def generations(
     trait: TraitSpec,
     config: ExtractConfig,
     progress: bool,
-    engine: Engine | None = None,
+    engine: RemoteEngine | None = None,
 ) -> list[dict[str, Any]]:
     """Stage 1: the contrastive answers (sampled, chunk by chunk, resumable; by the `engine` if any)."""
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Checks that a long command runs before it loads a model or generates anything: that what it needs
 later is there. The vectors fit the model (read from its config alone), the output directory takes
-files, the judge answers one probe request, and the engine stands in for the model (`Engine.check`,
+files, the judge answers one probe request, and the engine stands in for the model (`RemoteEngine.check`,
 against the model's tokenizer alone). (Input files are read by their own loaders before the
 model loads: `DataFile`, `load_vector`, `load_trait`.)
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
-    from personavec.core.engine import Engine
+    from personavec.core.engine import RemoteEngine
     from personavec.core.models import ModelIdentity
     from personavec.core.vectors import PersonaVector
     from personavec.judges import Judge
@@ -45,7 +45,7 @@ def preflight(
     out: str | os.PathLike[str] | None = None,
     vectors: Sequence[PersonaVector] = (),
     model: str | ModelIdentity | None = None,
-    engine: Engine | None = None,
+    engine: RemoteEngine | None = None,
 ) -> None:
     """Fail before any expensive work: `vectors` fitting the `model` (a reference, whose config alone
     is read, or an identity), `out` writable, one probe of the `judge`, then the `engine` checked

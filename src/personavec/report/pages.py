@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Example:
+class SteeredExample:
     """One answer to show: the question, the steering coefficient it was generated with, the answer."""
 
     question: str
@@ -84,12 +84,16 @@ def _plots(run: ExtractionRun) -> dict[str, str]:
     return plots
 
 
-def sweep_examples(run: ExtractionRun, n: int = 3) -> list[Example]:
+def sweep_examples(run: ExtractionRun, n: int = 3) -> list[SteeredExample]:
     """The first `n` sweep questions answered unsteered and steered at the chosen layer."""
-    return [Example(r["question"], c, r["answer"]) for c, rows in run.sweep_answers(n).items() for r in rows]
+    return [
+        SteeredExample(r["question"], c, r["answer"])
+        for c, rows in run.sweep_answers(n).items()
+        for r in rows
+    ]
 
 
-def examples_section(examples: Sequence[Example], title: str) -> str:
+def examples_section(examples: Sequence[SteeredExample], title: str) -> str:
     """A table of answers: question, coefficient, answer."""
     return f"<h2>{html.escape(title)}</h2>" + grid(
         ["question", "coef", "answer"], [(e.question, f"{e.coef:+g}", e.answer) for e in examples]
@@ -221,7 +225,7 @@ def separation_section(held_out: Separation) -> str:
     )
 
 
-def write_report(run: str | Path, examples: Sequence[Example] = (), extra: Sequence[str] = ()) -> Path:
+def write_report(run: str | Path, examples: Sequence[SteeredExample] = (), extra: Sequence[str] = ()) -> Path:
     """Write the extraction run's ``run/report.html``, with `extra` sections at the end.
 
     Without `examples`, it shows the first sweep questions answered unsteered and at the chosen layer.

@@ -121,7 +121,7 @@ class _Row:
 
 
 @dataclass
-class Score:
+class ScoreJob:
     """Projections by prefill (the upstream mode's scoring): the prompt-last projection of `prompt`, or,
     with an `answer`, the response-average of prompt + answer; one value per vector, or the error."""
 
@@ -164,7 +164,7 @@ class LocalEngine:
     ):
         self.backend, self.watched, self._first = as_backend(model), list(watched), first
         self.max_batch, self.max_queue = max_batch, max_queue
-        self._queue: deque[Job | Score] = deque()
+        self._queue: deque[Job | ScoreJob] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self.running = 0
@@ -178,7 +178,7 @@ class LocalEngine:
         """Requests waiting for a batch (those whose client has gone do not count)."""
         return sum(not job.cancelled for job in self._queue)
 
-    def submit(self, job: Job | Score) -> None:
+    def submit(self, job: Job | ScoreJob) -> None:
         """Queue `job`; QueueFull when `max_batch` + `max_queue` requests already wait."""
         with self._cond:
             if self._stopping:
@@ -205,14 +205,14 @@ class LocalEngine:
                 self._cond.wait()
             return not self._stopping
 
-    def _take_scores(self) -> list[Score]:
+    def _take_scores(self) -> list[ScoreJob]:
         """The prefill jobs at the head of the queue of its kind (with or without answers)."""
         with self._cond:
             self._queue = deque(j for j in self._queue if not j.cancelled)
-            if not self._queue or not isinstance(self._queue[0], Score):
+            if not self._queue or not isinstance(self._queue[0], ScoreJob):
                 return []
             kind = self._queue[0].decoding
-            scores = [j for j in self._queue if isinstance(j, Score) and j.decoding == kind]
+            scores = [j for j in self._queue if isinstance(j, ScoreJob) and j.decoding == kind]
             scores = scores[: self.max_batch * 4]  # prefills are cheaper
             for job in scores:
                 self._queue.remove(job)
@@ -225,7 +225,7 @@ class LocalEngine:
             jobs: list[Job] = []
             while self._queue and len(jobs) < n and not self._stopping:
                 head = self._queue[0]
-                if isinstance(head, Score):
+                if isinstance(head, ScoreJob):
                     break
                 self._queue.popleft()
                 if not head.cancelled:
@@ -246,14 +246,14 @@ class LocalEngine:
                 else:
                     self._generate()
             except Exception as error:  # the requests fail; the server goes on
-                failed: list[Job | Score] = [*scores, *self._live.values()]
+                failed: list[Job | ScoreJob] = [*scores, *self._live.values()]
                 for job in failed:
                     job.send(error)
             finally:
                 self.running = 0
                 self._live.clear()
 
-    def _score(self, scores: list[Score]) -> None:
+    def _score(self, scores: list[ScoreJob]) -> None:
         """One batched prefill for `scores` (all prompt-last, or all response-average)."""
         vectors = [w.vector for w in self.watched]
         with_answer = scores[0].answer is not None

@@ -24,7 +24,7 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-def load_vectors(config: ServeConfig) -> dict[str, PersonaVector]:
+def served_vectors(config: ServeConfig) -> dict[str, PersonaVector]:
     """The vectors of ``config.vectors``, each with a chosen layer."""
     vectors = {}
     for name, path in config.vectors:
@@ -44,7 +44,7 @@ def serve(
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"serve needs {', '.join(missing)}: pip install 'personavec[serve]'")
-    vectors = load_vectors(config)  # bad files, a taken port, a wrong upstream fail before the model loads
+    vectors = served_vectors(config)  # bad files, a taken port, a wrong upstream fail before the model loads
     _check_port(config.host, config.port)
     if config.upstream:
         from personavec.core.models import load_tokenizer

@@ -25,7 +25,7 @@ from personavec.core.models import format_chat
 from personavec.errors import ConfigError
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
-from personavec.serve.engine import QueueFull, Score, Stopping
+from personavec.serve.engine import QueueFull, ScoreJob, Stopping
 from personavec.serve.http import ClientError, call_of
 from personavec.serve.state import Record, State, vector_figures
 
@@ -98,7 +98,7 @@ def check(config: ServeConfig, tokenizer: PreTrainedTokenizerBase) -> None:
 async def _score(state: State, prompt: str, answer: str | None) -> list[float]:
     assert state.engine is not None
     loop = asyncio.get_running_loop()
-    job = Score(prompt, answer, loop, loop.create_future())
+    job = ScoreJob(prompt, answer, loop, loop.create_future())
     try:
         state.engine.submit(job)
     except QueueFull as error:
@@ -159,7 +159,7 @@ def _prompt(state: State, body: p.UpstreamChatRequest) -> tuple[str, int]:
 
 
 async def answer(state: State, body: p.UpstreamChatRequest, request: Request) -> Response:
-    """Score, forward and score again one chat completion request."""
+    """ScoreJob, forward and score again one chat completion request."""
     call = call_of(request)
     messages = [m.model_dump(exclude_unset=True) for m in body.messages]
     base = call.record = Record(call.id, body.model, 200, call.start, messages=messages)
