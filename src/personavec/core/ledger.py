@@ -180,7 +180,7 @@ class Ledger:
         row = self._rows[key]
         last_prompt = row.plan.prompt_len - 1
         readings = row.readings[last_prompt : last_prompt + answer_len + 1] if row.plan.probes else []
-        fired = [-1 if at is None or at - last_prompt > answer_len else at - last_prompt for at in row.fired]
+        fired = [-1 if at is None or at - last_prompt >= answer_len else at - last_prompt for at in row.fired]
         return readings, fired
 
     def pooled(self, key: Hashable) -> dict[int, tuple[Tensor, Tensor, Tensor | None]]:
