@@ -148,17 +148,25 @@ def test_a_guard_above_every_reading_never_fires() -> None:
 def test_guards_fire_each_on_its_own_and_by_step_counts_from_the_prompts_end() -> None:
     prompt_len = 4
     values = STATES["a"] @ U
-    fires = GuardRule(0, float(values[prompt_len - 1]) - 1e-4, 1.5, V)
-    never = GuardRule(1, 1e9, 9.0, -V, per_token=True)
+    later = prompt_len + int((-values[prompt_len:]).argmax())  # where the second guard's reading peaks
+    at_end = GuardRule(0, float(values[prompt_len - 1]) - 1e-4, 1.5, V)
+    per_token = GuardRule(1, float(-values[later]) - 1e-4, 9.0, -V, per_token=True)
     ledger = Ledger()
-    ledger.open("a", Plan(prompt_len, probes=(Probe(3, U), Probe(3, -U)), guards=(fires, never)))
+    ledger.open("a", Plan(prompt_len, probes=(Probe(3, U), Probe(3, -U)), guards=(at_end, per_token)))
     steps = [[Segment("a", 0, prompt_len)], [Segment("a", prompt_len, 8)]]
     outs = run(ledger, steps)
-    assert ledger.fired("a") == [prompt_len - 1, None]
-    for p, got in per_position(outs, steps, "a").items():  # only the guard that fired pushes
-        assert torch.allclose(got, STATES["a"][p] - 1.5 * V * (p >= prompt_len - 1), atol=1e-6)
+    first_cross = next(p for p in range(prompt_len - 1, 12) if -values[p] > per_token.threshold)
+    assert ledger.fired("a") == [prompt_len - 1, first_cross]
+    for p, got in per_position(outs, steps, "a").items():  # each guard pushes from its own crossing
+        want = STATES["a"][p] - 1.5 * V * (p >= prompt_len - 1) + 9.0 * V * (p >= first_cross)
+        assert torch.allclose(got, want, atol=1e-5)
     readings, fired = ledger.by_step("a", 3)
-    assert fired == [0, -1] and len(readings) == 4
+    assert len(readings) == 4 and fired[0] == 0
     assert readings[0] == pytest.approx(
         [float(values[prompt_len - 1]), -float(values[prompt_len - 1])], abs=1e-5
     )
+    step = first_cross - (prompt_len - 1)
+    assert step >= 1
+    # step i reads the i-th answer token as input; an answer's last token is never read
+    assert ledger.by_step("a", step + 1)[1] == [0, step]
+    assert ledger.by_step("a", step)[1] == [0, -1]

@@ -368,3 +368,16 @@ def test_screen_dataset_does_what_the_command_does(loaded, tmp_path) -> None:
         check_screening(data, CONFIG, rule)
     with pytest.raises(PersonavecError, match="--top must be at least 1"):
         check_screening(data, CONFIG, Selection(top=0))
+
+
+def test_the_library_refuses_an_engine_with_an_approximate_pass(loaded, tmp_path) -> None:
+    """The engine writes y′, which --approx never makes: refused by the library, not only the CLI."""
+    from personavec.core.engine import RemoteEngine
+    from personavec.data.screen import screen_dataset
+
+    data = DataFile(write(tmp_path / "d.jsonl", rows(2)))
+    engine = RemoteEngine("http://127.0.0.1:9/v1", "m")
+    config = ScreenConfig(approx="prompt-last")
+    for run in (screen, screen_dataset):
+        with pytest.raises(PersonavecError, match="generates no own answers"):
+            run(loaded, vectors(loaded), data, tmp_path / "out", config, engine=engine)

@@ -16,7 +16,6 @@ from personavec.cli._options import (
 )
 from personavec.data.config import KitConfig, ScreenConfig, Selection
 from personavec.data.samples import Columns
-from personavec.errors import ConfigError
 
 
 def _screen(args: argparse.Namespace) -> None:
@@ -29,12 +28,10 @@ def _screen(args: argparse.Namespace) -> None:
 
     config, selection = from_args(ScreenConfig, args), from_args(Selection, args)
     engine = make_engine(args)
-    if engine is not None and config.approx is not None:
-        raise ConfigError("--approx generates no own answers: drop --engine, or --approx")
     columns = from_args(Columns, args)
     data = DataFile(args.data, columns)  # bad paths, columns and rows fail before the model loads
     reference = DataFile(args.reference, columns) if args.reference else None
-    check_screening(data, config, selection, reference)
+    check_screening(data, config, selection, reference, engine)
     vectors = [load_vector(path, pooling=args.pooling) for path in args.vector]
     preflight(vectors=vectors, model=args.model, out=args.out, engine=engine)
     loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))

@@ -294,6 +294,12 @@ def count_rows(data: DataFile, config: ScreenConfig) -> int:
     return census.rows
 
 
+def check_engine(config: ScreenConfig, engine: RemoteEngine | None) -> None:
+    """An engine writes the own answers y′, which an approximate pass does not make: refused together."""
+    if engine is not None and config.approx is not None:
+        raise ConfigError("--approx generates no own answers: drop --engine, or --approx")
+
+
 def screen(
     model: Backend | LoadedModel,
     vectors: Sequence[PersonaVector],
@@ -316,10 +322,11 @@ def screen(
     traits = [v.trait for v in vectors]
     if len(set(traits)) != len(traits):
         raise ConfigError(f"two vectors for one trait ({', '.join(traits)}); give each trait once")
+    check_engine(config, engine)
     backend = as_backend(model)
     for vector in vectors:
         vector.check_model(backend.identity)
-    if engine is not None and config.approx is None:
+    if engine is not None:
         engine.check(tokenizer_of(backend))
     out = Path(out)
     state = process_state()

@@ -18,7 +18,7 @@ from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig, Selection
 from personavec.data.flagging import select, top_samples
 from personavec.data.samples import DataFile
-from personavec.data.scoring import Screened, count_rows, deltas, screen
+from personavec.data.scoring import Screened, check_engine, count_rows, deltas, screen
 from personavec.errors import ConfigError
 from personavec.pipeline.preflight import preflight
 from personavec.pipeline.results import SelectionSummary
@@ -69,10 +69,15 @@ class ScreenResult:
 
 
 def check_screening(
-    data: DataFile, config: ScreenConfig, selection: Selection, reference: DataFile | None = None
+    data: DataFile,
+    config: ScreenConfig,
+    selection: Selection,
+    reference: DataFile | None = None,
+    engine: RemoteEngine | None = None,
 ) -> None:
     """Raise a clear error for settings, rules and data files that cannot screen (no model needed)."""
     config.check()
+    check_engine(config, engine)
     if selection.flagging:
         selection.check()
     if (selection.percentile is None) != (reference is None):
@@ -96,7 +101,7 @@ def screen_dataset(
     """What ``personavec screen`` does: `screen` `data` into `out` (and the `reference` data into
     ``out/reference``), flag samples by `selection` if it holds a rule (`select`), and write the
     report; resumable. An `engine` writes the own answers y′."""
-    check_screening(data, config, selection, reference)
+    check_screening(data, config, selection, reference, engine)
     backend = as_backend(model)
     preflight(out=out, vectors=vectors, model=backend.identity)
     out = Path(out)
