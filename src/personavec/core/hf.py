@@ -47,10 +47,11 @@ from personavec.errors import ConfigError, ModelError
 class LedgerHooks(ResidualHooks):
     """Hands each forward call's real tokens at the ledger's layers to `ledger`, flat, and writes its
     edits back. Row r of the batch is the ledger's request `r`; its positions come from the 2-D
-    attention mask (left or right padding), or count on from the KV cache without one."""
+    attention mask (left or right padding), or count on from the KV cache without one. `layers`
+    (default: the ledger's) for a ledger whose requests are opened later."""
 
-    def __init__(self, model: nn.Module, ledger: Ledger) -> None:
-        super().__init__(model, ledger.layers)
+    def __init__(self, model: nn.Module, ledger: Ledger, layers: Sequence[int] | None = None) -> None:
+        super().__init__(model, sorted(ledger.layers) if layers is None else layers)
         self.ledger = ledger
         self.real = torch.empty(0, dtype=torch.bool)
 

@@ -97,6 +97,7 @@ class Ledger:
         self._rows: dict[Hashable, _Row] = {}
         self._step: list[_Placed] = []
         self._values: list[tuple[Tensor, list[tuple[_Placed, int, int]]]] = []  # read at end()
+        self._columns: dict[int, tuple[Tensor, dict[tuple[int, int], int]]] = {}  # this step's, by layer
 
     def open(self, key: Hashable, plan: Plan) -> None:
         if key in self._rows:
@@ -114,7 +115,7 @@ class Ledger:
     def begin(self, segments: Sequence[Segment]) -> None:
         """Lay out a step: `segments` in the order of the flat tensor's rows (requests not opened
         pass through)."""
-        self._step, self._values, offset = [], [], 0
+        self._step, self._values, self._columns, offset = [], [], {}, 0
         for segment in segments:
             row = self._rows.get(segment.key)
             if row is None:  # a request with nothing to edit, read or pool: its tokens pass through
@@ -144,7 +145,7 @@ class Ledger:
             for edit in edits:
                 segment = _apply(edit, segment, positions, plan.prompt_len)
             for j in guards:
-                segment = self._guard(placed, j, hidden[rows], segment, positions)
+                segment = self._guard(layer, placed, j, segment, positions)
             if segment is not out[rows]:
                 out = out.clone() if out is hidden else out
                 out[rows] = segment
@@ -163,7 +164,7 @@ class Ledger:
                     readings[position][probe] = float(value)
         for placed in self._step:
             placed.row.seen = max(placed.row.seen, placed.start + placed.length)
-        self._step, self._values = [], []
+        self._step, self._values, self._columns = [], [], {}
 
     def readings(self, key: Hashable) -> list[list[float]]:
         """Request `key`'s probe readings by position (``[position][probe]``)."""
@@ -214,13 +215,18 @@ class Ledger:
                     targets.append((placed, j, columns[id(probe.unit)]))
         if targets:
             matrix = torch.stack(units, dim=1).to(hidden.device)
-            self._values.append((hidden.float() @ matrix, targets))
+            values = hidden.float() @ matrix
+            self._values.append((values, targets))
+            self._columns[layer] = (values, {(id(placed), j): column for placed, j, column in targets})
 
-    def _probe_values(self, placed: _Placed, probe: int, hidden: Tensor) -> Tensor:
-        unit = placed.row.plan.probes[probe].unit.to(hidden.device)
-        return hidden.float() @ unit
+    def _probe_values(self, layer: int, placed: _Placed, probe: int, first: int, end: int) -> Tensor:
+        """Probe `probe`'s values at the segment's new positions [first, end): the very numbers its
+        readings keep."""
+        values, columns = self._columns[layer]
+        rows = slice(placed.offset + first - placed.start, placed.offset + end - placed.start)
+        return values[rows, columns[id(placed), probe]]
 
-    def _guard(self, placed: _Placed, j: int, original: Tensor, segment: Tensor, positions: Tensor) -> Tensor:
+    def _guard(self, layer: int, placed: _Placed, j: int, segment: Tensor, positions: Tensor) -> Tensor:
         """Check guard `j` at the segment's new positions; push the positions from its firing on."""
         row, last_prompt = placed.row, placed.row.plan.prompt_len - 1
         guard = row.plan.guards[j]
@@ -232,9 +238,7 @@ class Ledger:
                 else min(placed.start + placed.length, last_prompt + 1)
             )
             if first < end:
-                values = self._probe_values(
-                    placed, guard.probe, original[first - placed.start : end - placed.start]
-                )
+                values = self._probe_values(layer, placed, guard.probe, first, end)
                 over = (values > guard.threshold).nonzero()
                 if len(over):
                     row.fired[j] = first + int(over[0])

@@ -8,15 +8,19 @@ never cross stay untouched: their tokens are bit-identical to unsteered generati
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from personavec.core.hooks import ResidualHooks
+from personavec.core.backend import GuardRule, Probe
+from personavec.core.hf import LedgerHooks
+from personavec.core.ledger import Ledger, Plan
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError
 
 
-class Guard(ResidualHooks):
+class Guard(LedgerHooks):
     """Context manager: per-sequence steering by −coef·v, switched on when the projection > threshold.
 
     with Guard(model, evil, threshold=4.0, coef=1.5) as guard:
@@ -27,7 +31,9 @@ class Guard(ResidualHooks):
 
     It needs ``generate``'s KV cache (the default; a forward over an empty cache starts a generation) and
     left padding. Rows are generate's rows (batch × num_return_sequences); with beam search and
-    ``per_token`` a row follows its slot, not a hypothesis.
+    ``per_token`` a row follows its slot, not a hypothesis. Each row is a request of the ledger
+    (`personavec.core.ledger`) with one probe and one guard: the check and the push are the ones every
+    backend runs.
     """
 
     def __init__(
@@ -40,15 +46,23 @@ class Guard(ResidualHooks):
         per_token: bool = False,
     ) -> None:
         self.layer = vector.resolve_layer(layer)
-        super().__init__(model, [self.layer])
         if coef <= 0:
             raise ConfigError(f"the guard's coefficient is the size of the push away: use > 0, got {coef}")
-        self.unit = vector.unit(self.layer)
-        self.push = -coef * vector.at(self.layer)
         self.threshold, self.per_token = float(threshold), per_token
-        self.fired_at = torch.empty(0, dtype=torch.long)
-        self._step = 0
+        self.probe = Probe(self.layer, vector.unit(self.layer))
+        self.rule = GuardRule(0, self.threshold, coef, vector.at(self.layer), per_token)
+        super().__init__(model, Ledger(), [self.layer])
+        self._prompt_lens: list[int] = []  # the last generation's rows
         self.steered = self.seen = 0
+
+    @property
+    def fired_at(self) -> Tensor:
+        steps = [
+            -1 if at is None else at - (n - 1)
+            for r, n in enumerate(self._prompt_lens)
+            for at in self.ledger.fired(r)
+        ]
+        return torch.tensor(steps, dtype=torch.long)
 
     @property
     def fired(self) -> Tensor:
@@ -57,41 +71,32 @@ class Guard(ResidualHooks):
     @property
     def rate(self) -> float:
         """Fraction of the sequences of the last generation that were steered."""
-        return float(self.fired.float().mean()) if self.fired_at.numel() else 0.0
+        return float(self.fired.float().mean()) if self._prompt_lens else 0.0
 
-    def edit(self, layer: int, hidden: Tensor) -> Tensor | None:
+    def _begin(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.state.check_last_real()
-        if self.state.offset == 0:  # prefill: a new generation
+        if self.state.offset == 0:  # an empty KV cache: a new generation, a request per row
+            assert self.state.real is not None
             self._count()
-            self.fired_at = torch.full((hidden.shape[0],), -1, dtype=torch.long, device=hidden.device)
-            self.seen += hidden.shape[0]
-            self._step = 0
-        else:
-            self._step += 1
-        if self._step == 0 or self.per_token:
-            projection = hidden[:, -1].float() @ self.unit.to(hidden.device)
-            crossing = (projection > self.threshold) & (self.fired_at < 0)
-            self.fired_at = torch.where(crossing, self._step, self.fired_at)
-        rows = (self.fired_at >= 0).nonzero().flatten()
-        if rows.numel() == 0:
-            return None
-        edited = hidden.clone()
-        edited[rows, -1] += self.push.to(device=hidden.device, dtype=hidden.dtype)
-        return edited
+            self._prompt_lens = self.state.real.sum(-1).tolist()
+            for r, n in enumerate(self._prompt_lens):
+                self.ledger.open(r, Plan(n, probes=(self.probe,), guards=(self.rule,)))
+            self.seen += len(self._prompt_lens)
+        super()._begin(module, args, kwargs)
 
     def _count(self) -> None:
-        """Add the finished generation's fired sequences to `steered`."""
+        """Add the finished generation's fired sequences to `steered`; start an empty ledger."""
         self.steered += int(self.fired.sum())
-        self.fired_at = self.fired_at[:0]
+        self.ledger, self._prompt_lens = Ledger(), []
 
     def __enter__(self) -> Guard:
         super().__enter__()
         self.steered = self.seen = 0
-        self.fired_at = self.fired_at[:0]
+        self.ledger, self._prompt_lens = Ledger(), []
         return self
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
-        fired_at = self.fired_at
+        last = self.ledger, self._prompt_lens
         self._count()
-        self.fired_at = fired_at  # the last generation's stays readable
+        self.ledger, self._prompt_lens = last  # the last generation's stays readable
