@@ -72,6 +72,18 @@ def test_limits() -> None:
             Limits(**bad)  # type: ignore[arg-type]
 
 
+def test_keys_not_given_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library reads the key variables (the CLI passes only what its flags were given)."""
+    monkeypatch.setenv("PERSONAVEC_API_KEY", "from-env")
+    monkeypatch.setenv("PERSONAVEC_UPSTREAM_API_KEY", "upstream-env")
+    config = ServeConfig(vectors=ONE, host="0.0.0.0")  # an open bind: the key from the environment
+    assert (config.api_key, config.upstream_api_key) == ("from-env", "upstream-env")
+    assert ServeConfig(vectors=ONE, api_key="given").api_key == "given"
+    monkeypatch.setenv("PERSONAVEC_API_KEY", "")
+    with pytest.raises(ConfigError, match="api-key"):
+        ServeConfig(vectors=ONE, host="0.0.0.0")
+
+
 def test_the_command_refuses_an_open_bind_without_a_key_before_loading(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

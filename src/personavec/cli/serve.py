@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from personavec.cli._options import add_config, add_fields, from_args, model_args
@@ -47,11 +46,9 @@ def _threshold(text: str) -> tuple[str, str, float]:
 def _serve(args: argparse.Namespace) -> None:
     from personavec.serve.run import serve
 
-    api_key = args.api_key or os.environ.get("PERSONAVEC_API_KEY") or None
-    upstream_key = args.upstream_api_key or os.environ.get("PERSONAVEC_UPSTREAM_API_KEY") or None
     config = from_args(
-        ServeConfig, args, vectors=tuple(args.vector), thresholds=tuple(args.threshold), api_key=api_key,
-        steer=tuple(args.steer), upstream_api_key=upstream_key,
+        ServeConfig, args, vectors=tuple(args.vector), thresholds=tuple(args.threshold),
+        steer=tuple(args.steer),
     )  # fmt: skip
     serve(config, args.model, args.adapter, args.dtype, args.device)
 

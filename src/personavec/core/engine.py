@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from personavec._internal.deprecation import renamed
 from personavec._internal.openai_client import Garbage, Names, call_endpoint, post_json
 from personavec.core.models import format_chat, token_counts
 from personavec.core.sampling import Sampling
@@ -66,6 +66,32 @@ DIALECTS = (
     Dialect("llama-cpp-python", "/extras/tokenize", "input", {**_OFF, "top_k": 0, "repeat_penalty": 1.0}),
 )
 SERVERS = " or ".join(d.servers for d in DIALECTS)  # the engines whose tokenisation can be checked
+
+
+def probe_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[int]]:
+    """The probe conversation as the local chat template writes it, and its token ids."""
+    text = format_chat(tokenizer, [dict(m) for m in PROBE])
+    return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def remote_tokens(
+    url: str, attempts: Sequence[tuple[str, dict[str, Any]]], api_key: str | None
+) -> tuple[int | None, list[int] | None, list[str]]:
+    """Ask the server at `url` (an OpenAI-compatible base URL) to tokenise, trying each (path under
+    its root, request body) of `attempts` in turn: the index of the first that answers with token ids,
+    the ids, and why the ones before failed (None, None and every failure when none answers)."""
+    root = url.rstrip("/").removesuffix("/v1")
+    failures = []
+    for i, (path, body) in enumerate(attempts):
+        try:
+            tokens = post_json(root + path, body, api_key).get("tokens")
+        except (OSError, ValueError, AttributeError) as error:
+            failures.append(f"{path}: {error}")
+            continue
+        if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
+            return i, tokens, failures
+        failures.append(f"{path}: no token ids in the reply")
+    return None, None, failures
 
 
 def request_seed(seed: int, request_id: str) -> int:
@@ -121,7 +147,7 @@ class RemoteEngine:
                 "--engine needs --engine-model: one of the model ids the engine lists at /v1/models"
             )
         if concurrency < 1:
-            raise ConfigError(f"--engine-concurrency must be at least 1, got {concurrency}")
+            raise ConfigError(f"the engine's concurrency must be at least 1, got {concurrency}")
         self.api_key = api_key or os.environ.get(KEY_VARIABLE)
         self.client = openai.OpenAI(
             base_url=url, api_key=self.api_key or "none", timeout=timeout, max_retries=0
@@ -153,8 +179,7 @@ class RemoteEngine:
     def check(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Refuse an engine that cannot stand in for the local model (see the module docstring); once
         checked against a tokenizer, checking again costs nothing."""
-        text = format_chat(tokenizer, [dict(m) for m in PROBE])
-        local = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        text, local = probe_tokens(tokenizer)
         if self._checked == local:
             return
         served = self._call(lambda: [m.id for m in self.client.models.list()])
@@ -171,18 +196,10 @@ class RemoteEngine:
         self._checked = local
 
     def _tokenize(self, text: str) -> tuple[Dialect, list[int]]:
-        root = self.url.rstrip("/").removesuffix("/v1")
-        failures = []
-        for dialect in DIALECTS:
-            body = {"model": self.model, dialect.text_field: text}
-            try:
-                tokens = post_json(root + dialect.tokenize, body, self.api_key).get("tokens")
-            except (OSError, ValueError, AttributeError) as error:
-                failures.append(f"{dialect.tokenize}: {error}")
-                continue
-            if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
-                return dialect, tokens
-            failures.append(f"{dialect.tokenize}: no token ids in the reply")
+        attempts = [(d.tokenize, {"model": self.model, d.text_field: text}) for d in DIALECTS]
+        answered, tokens, failures = remote_tokens(self.url, attempts, self.api_key)
+        if answered is not None and tokens is not None:
+            return DIALECTS[answered], tokens
         raise EngineError(
             f"the engine {self.url} tokenises no text ({'; '.join(failures)}): personavec cannot check that "
             f"it sees the prompts whose activations it computes; serve the model with {SERVERS}"
@@ -263,11 +280,4 @@ def _mismatch(url: str, tokens: list[int], local: list[int]) -> str:
     )
 
 
-def __getattr__(name: str) -> Any:
-    """Deprecated names, kept for one release."""
-    if name == "Engine":
-        warnings.warn(
-            "Engine is now RemoteEngine (the old name goes in the next release)", DeprecationWarning, 2
-        )
-        return RemoteEngine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = renamed(__name__, {"Engine": "RemoteEngine"})

@@ -7,6 +7,7 @@ A field's ``metadata`` is its flag (see `personavec.cli._options`). `ServeConfig
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
@@ -67,6 +68,9 @@ class Limits:
             raise ConfigError("--default-max-tokens cannot exceed --max-tokens")
         if not self.request_timeout > 0:
             raise ConfigError(f"--request-timeout must be positive, got {self.request_timeout}")
+
+
+KEY_VARIABLES = {"api_key": "PERSONAVEC_API_KEY", "upstream_api_key": "PERSONAVEC_UPSTREAM_API_KEY"}
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,9 @@ class ServeConfig:
     )
 
     def __post_init__(self) -> None:
+        for name, variable in KEY_VARIABLES.items():  # a key not given comes from the environment
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, os.environ.get(variable) or None)
         if not self.vectors:
             raise ConfigError("serve needs at least one vector: --vector NAME=FILE")
         names = [name for name, _ in self.vectors]

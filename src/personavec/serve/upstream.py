@@ -20,19 +20,13 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from transformers import PreTrainedTokenizerBase
 
-from personavec._internal.openai_client import post_json
-from personavec.core.models import format_chat
+from personavec.core.engine import PROBE, probe_tokens, remote_tokens
 from personavec.errors import ConfigError
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import QueueFull, ScoreJob, Stopping
 from personavec.serve.http import ClientError, call_of
 from personavec.serve.state import Record, State, vector_figures
-
-PROBE = [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "Is the sky blue?"},
-]
 
 
 def client(config: ServeConfig) -> openai.AsyncOpenAI:
@@ -45,7 +39,13 @@ def client(config: ServeConfig) -> openai.AsyncOpenAI:
 
 def check(config: ServeConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     """At start-up: the upstream answers and serves ``--upstream-model`` (else a ConfigError), and it
-    tokenises a probe conversation as the local template does (else a warning)."""
+    tokenises the remote engine's probe conversation as the local template does (else a warning).
+
+    Less strict than `RemoteEngine.check` (which refuses), by design: a remote engine answers prompts
+    formatted here, whose activations are then computed here, so another tokenisation makes every
+    figure wrong; upstream mode forwards chat requests that the engine renders with its own template
+    (tools and response formats need that), and a small template difference only blurs the figures of
+    answers that are the engine's own either way."""
     url, model, api_key = str(config.upstream), str(config.upstream_model), config.upstream_api_key
     probe = openai.OpenAI(base_url=url, api_key=api_key or "none", timeout=10, max_retries=0)
     try:
@@ -60,39 +60,29 @@ def check(config: ServeConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         raise ConfigError(
             f"the upstream {url} serves {ids}, not {model!r}: set --upstream-model to one of them"
         )
-    text = format_chat(tokenizer, [dict(m) for m in PROBE])
-    local = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    root = url.rstrip("/").removesuffix("/v1")
-    attempts: list[
-        tuple[str, dict[str, Any], str]
-    ] = [  # vLLM renders the conversation with its own template; llama-cpp-python tokenises text
-        (
-            f"{root}/tokenize",
-            {"model": model, "messages": PROBE, "add_generation_prompt": True},
-            "its template",
-        ),
-        (f"{root}/extras/tokenize", {"input": text}, "its tokenizer (its chat template is not checked)"),
+    text, local = probe_tokens(tokenizer)
+    # vLLM renders the conversation with its own template; llama-cpp-python tokenises text
+    attempts: list[tuple[str, dict[str, Any]]] = [
+        ("/tokenize", {"model": model, "messages": PROBE, "add_generation_prompt": True}),
+        ("/extras/tokenize", {"input": text}),
     ]
-    for endpoint, body, what in attempts:
-        try:
-            tokens = post_json(endpoint, body, api_key).get("tokens")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if tokens != local:
-            warnings.warn(
-                f"the upstream renders a probe conversation to other tokens than the local template "
-                f"({len(tokens or [])} vs {len(local)} tokens, checked with {endpoint}): the figures may "
-                "describe a prompt the engine did not see; serve the same model and chat template",
-                stacklevel=2,
-            )
-        else:
-            print(f"upstream {url}: {model}, the same tokens as here (checked {what})", flush=True)
-        return
-    warnings.warn(
-        f"cannot check the upstream's tokenisation (no /tokenize or /extras/tokenize at {root}): make sure "
-        "it serves the same model and chat template as --model",
-        stacklevel=2,
-    )
+    checked = ("its template", "its tokenizer (its chat template is not checked)")
+    answered, tokens, _ = remote_tokens(url, attempts, api_key)
+    if answered is None or tokens is None:
+        warnings.warn(
+            f"cannot check the upstream's tokenisation (no /tokenize or /extras/tokenize at {url}): make "
+            "sure it serves the same model and chat template as --model",
+            stacklevel=2,
+        )
+    elif tokens != local:
+        warnings.warn(
+            f"the upstream renders a probe conversation to other tokens than the local template "
+            f"({len(tokens)} vs {len(local)} tokens, checked with {attempts[answered][0]}): the figures "
+            "may describe a prompt the engine did not see; serve the same model and chat template",
+            stacklevel=2,
+        )
+    else:
+        print(f"upstream {url}: {model}, the same tokens as here (checked {checked[answered]})", flush=True)
 
 
 async def _score(state: State, prompt: str, answer: str | None) -> list[float]:
