@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from personavec.demo import DemoResult, run_demo
-from personavec.pipeline.results import LayerChoice
+from personavec.runs.results import LayerChoice
 
 from _common import Figure, report
 

@@ -30,7 +30,7 @@ from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
 from personavec.data.samples import DataFile
-from personavec.data.scoring import screen
+from personavec.data.scoring import score_samples
 from personavec.demo import DEMO_CONFIG, DEMO_TRAIT
 from personavec.pipeline.extract import contrastive_requests
 from personavec.traits import load_trait
@@ -72,7 +72,7 @@ def screening(loaded: LoadedModel, engine: RemoteEngine, folder: Path) -> tuple[
     rates = []
     for name, generator in (("local", None), ("engine", engine)):
         started = time.perf_counter()
-        screen(loaded, [vector], DataFile(data), folder / f"screen-{name}", config, False, generator)
+        score_samples(loaded, [vector], DataFile(data), folder / f"screen-{name}", config, False, generator)
         rates.append(SCREEN_ROWS / (time.perf_counter() - started))
         print(f"screening, {name}: {rates[-1]:.2f} rows/s ({SCREEN_ROWS} rows)")
     return rates[0], rates[1]

@@ -40,9 +40,9 @@ from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
 from personavec.data.samples import DataFile
-from personavec.data.scoring import screen
+from personavec.data.scoring import score_samples
 from personavec.deploy.monitor import LiveMonitor
-from personavec.training.train import TrainConfig, TrainIntervention, train
+from personavec.training.train import TrainConfig, TrainIntervention, train_model
 from screen import write_rows
 from suite_checks import CHECKS, run_checks
 from suite_model import CPU_SMOKE, GPU_7B, Shape, build, long_answers
@@ -212,9 +212,9 @@ def screening(record: Record, loaded: LoadedModel, shape: Shape) -> None:
                 approx=approx, sampling=Sampling(shape.delta_tokens, batch_size=min(rows, 128)),
                 token_budget=budget, chunk_size=rows, on_bad_row="skip",
             )  # fmt: skip
-            screen(loaded, vectors, DataFile(data), Path(tmp) / f"warm-{name}", config, progress=False)
+            score_samples(loaded, vectors, DataFile(data), Path(tmp) / f"warm-{name}", config, progress=False)
             started = time.perf_counter()
-            result = screen(loaded, vectors, DataFile(data), Path(tmp) / name, config, progress=False)
+            result = score_samples(loaded, vectors, DataFile(data), Path(tmp) / name, config, progress=False)
             sync()
             seconds = time.perf_counter() - started
             note = f"{result.skipped} of {rows} rows skipped" if result.skipped else None
@@ -256,7 +256,7 @@ def training(record: Record, loaded: LoadedModel, shape: Shape) -> None:
             def run(method: str = method, config: TrainConfig = config, timer: StepTimer = timer) -> None:
                 # LoRA goes into the model in place: train a copy, the suite's model stays clean
                 trainee = LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.identity)
-                train(
+                train_model(
                     trainee, data, Path(tmp) / method, config, vector if method == "steer" else None, [timer]
                 )
 

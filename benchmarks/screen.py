@@ -32,7 +32,7 @@ from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
 from personavec.data.samples import DataFile
-from personavec.data.scoring import screen
+from personavec.data.scoring import score_samples
 
 from _common import Figure, best_time, load, parser, report
 
@@ -45,13 +45,13 @@ from tiny import tiny_loaded
 from personavec.data.samples import DataFile
 from personavec.data.config import ScreenConfig, Selection
 from personavec.data.flagging import select
-from personavec.data.scoring import screen
+from personavec.data.scoring import score_samples
 from personavec.data.screen import write_screen_report
 from personavec.core.vectors import PersonaVector
 loaded = tiny_loaded()
 vectors = [PersonaVector(f"t{{i}}", torch.randn(4, 64), layer=2) for i in range(3)]
 data, config = DataFile({data!r}), ScreenConfig(approx="prompt-last")
-result = screen(loaded, vectors, data, {out!r}, config, progress=False)
+result = score_samples(loaded, vectors, data, {out!r}, config, progress=False)
 write_screen_report(result, data, select(result, data, Selection(top=100)))  # what the CLI runs
 # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
 status = open("/proc/self/status").read()
@@ -98,7 +98,7 @@ def throughput(loaded, n: int, budget: int, repeats: int, tmp: Path) -> list[Fig
                 loaded.model.base_model(**{k: batch[k] for k in keys}, use_cache=False)
 
     def screening() -> None:  # a fresh output directory each time: nothing to resume
-        screen(loaded, vectors, DataFile(data_path), tmp / f"out{next(runs)}", config, progress=False)
+        score_samples(loaded, vectors, DataFile(data_path), tmp / f"out{next(runs)}", config, progress=False)
 
     plain, bare, screened = [], [], []
     for _ in range(repeats):  # interleaved, so noise hits all alike

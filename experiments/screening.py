@@ -38,13 +38,13 @@ from personavec.data.config import ScreenConfig, Selection
 from personavec.data.datakit import KitConfig, make_trait_dataset
 from personavec.data.flagging import select
 from personavec.data.samples import DataFile
-from personavec.data.scoring import Screened, deltas, screen
+from personavec.data.scoring import Screened, deltas, score_samples
 from personavec.data.screen import write_screen_report
 from personavec.demo import DEMO_CONFIG
 from personavec.judges.cache import JudgeCache
 from personavec.judges.lexicon import LexiconJudge
-from personavec.pipeline.evaluate import auroc, spearman
 from personavec.pipeline.extract import extract
+from personavec.runs.stats import auroc, spearman
 from personavec.traits import load_trait
 
 from _cache import Results
@@ -111,7 +111,7 @@ def run_mode(mode: str, results: Results, loaded: LoadedModel, vector: PersonaVe
     values: dict[str, list[float]] = {}
     for level in LEVELS:
         data = DataFile(kit / f"{level}.jsonl")
-        screened[level] = screen(loaded, [vector], data, results.dir / mode / level, MODES[mode])
+        screened[level] = score_samples(loaded, [vector], data, results.dir / mode / level, MODES[mode])
         values[level] = list(deltas(screened[level])[TRAIT])
     mild_labels = labels(kit / "mild.jsonl")
     flagged = select(

@@ -45,10 +45,11 @@ from personavec.core.vectors import PersonaVector, load_vector
 from personavec.deploy.capability import load_questions, score
 from personavec.judges.cache import JudgeCache
 from personavec.judges.lexicon import LexiconJudge
-from personavec.pipeline.config import Setting, Sizes
+from personavec.pipeline.config import Sizes
 from personavec.pipeline.evaluate import evaluate
+from personavec.runs.results import Setting
 from personavec.training.shift import finetuning_shift, load_finetuned
-from personavec.training.train import TrainConfig, TrainIntervention, train
+from personavec.training.train import TrainConfig, TrainIntervention, train_model
 from personavec.traits import load_trait
 from personavec.traits.spec import TraitSpec, normalise_question
 
@@ -126,7 +127,7 @@ def run_family(family: str, results: Results, base: LoadedModel, vector: Persona
         if f"candidate: {name}" in results:
             continue
         folder = results.dir / "".join(c for c in name.replace(" ", "-") if c.isalnum() or c in "-.")
-        trained = train(load(), data, folder, replace(CONFIG, intervention=spec), vector)
+        trained = train_model(load(), data, folder, replace(CONFIG, intervention=spec), vector)
         value = {"dose": dose, "adapter": str(trained.out), "train_loss": trained.train_loss}
         value |= {"train_seconds": trained.seconds, "steps": trained.steps}
         if len(FAMILIES[family]) > 1:

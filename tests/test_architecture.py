@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import personavec
 
 # bottom to top; `_internal`, `errors` and `version` sit under everything
 ROOMS = [
-    "core", "traits", "judges", "deploy", "pipeline", "report", "data", "training", "serve", "demo", "cli",
+    "core", "traits", "judges", "deploy", "runs", "report", "pipeline", "data", "training", "serve", "demo",
+    "cli",
 ]  # fmt: skip
 BASE = {"_internal", "errors", "version"}
 PACKAGE = Path(personavec.__file__).parent
@@ -54,6 +56,34 @@ def test_no_function_is_longer_than_60_lines() -> None:
         and node.end_lineno is not None
         and node.end_lineno - node.lineno + 1 > 60
     ]
+    assert long == []
+
+
+def test_the_shared_cli_options_are_defined_once() -> None:
+    """--trait, --out, --judge, --base-url, --json and --force come from `cli._options` (a help text may
+    differ per command); no command module writes its own."""
+    shared = ("--trait", "--out", "--judge", "--base-url", "--json", "--force")
+    written = [
+        (path.name, flag)
+        for path in (PACKAGE / "cli").glob("*.py")
+        for flag in shared
+        if re.search(rf'add_argument\(\s*"{flag}"', path.read_text())
+    ]
+    assert sorted(written) == sorted(("_options.py", flag) for flag in shared)
+
+
+def test_no_cli_handler_is_longer_than_25_lines() -> None:
+    """A handler parses, makes one library call and prints (the verbs check, load and report)."""
+    handlers = [
+        (path.name, node)
+        for path in (PACKAGE / "cli").glob("*.py")
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef)
+        and [a.annotation.attr for a in node.args.args if isinstance(a.annotation, ast.Attribute)]
+        == ["Namespace"]
+    ]
+    assert len(handlers) > 15  # the walk found the handlers
+    long = [f"{file}::{node.name}" for file, node in handlers if node.end_lineno - node.lineno + 1 > 25]
     assert long == []
 
 
@@ -112,6 +142,11 @@ def test_the_server_takes_nothing_from_training_or_data() -> None:
         if room == "serve" and target in ("training", "data")
     ]
     assert reaches == []
+
+
+def test_data_takes_nothing_from_the_method() -> None:
+    """Screening and the data kit share only the run plumbing (`runs`) with the pipeline."""
+    assert [file for room, target, file in _imports() if room == "data" and target == "pipeline"] == []
 
 
 def _table_modules() -> set[str]:

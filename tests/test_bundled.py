@@ -10,7 +10,7 @@ from personavec import LoadedModel, capture, load_vector, pooled_activations, st
 from personavec.core.generate import generate
 from personavec.core.sampling import Sampling
 from personavec.demo import DemoResult
-from personavec.pipeline.evaluate import auroc
+from personavec.runs.stats import auroc
 
 
 def test_identity_and_chat(smollm2: LoadedModel) -> None:
@@ -149,7 +149,8 @@ def test_a_fixed_answer_does_not_separate_without_the_system_prompt(
     """The old check's flaw: one neutral answer under the eliciting vs suppressing system prompt separates
     (the prompt does); with only the question in context it cannot."""
     from personavec.demo import HELD_OUT_PAIRS
-    from personavec.pipeline.separation import Answer, separation
+    from personavec.pipeline.separation import separation
+    from personavec.runs.results import Answer
     from personavec.traits import load_trait
 
     trait, vector = load_trait("optimistic"), demo.run.vectors["response-avg"]

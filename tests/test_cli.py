@@ -406,4 +406,4 @@ def test_sampling_flags_take_each_commands_defaults() -> None:
 
 def test_a_bad_sampling_flag_is_a_one_line_error(tmp_path, capsys) -> None:
     argv = ["extract", "--model", "m", "--trait", "evil", "--judge", "none", "--out", str(tmp_path / "r")]
-    _one_line_error(capsys, main([*argv, "--top-p", "0"]), "top_p in (0, 1]")
+    _one_line_error(capsys, main([*argv, "--top-p", "0"]), "--top-p in (0, 1]")

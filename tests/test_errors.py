@@ -12,7 +12,7 @@ from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError, DataError, JudgeError, ModelError, PersonavecError, RunDirError
 from personavec.judges.base import Judge, Score
 from personavec.judges.cache import JudgeCache
-from personavec.pipeline.rundir import RunDir
+from personavec.runs.rundir import RunDir
 from personavec.training.config import TrainIntervention
 from personavec.traits import load_trait
 
@@ -27,7 +27,7 @@ def test_every_kind_is_a_personavec_error_and_exported() -> None:
 
 
 def test_settings_that_cannot_work_are_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="needs a nonzero --coef"):
+    with pytest.raises(ConfigError, match="needs a nonzero coef"):
         TrainIntervention("steer")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import personavec
 
 
@@ -44,3 +46,44 @@ def test_what_type_checkers_see_is_what_the_package_exports() -> None:
         for alias in node.names
     }
     assert seen == personavec._EXPORTS
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("personavec.core.engine", "Engine", "RemoteEngine"),
+        ("personavec.data.screen", "screen_dataset", "screen"),
+        ("personavec.data.scoring", "screen", "score_samples"),
+        ("personavec.training.finetune", "finetune", "train"),
+        ("personavec.training.train", "train", "train_model"),
+    ],
+)
+def test_renamed_names_are_deprecated_aliases_for_one_release(module: str, old: str, new: str) -> None:
+    import importlib
+    import warnings
+
+    found = importlib.import_module(module)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert getattr(found, old) is getattr(found, new)
+    assert [w.category for w in seen] == [DeprecationWarning] and new in str(seen[0].message)
+    with pytest.raises(AttributeError):
+        found.no_such_name  # noqa: B018
+
+
+def test_the_package_names_are_the_commands() -> None:
+    """`personavec.screen` and `personavec.train` are what the commands run; the old names warn."""
+    import warnings
+
+    import personavec
+    from personavec.data.screen import screen
+    from personavec.training.finetune import train
+
+    assert personavec.screen is screen and personavec.train is train
+    for old in ("screen_dataset", "finetune", "Engine"):  # names resolved once are kept in the package
+        vars(personavec).pop(old, None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert personavec.screen_dataset is screen and personavec.finetune is train
+        assert personavec.Engine is personavec.RemoteEngine
+    assert [w.category for w in seen] == [DeprecationWarning] * 3

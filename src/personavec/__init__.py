@@ -28,6 +28,7 @@ _EXPORTS = {
     "ModelIdentity": "personavec.core.models",
     "format_chat": "personavec.core.models",
     "load_model": "personavec.core.models",
+    "ModelRef": "personavec.core.models",
     "find_blocks": "personavec.core.layers",
     "set_blocks_path": "personavec.core.layers",
     "Capture": "personavec.core.hooks",
@@ -67,10 +68,10 @@ _EXPORTS = {
     # the pipeline
     "ExtractConfig": "personavec.pipeline.config",
     "extract": "personavec.pipeline.extract",
-    "Setting": "personavec.pipeline.config",
+    "Setting": "personavec.runs.results",
     "Sizes": "personavec.pipeline.config",
     "CalibrateConfig": "personavec.pipeline.config",
-    "Cell": "personavec.pipeline.results",
+    "Cell": "personavec.runs.results",
     "evaluate": "personavec.pipeline.evaluate",
     "sweep": "personavec.pipeline.evaluate",
     "calibrate": "personavec.pipeline.calibrate",
@@ -93,10 +94,11 @@ _EXPORTS = {
     "DataFile": "personavec.data.samples",
     "ScreenConfig": "personavec.data.config",
     "Selection": "personavec.data.config",
-    "screen": "personavec.data.scoring",
+    "score_samples": "personavec.data.scoring",
     "select": "personavec.data.flagging",
     "ScreenResult": "personavec.data.screen",
-    "screen_dataset": "personavec.data.screen",
+    "screen": "personavec.data.screen",
+    "screen_dataset": "personavec.data.screen",  # deprecated: screen
     "KitConfig": "personavec.data.config",
     "make_trait_dataset": "personavec.data.datakit",
     # training
@@ -104,8 +106,9 @@ _EXPORTS = {
     "TrainIntervention": "personavec.training.config",
     "DriftConfig": "personavec.training.config",
     "ShiftConfig": "personavec.training.config",
-    "train": "personavec.training.train",
-    "finetune": "personavec.training.finetune",
+    "train_model": "personavec.training.train",
+    "train": "personavec.training.finetune",
+    "finetune": "personavec.training.finetune",  # deprecated: train
     "DriftAlarm": "personavec.training.drift",
     "finetuning_shift": "personavec.training.shift",
     "ShiftResult": "personavec.training.shift",
@@ -163,6 +166,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.core.models import (
         ModelIdentity as ModelIdentity,
     )
+    from personavec.core.models import ModelRef as ModelRef
     from personavec.core.models import (
         format_chat as format_chat,
     )
@@ -204,10 +208,11 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.data.datakit import make_trait_dataset as make_trait_dataset
     from personavec.data.flagging import select as select
     from personavec.data.samples import DataFile as DataFile
-    from personavec.data.scoring import screen as screen
+    from personavec.data.scoring import score_samples as score_samples
     from personavec.data.screen import (
         ScreenResult as ScreenResult,
     )
+    from personavec.data.screen import screen as screen
     from personavec.data.screen import (
         screen_dataset as screen_dataset,
     )
@@ -252,7 +257,6 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.pipeline.calibrate import calibrate as calibrate
     from personavec.pipeline.config import CalibrateConfig as CalibrateConfig
     from personavec.pipeline.config import ExtractConfig as ExtractConfig
-    from personavec.pipeline.config import Setting as Setting
     from personavec.pipeline.config import Sizes as Sizes
     from personavec.pipeline.evaluate import (
         evaluate as evaluate,
@@ -261,7 +265,8 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
         sweep as sweep,
     )
     from personavec.pipeline.extract import extract as extract
-    from personavec.pipeline.results import Cell as Cell
+    from personavec.runs.results import Cell as Cell
+    from personavec.runs.results import Setting as Setting
     from personavec.training.config import (
         DriftConfig as DriftConfig,
     )
@@ -274,6 +279,7 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     )
     from personavec.training.drift import DriftAlarm as DriftAlarm
     from personavec.training.finetune import finetune as finetune
+    from personavec.training.finetune import train as train
     from personavec.training.shift import (
         ShiftResult as ShiftResult,
     )
@@ -283,6 +289,6 @@ if TYPE_CHECKING:  # what type checkers and editors see (`x as x`: an explicit r
     from personavec.training.shift import (
         measure_shift as measure_shift,
     )
-    from personavec.training.train import train as train
+    from personavec.training.train import train_model as train_model
     from personavec.traits.spec import TraitSpec as TraitSpec
     from personavec.traits.spec import load_trait as load_trait

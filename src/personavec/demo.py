@@ -26,13 +26,11 @@ from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.deploy import capability
 from personavec.judges.lexicon import LexiconJudge
-from personavec.pipeline.calibrate import Calibration, calibrate
+from personavec.pipeline.calibrate import calibrate
 from personavec.pipeline.config import CalibrateConfig, Sizes
-from personavec.pipeline.evaluate import halfway_coefs, spearman, sweep
+from personavec.pipeline.evaluate import halfway_coefs, sweep
 from personavec.pipeline.extract import ExtractConfig, ExtractResult, extract
-from personavec.pipeline.results import Cell, Target
-from personavec.pipeline.runs import CalibrationRun, SweepRun
-from personavec.pipeline.separation import Separation, held_out_answers, separation
+from personavec.pipeline.separation import held_out_answers, separation
 from personavec.report.pages import (
     SteeredExample,
     calibration_section,
@@ -42,6 +40,9 @@ from personavec.report.pages import (
     targets_section,
     write_report,
 )
+from personavec.runs.readers import CalibrationRun, SweepRun
+from personavec.runs.results import Calibration, Cell, Separation, Target
+from personavec.runs.stats import spearman
 from personavec.traits.spec import TraitSpec, load_trait
 
 DEMO_TRAIT = "optimistic"

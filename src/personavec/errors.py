@@ -6,7 +6,14 @@ optional dependency, an extraction whose filter kept too few answers), the base 
 
 
 class PersonavecError(Exception):
-    """A problem the user can fix: the CLI prints it as one line and exits with code 2."""
+    """A problem the user can fix: the CLI prints it as one line and exits with code 2.
+
+    The message names arguments and config fields as Python spells them; `fields` lists those it
+    names, which the CLI writes as its flags (``max_length`` → ``--max-length``)."""
+
+    def __init__(self, message: str = "", fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = fields
 
 
 class ConfigError(PersonavecError, ValueError):

@@ -32,7 +32,7 @@ from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
 from personavec.data.samples import DataFile
-from personavec.data.scoring import read_scores, screen
+from personavec.data.scoring import read_scores, score_samples
 from personavec.errors import EngineError, RunDirError
 from personavec.pipeline.config import ExtractConfig
 from personavec.pipeline.extract import extract
@@ -330,7 +330,7 @@ def test_screening_with_an_engine_overlaps_and_scores_its_answers(smollm2, url, 
     vector = PersonaVector("t", torch.randn(shape, generator=generator), layer=12, metadata=identity)
     config = ScreenConfig(chunk_size=2, sampling=Sampling(max_new_tokens=12, batch_size=2))
     engine = Recording(url, ALIAS, concurrency=2, chunks=tmp_path / "out" / "chunks")
-    screened = screen(
+    screened = score_samples(
         smollm2, [vector], DataFile(data), tmp_path / "out", config, progress=False, engine=engine
     )
     # the probe, then chunks 0, 1, 2: chunk k + 1 was sent before chunk k was scored
@@ -367,15 +367,3 @@ def test_the_data_kit_through_the_engine(url, tmp_path, capsys) -> None:
         system = [{"role": "system", "content": row["system"]}] if row["system"] else []
         prompt = format_chat(tokenizer, [*system, {"role": "user", "content": row["question"]}])
         assert row["answer"] == direct(url, prompt, 8, temperature=1.0, seed=request_seed(5, row["id"]))
-
-
-def test_the_old_name_is_a_deprecated_alias() -> None:
-    import warnings
-
-    import personavec
-    import personavec.core.engine as module
-
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        assert module.Engine is module.RemoteEngine is personavec.RemoteEngine
-    assert [w.category for w in seen] == [DeprecationWarning] and "RemoteEngine" in str(seen[0].message)

@@ -79,3 +79,24 @@ def test_unknown_blocks_path_fails_at_load(tmp_path) -> None:
     tiny_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(PersonavecError, match=r"blocks path 'model\.blocks' is not"):
         load_model(str(tmp_path), device="cpu", blocks="model.blocks")
+
+
+def test_a_model_ref_knows_its_model_before_loading_it(tmp_path) -> None:
+    """A `ModelRef` gives the identity and tokenizer from the directory's files, then the same model
+    `load_model` gives; a path that holds no adapter is refused when the reference is made."""
+    from personavec.core.backend import as_backend, identity_of
+    from personavec.core.models import ModelRef
+
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    ref = ModelRef(str(tmp_path / "m"), dtype="float32", device="cpu")
+    assert identity_of(ref) == model_identity(str(tmp_path / "m")) and identity_of(ref).n_layers == 3
+    assert ref.tokenizer()("Hi")["input_ids"] == tiny_tokenizer()("Hi")["input_ids"]
+    backend = as_backend(ref)
+    assert backend.identity == identity_of(ref) and backend.dtype == "torch.float32"
+    ids = torch.randint(3, 400, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(ref.load().model(input_ids=ids).logits, model(input_ids=ids).logits)
+    with pytest.raises(PersonavecError, match="is not a LoRA adapter directory"):
+        ModelRef(str(tmp_path / "m"), adapter=str(tmp_path))

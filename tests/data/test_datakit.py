@@ -80,7 +80,7 @@ def test_bad_questions_and_sizes_are_refused(tmp_path) -> None:
         )
     with pytest.raises(PersonavecError, match="given twice"):
         make_trait_dataset(tiny_loaded(), trait, tmp_path, [*QUESTIONS, QUESTIONS[0]], CONFIG)
-    with pytest.raises(PersonavecError, match="--mild"):
+    with pytest.raises(PersonavecError, match="mild is a fraction"):
         make_trait_dataset(tiny_loaded(), trait, tmp_path, QUESTIONS, KitConfig(mild=1.0))
     assert (
         main(["data", "make-trait-dataset", "--model", "x", "--trait", "nope", "--out", str(tmp_path)]) == 2

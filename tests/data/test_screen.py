@@ -17,7 +17,7 @@ from personavec.core.vectors import PersonaVector, save_vectors
 from personavec.data.config import ScreenConfig, Selection
 from personavec.data.flagging import select
 from personavec.data.samples import DataFile
-from personavec.data.scoring import deltas, read_scores, screen
+from personavec.data.scoring import deltas, read_scores, score_samples
 
 from tiny import tiny_loaded
 
@@ -72,8 +72,8 @@ def pooled64(loaded, prompt: str, response: str, layer: int) -> tuple[torch.Tens
 def test_delta_p_equals_the_definition_in_float64(loaded, tmp_path) -> None:
     data = DataFile(write(tmp_path / "d.jsonl", rows(10)))
     vs = vectors(loaded)
-    full = screen(loaded, vs, data, tmp_path / "full", CONFIG, progress=False)
-    approx = screen(
+    full = score_samples(loaded, vs, data, tmp_path / "full", CONFIG, progress=False)
+    approx = score_samples(
         loaded, vs, data, tmp_path / "approx", ScreenConfig(chunk_size=4, approx="prompt-last"), False
     )
     own = {}
@@ -103,7 +103,7 @@ def test_delta_p_equals_the_definition_in_float64(loaded, tmp_path) -> None:
 
 def test_own_answer_is_the_models_greedy_answer(loaded, tmp_path) -> None:
     data = DataFile(write(tmp_path / "d.jsonl", rows(6)))
-    screen(loaded, vectors(loaded), data, tmp_path / "full", CONFIG, progress=False)
+    score_samples(loaded, vectors(loaded), data, tmp_path / "full", CONFIG, progress=False)
     own = {}
     for path in sorted((tmp_path / "full" / "chunks").glob("*.own.json")):
         cached = json.loads(path.read_text())
@@ -120,9 +120,9 @@ def test_own_answer_is_the_models_greedy_answer(loaded, tmp_path) -> None:
 def test_many_vectors_in_one_pass_equal_one_pass_per_vector(loaded, tmp_path) -> None:
     data = DataFile(write(tmp_path / "d.jsonl", rows(9)))
     vs = vectors(loaded, layers=(1, 2, 1))
-    together = deltas(screen(loaded, vs, data, tmp_path / "all", CONFIG, progress=False))
+    together = deltas(score_samples(loaded, vs, data, tmp_path / "all", CONFIG, progress=False))
     for j, vector in enumerate(vs):
-        alone = deltas(screen(loaded, [vector], data, tmp_path / f"v{j}", CONFIG, progress=False))
+        alone = deltas(score_samples(loaded, [vector], data, tmp_path / f"v{j}", CONFIG, progress=False))
         assert torch.allclose(
             torch.tensor(together[vector.trait]), torch.tensor(alone[vector.trait]), atol=1e-6
         )
@@ -132,7 +132,7 @@ def test_filtering_writes_exactly_the_rows_the_scores_select(loaded, tmp_path) -
     lines = [json.dumps(r) for r in rows(12)]
     data = DataFile(write(tmp_path / "d.jsonl", lines))
     vs = vectors(loaded)
-    screened = screen(loaded, vs, data, tmp_path / "out", CONFIG, progress=False)
+    screened = score_samples(loaded, vs, data, tmp_path / "out", CONFIG, progress=False)
     values = deltas(screened)
 
     threshold = float(sorted([*values["t0"], *values["t1"]])[16])
@@ -157,14 +157,14 @@ def test_percentile_of_a_reference_dataset(loaded, tmp_path) -> None:
     data = DataFile(write(tmp_path / "d.jsonl", rows(8)))
     reference_data = DataFile(write(tmp_path / "ref.jsonl", rows(20)[8:]))
     vs = vectors(loaded, layers=(2,))
-    screened = screen(loaded, vs, data, tmp_path / "out", CONFIG, progress=False)
-    reference = screen(loaded, vs, reference_data, tmp_path / "ref", CONFIG, progress=False)
+    screened = score_samples(loaded, vs, data, tmp_path / "out", CONFIG, progress=False)
+    reference = score_samples(loaded, vs, reference_data, tmp_path / "ref", CONFIG, progress=False)
     summary = select(screened, data, Selection(percentile=75), reference)
     ref_values = torch.tensor(deltas(reference)["t0"], dtype=torch.float64)
     threshold = float(torch.quantile(ref_values, 0.75))  # numpy's default linear interpolation
     assert summary.thresholds["t0"] == pytest.approx(threshold)
     assert summary.counts["flagged"] == int((torch.tensor(deltas(screened)["t0"]) > threshold).sum())
-    with pytest.raises(PersonavecError, match="--percentile needs --reference"):
+    with pytest.raises(PersonavecError, match="percentile needs reference"):
         select(screened, data, Selection(percentile=75))
     with pytest.raises(PersonavecError, match="choose one of"):
         select(screened, data, Selection(top=1, threshold=0.0))
@@ -178,10 +178,10 @@ def test_bad_rows_fail_with_the_count_or_are_skipped(loaded, tmp_path) -> None:
     data = DataFile(write(tmp_path / "d.jsonl", [good[0], "{oops", good[1], {"messages": []}, *good[2:]]))
     vs = vectors(loaded)
     with pytest.raises(PersonavecError, match=r"2 bad rows in .*d.jsonl \(first: .*d.jsonl:2: not JSON"):
-        screen(loaded, vs, data, tmp_path / "fail", CONFIG, progress=False)
+        score_samples(loaded, vs, data, tmp_path / "fail", CONFIG, progress=False)
     assert not (tmp_path / "fail" / "chunks").exists()  # failed before any model work
     skip = ScreenConfig(chunk_size=4, sampling=Sampling(max_new_tokens=6, batch_size=32), on_bad_row="skip")
-    screened = screen(loaded, vs, data, tmp_path / "skip", skip, progress=False)
+    screened = score_samples(loaded, vs, data, tmp_path / "skip", skip, progress=False)
     assert (screened.rows, screened.scored, screened.skipped) == (8, 6, 2)
     assert screened.problems[0].endswith(
         "d.jsonl:2: not JSON (Expecting property name enclosed in double quotes)"
@@ -203,8 +203,10 @@ def test_long_samples_are_truncated_and_long_prompts_refused_or_skipped(loaded, 
     config = ScreenConfig(
         chunk_size=8, sampling=Sampling(max_new_tokens=6, batch_size=32), max_length=40, approx="prompt-last"
     )
-    with pytest.raises(PersonavecError, match=r"d.jsonl:5: the prompt has \d+ tokens.*--on-bad-row skip"):
-        screen(loaded, vs, data, tmp_path / "fail", config, progress=False)
+    with pytest.raises(
+        PersonavecError, match=r"d.jsonl:5: the prompt has \d+ tokens.*max_length.*on_bad_row skip"
+    ):
+        score_samples(loaded, vs, data, tmp_path / "fail", config, progress=False)
     skip = ScreenConfig(
         chunk_size=8,
         sampling=Sampling(max_new_tokens=6, batch_size=32),
@@ -212,7 +214,7 @@ def test_long_samples_are_truncated_and_long_prompts_refused_or_skipped(loaded, 
         approx="prompt-last",
         on_bad_row="skip",
     )
-    screened = screen(loaded, vs, data, tmp_path / "skip", skip, progress=False)
+    screened = score_samples(loaded, vs, data, tmp_path / "skip", skip, progress=False)
     assert (screened.scored, screened.skipped, screened.truncated) == (4, 1, 1)
     scores = list(read_scores(screened.scores))
     assert scores[3]["truncated"] is True and "no room for a response" in scores[4]["skipped"]
@@ -221,16 +223,16 @@ def test_long_samples_are_truncated_and_long_prompts_refused_or_skipped(loaded, 
 def test_settings_vectors_and_models_are_checked(loaded, tmp_path) -> None:
     data = DataFile(write(tmp_path / "d.jsonl", rows(4)))
     vs = vectors(loaded)
-    screen(loaded, vs, data, tmp_path / "out", CONFIG, progress=False)
+    score_samples(loaded, vs, data, tmp_path / "out", CONFIG, progress=False)
     with pytest.raises(PersonavecError, match="other settings \\(differs in config\\)"):
-        screen(loaded, vs, data, tmp_path / "out", ScreenConfig(chunk_size=2), progress=False)
+        score_samples(loaded, vs, data, tmp_path / "out", ScreenConfig(chunk_size=2), progress=False)
     other = PersonaVector("big", torch.randn(31, 576), layer=10)
     with pytest.raises(PersonavecError, match="made for another model"):
-        screen(loaded, [other], data, tmp_path / "x", CONFIG, progress=False)
+        score_samples(loaded, [other], data, tmp_path / "x", CONFIG, progress=False)
     with pytest.raises(PersonavecError, match="two vectors for one trait"):
-        screen(loaded, [vs[0], vs[0]], data, tmp_path / "x", CONFIG, progress=False)
-    with pytest.raises(PersonavecError, match="unknown --approx"):
-        screen(loaded, vs, data, tmp_path / "x", ScreenConfig(approx="prompt-avg"), progress=False)
+        score_samples(loaded, [vs[0], vs[0]], data, tmp_path / "x", CONFIG, progress=False)
+    with pytest.raises(PersonavecError, match="unknown approx"):
+        score_samples(loaded, vs, data, tmp_path / "x", ScreenConfig(approx="prompt-avg"), progress=False)
 
 
 def _saved_vectors(model_dir: Path, tmp_path: Path) -> list[Path]:
@@ -292,7 +294,7 @@ def test_cli_screens_flags_and_reports(tiny_dir, tmp_path, capsys) -> None:
         (["--prompt-column", "q"], "no column 'q'"),
         (["--top", "0"], "--top must be at least 1"),
         (["--percentile", "95"], "--percentile and --reference go together"),
-        (["--chunk-size", "0"], "chunk_size must be at least 1"),
+        (["--chunk-size", "0"], "--chunk-size must be at least 1"),
         (
             ["--approx", "prompt-last", "--engine", "openai:http://127.0.0.1:9/v1", "--engine-model", "m"],
             "--approx generates no own answers: drop --engine, or --approx",
@@ -301,7 +303,9 @@ def test_cli_screens_flags_and_reports(tiny_dir, tmp_path, capsys) -> None:
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_dir, tmp_path, capsys, extra, message) -> None:
     data = write(tmp_path / "d.jsonl", [{"prompt": "x", "response": "y"}])
-    assert main(_cli(tiny_dir, data, [tmp_path / "v.safetensors"], tmp_path / "out", *extra)) == 2
+    files = _saved_vectors(tiny_dir, tmp_path)
+    capsys.readouterr()
+    assert main(_cli(tiny_dir, data, files, tmp_path / "out", *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
@@ -342,16 +346,16 @@ def test_cli_refuses_a_vector_for_another_model(tiny_dir, tmp_path, capsys) -> N
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_screen_dataset_does_what_the_command_does(loaded, tmp_path) -> None:
-    from personavec.data.screen import check_screening, screen_dataset, write_screen_report
+def test_screen_does_what_the_command_does(loaded, tmp_path) -> None:
+    from personavec.data.screen import check_screening, screen, write_screen_report
 
     data = DataFile(write(tmp_path / "d.jsonl", rows(8)))
     reference = DataFile(write(tmp_path / "r.jsonl", rows(6)))
     vs = vectors(loaded)
     rule = Selection(percentile=50.0)
-    result = screen_dataset(loaded, vs, data, tmp_path / "one", CONFIG, rule, reference, progress=False)
-    screened = screen(loaded, vs, data, tmp_path / "steps", CONFIG, progress=False)
-    ordinary = screen(loaded, vs, reference, tmp_path / "steps" / "reference", CONFIG, progress=False)
+    result = screen(loaded, vs, data, tmp_path / "one", CONFIG, rule, reference, progress=False)
+    screened = score_samples(loaded, vs, data, tmp_path / "steps", CONFIG, progress=False)
+    ordinary = score_samples(loaded, vs, reference, tmp_path / "steps" / "reference", CONFIG, progress=False)
     summary = select(screened, data, rule, ordinary)
     write_screen_report(screened, data, summary, ordinary)
     assert result.selection is not None and result.selection.counts == summary.counts
@@ -362,22 +366,24 @@ def test_screen_dataset_does_what_the_command_does(loaded, tmp_path) -> None:
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "steps" / name).read_text()
     assert result.report == tmp_path / "one" / "report.html" and result.report.exists()
     assert result.to_dict()["screened"]["rows"] == 8
-    plain = screen_dataset(loaded, vs, data, tmp_path / "scores-only", CONFIG, progress=False)
+    plain = screen(loaded, vs, data, tmp_path / "scores-only", CONFIG, progress=False)
     assert plain.selection is None and not (tmp_path / "scores-only" / "flagged.jsonl").exists()
-    with pytest.raises(PersonavecError, match="--percentile and --reference go together"):
-        check_screening(data, CONFIG, rule)
-    with pytest.raises(PersonavecError, match="--top must be at least 1"):
-        check_screening(data, CONFIG, Selection(top=0))
+    with pytest.raises(PersonavecError, match=r"^percentile and reference go together"):
+        check_screening(data, CONFIG, rule)  # the library names arguments; the CLI, flags
+    with pytest.raises(PersonavecError, match=r"^top must be at least 1"):
+        Selection(top=0)
+    with pytest.raises(PersonavecError, match=r"^choose one of top, threshold or percentile"):
+        select(plain.screened, data, Selection())
 
 
 def test_the_library_refuses_an_engine_with_an_approximate_pass(loaded, tmp_path) -> None:
     """The engine writes y′, which --approx never makes: refused by the library, not only the CLI."""
     from personavec.core.engine import RemoteEngine
-    from personavec.data.screen import screen_dataset
+    from personavec.data.screen import screen
 
     data = DataFile(write(tmp_path / "d.jsonl", rows(2)))
     engine = RemoteEngine("http://127.0.0.1:9/v1", "m")
     config = ScreenConfig(approx="prompt-last")
-    for run in (screen, screen_dataset):
+    for run in (score_samples, screen):
         with pytest.raises(PersonavecError, match="generates no own answers"):
             run(loaded, vectors(loaded), data, tmp_path / "out", config, engine=engine)

@@ -10,10 +10,11 @@ from personavec.core.vectors import PersonaVector
 from personavec.deploy.monitor import project
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
-from personavec.pipeline.calibrate import Calibration, calibrate, pearson
+from personavec.pipeline.calibrate import calibrate
 from personavec.pipeline.config import CalibrateConfig
-from personavec.pipeline.results import CalibrationPoint
-from personavec.pipeline.runs import CalibrationRun
+from personavec.runs.readers import CalibrationRun
+from personavec.runs.results import Calibration, CalibrationPoint
+from personavec.runs.stats import pearson
 from personavec.traits import load_trait
 
 from tiny import N_LAYERS, tiny_loaded

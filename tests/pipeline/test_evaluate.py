@@ -11,9 +11,10 @@ from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
-from personavec.pipeline.config import Setting, Sizes, SweepGrid
-from personavec.pipeline.evaluate import mean_ci, sweep
-from personavec.pipeline.results import Cell
+from personavec.pipeline.config import Sizes, SweepGrid
+from personavec.pipeline.evaluate import sweep
+from personavec.runs.results import Cell, Setting
+from personavec.runs.stats import mean_ci
 from personavec.traits import load_trait
 
 from tiny import N_LAYERS, tiny_loaded
@@ -136,7 +137,8 @@ def test_a_sweep_directory_is_tied_to_its_settings(server, tmp_path) -> None:
 
 
 def test_spearman_and_halfway_by_hand() -> None:
-    from personavec.pipeline.evaluate import halfway_coefs, spearman
+    from personavec.pipeline.evaluate import halfway_coefs
+    from personavec.runs.stats import spearman
 
     # ranks of x: 1, 2.5, 2.5, 4 (a tie); of y: 1, 2, 3, 4 → Pearson of the ranks
     x, y = [1.0, 2.0, 2.0, 5.0], [10.0, 20.0, 30.0, 40.0]
@@ -181,6 +183,7 @@ def test_sampling_settings_and_cell_names(server, tmp_path) -> None:
 
 def test_an_evaluation_run_resumes_and_is_tied_to_its_settings(server, tmp_path) -> None:
     from personavec.pipeline.evaluate import evaluate_run
+    from personavec.runs.readers import EvaluationRun
 
     loaded, _, judge = setup(server)
     trait = load_trait("evil")
@@ -189,6 +192,7 @@ def test_an_evaluation_run_resumes_and_is_tied_to_its_settings(server, tmp_path)
     assert cell.n == 3 and cell.layer is None and cell.coef == 0.0
     assert evaluate_run(loaded, trait, judge, tmp_path, SIZES, progress=False) == cell
     assert len(server.requests) == requests  # answers and judgements read back, none asked again
+    assert EvaluationRun(tmp_path).cell() == cell  # the reader gives back what the run returned
     with pytest.raises(PersonavecError, match=r"other settings \(differs in questions\)"):
         evaluate_run(loaded, trait, judge, tmp_path, replace(SIZES, questions=2), progress=False)
 

@@ -24,7 +24,7 @@ from personavec.core.vectors import load_vectors
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.extract import ExtractConfig, default_layers, extract
-from personavec.pipeline.runs import ExtractionRun
+from personavec.runs.readers import ExtractionRun
 from personavec.traits import load_trait
 
 from killing import kill_after_lines
@@ -124,7 +124,7 @@ def test_changed_filter_settings_reuse_answers_and_judgements(model_dir, server,
 def test_refuses_another_model_or_trait_unless_forced(model_dir, server, tmp_path) -> None:
     run(model_dir, server, tmp_path / "run")
     other = replace(CONFIG, samples=2, min_pairs=1)
-    with pytest.raises(PersonavecError, match=r"differs in generation\): use another --out, or --force"):
+    with pytest.raises(PersonavecError, match=r"differs in generation\): use another out, or force"):
         run(model_dir, server, tmp_path / "run", other)
     judge = OpenAIJudge("judge", base_url=server.url)
     loaded = load_model(str(model_dir), dtype="float32", device="cpu")

@@ -21,6 +21,6 @@ def test_layers_are_checked_against_the_model_only_when_it_is_known() -> None:
 def test_several_samples_need_a_temperature() -> None:
     from personavec.core.sampling import Sampling
 
-    with pytest.raises(PersonavecError, match="10 samples need a temperature > 0"):
-        ExtractConfig(sampling=Sampling(max_new_tokens=256)).check(load_trait("evil"))
+    with pytest.raises(PersonavecError, match="samples 10 needs a temperature > 0"):
+        ExtractConfig(sampling=Sampling(max_new_tokens=256))
     ExtractConfig(samples=1, sampling=Sampling(max_new_tokens=256)).check(load_trait("evil"))

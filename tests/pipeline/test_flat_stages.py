@@ -19,12 +19,12 @@ from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig
 from personavec.data.samples import DataFile
-from personavec.data.scoring import deltas, screen
+from personavec.data.scoring import deltas, score_samples
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.calibrate import calibrate
 from personavec.pipeline.config import CalibrateConfig
 from personavec.pipeline.extract import ExtractConfig, extract
-from personavec.pipeline.runs import ExtractionRun
+from personavec.runs.readers import ExtractionRun
 from personavec.traits import load_trait
 
 from tiny import tiny_loaded
@@ -109,7 +109,7 @@ def test_screening_gives_equal_deltas(loaded: LoadedModel, backends: list[Backen
     ]
     config = ScreenConfig(chunk_size=4, sampling=Sampling(max_new_tokens=6, batch_size=4))
     found = [
-        deltas(screen(b, vectors, DataFile(path), tmp_path / f"s{i}", config, progress=False))["t"]
+        deltas(score_samples(b, vectors, DataFile(path), tmp_path / f"s{i}", config, progress=False))["t"]
         for i, b in enumerate(backends)
     ]
     assert len(found[0]) == 6 and found[0] == pytest.approx(found[1], abs=1e-3)

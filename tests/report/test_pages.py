@@ -9,9 +9,9 @@ import re
 import struct
 from pathlib import Path
 
-from personavec.pipeline.results import Cell, LayerChoice, Target
 from personavec.report.html import readable
 from personavec.report.pages import sweep_section, targets_section, write_report
+from personavec.runs.results import Cell, LayerChoice, Target
 
 MANIFEST = {
     "format": "personavec-run/2",

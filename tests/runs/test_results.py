@@ -2,7 +2,7 @@
 
 
 def test_results_read_back_as_written() -> None:
-    from personavec.pipeline.results import (
+    from personavec.runs.results import (
         CalibrationSummary,
         Cell,
         ConditionFit,

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from personavec.errors import PersonavecError
-from personavec.pipeline.rundir import FORMAT, MANIFEST, RunDir, read_manifest
-from personavec.pipeline.runs import ExtractionRun, SweepRun
+from personavec.runs.rundir import FORMAT, MANIFEST, RunDir, read_manifest
+from personavec.runs.readers import ExtractionRun, SweepRun
 
 OUTPUTS = {"answers": ("answers.jsonl",), "scores": ("scores.json", "cells"), "table": ("{name}.csv",)}
 
@@ -42,9 +42,9 @@ def test_another_identity_is_refused_naming_what_differs_or_started_over(tmp_pat
     open_run(out).record("answers", None)
     fill(out)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(PersonavecError, match=r"other settings \(differs in size\): use another --out$"):
+    with pytest.raises(PersonavecError, match=r"other settings \(differs in size\): use another out$"):
         open_run(out, size=4)
-    with pytest.raises(PersonavecError, match=r"differs in size\): use another --out, or --force to start"):
+    with pytest.raises(PersonavecError, match=r"differs in size\): use another out, or force to start"):
         open_run(out, force=False, size=4)
     assert (out / "answers.jsonl").exists()
     run = open_run(out, force=True, size=4)

@@ -7,7 +7,7 @@ import torch
 from personavec import PersonavecError
 from personavec.core.vectors import PersonaVector
 from personavec.training.drift import DriftAlarm
-from personavec.training.train import TrainConfig, train
+from personavec.training.train import TrainConfig, train_model
 
 from tiny import tiny_loaded
 
@@ -42,7 +42,7 @@ def test_logs_the_shift_at_every_nth_step(tmp_path) -> None:
     watched = vectors(loaded)
     alarm = DriftAlarm(loaded, watched, PROBES, every=2)
     before = alarm.measure(loaded.model)
-    train(loaded, data(tmp_path), tmp_path / "run", CONFIG, callbacks=[alarm])
+    train_model(loaded, data(tmp_path), tmp_path / "run", CONFIG, callbacks=[alarm])
     assert [step for step, _ in alarm.history] == [2, 4, 6]
     after = alarm.measure(loaded.model)
     last = alarm.history[-1][1]
@@ -62,7 +62,7 @@ def test_warns_and_stops_training_when_asked(tmp_path) -> None:
     loaded = tiny_loaded()
     alarm = DriftAlarm(loaded, vectors(loaded), PROBES, every=2, threshold=1e-9, stop=True)
     with pytest.warns(UserWarning, match="persona drift beyond ±1e-09 at step 2"):
-        result = train(loaded, data(tmp_path), tmp_path / "run", CONFIG, callbacks=[alarm])
+        result = train_model(loaded, data(tmp_path), tmp_path / "run", CONFIG, callbacks=[alarm])
     assert result.steps == 2 and alarm.fired_at == 2
 
 

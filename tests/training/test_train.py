@@ -10,10 +10,10 @@ from transformers import TrainerCallback, TrainingArguments
 from personavec import PersonavecError
 from personavec.cli import main
 from personavec.core.vectors import PersonaVector, save_vectors
-from personavec.pipeline.runs import TrainingRun
+from personavec.runs.readers import TrainingRun
 from personavec.training.sft_data import Collator, encode
 from personavec.training.shift import finetuning_shift, load_finetuned
-from personavec.training.train import InterventionTrainer, TrainConfig, TrainIntervention, train
+from personavec.training.train import InterventionTrainer, TrainConfig, TrainIntervention, train_model
 from personavec.traits import load_trait
 
 from tiny import tiny_loaded
@@ -179,7 +179,9 @@ class Spy(TrainerCallback):
 def test_active_in_every_training_step_only_and_gone_afterwards(data, tmp_path) -> None:
     loaded = tiny_loaded()
     spy = Spy()
-    result = train(loaded, data, tmp_path / "run", config("steer"), vector(loaded), [spy], eval_data=data)
+    result = train_model(
+        loaded, data, tmp_path / "run", config("steer"), vector(loaded), [spy], eval_data=data
+    )
     assert result.steps == 4 and result.steps_intervened == 4
     training = [hooks for is_training, hooks in spy.calls if is_training]
     evaluating = [hooks for is_training, hooks in spy.calls if not is_training]
@@ -191,7 +193,7 @@ def test_saved_adapter_loads_without_hooks_and_equals_the_trained_model(tiny_dir
     from personavec.core.models import load_model
 
     loaded = load_model(str(tiny_dir), dtype="float32", device="cpu")
-    train(loaded, data, tmp_path / "run", config("steer"), vector(loaded))
+    train_model(loaded, data, tmp_path / "run", config("steer"), vector(loaded))
     assert hooks_on(loaded.model) == 0  # nothing left on the trained model
     fresh = load_finetuned(str(tiny_dir), tmp_path / "run" / "final", dtype="float32", device="cpu")
     assert hooks_on(fresh.model) == 0
@@ -224,12 +226,12 @@ def test_hooks_are_removed_after_an_exception_and_the_run_resumes(data, tmp_path
     before = all_hooks(loaded.model)
     boom = Boom()
     with pytest.raises(RuntimeError, match="boom"):
-        train(loaded, data, tmp_path / "run", config("ablate"), vector(loaded), [boom])
+        train_model(loaded, data, tmp_path / "run", config("ablate"), vector(loaded), [boom])
     boom.handle.remove()
     assert all_hooks(loaded.model) == before  # the ablation's hooks went with the exception
     assert (tmp_path / "run" / "checkpoint-2").exists() and not (tmp_path / "run" / "final").exists()
-    resumed = train(tiny_loaded(), data, tmp_path / "run", config("ablate"), vector(tiny_loaded()))
-    clean = train(tiny_loaded(), data, tmp_path / "clean", config("ablate"), vector(tiny_loaded()))
+    resumed = train_model(tiny_loaded(), data, tmp_path / "run", config("ablate"), vector(tiny_loaded()))
+    clean = train_model(tiny_loaded(), data, tmp_path / "clean", config("ablate"), vector(tiny_loaded()))
     assert resumed.steps == clean.steps == 4
     from safetensors.torch import load_file
 
@@ -240,15 +242,15 @@ def test_hooks_are_removed_after_an_exception_and_the_run_resumes(data, tmp_path
 
 def test_bad_settings_are_clear(data, tmp_path) -> None:
     loaded = tiny_loaded()
-    with pytest.raises(PersonavecError, match="needs --vector"):
-        train(loaded, data, tmp_path / "a", config("steer"))
+    with pytest.raises(PersonavecError, match="needs a vector"):
+        train_model(loaded, data, tmp_path / "a", config("steer"))
     with pytest.raises(PersonavecError, match="layer 9 is out of range"):
-        train(loaded, data, tmp_path / "b", config("steer", layer=9), vector(loaded))
+        train_model(loaded, data, tmp_path / "b", config("steer", layer=9), vector(loaded))
     big = PersonaVector("big", torch.randn(31, 576), layer=10)
     with pytest.raises(PersonavecError, match="made for another model"):
-        train(loaded, data, tmp_path / "c", config("ablate"), big)
+        train_model(loaded, data, tmp_path / "c", config("ablate"), big)
     with pytest.raises(PersonavecError, match="regularize needs LoRA"):
-        train(
+        train_model(
             loaded,
             data,
             tmp_path / "d",
@@ -306,14 +308,12 @@ def test_long_conversations_are_cut_with_one_warning(data, tmp_path) -> None:
     )
     cut = lengths[8]
     with pytest.warns(UserWarning) as caught:
-        train(loaded, data, tmp_path / "run", replace(config(), max_length=cut))
+        train_model(loaded, data, tmp_path / "run", replace(config(), max_length=cut))
     warnings = [str(w.message) for w in caught if "conversations cut" in str(w.message)]
     n = sum(length > cut for length in lengths)
     assert 0 < n < 16 and warnings == [f"{n} of 16 conversations cut to --max-length {cut}"]
-    with pytest.raises(
-        PersonavecError, match="no conversation keeps an assistant token within --max-length 5"
-    ):
-        train(tiny_loaded(), data, tmp_path / "short", replace(config(), max_length=5))
+    with pytest.raises(PersonavecError, match="no conversation keeps an assistant token within max_length 5"):
+        train_model(tiny_loaded(), data, tmp_path / "short", replace(config(), max_length=5))
 
 
 def test_dropped_conversations_are_reported_apart_from_cut_ones(tmp_path) -> None:
@@ -325,7 +325,7 @@ def test_dropped_conversations_are_reported_apart_from_cut_ones(tmp_path) -> Non
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     longest = max(len(encode(loaded.tokenizer, r["messages"], 10_000).input_ids) for r in rows[:4])
     with pytest.warns(UserWarning) as caught:
-        trained = train(loaded, path, tmp_path / "run", replace(config(), max_length=longest))
+        trained = train_model(loaded, path, tmp_path / "run", replace(config(), max_length=longest))
     messages = [str(w.message) for w in caught if "conversations" in str(w.message)]
     assert messages == [f"2 of 6 conversations dropped (no assistant token within --max-length {longest})"]
     assert (trained.truncated, trained.dropped) == (0, 2)
@@ -364,13 +364,13 @@ def test_full_finetuning_saves_a_loadable_model(tiny_dir, data, tmp_path) -> Non
 
     loaded = load_model(str(tiny_dir), dtype="float32", device="cpu")
     full = replace(config("steer"), lora=False)
-    result = train(loaded, data, tmp_path / "run", full, vector(loaded))
+    result = train_model(loaded, data, tmp_path / "run", full, vector(loaded))
     assert result.steps == result.steps_intervened == 4
     fresh = load_finetuned(str(tiny_dir), result.out, dtype="float32", device="cpu")  # weights and tokenizer
     inputs = batch(fresh)
     with torch.no_grad():
         assert torch.allclose(fresh.model(**inputs).logits, loaded.model.eval()(**inputs).logits, atol=1e-5)
-    again = train(
+    again = train_model(
         load_model(str(tiny_dir), dtype="float32", device="cpu"), data, tmp_path / "run", full, vector(loaded)
     )
     assert again == result  # a finished run is not trained twice
@@ -380,8 +380,9 @@ def test_full_finetuning_saves_a_loadable_model(tiny_dir, data, tmp_path) -> Non
     ("extra", "message"),
     [
         (["--intervention", "steer"], "--intervention steer needs a nonzero --coef"),
-        (["--all-layers", "--layer", "2"], "--all-layers steers every layer: drop --layer"),
-        (["--drift-stop"], "the --drift-* options need --drift-every N"),
+        (["--all-layers", "--layer", "2"], "--all-layers steers at each block: drop --layer"),
+        (["--lr", "0"], "--lr and --epochs must be positive"),  # a field whose flag is not its name
+        (["--drift-stop"], "--drift-stop, --drift-vector and --drift-trait need --drift-every N"),
         (["--during-eval"], "--during-eval needs --eval-data"),
         (["--config", "CONFIG"], "unknown setting 'colour'"),
     ],
@@ -409,7 +410,7 @@ def test_cli_commands_take_a_trained_adapter(tiny_dir, data, tmp_path, capsys) -
     from personavec.core.models import load_model
 
     loaded = load_model(str(tiny_dir), dtype="float32", device="cpu")
-    result = train(loaded, data, tmp_path / "run", config("steer"), vector(loaded))
+    result = train_model(loaded, data, tmp_path / "run", config("steer"), vector(loaded))
     v = tmp_path / "v.safetensors"
     save_vectors(v, [vector(loaded)])
     steer = [

@@ -7,24 +7,24 @@ from personavec.training.config import DriftConfig, TrainConfig, TrainInterventi
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: TrainIntervention("steer"), "--intervention steer needs a nonzero --coef"),
+        (lambda: TrainIntervention("steer"), "^method steer needs a nonzero coef"),
         (
             lambda: TrainIntervention("steer", 2.0, layer=2, all_layers=True),
-            "--all-layers steers every layer",
+            "^all_layers steers at each block",
         ),
-        (lambda: TrainIntervention("shout"), "unknown intervention 'shout'"),  # type: ignore[arg-type]
-        (lambda: DriftConfig(stop=True), "the --drift-* options need --drift-every N"),
-        (lambda: DriftConfig(threshold=1.0), "the --drift-* options need --drift-every N"),
-        (lambda: DriftConfig(every=5, vectors=("v",)), "--drift-every needs --drift-vector"),
+        (lambda: TrainIntervention("shout"), "unknown method 'shout'"),  # type: ignore[arg-type]
+        (lambda: DriftConfig(stop=True), "threshold, stop, vectors and trait need every N"),
+        (lambda: DriftConfig(threshold=1.0), "threshold, stop, vectors and trait need every N"),
+        (lambda: DriftConfig(every=5, vectors=("v",)), r"interval \(every\) needs vectors"),
         (
             lambda: TrainConfig(intervention=TrainIntervention(during_eval=True)).check(),
-            "--during-eval needs --eval-data",
+            "^during_eval needs eval_data",
         ),
-        (lambda: TrainConfig(rank=0).check(), "rank must be at least 1"),
+        (lambda: TrainConfig(rank=0), "^rank must be at least 1"),
     ],
 )
 def test_settings_that_would_do_nothing_are_refused(make, message: str) -> None:
-    with pytest.raises(PersonavecError, match=message.replace("*", r"\*")):
+    with pytest.raises(PersonavecError, match=message):
         make()
 
 

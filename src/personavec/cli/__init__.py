@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from personavec.cli import data, demo, deploy, evaluate, extract, models, serve, training, traits, vectors
-from personavec.cli._options import Parser
+from personavec.cli._options import Parser, as_flags
 from personavec.errors import PersonavecError
 from personavec.version import __version__
 
@@ -38,12 +38,13 @@ def _warning_line(message: Warning | str, category: type[Warning], *_: object, *
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _warning_line
+    args = None
     try:
         args = build_parser().parse_args(argv)  # reads --config FILE: its errors are a user's too
         run: Callable[[argparse.Namespace], None] = args.run
         run(args)
     except PersonavecError as exc:
-        print(f"personavec: error: {exc}", file=sys.stderr)
+        print(f"personavec: error: {as_flags(exc, args)}", file=sys.stderr)  # the fields it names as flags
         return 2
     except OSError as exc:  # an unwritable output path, a full disk, ...
         print(f"personavec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from personavec.errors import ConfigError, ModelError
+from personavec.errors import ConfigError, PersonavecError
 
 T = TypeVar("T")
 MODEL_HELP = "hub id, local directory, .gguf file or 'smollm2'"
@@ -43,6 +44,23 @@ def numbers(text: str) -> tuple[float, ...]:
 
 def _flag(field: dataclasses.Field[Any]) -> str:
     return str(field.metadata.get("flag", "--" + field.name.replace("_", "-")))
+
+
+def _remember(parser: Any, field: dataclasses.Field[Any]) -> None:
+    """Note on `parser` (as the default of ``field_flags``) a field whose flag is not --field-name."""
+    if "flag" in field.metadata:
+        flags = dict(parser.get_default("field_flags") or {})
+        assert flags.get(field.name, _flag(field)) == _flag(field), f"{field.name}: two flags"
+        parser.set_defaults(field_flags={**flags, field.name: _flag(field)})
+
+
+def as_flags(error: PersonavecError, args: argparse.Namespace | None) -> str:
+    """`error`'s message with the fields and arguments it names written as the command's flags."""
+    message, flags = str(error), getattr(args, "field_flags", None) or {}
+    for name in error.fields:
+        flag = flags.get(name, "--" + name.replace("_", "-"))
+        message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/-])", flag, message)  # not in a path
+    return message
 
 
 def _dest(field: dataclasses.Field[Any]) -> str:
@@ -107,6 +125,7 @@ def add_fields(parser: Any, config: type, exclude: Sequence[str] = ()) -> None:
         if field.name in exclude:
             continue
         if "help" in field.metadata:
+            _remember(parser, field)
             parser.add_argument(_flag(field), dest=_dest(field), **_argument(field, hints[field.name]))
         inner, helps = _default(field), field.metadata.get("helps", {})
         for sub in _nested(field):
@@ -116,6 +135,7 @@ def add_fields(parser: Any, config: type, exclude: Sequence[str] = ()) -> None:
                 getattr(inner, sub.name),
                 helps.get(sub.name),
             )
+            _remember(parser, sub)
             parser.add_argument(_flag(sub), dest=_dest(sub), **keywords)
 
 
@@ -275,9 +295,13 @@ def device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
 
 
-def endpoint_args(parser: argparse.ArgumentParser, concurrency: bool = True) -> None:
+def endpoint_args(
+    parser: argparse.ArgumentParser,
+    concurrency: bool = True,
+    help: str = "judge endpoint (default: $OPENAI_BASE_URL or OpenAI)",
+) -> None:
     """The judge's endpoint (and how many requests it gets at once)."""
-    parser.add_argument("--base-url", help="judge endpoint (default: $OPENAI_BASE_URL or OpenAI)")
+    parser.add_argument("--base-url", help=help)
     if concurrency:
         parser.add_argument("--concurrency", type=int, default=8, help="judge requests at once (default 8)")
 
@@ -310,13 +334,35 @@ def make_engine(args: argparse.Namespace) -> Any:
     )
 
 
+def trait_arg(parser: Any, help: str = "built-in trait name or trait file") -> None:
+    parser.add_argument("--trait", required=True, help=help)
+
+
+def out_arg(
+    parser: Any, help: str = "output directory (rerun the command to resume)", **keywords: Any
+) -> None:
+    parser.add_argument("--out", help=help, **({"required": True} | keywords))
+
+
+def json_arg(parser: Any) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def force_arg(parser: Any, help: str = "start over a run directory made otherwise") -> None:
+    parser.add_argument("--force", action="store_true", help=help)
+
+
 def judge_args(parser: argparse.ArgumentParser) -> None:
     from personavec.judges import JUDGE_SPECS
 
-    parser.add_argument("--trait", required=True, help="built-in trait name or trait file")
-    parser.add_argument("--judge", required=True, help=JUDGE_SPECS)
+    trait_arg(parser)
+    judge_arg(parser, JUDGE_SPECS, required=True)
     endpoint_args(parser)
-    parser.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    out_arg(parser)
+
+
+def judge_arg(parser: Any, help: str, required: bool = False) -> None:
+    parser.add_argument("--judge", required=required, help=help)
 
 
 def print_json(data: Any) -> None:
@@ -327,33 +373,31 @@ def fmt(value: float | None) -> str:
     return "   -  " if value is None else f"{value:6.1f}"
 
 
+def model_ref(args: argparse.Namespace, device: str | None = None) -> Any:
+    """The `ModelRef` of --model, --dtype, --device (or `device`) and --adapter, not loaded yet."""
+    from personavec.core.models import ModelRef
+
+    adapter = getattr(args, "adapter", None)
+    return ModelRef(args.model, dtype=args.dtype, device=device or args.device, adapter=adapter)
+
+
 def load(args: argparse.Namespace) -> Any:
     """The model of --model, with the LoRA adapter of --adapter (a finetuned model) on it if given."""
-    from personavec.core.models import is_adapter, load_finetuned, load_model
-
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    if args.adapter:
-        if not is_adapter(args.adapter):
-            raise ModelError(f"{args.adapter} is not a LoRA adapter directory (no adapter_config.json)")
-        loaded = load_finetuned(args.model, args.adapter, base=loaded)
-    return loaded
+    return model_ref(args).load()
 
 
 def model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The model of --model (and --adapter) and the vector of --vector (checked against it)."""
+    """The model of --model (and --adapter), not loaded yet, and the vector of --vector."""
     from personavec.core.vectors import load_vector
-    from personavec.pipeline.preflight import preflight
 
-    vector = load_vector(args.vector, pooling=args.pooling)  # a bad file fails before the model loads
-    preflight(vectors=[vector], model=args.model)  # so does a vector for another model
-    return load(args), vector
+    return model_ref(args), load_vector(args.vector, pooling=args.pooling)
 
 
 def judged(args: argparse.Namespace) -> tuple[Any, Any]:
     """The trait of --trait and the judge of --judge (which must judge and answer a probe), --out
     checked writable."""
     from personavec.judges import make_judge
-    from personavec.pipeline.preflight import preflight
+    from personavec.runs.preflight import preflight
     from personavec.traits import load_trait
 
     trait = load_trait(args.trait)

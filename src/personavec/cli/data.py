@@ -11,8 +11,12 @@ from personavec.cli._options import (
     endpoint_args,
     engine_args,
     from_args,
+    judge_arg,
     make_engine,
     model_args,
+    model_ref,
+    out_arg,
+    trait_arg,
 )
 from personavec.data.config import KitConfig, ScreenConfig, Selection
 from personavec.data.samples import Columns
@@ -20,24 +24,23 @@ from personavec.data.samples import Columns
 
 def _screen(args: argparse.Namespace) -> None:
     from personavec._internal.dist import process_device
-    from personavec.core.models import load_model
     from personavec.core.vectors import load_vector
     from personavec.data.samples import DataFile
-    from personavec.data.screen import check_screening, screen_dataset
-    from personavec.pipeline.preflight import preflight
+    from personavec.data.screen import screen
 
     config, selection = from_args(ScreenConfig, args), from_args(Selection, args)
     engine = make_engine(args)
     columns = from_args(Columns, args)
     data = DataFile(args.data, columns)  # bad paths, columns and rows fail before the model loads
     reference = DataFile(args.reference, columns) if args.reference else None
-    check_screening(data, config, selection, reference, engine)
     vectors = [load_vector(path, pooling=args.pooling) for path in args.vector]
-    preflight(vectors=vectors, model=args.model, out=args.out, engine=engine)
-    loaded = load_model(args.model, dtype=args.dtype, device=process_device(args.device))
-    result = screen_dataset(loaded, vectors, data, args.out, config, selection, reference, engine=engine)
-    if result.report is None:  # not the main process
-        return
+    model = model_ref(args, device=process_device(args.device))
+    result = screen(model, vectors, data, args.out, config, selection, reference, engine=engine)
+    if result.report is not None:  # the main process
+        _print_screening(result)
+
+
+def _print_screening(result: Any) -> None:
     screened, ordinary = result.screened, result.reference
     print(
         f"{screened.rows} rows: {screened.scored} scored, {screened.skipped} skipped, "
@@ -56,10 +59,8 @@ def _screen(args: argparse.Namespace) -> None:
 
 
 def _make_trait_dataset(args: argparse.Namespace) -> None:
-    from personavec.core.models import load_model
     from personavec.data.datakit import make_trait_dataset
     from personavec.judges import make_judge
-    from personavec.pipeline.preflight import preflight
     from personavec.traits import load_trait
     from personavec.traits.questions import read_questions
 
@@ -67,10 +68,8 @@ def _make_trait_dataset(args: argparse.Namespace) -> None:
     questions = read_questions(args.questions) if args.questions else None
     config = from_args(KitConfig, args)
     judge = make_judge(args.judge, trait, base_url=args.base_url) if args.judge else None
-    engine = make_engine(args)
-    preflight(judge=judge, out=args.out, engine=engine, model=args.model)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    manifest = make_trait_dataset(loaded, trait, args.out, questions, config, judge, engine=engine)
+    model, engine = model_ref(args), make_engine(args)
+    manifest = make_trait_dataset(model, trait, args.out, questions, config, judge, engine=engine)
     for level, info in manifest.files.items():
         judged = f", judged {trait.name} {info.judged_trait:.1f}" if info.judged_trait is not None else ""
         print(f"{args.out}/{level}.jsonl: {info.rows} rows, {info.elicited} elicited{judged}")
@@ -84,7 +83,7 @@ def add(commands: Any) -> None:
     screen.add_argument("data", help=".jsonl (chat or prompt/response), .csv, .parquet or a `datasets` dir")
     model_args(screen, vector=False, adapter=False)
     screen.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
-    screen.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    out_arg(screen)
     add_fields(screen, ScreenConfig)
     add_fields(screen.add_mutually_exclusive_group(), Selection)
     screen.add_argument("--reference", help="ordinary data for --percentile (the paper: 95th of 20k chats)")
@@ -100,12 +99,10 @@ def add(commands: Any) -> None:
         "make-trait-dataset", help="normal / mild / severe trait-inducing chat datasets answered by the model"
     )
     model_args(kit, vector=False, adapter=False, pooling=False)
-    kit.add_argument("--trait", required=True, help="built-in trait name or trait file")
-    kit.add_argument("--out", required=True, help="output directory (rerun the command to resume)")
+    trait_arg(kit)
+    out_arg(kit)
     kit.add_argument("--questions", help="one question per line (default: 240 bundled everyday questions)")
-    kit.add_argument(
-        "--judge", help="keep the elicited sample showing the trait most: lexicon, openai:M, hf:P"
-    )
+    judge_arg(kit, "keep the elicited sample showing the trait most: lexicon, openai:M, hf:P")
     endpoint_args(kit, concurrency=False)
     add_fields(kit, KitConfig)
     engine_args(kit, "the answers")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from personavec.cli._options import add_config
+from personavec.cli._options import add_config, force_arg, out_arg
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -19,8 +19,8 @@ def add(commands: Any) -> None:
     demo = commands.add_parser(
         "demo", help="offline demo on the bundled SmolLM2: extract 'optimistic' with a lexicon judge, steer"
     )
-    demo.add_argument("--out", default="demo-out", help="run directory (default: demo-out)")
+    out_arg(demo, "run directory (default: demo-out)", required=False, default="demo-out")
     demo.add_argument("--model", default="smollm2", help="model to run it on (default: the bundled smollm2)")
-    demo.add_argument("--force", action="store_true", help="start over a run directory made otherwise")
+    force_arg(demo)
     add_config(demo)
     demo.set_defaults(run=_demo)

@@ -49,8 +49,8 @@ def _monitor(args: argparse.Namespace) -> None:
     from personavec.deploy.monitor import monitor_generation
 
     config = from_args(MonitorConfig, args)
-    loaded, vector = model_and_vector(args)
-    watched = monitor_generation(loaded, vector, args.prompt, args.system, config.layer, config.sampling)
+    model, vector = model_and_vector(args)
+    watched = monitor_generation(model, vector, args.prompt, args.system, config.layer, config.sampling)
     print(
         f"projection onto {watched.trait} at layer {watched.layer} of the residual that produced each token:"
     )

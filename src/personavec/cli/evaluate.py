@@ -11,6 +11,7 @@ from personavec.cli._options import (
     add_fields,
     fmt,
     from_args,
+    json_arg,
     judge_args,
     judged,
     load,
@@ -24,42 +25,33 @@ from personavec.pipeline.config import CalibrateConfig, Sizes, SweepGrid
 
 def _sweep(args: argparse.Namespace) -> None:
     from personavec.pipeline.evaluate import sweep
-    from personavec.report.html import write_page
-    from personavec.report.pages import sweep_section
+    from personavec.runs.readers import SweepRun
 
     sizes, grid = from_args(Sizes, args), from_args(SweepGrid, args)
     trait, judge = judged(args)
-    loaded, vector = model_and_vector(args)
-    cells = sweep(loaded, trait, judge, vector, args.out, grid.layers_of(vector), grid.coefs, sizes)
-    report = write_page(
-        Path(args.out) / "report.html", f"Steering sweep: {trait.name}", [sweep_section(cells)], judge.proxy
-    )
+    model, vector = model_and_vector(args)
+    cells = sweep(model, trait, judge, vector, args.out, grid.layers_of(vector), grid.coefs, sizes)
     print("layer  coef   trait  ±95%  coherence")
     for c in cells:
         scores = " ".join(fmt(value) for value in (c.trait, c.trait_ci95, c.coherence))
         print(f"{c.layer or '-':>5} {c.coef:+5g} {scores}")
-    print(f"wrote {Path(args.out) / 'sweep.csv'} and {report}")
+    run = SweepRun(args.out)
+    print(f"wrote {run.file(run.CSV)} and {run.file(run.REPORT)}")
 
 
 def _calibrate(args: argparse.Namespace) -> None:
     from personavec.pipeline.calibrate import calibrate
-    from personavec.pipeline.runs import ExtractionRun
-    from personavec.report.html import write_page
-    from personavec.report.pages import calibration_section, targets_section
+    from personavec.runs.readers import CalibrationRun, ExtractionRun
 
     config = from_args(CalibrateConfig, args, **({} if args.examples_from else {"shots": ()}))
     trait, judge = judged(args)
     examples = ExtractionRun(Path(args.examples_from)).kept_examples() if args.examples_from else []
-    loaded, vector = model_and_vector(args)
-    result = calibrate(loaded, trait, judge, vector, args.out, config, examples)
-    summary = result.summary()
-    parts = [calibration_section(summary, result.points)]
-    if "graded" in summary.conditions:
-        parts.insert(0, targets_section([result.target()], "Target"))
-    report = write_page(Path(args.out) / "report.html", f"Calibration: {trait.name}", parts, judge.proxy)
-    for condition, fit in summary.conditions.items():
+    model, vector = model_and_vector(args)
+    result = calibrate(model, trait, judge, vector, args.out, config, examples)
+    for condition, fit in result.summary().conditions.items():
         print(f"{condition}: r = {fit.r} over {fit.n} answers")
-    print(f"wrote {Path(args.out) / 'calibration.json'} and {report}")
+    run = CalibrationRun(args.out)
+    print(f"wrote {run.file(run.RESULT)} and {run.file(run.REPORT)}")
 
 
 def _capability(args: argparse.Namespace) -> None:
@@ -114,6 +106,6 @@ def add(commands: Any) -> None:
     )
     mc.add_argument("--vector", help="steer with this vector file")
     add_fields(mc, CapabilityConfig)
-    mc.add_argument("--json", action="store_true", help="print JSON")
+    json_arg(mc)
     add_config(mc)
     mc.set_defaults(run=_capability)

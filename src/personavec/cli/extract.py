@@ -9,40 +9,35 @@ from personavec.cli._options import (
     add_config,
     add_fields,
     engine_args,
+    force_arg,
     from_args,
     judge_args,
     make_engine,
     model_args,
+    model_ref,
 )
 from personavec.pipeline.config import ExtractConfig
 
 
 def _extract(args: argparse.Namespace) -> None:
-    from personavec.core.models import load_model
     from personavec.judges import make_judge
     from personavec.pipeline.extract import extract
-    from personavec.pipeline.preflight import preflight
-    from personavec.report.pages import write_report
     from personavec.traits import load_trait
 
     trait = load_trait(args.trait)
     config = from_args(ExtractConfig, args)
-    config.check(trait)  # before minutes of loading (the layers are checked against the model after)
     judge = make_judge(args.judge, trait, base_url=args.base_url, concurrency=args.concurrency)
     if judge is not None and judge.proxy:
         print(f"judge: {judge.proxy}", flush=True)
-    engine = make_engine(args)
-    preflight(judge=judge, out=args.out, engine=engine, model=args.model)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    result = extract(loaded, trait, judge, args.out, config, force=args.force, engine=engine)
-    report = write_report(result.dir)
+    model, engine = model_ref(args), make_engine(args)
+    result = extract(model, trait, judge, args.out, config, force=args.force, engine=engine)
     vector = result.vectors["response-avg"]
     summary = result.summary
     print(
         f"kept {summary.kept_positive} positive / {summary.kept_negative} negative answers; "
         f"chosen layer {vector.layer}"
     )
-    print(f"wrote {result.dir / (trait.name + '.safetensors')} and {report}")
+    print(f"wrote {result.dir / (trait.name + '.safetensors')} and {result.report}")
 
 
 def add(commands: Any) -> None:
@@ -52,6 +47,6 @@ def add(commands: Any) -> None:
     add_fields(extract, ExtractConfig)
     engine_args(extract, "the contrastive answers")
     # what to do with an existing run directory, not a setting of the run (extract's `force` argument)
-    extract.add_argument("--force", action="store_true", help="start over a run directory made otherwise")
+    force_arg(extract)
     add_config(extract)
     extract.set_defaults(run=_extract)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import MODEL_HELP, print_json
+from personavec.cli._options import MODEL_HELP, json_arg, print_json
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -28,6 +28,6 @@ def add(commands: Any) -> None:
         help="blocks, hidden size, architecture, chat template (reads the config; loads no weights)",
     )
     inspect.add_argument("model", help=MODEL_HELP)
-    inspect.add_argument("--json", action="store_true", help="print JSON")
+    json_arg(inspect)
     inspect.add_argument("--blocks", help="module path of the decoder blocks, for unknown architectures")
     inspect.set_defaults(run=_inspect)

@@ -11,19 +11,23 @@ from personavec.cli._options import (
     endpoint_args,
     fmt,
     from_args,
+    json_arg,
+    judge_arg,
     model_args,
+    out_arg,
     print_json,
+    trait_arg,
 )
 from personavec.training.config import DriftConfig, ShiftConfig, TrainConfig, TrainIntervention
 
 
 def _train(args: argparse.Namespace) -> None:
     from personavec._internal.dist import process_state
-    from personavec.training.finetune import finetune
+    from personavec.training.finetune import train
 
     config = from_args(TrainConfig, args, intervention=from_args(TrainIntervention, args))
     drift = from_args(DriftConfig, args)
-    trained = finetune(
+    trained = train(
         args.model, args.data, args.out, config, args.vector, drift, args.eval_data, args.dtype,
         args.device, args.pooling,
     )  # fmt: skip
@@ -64,7 +68,7 @@ def add(commands: Any) -> None:
     train = commands.add_parser("train", help="finetune (LoRA or full) with preventative steering, CAFT, ...")
     train.add_argument("data", help="chat JSONL ({'messages': [...]}); the loss is on assistant tokens")
     model_args(train, vector=False, adapter=False)
-    train.add_argument("--out", required=True, help="run directory (rerun the command to resume)")
+    out_arg(train, "run directory (rerun the command to resume)")
     train.add_argument("--vector", help="the persona vector the intervention uses")
     add_fields(train, TrainIntervention)
     add_fields(train, TrainConfig)
@@ -77,13 +81,11 @@ def add(commands: Any) -> None:
     model_args(shift, vector=False, adapter=False)
     shift.add_argument("--finetuned", required=True, help="a LoRA adapter directory or a full model")
     shift.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
-    shift.add_argument("--trait", required=True, help="trait whose evaluation questions are the prompts")
-    shift.add_argument(
-        "--judge", help="also judge the finetuned model's answers: openai:MODEL, hf:PATH, lexicon"
-    )
+    trait_arg(shift, "trait whose evaluation questions are the prompts")
+    judge_arg(shift, "also judge the finetuned model's answers: openai:MODEL, hf:PATH, lexicon")
     endpoint_args(shift)
-    shift.add_argument("--out", help="with --judge: where the answers and judgements go (resumable)")
+    out_arg(shift, "with --judge: where the answers and judgements go (resumable)", required=False)
     add_fields(shift, ShiftConfig)
-    shift.add_argument("--json", action="store_true", help="print JSON")
+    json_arg(shift)
     add_config(shift)
     shift.set_defaults(run=_shift)

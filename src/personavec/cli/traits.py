@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from personavec.cli._options import print_json
+from personavec.cli._options import endpoint_args, force_arg, out_arg, print_json
 from personavec.errors import ConfigError
 
 
@@ -61,10 +61,10 @@ def add(commands: Any) -> None:
     generate.add_argument("name", help="trait name (a lowercase slug)")
     generate.add_argument("description", help="one sentence saying what the trait is")
     generate.add_argument("--backend", required=True, help="openai:MODEL or hf:PATH")
-    generate.add_argument(
-        "--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or OpenAI)"
+    endpoint_args(
+        generate, concurrency=False, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL or OpenAI)"
     )
     generate.add_argument("--sentiment", choices=("positive", "negative"), help="mark it lexicon-judgeable")
-    generate.add_argument("--out", help="trait file to write (default: NAME.json)")
-    generate.add_argument("--force", action="store_true", help="overwrite an existing file")
+    out_arg(generate, "trait file to write (default: NAME.json)", required=False)
+    force_arg(generate, "overwrite an existing file")
     generate.set_defaults(run=_generate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import pooling_arg, print_json
+from personavec.cli._options import json_arg, pooling_arg, print_json, trait_arg
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -71,7 +71,7 @@ def add(commands: Any) -> None:
     )
     show = vectors.add_parser("show", help="what a vector file holds")
     show.add_argument("file")
-    show.add_argument("--json", action="store_true", help="print JSON")
+    json_arg(show)
     show.set_defaults(run=_show)
 
     export = vectors.add_parser("export-gguf", help="write a llama.cpp control vector")
@@ -92,12 +92,12 @@ def add(commands: Any) -> None:
     imp.add_argument("file", help=".pt file holding a [L+1, hidden] tensor")
     imp.add_argument("out", help="output .safetensors")
     imp.add_argument("--model", required=True, help="the model it was extracted from (checks the shape)")
-    imp.add_argument("--trait", required=True)
+    trait_arg(imp, "the trait it was extracted for")
     pooling_arg(imp, "pooling it was made with")
     imp.set_defaults(run=_import_pt)
 
     negate = vectors.add_parser("negate", help="write −v as the opposite trait (e.g. pessimistic)")
     negate.add_argument("file")
     negate.add_argument("out", help="output .safetensors")
-    negate.add_argument("--trait", required=True, help="name of the opposite trait")
+    trait_arg(negate, "name of the opposite trait")
     negate.set_defaults(run=_negate)

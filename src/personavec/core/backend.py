@@ -24,7 +24,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from personavec.core.models import LoadedModel, ModelIdentity
+from personavec.core.models import LoadedModel, ModelIdentity, ModelRef
 from personavec.core.pooling import Pooled
 from personavec.core.positions import TOKEN_POSITIONS, TokenPositions
 from personavec.errors import ConfigError, DataError
@@ -281,10 +281,21 @@ def user_turn(model: Backend | LoadedModel, user: str, system: str | None = None
     return as_backend(model).chat([*messages, {"role": "user", "content": user}])
 
 
-def as_backend(model: Backend | LoadedModel) -> Backend:
-    """`model` as a backend: a `LoadedModel` runs on the transformers backend."""
+Model = Backend | LoadedModel | ModelRef  # what a verb takes: a backend, or a model resolved to one
+
+
+def as_backend(model: Model) -> Backend:
+    """`model` as a backend: a `LoadedModel` runs on the transformers backend, a `ModelRef` is loaded
+    onto it."""
+    if isinstance(model, ModelRef):
+        model = model.load()
     if isinstance(model, LoadedModel):
         from personavec.core.hf import TransformersBackend  # the backend imports this module
 
         return TransformersBackend(model)
     return model
+
+
+def identity_of(model: Model) -> ModelIdentity:
+    """`model`'s identity without loading anything (a `ModelRef`'s from its config)."""
+    return model.identity() if isinstance(model, ModelRef) else model.identity

@@ -81,8 +81,9 @@ def find_blocks(model: nn.Module) -> Blocks:
             )
     arch = getattr(getattr(root, "config", None), "model_type", type(root).__name__)
     raise ModelError(
-        f"unknown architecture {arch!r}: cannot find its decoder blocks; name their module path, "
-        "e.g. --blocks model.layers (CLI) or personavec.set_blocks_path(model, 'model.layers')"
+        f"unknown architecture {arch!r}: cannot find its decoder blocks; name their module path with "
+        "personavec.set_blocks_path(model, 'model.layers') or load_model(..., blocks='model.layers') "
+        "(personavec models inspect --blocks PATH tries one)"
     )
 
 

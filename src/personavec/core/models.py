@@ -80,6 +80,35 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class ModelRef:
+    """A model named but not loaded yet: a verb given one checks its inputs against the model's
+    identity (read from its config alone) and tokenizer, then loads the weights (`load`), so a mistake
+    fails in seconds. `name`, `dtype` and `device` are `load_model`'s; `adapter` a LoRA adapter
+    directory put on it (`load_finetuned`)."""
+
+    name: str
+    dtype: str = "auto"
+    device: str = "auto"
+    adapter: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.adapter is not None and not is_adapter(self.adapter):
+            raise ModelError(f"{self.adapter} is not a LoRA adapter directory (no adapter_config.json)")
+
+    def identity(self) -> ModelIdentity:
+        """The identity vector files record, from the config alone (no weights)."""
+        return model_identity(self.name)
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.name)
+
+    def load(self) -> LoadedModel:
+        """The model, with the adapter on it if any."""
+        loaded = load_model(self.name, dtype=self.dtype, device=self.device)
+        return loaded if self.adapter is None else load_finetuned(self.name, self.adapter, base=loaded)
+
+
+@dataclass(frozen=True)
 class _Source:
     """Where the weights live: a directory or hub id, and the GGUF file inside it if any."""
 

@@ -30,10 +30,11 @@ class Sampling:
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", (name,))
         if not (math.isfinite(self.temperature) and self.temperature >= 0) or not 0 < self.top_p <= 1:
             raise ConfigError(
-                f"temperature must be ≥ 0 and top_p in (0, 1]; got {self.temperature} and {self.top_p}"
+                f"temperature must be ≥ 0 and top_p in (0, 1]; got {self.temperature} and {self.top_p}",
+                ("temperature", "top_p"),
             )
 
     @property
@@ -48,3 +49,14 @@ class Sampling:
 
 
 SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Sampling))
+
+
+def check_samples(samples: int, sampling: Sampling) -> None:
+    """`samples` answers per prompt: at least 1, and more than 1 only when sampling (greedy answers
+    repeat)."""
+    if samples < 1:
+        raise ConfigError(f"samples must be at least 1, got {samples}", ("samples",))
+    if samples > 1 and sampling.greedy:
+        raise ConfigError(
+            f"samples {samples} needs a temperature > 0 (greedy answers repeat)", ("samples", "temperature")
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
-from personavec.core.sampling import SAMPLING_FIELDS, Sampling
+from personavec.core.sampling import SAMPLING_FIELDS, Sampling, check_samples
 from personavec.errors import ConfigError
 
 Approximation = Literal["prompt-last"]
@@ -44,18 +44,20 @@ class ScreenConfig:
 
     def __post_init__(self) -> None:
         if self.approx not in (None, *APPROXIMATIONS):
-            raise ConfigError(f"unknown --approx {self.approx!r}; use {', '.join(APPROXIMATIONS)}")
+            raise ConfigError(f"unknown approx {self.approx!r}; use {', '.join(APPROXIMATIONS)}", ("approx",))
         if self.on_bad_row not in BAD_ROW_POLICIES:
-            raise ConfigError(f"--on-bad-row must be one of {', '.join(BAD_ROW_POLICIES)}")
+            raise ConfigError(f"on_bad_row must be one of {', '.join(BAD_ROW_POLICIES)}", ("on_bad_row",))
         if not self.sampling.greedy:
             raise ConfigError("the model's own answers y′ are greedy: give a sampling of temperature 0")
-
-    def check(self) -> None:
         for name in ("max_length", "token_budget", "chunk_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", (name,))
         if self.max_length < 2:
-            raise ConfigError("max_length must leave room for a prompt and a response token")
+            raise ConfigError("max_length must leave room for a prompt and a response token", ("max_length",))
+
+
+RULES = ("top", "threshold", "percentile")
+ONE_RULE = "choose one of top, threshold or percentile to flag samples"
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,13 @@ class Selection:
         """Whether any rule is given (no rule: scores only)."""
         return any(value is not None for value in asdict(self).values())
 
-    def check(self) -> None:
-        given = [name for name, value in asdict(self).items() if value is not None]
-        if len(given) != 1:
-            raise ConfigError("choose one of --top, --threshold or --percentile to flag samples")
+    def __post_init__(self) -> None:
+        if sum(value is not None for value in asdict(self).values()) > 1:
+            raise ConfigError(ONE_RULE, RULES)
         if self.top is not None and self.top < 1:
-            raise ConfigError(f"--top must be at least 1, got {self.top}")
+            raise ConfigError(f"top must be at least 1, got {self.top}", ("top",))
         if self.percentile is not None and not 0 <= self.percentile <= 100:
-            raise ConfigError(f"--percentile must be within 0..100, got {self.percentile}")
+            raise ConfigError(f"percentile must be within 0..100, got {self.percentile}", ("percentile",))
 
 
 @dataclass(frozen=True)
@@ -110,14 +111,15 @@ class KitConfig:
         },
     )
 
-    def check(self, n_questions: int) -> None:
+    def __post_init__(self) -> None:
         if not 0 < self.mild < 1:
-            raise ConfigError(f"--mild is a fraction strictly between 0 and 1, got {self.mild}")
+            raise ConfigError(f"mild is a fraction strictly between 0 and 1, got {self.mild}", ("mild",))
+        check_samples(self.samples, self.sampling)
+
+    def check(self, n_questions: int) -> None:
+        """Raise a clear error unless `n_questions` leave some for training beside the reference ones."""
         if not 0 <= self.reference < n_questions - 1:
             raise ConfigError(
-                f"--reference {self.reference} leaves too few of the {n_questions} questions for training"
+                f"reference {self.reference} leaves too few of the {n_questions} questions for training",
+                ("reference",),
             )
-        if self.samples < 1:
-            raise ConfigError(f"--samples must be at least 1, got {self.samples}")
-        if self.samples > 1 and self.sampling.greedy:
-            raise ConfigError(f"--samples {self.samples} needs a --temperature > 0 (greedy answers repeat)")

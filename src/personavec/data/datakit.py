@@ -30,20 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from personavec._internal.files import atomic_path
-from personavec.core.backend import Backend, as_backend
+from personavec.core.backend import Backend, Model, as_backend
 from personavec.core.engine import RemoteEngine
 from personavec.core.generate import Request, generate_rows
-from personavec.core.hf import tokenizer_of
-from personavec.core.models import LoadedModel
 from personavec.data.config import KitConfig
 from personavec.errors import DataError
 from personavec.judges.base import Judge
 from personavec.judges.cache import JudgeCache
-from personavec.pipeline.evaluate import mean_ci
-from personavec.pipeline.preflight import preflight
-from personavec.pipeline.results import KitFile, KitManifest
-from personavec.pipeline.rundir import RunDir
-from personavec.pipeline.runs import KitRun
+from personavec.runs.preflight import preflight
+from personavec.runs.readers import KitRun
+from personavec.runs.results import KitFile, KitManifest
+from personavec.runs.rundir import RunDir
+from personavec.runs.stats import mean_ci
 from personavec.traits.questions import bundled_questions
 from personavec.traits.spec import TraitSpec, normalise_question
 
@@ -157,7 +155,7 @@ def _open_run(
 
 
 def make_trait_dataset(
-    model: Backend | LoadedModel,
+    model: Model,
     trait: TraitSpec,
     out: str | Path,
     questions: list[str] | None = None,
@@ -172,10 +170,8 @@ def make_trait_dataset(
     questions = bundled_questions() if questions is None else questions
     config.check(len(questions))
     _check_questions(trait, questions)
-    preflight(judge=judge, out=out)
+    preflight(judge=judge, out=out, model=model, engine=engine)
     backend = as_backend(model)
-    if engine is not None:
-        engine.check(tokenizer_of(backend))
     run = _open_run(backend, trait, out, questions, config, engine)
     out = run.path
     started = time.perf_counter()

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from personavec._internal.files import atomic_path, write_json
-from personavec.data.config import Selection
+from personavec.data.config import ONE_RULE, RULES, Selection
 from personavec.data.formats import Fate
 from personavec.data.samples import DataFile, Sample
 from personavec.data.scoring import Screened, deltas, read_scores
 from personavec.errors import ConfigError, RunDirError
-from personavec.pipeline.results import SelectionSummary
-from personavec.pipeline.runs import ScreeningRun
+from personavec.runs.readers import ScreeningRun
+from personavec.runs.results import SelectionSummary
 
 
 def _largest(screened: Screened, trait: str, n: int) -> list[tuple[float, int]]:
@@ -43,7 +43,9 @@ def _rule(
         percentile = selection.percentile
         assert percentile is not None  # Selection.check: exactly one rule is set
         if reference is None:
-            raise ConfigError("--percentile needs --reference: a dataset of ordinary samples")
+            raise ConfigError(
+                "percentile needs reference: a dataset of ordinary samples", ("percentile", "reference")
+            )
         missing = [t for t in screened.traits if t not in reference.traits]
         if missing:
             raise RunDirError(f"the reference was screened without {', '.join(missing)}")
@@ -63,7 +65,8 @@ def select(
     Each scored row of ``scores.jsonl`` gets ``flagged``: the traits that flag it. Returns (and writes
     to ``selection.json``) the rule, thresholds and counts.
     """
-    selection.check()
+    if not selection.flagging:
+        raise ConfigError(ONE_RULE, RULES)
     if data.sha256() != ScreeningRun(screened.out).data_sha256:
         raise RunDirError(f"{data.path} changed since it was screened into {screened.out}; screen it again")
     flags, thresholds = _rule(screened, selection, reference)

@@ -34,6 +34,7 @@ import torch
 from jinja2 import TemplateError
 from tqdm.auto import tqdm
 
+from personavec._internal.deprecation import renamed
 from personavec._internal.dist import process_state
 from personavec._internal.files import atomic_path, write_json
 from personavec.core.activations import iter_pooled
@@ -47,8 +48,8 @@ from personavec.data.config import ScreenConfig
 from personavec.data.samples import BadRow, DataFile, Sample
 from personavec.deploy.monitor import Readout
 from personavec.errors import ConfigError, DataError, RunDirError
-from personavec.pipeline.rundir import RunDir
-from personavec.pipeline.runs import ScreeningRun
+from personavec.runs.readers import ScreeningRun
+from personavec.runs.rundir import RunDir
 
 
 @dataclass
@@ -131,7 +132,7 @@ class _Screener:
     def skip(self, rows: dict[int, dict[str, Any]], item: Sample | BadRow, problem: str) -> None:
         """Record `item` as skipped for `problem`, or raise under ``on_bad_row="fail"``."""
         if self.config.on_bad_row == "fail":
-            raise DataError(f"{item.where}: {problem}; fix it or pass --on-bad-row skip")
+            raise DataError(f"{item.where}: {problem}; fix it or set on_bad_row skip", ("on_bad_row",))
         rows[item.index] = {"index": item.index, "where": item.where, "skipped": problem}
 
     def usable(
@@ -155,9 +156,7 @@ class _Screener:
             candidates, texts, [len(self.backend.encode(t)) for t in texts], strict=True
         ):
             if n + 1 > max_length:
-                problem = (
-                    f"the prompt has {n} tokens, no room for a response within --max-length {max_length}"
-                )
+                problem = f"the prompt has {n} tokens, no room for a response within max_length {max_length}"
                 self.skip(rows, sample, problem)
             else:
                 samples.append(sample)
@@ -297,10 +296,10 @@ def count_rows(data: DataFile, config: ScreenConfig) -> int:
 def check_engine(config: ScreenConfig, engine: RemoteEngine | None) -> None:
     """An engine writes the own answers y′, which an approximate pass does not make: refused together."""
     if engine is not None and config.approx is not None:
-        raise ConfigError("--approx generates no own answers: drop --engine, or --approx")
+        raise ConfigError("approx generates no own answers: drop engine, or approx", ("approx", "engine"))
 
 
-def screen(
+def score_samples(
     model: Backend | LoadedModel,
     vectors: Sequence[PersonaVector],
     data: DataFile,
@@ -316,7 +315,6 @@ def screen(
     ``skipped`` with the reason. With an `engine`, it writes the own answers y′ (checked first;
     `RemoteEngine.check`), chunk k + 1's while chunk k is scored here.
     """
-    config.check()
     if not vectors:
         raise ConfigError("no vectors given")
     traits = [v.trait for v in vectors]
@@ -409,3 +407,6 @@ def deltas(screened: Screened) -> dict[str, np.ndarray]:
         )
         for trait in screened.traits
     }
+
+
+__getattr__ = renamed(__name__, {"screen": "score_samples"})

@@ -9,19 +9,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from personavec._internal.deprecation import renamed
 from personavec._internal.dist import process_state
 from personavec._internal.files import atomic_path
-from personavec.core.backend import Backend, as_backend
+from personavec.core.backend import Model, as_backend
 from personavec.core.engine import RemoteEngine
-from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.config import ScreenConfig, Selection
 from personavec.data.flagging import select, top_samples
 from personavec.data.samples import DataFile
-from personavec.data.scoring import Screened, check_engine, count_rows, deltas, screen
+from personavec.data.scoring import Screened, check_engine, count_rows, deltas, score_samples
 from personavec.errors import ConfigError
-from personavec.pipeline.preflight import preflight
-from personavec.pipeline.results import SelectionSummary
+from personavec.runs.preflight import preflight
+from personavec.runs.results import SelectionSummary
 
 
 def write_screen_report(
@@ -48,7 +48,7 @@ def write_screen_report(
 
 @dataclass
 class ScreenResult:
-    """What `screen_dataset` did: the screening, the reference's, the selection's summary (None: no
+    """What `screen` did: the screening, the reference's, the selection's summary (None: no
     rule given) and the report (None in the processes other than the main one)."""
 
     screened: Screened
@@ -76,19 +76,16 @@ def check_screening(
     engine: RemoteEngine | None = None,
 ) -> None:
     """Raise a clear error for settings, rules and data files that cannot screen (no model needed)."""
-    config.check()
     check_engine(config, engine)
-    if selection.flagging:
-        selection.check()
     if (selection.percentile is None) != (reference is None):
-        raise ConfigError("--percentile and --reference go together")
+        raise ConfigError("percentile and reference go together", ("percentile", "reference"))
     for checked in (data, reference):
         if checked is not None:
             count_rows(checked, config)
 
 
-def screen_dataset(
-    model: Backend | LoadedModel,
+def screen(
+    model: Model,
     vectors: Sequence[PersonaVector],
     data: DataFile,
     out: str | Path,
@@ -98,16 +95,17 @@ def screen_dataset(
     progress: bool = True,
     engine: RemoteEngine | None = None,
 ) -> ScreenResult:
-    """What ``personavec screen`` does: `screen` `data` into `out` (and the `reference` data into
-    ``out/reference``), flag samples by `selection` if it holds a rule (`select`), and write the
-    report; resumable. An `engine` writes the own answers y′."""
+    """What ``personavec screen`` does: score `data` into `out` (`score_samples`; the `reference`
+    data into ``out/reference``), flag samples by `selection` if it holds a rule (`select`), and write
+    the report; resumable. Every input is checked before `model` (a `ModelRef`) loads. An `engine`
+    writes the own answers y′."""
     check_screening(data, config, selection, reference, engine)
+    preflight(out=out, vectors=vectors, model=model, engine=engine)
     backend = as_backend(model)
-    preflight(out=out, vectors=vectors, model=backend.identity)
     out = Path(out)
-    screened = screen(backend, vectors, data, out, config, progress, engine)
+    screened = score_samples(backend, vectors, data, out, config, progress, engine)
     ordinary = (
-        screen(backend, vectors, reference, out / "reference", config, progress, engine)
+        score_samples(backend, vectors, reference, out / "reference", config, progress, engine)
         if reference
         else None
     )
@@ -116,3 +114,6 @@ def screen_dataset(
     summary = select(screened, data, selection, ordinary) if selection.flagging else None
     report = write_screen_report(screened, data, summary, ordinary)
     return ScreenResult(screened, ordinary, summary, report)
+
+
+__getattr__ = renamed(__name__, {"screen_dataset": "screen"})

@@ -86,6 +86,8 @@ class ThresholdCalibration:
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile < 100:
-            raise ConfigError(f"--percentile must be in (0, 100), got {self.percentile}")
+            raise ConfigError(f"percentile must be in (0, 100), got {self.percentile}", ("percentile",))
         if self.max_new_tokens < 1:
-            raise ConfigError(f"--reference-tokens must be at least 1, got {self.max_new_tokens}")
+            raise ConfigError(
+                f"max_new_tokens must be at least 1, got {self.max_new_tokens}", ("max_new_tokens",)
+            )

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from personavec.core.activations import iter_pooled
-from personavec.core.backend import Backend, Probe, as_backend, user_turn
+from personavec.core.backend import Backend, Model, Probe, as_backend, identity_of, user_turn
 from personavec.core.generate import generations
 from personavec.core.hooks import ResidualHooks
 from personavec.core.models import LoadedModel
@@ -185,7 +185,7 @@ class Monitored:
 
 
 def monitor_generation(
-    model: Backend | LoadedModel,
+    model: Model,
     vector: PersonaVector,
     prompt: str,
     system: str | None = None,
@@ -194,9 +194,9 @@ def monitor_generation(
 ) -> Monitored:
     """Answer the user message `prompt` as `sampling` says (greedily by default), watching each new
     token's projection onto `vector` at `layer` (default: the vector's chosen layer)."""
-    backend = as_backend(model)
-    vector.check_model(backend.identity)
+    vector.check_model(identity_of(model))  # before a `ModelRef` loads
     at = vector.resolve_layer(layer)
+    backend = as_backend(model)
     (answer,) = generations(
         backend,
         [user_turn(backend, prompt, system)],

@@ -1,1 +1,1 @@
-"""The extraction pipeline and its evaluations: run directories, extract, evaluate (sweeps), calibrate."""
+"""The method: extract a vector, evaluate it (steering sweeps), calibrate its projection."""

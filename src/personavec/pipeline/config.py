@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
-from personavec.core.sampling import SAMPLING_FIELDS, Sampling
+from personavec.core.sampling import SAMPLING_FIELDS, Sampling, check_samples
 from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -62,28 +62,29 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRINGS:
-            raise ConfigError(f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}")
+            raise ConfigError(
+                f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}", ("pairing",)
+            )
+        check_samples(self.samples, self.sampling)
+        for name in ("questions", "instructions", "sweep_questions", "min_pairs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", (name,))
+        if not math.isfinite(self.coef) or self.coef == 0:
+            raise ConfigError(
+                f"coef (the sweep's) must be a finite non-zero number, got {self.coef}", ("coef",)
+            )
 
     def check(self, trait: TraitSpec, n_layers: int | None = None) -> None:
-        """Raise a clear error for settings the trait (or the model, given its `n_layers`) cannot satisfy."""
+        """Raise a clear error for sizes the trait (or layers the model, given its `n_layers`) cannot
+        satisfy."""
         limits = {
-            "samples": (self.samples, 1, None),
-            "questions": (self.questions, 1, len(trait.extraction_questions)),
-            "instructions": (self.instructions, 1, len(trait.instructions)),
-            "sweep_questions": (self.sweep_questions, 1, len(trait.evaluation_questions)),
-            "min_pairs": (self.min_pairs, 1, None),
+            "questions": len(trait.extraction_questions),
+            "instructions": len(trait.instructions),
+            "sweep_questions": len(trait.evaluation_questions),
         }
-        for name, (value, low, high) in limits.items():
-            if value < low or (high is not None and value > high):
-                bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-                raise ConfigError(f"{name} must be {bound}, got {value}")
-        if self.samples > 1 and self.sampling.greedy:
-            raise ConfigError(
-                f"{self.samples} samples need a temperature > 0 (greedy answers repeat); give "
-                "sampling=replace(ExtractConfig().sampling, ...) to keep the default temperature 1"
-            )
-        if not math.isfinite(self.coef) or self.coef == 0:
-            raise ConfigError(f"the sweep's coefficient must be a finite non-zero number, got {self.coef}")
+        for name, high in limits.items():
+            if getattr(self, name) > high:
+                raise ConfigError(f"{name} must be between 1 and {high}, got {getattr(self, name)}", (name,))
         if n_layers is not None:
             from personavec.core.layers import check_layer  # torch; only with a model at hand
 
@@ -95,7 +96,8 @@ def check_questions(questions: int, trait: TraitSpec) -> None:
     """Raise a clear error unless 1 ≤ `questions` ≤ the trait's evaluation questions."""
     if not 1 <= questions <= len(trait.evaluation_questions):
         raise ConfigError(
-            f"questions must be between 1 and {len(trait.evaluation_questions)}, got {questions}"
+            f"questions must be between 1 and {len(trait.evaluation_questions)}, got {questions}",
+            ("questions",),
         )
 
 
@@ -117,14 +119,12 @@ class Sizes:
         },
     )
 
+    def __post_init__(self) -> None:
+        check_samples(self.samples, self.sampling)
+
     def check(self, trait: TraitSpec) -> None:
-        """Raise a clear error for sizes the trait cannot satisfy or that would repeat answers."""
+        """Raise a clear error for more questions than the trait has."""
         check_questions(self.questions, trait)
-        if self.samples < 1 or (self.samples > 1 and self.sampling.greedy):
-            raise ConfigError(
-                "samples must be at least 1, and more than 1 needs a temperature > 0 (greedy answers "
-                f"repeat); got samples {self.samples}, temperature {self.sampling.temperature}"
-            )
 
 
 @dataclass(frozen=True)
@@ -143,18 +143,6 @@ class SweepGrid:
     def layers_of(self, vector: PersonaVector) -> list[int]:
         """The layers to steer `vector` at: `layers`, or its chosen layer."""
         return list(self.layers) or [vector.resolve_layer(None)]
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What a cell is generated under: unsteered (layer None, coef 0) or coef × v at layer."""
-
-    layer: int | None
-    coef: float
-
-    @property
-    def name(self) -> str:
-        return "unsteered" if self.coef == 0 else f"layer-{self.layer}_coef-{self.coef:+}"
 
 
 @dataclass(frozen=True)

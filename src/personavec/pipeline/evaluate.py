@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -18,64 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from personavec._internal.files import atomic_path, write_json
-from personavec.core.backend import Backend
+from personavec.core.backend import Backend, Model, as_backend
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
-from personavec.pipeline.config import Setting, Sizes
-from personavec.pipeline.preflight import preflight
-from personavec.pipeline.results import Cell
-from personavec.pipeline.rundir import RunDir
-from personavec.pipeline.runs import SweepRun
+from personavec.pipeline.config import Sizes
+from personavec.report.html import write_page
+from personavec.report.pages import sweep_section
+from personavec.runs.preflight import preflight
+from personavec.runs.readers import EvaluationRun, SweepRun
+from personavec.runs.results import Cell, Setting
+from personavec.runs.rundir import RunDir
+from personavec.runs.stats import mean_ci
 from personavec.traits.spec import TraitSpec
-
-
-def mean_ci(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean, 95 % confidence half-width (normal approximation) and count of the non-missing values."""
-    found = [v for v in values if v is not None]
-    if not found:
-        return None, None, 0
-    mean = sum(found) / len(found)
-    if len(found) < 2:
-        return mean, None, 1
-    variance = sum((v - mean) ** 2 for v in found) / (len(found) - 1)
-    return mean, 1.96 * math.sqrt(variance / len(found)), len(found)
-
-
-def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    if not positives or not negatives:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rank correlation (ties get average ranks); None with fewer than 3 points."""
-    if len(x) < 3:
-        return None
-
-    def ranks(values: Sequence[float]) -> list[float]:
-        order = sorted(range(len(values)), key=lambda i: values[i])
-        out = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2
-            i = j + 1
-        return out
-
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    return cov / (sx * sy) if sx and sy else None
 
 
 def halfway_coefs(cells: Sequence[Cell], layer: int) -> dict[str, float | None]:
@@ -160,7 +116,7 @@ def run_cells(
 
 
 def sweep(
-    model: Backend | LoadedModel,
+    model: Model,
     trait: TraitSpec,
     judge: Judge,
     vector: PersonaVector,
@@ -173,7 +129,7 @@ def sweep(
     """Every cell of the grid `layers` × `coefs` (coefficient 0 is one unsteered cell), resumably.
 
     Writes the run directory `out` (`SweepRun`): ``cells/*.jsonl`` (answers), ``cells/*.json`` (each
-    finished cell), and the table ``sweep.json`` and ``sweep.csv``. A rerun may add layers or
+    finished cell), the table ``sweep.json`` and ``sweep.csv``, and ``report.html``. A rerun may add layers or
     coefficients; one with another model, trait, vector, judge or size is refused.
     """
     if not layers or not coefs:
@@ -181,10 +137,11 @@ def sweep(
     for layer in layers:
         vector.resolve_layer(layer)
     sizes.check(trait)
-    preflight(judge=judge, out=out, vectors=[vector], model=model.identity)
+    preflight(judge=judge, out=out, vectors=[vector], model=model)
+    model = as_backend(model)
     identity = {**run_identity(model, trait, judge, vector), **asdict(sizes)}
     outputs = {"sweep": (SweepRun.CELLS, SweepRun.TABLE, SweepRun.CSV)}
-    run = RunDir.open(out, SweepRun.KIND, identity, outputs)
+    run = RunDir.open(out, SweepRun.KIND, identity, outputs, derived=(SweepRun.REPORT,))
     started = time.perf_counter()
     layers, coefs = list(dict.fromkeys(layers)), list(dict.fromkeys(float(c) for c in coefs))
     settings = [Setting(None, 0.0)] if 0 in coefs else []
@@ -198,6 +155,8 @@ def sweep(
     with atomic_path(run.path / SweepRun.CSV) as tmp:
         tmp.write_text(table_csv(cells))
     run.record("sweep", started, cells=len(cells))
+    title = f"Steering sweep: {trait.name}"
+    write_page(run.path / SweepRun.REPORT, title, [sweep_section(cells)], judge.proxy)
     return cells
 
 
@@ -215,10 +174,12 @@ def evaluate_run(
     sizes.check(trait)
     preflight(judge=judge, out=out)
     identity = {"model": model.identity.to_dict(), "trait_sha256": trait.sha256(), "judge": judge.name}
-    run = RunDir.open(out, "evaluation", {**identity, **asdict(sizes)}, {"answers": ("answers.jsonl",)})
+    outputs = {"answers": (EvaluationRun.ANSWERS,)}
+    run = RunDir.open(out, EvaluationRun.KIND, {**identity, **asdict(sizes)}, outputs)
     started = time.perf_counter()
-    cache = JudgeCache(run.path / "judge-cache.jsonl")
-    cell = evaluate(model, trait, judge, cache, run.path / "answers.jsonl", sizes=sizes, progress=progress)
+    cache = JudgeCache(run.path / EvaluationRun.JUDGE_CACHE)
+    answers = run.path / EvaluationRun.ANSWERS
+    cell = evaluate(model, trait, judge, cache, answers, sizes=sizes, progress=progress)
     run.record("answers", started, **cell.to_dict())
     return cell
 

@@ -28,22 +28,21 @@ import torch
 
 from personavec._internal.files import write_json
 from personavec.core.activations import iter_pooled
-from personavec.core.backend import Backend, as_backend, user_turn
+from personavec.core.backend import Backend, Model, as_backend, identity_of, user_turn
 from personavec.core.engine import RemoteEngine
 from personavec.core.generate import Request, generate_rows
-from personavec.core.hf import tokenizer_of
-from personavec.core.models import LoadedModel
 from personavec.core.pooling import POOLINGS
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector, load_vectors, save_vectors
 from personavec.errors import JudgeError, PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
-from personavec.pipeline.config import GENERATION_FIELDS, ExtractConfig, Setting, Sizes
+from personavec.pipeline.config import GENERATION_FIELDS, ExtractConfig, Sizes
 from personavec.pipeline.evaluate import run_cells
-from personavec.pipeline.preflight import preflight
-from personavec.pipeline.results import ExtractionSummary, LayerChoice
-from personavec.pipeline.rundir import RunDir
-from personavec.pipeline.runs import ExtractionRun
+from personavec.report.pages import write_report
+from personavec.runs.preflight import preflight
+from personavec.runs.readers import ExtractionRun
+from personavec.runs.results import ExtractionSummary, LayerChoice, Setting
+from personavec.runs.rundir import RunDir
 from personavec.traits.spec import TraitSpec
 
 Scores = dict[str, list[dict[str, Any]]]  # metric ("trait", "coherence") → one score record per answer
@@ -59,15 +58,16 @@ def default_layers(n_layers: int, count: int = 8) -> tuple[int, ...]:
 
 @dataclass
 class ExtractResult:
-    """The run directory, the vectors by pooling and what the run did."""
+    """The run directory, the vectors by pooling, what the run did and its report page."""
 
     dir: Path
     vectors: dict[str, PersonaVector]  # by pooling
     summary: ExtractionSummary
+    report: Path
 
 
 def extract(
-    model: Backend | LoadedModel,
+    model: Model,
     trait: TraitSpec,
     judge: Judge | None,
     out: str | Path,
@@ -77,7 +77,8 @@ def extract(
     token_budget: int = 16384,
     engine: RemoteEngine | None = None,
 ) -> ExtractResult:
-    """Run (or resume) the pipeline into the run directory `out`; return the vectors and a summary.
+    """Run (or resume) the pipeline into the run directory `out` and write its report; return the
+    vectors and a summary. Every input is checked before `model` (a `ModelRef`) loads.
 
     `judge` None keeps every answer (no filter) and skips the layer sweep: the vectors then carry no
     chosen layer. A directory made for another model, trait or generation setting is refused unless
@@ -86,11 +87,10 @@ def extract(
     sweep's steered ones stay local); it is part of the run's identity.
     """
     config = config or ExtractConfig()
+    config.check(trait)
+    preflight(judge=judge, out=out, model=model, engine=engine)
+    config.check(trait, identity_of(model).n_layers)  # the layers, against the model's config
     backend = as_backend(model)
-    config.check(trait, backend.identity.n_layers)
-    preflight(judge=judge, out=out)
-    if engine is not None:
-        engine.check(tokenizer_of(backend))
     run = open_run(backend, trait, judge, out, config, force, engine)
     cache = JudgeCache(run.path / ExtractionRun.JUDGE_CACHE)
     rows = generations(run, backend, trait, config, progress, engine)
@@ -98,7 +98,8 @@ def extract(
     kept = filter_answers(run, rows, scores, config)
     vectors = compute_vectors(run, backend, rows, kept, token_budget, progress)
     vectors = choose_layer(run, backend, trait, judge, cache, vectors, config, progress)
-    return ExtractResult(dir=run.path, vectors=vectors, summary=ExtractionSummary.from_manifest(run.manifest))
+    summary = ExtractionSummary.from_manifest(run.manifest)
+    return ExtractResult(dir=run.path, vectors=vectors, summary=summary, report=write_report(run.path))
 
 
 def open_run(
@@ -275,7 +276,8 @@ def filter_answers(
         why = "; ".join(f"{k}: {n}" for k, n in sorted(reasons.items())) or "no answers"
         raise PersonavecError(
             f"only {kept_pos} positive and {kept_neg} negative answers survived the filter (need "
-            f"{config.min_pairs} each). Dropped: {why}. Raise --samples, lower --min-pairs or check the judge"
+            f"{config.min_pairs} each). Dropped: {why}. Raise samples, lower min_pairs or check the judge",
+            ("samples", "min_pairs"),
         )
     write_json(path, {"kept": kept, **info})
     run.record("filter", started, **info)

@@ -11,7 +11,6 @@ own content can separate; the questions should be ones the extraction and the la
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from personavec.core.backend import Backend, as_backend, user_turn
 from personavec.core.generate import generate
@@ -19,38 +18,8 @@ from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
 from personavec.judges import Judge
-from personavec.pipeline.evaluate import auroc
+from personavec.runs.results import Answer, Separation
 from personavec.traits.spec import TraitSpec
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A held-out answer: its question, the text, and whether it came from the eliciting side."""
-
-    question: str
-    text: str
-    positive: bool
-
-
-@dataclass(frozen=True)
-class Separation:
-    """The projections of held-out answers (pooled without a system prompt) and their AUROC."""
-
-    answers: list[Answer]
-    projections: list[float]
-    layer: int
-
-    @property
-    def auroc(self) -> float | None:
-        """AUROC of the eliciting side's projections over the suppressing side's (None if a side is empty)."""
-        pos = [p for p, a in zip(self.projections, self.answers, strict=True) if a.positive]
-        neg = [p for p, a in zip(self.projections, self.answers, strict=True) if not a.positive]
-        return auroc(pos, neg)
-
-    def counts(self) -> tuple[int, int]:
-        """Kept answers from the eliciting and from the suppressing side."""
-        pos = sum(a.positive for a in self.answers)
-        return pos, len(self.answers) - pos
 
 
 def held_out_answers(

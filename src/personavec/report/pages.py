@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from personavec.pipeline.results import Target
-from personavec.pipeline.runs import ExtractionRun
 from personavec.report.html import agg, grid, image, png, readable, write_page
 from personavec.report.settings import extraction_targets, settings_table, stages_table
+from personavec.runs.readers import ExtractionRun
+from personavec.runs.results import Target
 
 if TYPE_CHECKING:
-    from personavec.pipeline.results import CalibrationPoint, CalibrationSummary, Cell
-    from personavec.pipeline.separation import Separation
+    from personavec.runs.results import CalibrationPoint, CalibrationSummary, Cell, Separation
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 from personavec.report.html import agg, grid, image, png, readable
 
 if TYPE_CHECKING:
-    from personavec.pipeline.results import SelectionSummary
+    from personavec.runs.results import SelectionSummary
 
 
 def _delta_histograms(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from personavec.pipeline.results import Target
-from personavec.pipeline.runs import ExtractionRun
 from personavec.report.html import grid, readable
+from personavec.runs.readers import ExtractionRun
+from personavec.runs.results import Target
 
 _LABELS = {  # manifest keys (generation and selection) → what they mean
     "samples": "answers per question, instruction pair and side",
@@ -60,7 +60,8 @@ def stages_table(manifest: dict[str, Any]) -> str:
             for k, v in info.items()
             if k not in ("seconds", "norms")
         ]
-        rows.append((stage, f"{info.get('seconds', 0):.1f}", "; ".join(found)))
+        seconds = info.get("seconds")  # None: a stage found done on disk, its time unknown
+        rows.append((stage, "-" if seconds is None else f"{seconds:.1f}", "; ".join(found)))
     return grid(["stage", "seconds", "result"], rows)
 
 

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING
 from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from personavec.core.backend import Model
     from personavec.core.engine import RemoteEngine
     from personavec.core.models import ModelIdentity
     from personavec.core.vectors import PersonaVector
@@ -35,7 +38,8 @@ def writable_dir(path: str | os.PathLike[str]) -> None:
             pass
     except OSError as error:
         raise ConfigError(
-            f"cannot write to the output directory {path}: {error.strerror or error}; choose another --out"
+            f"cannot write to the output directory {path}: {error.strerror or error}; choose another out",
+            ("out",),
         ) from error
 
 
@@ -44,26 +48,42 @@ def preflight(
     judge: Judge | None = None,
     out: str | os.PathLike[str] | None = None,
     vectors: Sequence[PersonaVector] = (),
-    model: str | ModelIdentity | None = None,
+    model: Model | str | ModelIdentity | None = None,
     engine: RemoteEngine | None = None,
 ) -> None:
-    """Fail before any expensive work: `vectors` fitting the `model` (a reference, whose config alone
-    is read, or an identity), `out` writable, one probe of the `judge`, then the `engine` checked
-    against the tokenizer of `model` (a reference)."""
+    """Fail before any expensive work: `vectors` fitting the `model` (a name or `ModelRef`, whose
+    config alone is read, an identity, or the model), `out` writable, one probe of the `judge`, then
+    the `engine` checked against the tokenizer of `model`."""
     if vectors and model is not None:
-        if isinstance(model, str):
-            from personavec.core.models import model_identity
-
-            model = model_identity(model)
+        identity = _identity(model)
         for vector in vectors:
-            vector.check_model(model)
+            vector.check_model(identity)
     if out is not None:
         writable_dir(out)
     if judge is not None:
         judge.probe()
     if engine is not None:
-        if not isinstance(model, str):
-            raise TypeError("checking an engine needs the model's reference")
-        from personavec.core.models import load_tokenizer
+        engine.check(_tokenizer(model))
 
-        engine.check(load_tokenizer(model))
+
+def _identity(model: Model | str | ModelIdentity) -> ModelIdentity:
+    from personavec.core.backend import identity_of
+    from personavec.core.models import ModelIdentity, ModelRef
+
+    if isinstance(model, ModelIdentity):
+        return model
+    return identity_of(ModelRef(model) if isinstance(model, str) else model)
+
+
+def _tokenizer(model: Model | str | ModelIdentity | None) -> PreTrainedTokenizerBase:
+    from personavec.core.backend import as_backend
+    from personavec.core.hf import tokenizer_of
+    from personavec.core.models import ModelIdentity, ModelRef
+
+    if isinstance(model, str):
+        model = ModelRef(model)
+    if isinstance(model, ModelRef):
+        return model.tokenizer()
+    if model is None or isinstance(model, ModelIdentity):
+        raise TypeError("checking an engine needs the model or its reference")
+    return tokenizer_of(as_backend(model))

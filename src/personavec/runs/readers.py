@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from personavec.errors import RunDirError
-from personavec.pipeline.rundir import MANIFEST, read_manifest
+from personavec.runs.results import Calibration, Cell, ExtractionSummary, KitManifest, LayerChoice, Setting
+from personavec.runs.rundir import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
     from personavec.core.vectors import PersonaVector
-    from personavec.pipeline.calibrate import Calibration
-    from personavec.pipeline.results import Cell, ExtractionSummary, KitManifest, LayerChoice
     from personavec.traits.spec import TraitSpec
 
 R = TypeVar("R", bound="RunReader")
@@ -100,7 +99,6 @@ class ExtractionRun(RunReader):
 
     def summary(self) -> ExtractionSummary | None:
         """Settings, counts, chosen layer and stage times; None before the filter."""
-        from personavec.pipeline.results import ExtractionSummary
 
         return ExtractionSummary.from_manifest(self.manifest) if "filter" in self.stages else None
 
@@ -122,7 +120,6 @@ class ExtractionRun(RunReader):
 
     def sweep(self) -> LayerChoice | None:
         """The layer choice; None before the sweep."""
-        from personavec.pipeline.results import LayerChoice
 
         found = self._json(self.SWEEP)
         return None if found is None else LayerChoice.from_dict(found)
@@ -130,7 +127,6 @@ class ExtractionRun(RunReader):
     def sweep_answers(self, n: int = 3) -> dict[float, list[dict[str, Any]]]:
         """Coefficient (0: unsteered) → the first `n` sweep answers there, at the chosen layer."""
         from personavec.core.generate import read_rows
-        from personavec.pipeline.config import Setting
 
         sweep = self.sweep()
         if sweep is None:
@@ -147,12 +143,25 @@ class SweepRun(RunReader):
     CELLS = "cells"
     TABLE = "sweep.json"
     CSV = "sweep.csv"
+    REPORT = "report.html"
 
     def cells(self) -> list[Cell]:
-        from personavec.pipeline.results import Cell
 
         found = self._json(self.TABLE)
         return [Cell.from_dict(cell) for cell in found["cells"]] if found else []
+
+
+class EvaluationRun(RunReader):
+    """What `evaluate.evaluate_run` writes: one model's unsteered answers, judged."""
+
+    KIND = "evaluation"
+    ANSWERS = "answers.jsonl"
+    JUDGE_CACHE = "judge-cache.jsonl"
+
+    def cell(self) -> Cell | None:
+        """The judged figures; None before the answers are judged."""
+        record = self.stages.get("answers")
+        return None if record is None else Cell.from_dict({k: v for k, v in record.items() if k != "seconds"})
 
 
 class CalibrationRun(RunReader):
@@ -161,10 +170,10 @@ class CalibrationRun(RunReader):
     KIND = "calibration"
     ANSWERS = "calibration"
     RESULT = "calibration.json"
+    REPORT = "report.html"
 
     def result(self) -> Calibration | None:
         """The points and their correlations; None before the calibration finished."""
-        from personavec.pipeline.calibrate import Calibration
 
         found = self._json(self.RESULT)
         return None if found is None else Calibration.from_dict(found)
@@ -194,7 +203,6 @@ class KitRun(RunReader):
 
     def summary(self) -> KitManifest | None:
         """What the datasets teach and, per file, its counts; None before they are written."""
-        from personavec.pipeline.results import KitManifest
 
         record = self.stages.get("datasets")
         return None if record is None else KitManifest.from_dict(record)

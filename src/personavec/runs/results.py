@@ -1,14 +1,16 @@
 """What the verbs return (torch-free): a sweep's cells, a figure's target, extraction's layer choice and
-summary, a calibration's points and correlations, a screening selection's summary and the data kit's
-manifest. Each is written to its run directory as `to_dict()` (and read back with `from_dict` where a
-reader needs it), so the files keep their JSON shape; they sit below `data` and `report` so that both can
-name them.
+summary, a calibration's points and correlations, held-out separation, a screening selection's summary
+and the data kit's manifest; and `Setting`, the key of a sweep's cells. Each is written to its run
+directory as `to_dict()` (and read back with `from_dict` where a reader needs it), so the files keep
+their JSON shape; they sit below the stages and `report` so that all of them can name them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from personavec.runs.stats import auroc, mean_ci, pearson
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class ExtractionSummary:
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ExtractionSummary:
-        """From a filtered run's manifest (`personavec.pipeline.runs.ExtractionRun`)."""
+        """From a filtered run's manifest (`personavec.runs.readers.ExtractionRun`)."""
         stages = manifest["stages"]
         kept = stages["filter"]
         return cls(
@@ -199,3 +201,103 @@ class KitManifest:
         """From `to_dict`'s shape (other keys, like a stage record's ``seconds``, are ignored)."""
         files = {level: KitFile(**info) for level, info in data["files"].items()}
         return cls(data["trait"], data["teaches"], data["model"], data["judge"], files, data["config"])
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a cell is generated under: unsteered (layer None, coef 0) or coef × v at layer."""
+
+    layer: int | None
+    coef: float
+
+    @property
+    def name(self) -> str:
+        return "unsteered" if self.coef == 0 else f"layer-{self.layer}_coef-{self.coef:+}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A held-out answer: its question, the text, and whether it came from the eliciting side."""
+
+    question: str
+    text: str
+    positive: bool
+
+
+@dataclass(frozen=True)
+class Separation:
+    """The projections of held-out answers (pooled without a system prompt) and their AUROC."""
+
+    answers: list[Answer]
+    projections: list[float]
+    layer: int
+
+    @property
+    def auroc(self) -> float | None:
+        """AUROC of the eliciting side's projections over the suppressing side's (None if a side is empty)."""
+        pos = [p for p, a in zip(self.projections, self.answers, strict=True) if a.positive]
+        neg = [p for p, a in zip(self.projections, self.answers, strict=True) if not a.positive]
+        return auroc(pos, neg)
+
+    def counts(self) -> tuple[int, int]:
+        """Kept answers from the eliciting and from the suppressing side."""
+        pos = sum(a.positive for a in self.answers)
+        return pos, len(self.answers) - pos
+
+
+@dataclass
+class Calibration:
+    """The calibration's points and their correlations (``calibration.json`` is `to_dict()`)."""
+
+    points: list[CalibrationPoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary().to_dict(), "points": [asdict(p) for p in self.points]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """From `to_dict`'s shape (the summary is recomputed from the points)."""
+        return cls([CalibrationPoint(**point) for point in data["points"]])
+
+    def r(self, condition: str | None = None, level: Any = None) -> float | None:
+        """Pearson r over the points of `condition` (all if None), within one `level` if given."""
+        chosen = [
+            p
+            for p in self.points
+            if (condition is None or p.condition == condition)
+            and (level is None or p.level == level)
+            and p.trait is not None
+        ]
+        return pearson([p.projection for p in chosen], [p.trait for p in chosen if p.trait is not None])
+
+    def target(self, goal: float = 0.75) -> Target:
+        """r over the graded system prompts against `goal` (the paper's 7–8B figure); when missed, why:
+        the prompts barely move the judged trait, or the projection does not follow it."""
+        graded = [p for p in self.points if p.condition == "graded"]
+        levels = sorted({p.level for p in graded})
+        means = [
+            mean_ci([p.trait for p in graded if p.level == level and p.trait is not None])[0]
+            for level in levels
+        ]
+        found = [m for m in means if m is not None]
+        listed = ", ".join("n/a" if m is None else f"{m:.0f}" for m in means)
+        reason = f"the judged trait moves with the prompts ({listed}) but the projection does not follow it"
+        if found and max(found) - min(found) < 30:
+            reason = (
+                "the model barely follows the graded prompts (mean judged trait per level, most suppressing "
+                f"first: {listed}), so there is little for the projection to predict"
+            )
+        name = "Pearson r of prompt-last projection and judged trait over the graded system prompts"
+        return Target.at_least(name, self.r("graded"), goal, reason)
+
+    def summary(self) -> CalibrationSummary:
+        """r overall, per condition, and within each level of each condition."""
+        fits = {}
+        for condition in sorted({p.condition for p in self.points}):
+            levels = sorted({p.level for p in self.points if p.condition == condition})
+            fits[condition] = ConditionFit(
+                r=self.r(condition),
+                r_within_level={str(level): self.r(condition, level) for level in levels},
+                n=sum(p.condition == condition and p.trait is not None for p in self.points),
+            )
+        return CalibrationSummary(self.r(), fits)

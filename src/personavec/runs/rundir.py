@@ -68,15 +68,17 @@ def _existing_manifest(path: Path, kind: str) -> dict[str, Any] | None:
         raise RunDirError(f"{path}: " + _EARLIER.format(f"{MANIFEST} format {fmt}"))
     if not isinstance(fmt, str) or not fmt.startswith("personavec-run/"):
         raise RunDirError(
-            f"{manifest} is not a personavec run manifest (unreadable or foreign): choose another --out, "
-            "or delete it if the directory is yours to reuse"
+            f"{manifest} is not a personavec run manifest (unreadable or foreign): choose another out, "
+            "or delete it if the directory is yours to reuse",
+            ("out",),
         )
     if fmt != FORMAT:
-        raise RunDirError(f"{manifest} has format {fmt}, not {FORMAT}: use that release or another --out")
+        raise RunDirError(f"{manifest} has format {fmt}, not {FORMAT}: use that release or another out", ("out",))
     assert isinstance(found, dict)
     if found.get("kind") != kind:
         raise RunDirError(
-            f"{path} holds a personavec run of kind {found.get('kind')!r}, not {kind!r}: use another --out"
+            f"{path} holds a personavec run of kind {found.get('kind')!r}, not {kind!r}: use another out",
+            ("out",),
         )
     return found
 
@@ -135,10 +137,11 @@ class RunDir:
             keys = given.keys() | (old.keys() - set(RESERVED) - settings.keys())
             differs = sorted(k for k in keys if old.get(k) != given.get(k))
             if differs and not force:
-                fix = "use another --out" + (", or --force to start it over" if force is False else "")
+                fix = "use another out" + (", or force to start it over" if force is False else "")
                 listed = ", ".join(differs)
                 raise RunDirError(
-                    f"{path} holds {_a(kind)} made with other settings (differs in {listed}): {fix}"
+                    f"{path} holds {_a(kind)} made with other settings (differs in {listed}): {fix}",
+                    ("out", "force"),
                 )
             run.manifest = old
             if differs:  # start over: outputs first, the manifest last (a kill meanwhile leaves it refused)
@@ -162,7 +165,8 @@ class RunDir:
                 if (self.path / name).exists():
                     raise RunDirError(
                         f"{self.path} holds {name} but no {MANIFEST}: not a personavec {kind} of this "
-                        "release; use another --out"
+                        "release; use another out",
+                        ("out",),
                     )
 
     @property

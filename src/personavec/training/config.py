@@ -42,18 +42,20 @@ class TrainIntervention:
     def __post_init__(self) -> None:
         """Settings that cannot work, or would silently do nothing, are refused."""
         if self.method not in INTERVENTIONS:
-            raise ConfigError(f"unknown intervention {self.method!r}; use one of {', '.join(INTERVENTIONS)}")
+            raise ConfigError(
+                f"unknown method {self.method!r}; use one of {', '.join(INTERVENTIONS)}", ("method",)
+            )
         if self.method == "steer" and not self.coef:
-            raise ConfigError("--intervention steer needs a nonzero --coef")
+            raise ConfigError("method steer needs a nonzero coef", ("method", "coef"))
         if self.all_layers and self.layer is not None:
-            raise ConfigError("--all-layers steers every layer: drop --layer")
+            raise ConfigError("all_layers steers at each block: drop layer", ("all_layers", "layer"))
 
     def check(self, vector: PersonaVector | None, n_layers: int, lora: bool) -> None:
         """Raise a clear error when the vector or the model cannot carry this intervention."""
         if self.method == "none":
             return
         if vector is None:
-            raise ConfigError(f"--intervention {self.method} needs --vector")
+            raise ConfigError(f"method {self.method} needs a vector", ("method", "vector"))
         if vector.n_layers != n_layers:
             vector_model = vector.model.name if vector.model else "another model"
             raise ModelError(
@@ -65,9 +67,11 @@ class TrainIntervention:
         if self.method == "steer" and not math.isfinite(self.coef):
             raise ConfigError(f"the steering coefficient must be a finite number, got {self.coef}")
         if self.method == "regularize" and (not lora or not self.weight > 0):
-            raise ConfigError("regularize needs LoRA (the base model is the adapter off) and --weight > 0")
+            raise ConfigError(
+                "regularize needs LoRA (the base model is the adapter off) and weight > 0", ("weight",)
+            )
         if self.all_layers and self.method != "steer":
-            raise ConfigError("--all-layers is for steer only")
+            raise ConfigError("all_layers is for steer only", ("all_layers",))
 
 
 @dataclass(frozen=True)
@@ -107,17 +111,19 @@ class TrainConfig:
     )
     intervention: TrainIntervention = field(default_factory=TrainIntervention)
 
-    def check(self, eval_data: object = None) -> None:
-        """Raise a clear error for sizes that cannot train, or (given the evaluation data, or None) an
-        intervention kept in evaluation that never runs."""
+    def __post_init__(self) -> None:
         positive = ("rank", "alpha", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", (name,))
         if not self.learning_rate > 0 or not self.epochs > 0:
-            raise ConfigError("the learning rate and the epochs must be positive")
+            raise ConfigError("learning_rate and epochs must be positive", ("learning_rate", "epochs"))
+
+    def check(self, eval_data: object = None) -> None:
+        """Raise a clear error for an intervention kept in evaluation that never runs (no evaluation
+        data: `eval_data` None)."""
         if self.intervention.during_eval and not eval_data:
-            raise ConfigError("--during-eval needs --eval-data")
+            raise ConfigError("during_eval needs eval_data", ("during_eval", "eval_data"))
 
 
 @dataclass(frozen=True)
@@ -147,9 +153,15 @@ class DriftConfig:
     def __post_init__(self) -> None:
         """Drift settings without an interval would do nothing; an interval needs what to watch."""
         if not self.every and (self.threshold is not None or self.stop or self.vectors or self.trait):
-            raise ConfigError("the --drift-* options need --drift-every N")
+            raise ConfigError(
+                "the drift alarm's threshold, stop, vectors and trait need every N",
+                ("threshold", "stop", "vectors", "trait", "every"),
+            )
         if self.every and (not self.vectors or not self.trait):
-            raise ConfigError("--drift-every needs --drift-vector (what to watch) and --drift-trait (probes)")
+            raise ConfigError(
+                "a drift interval (every) needs vectors (what to watch) and a trait (probes)",
+                ("every", "vectors", "trait"),
+            )
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A drift alarm for finetuning: watch the persona move along persona vectors while the model trains.
 
     alarm = DriftAlarm(lm, [evil, sycophantic], probes, every=50, threshold=2.0, stop=True)
-    train(lm, data, out, config, callbacks=[alarm])
+    train_model(lm, data, out, config, callbacks=[alarm])
 
 Every `every` steps the alarm projects a fixed probe set (prompt-last, the model in eval mode, no
 training intervention active) onto each vector and takes the mean; the shift is that mean minus its
@@ -78,7 +78,9 @@ class DriftAlarm(TrainerCallback):
         if path.exists():  # a resumed run compares with the model before its first step
             saved = json.loads(path.read_text())
             if {k: saved.get(k) for k in watching} != watching:
-                raise RunDirError(f"{path} was measured with other vectors or probes; use another --out")
+                raise RunDirError(
+                    f"{path} was measured with other vectors or probes; use another out", ("out",)
+                )
             self.baseline = saved["baseline"]
             return
         self.baseline = self.measure(model)

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personavec._internal.deprecation import renamed
 from personavec._internal.dist import process_device
 from personavec.core.models import load_model
 from personavec.core.vectors import load_vector
-from personavec.pipeline.preflight import preflight
+from personavec.runs.preflight import preflight
 from personavec.training.config import DriftConfig, TrainConfig
 from personavec.training.drift import DriftAlarm
 from personavec.training.sft_data import load_conversations
-from personavec.training.train import Trained, train
+from personavec.training.train import Trained, train_model
 from personavec.traits import load_trait
 
 
-def finetune(
+def train(
     model_ref: str,
     data: str | Path,
     out: str | Path,
@@ -43,4 +44,7 @@ def finetune(
     alarms = (
         [DriftAlarm(loaded, watched, probes, drift.every, drift.threshold, drift.stop)] if drift.every else []
     )
-    return train(loaded, data, out, config, steering, alarms, eval_data)
+    return train_model(loaded, data, out, config, steering, alarms, eval_data)
+
+
+__getattr__ = renamed(__name__, {"finetune": "train"})

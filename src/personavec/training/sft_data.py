@@ -113,7 +113,8 @@ def tokenize_dataset(tokenizer: Any, path: str | Path, max_length: int) -> Token
     kept = [e for e in examples if any(label != IGNORE for label in e.labels)]
     if not kept:
         raise ConfigError(
-            f"{path}: no conversation keeps an assistant token within --max-length {max_length}"
+            f"{path}: no conversation keeps an assistant token within max_length {max_length}",
+            ("max_length",),
         )
     return Tokenized(kept, len(examples), sum(e.truncated for e in kept), len(examples) - len(kept))
 

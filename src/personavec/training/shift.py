@@ -24,7 +24,7 @@ from personavec.deploy.monitor import project
 from personavec.errors import ConfigError
 from personavec.judges.base import Judge
 from personavec.pipeline.config import Sizes
-from personavec.pipeline.preflight import preflight
+from personavec.runs.preflight import preflight
 from personavec.traits.spec import TraitSpec
 
 
@@ -85,7 +85,7 @@ def measure_shift(
     loaded base: no second copy), and return the difference; with a `judge`, also judge the finetuned
     model's answers, generated as `sampling` says (answers and judgements go to `out`, resumable)."""
     if judge is not None and out is None:
-        raise ConfigError("--judge needs --out (where the answers and judgements go)")
+        raise ConfigError("judge needs out (where the answers and judgements go)", ("judge", "out"))
     preflight(judge=judge, out=out, vectors=vectors, model=base_ref)
     base = load_model(base_ref, dtype=dtype, device=device)
     prompts = [base.chat(q) for q in trait.evaluation_questions]

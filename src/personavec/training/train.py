@@ -31,14 +31,15 @@ import torch
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from personavec._internal.deprecation import renamed
 from personavec._internal.files import write_json
 from personavec.core.hooks import ResidualHooks, ablate, steer
 from personavec.core.models import LoadedModel
 from personavec.core.vectors import PersonaVector
 from personavec.data.samples import DataFile
 from personavec.errors import ConfigError, PersonavecError
-from personavec.pipeline.rundir import RunDir
-from personavec.pipeline.runs import TrainingRun
+from personavec.runs.readers import TrainingRun
+from personavec.runs.rundir import RunDir
 from personavec.training.config import TrainConfig, TrainIntervention
 from personavec.training.sft_data import IGNORE, Collator, tokenize_dataset
 
@@ -180,7 +181,7 @@ def _last_checkpoint(out: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def train(
+def train_model(
     loaded: LoadedModel,
     data: str | Path,
     out: str | Path,
@@ -283,3 +284,6 @@ def _arguments(
         use_cpu=cpu,
         disable_tqdm=False,
     )
+
+
+__getattr__ = renamed(__name__, {"train": "train_model"})

@@ -141,7 +141,9 @@ def write_trait(trait: TraitSpec, path: str | os.PathLike[str], force: bool = Fa
     """Write `trait` as a JSON trait file, atomically; an existing file is kept unless `force`."""
     path = Path(path)
     if path.exists() and not force:
-        raise ConfigError(f"{path} exists; pass --force to overwrite it or choose another --out")
+        raise ConfigError(
+            f"{path} exists; pass force to overwrite it or choose another out", ("force", "out")
+        )
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(trait.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return path
