@@ -367,3 +367,35 @@ def test_the_data_kit_through_the_engine(url, tmp_path, capsys) -> None:
         system = [{"role": "system", "content": row["system"]}] if row["system"] else []
         prompt = format_chat(tokenizer, [*system, {"role": "user", "content": row["question"]}])
         assert row["answer"] == direct(url, prompt, 8, temperature=1.0, seed=request_seed(5, row["id"]))
+
+
+def test_a_tokenise_reply_without_token_ids_tries_the_next_endpoint() -> None:
+    """`remote_tokens` takes the first endpoint that answers with a list of ints; a reply of other
+    things (strings here) or an error is a failure, said, and the next one is tried."""
+    from personavec.core.engine import remote_tokens
+
+    replies = {"/tokenize": {"tokens": ["a", "b"]}, "/extras/tokenize": {"tokens": [5, 6]}}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(replies.get(self.path, {})).encode()
+            self.send_response(200 if self.path in replies else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        attempts = [("/tokenize", {"prompt": "x"}), ("/extras/tokenize", {"input": "x"})]
+        answered, tokens, failures = remote_tokens(url, attempts, None)
+        assert (answered, tokens) == (1, [5, 6]) and failures == ["/tokenize: no token ids in the reply"]
+        answered, tokens, failures = remote_tokens(url, [("/missing", {})], None)
+        assert (answered, tokens) == (None, None) and len(failures) == 1 and "/missing" in failures[0]
+    finally:
+        httpd.shutdown()

@@ -28,3 +28,14 @@ def test_decoding_keywords() -> None:
         "top_p": 0.9,
     }
     assert SAMPLING_FIELDS == ("max_new_tokens", "temperature", "top_p", "seed", "batch_size")
+
+
+def test_several_samples_need_sampling_and_none_is_refused() -> None:
+    from personavec.core.sampling import check_samples
+
+    check_samples(1, Sampling())  # one greedy answer per prompt
+    check_samples(2, Sampling(temperature=1.0))
+    with pytest.raises(PersonavecError, match=r"^samples 2 needs a temperature > 0"):
+        check_samples(2, Sampling())
+    with pytest.raises(PersonavecError, match=r"^samples must be at least 1, got 0"):
+        check_samples(0, Sampling(temperature=1.0))

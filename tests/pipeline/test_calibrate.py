@@ -67,6 +67,8 @@ def test_calibration_points_and_correlations(monkeypatch, tmp_path) -> None:
     r = np.corrcoef([p.projection for p in scored], [p.trait for p in scored])[0, 1]
     assert summary["conditions"]["graded"]["r"] == pytest.approx(r)
     assert set(summary["conditions"]["shots"]["r_within_level"]) == {"0", "2"}
+    page = CalibrationRun(tmp_path).file(CalibrationRun.REPORT).read_text()  # calibrate wrote its page
+    assert "<h2>Target</h2>" in page and result.target().name in page and page.count("<img") == 1
 
 
 def test_k_shot_prompts_hold_the_examples() -> None:

@@ -24,3 +24,9 @@ def test_several_samples_need_a_temperature() -> None:
     with pytest.raises(PersonavecError, match="samples 10 needs a temperature > 0"):
         ExtractConfig(sampling=Sampling(max_new_tokens=256))
     ExtractConfig(samples=1, sampling=Sampling(max_new_tokens=256)).check(load_trait("evil"))
+
+
+@pytest.mark.parametrize("name", ["questions", "instructions", "sweep_questions", "min_pairs"])
+def test_sizes_below_one_are_refused_when_the_config_is_made(name: str) -> None:
+    with pytest.raises(PersonavecError, match=f"^{name} must be at least 1, got 0"):
+        ExtractConfig(**{name: 0})
