@@ -407,3 +407,18 @@ def test_sampling_flags_take_each_commands_defaults() -> None:
 def test_a_bad_sampling_flag_is_a_one_line_error(tmp_path, capsys) -> None:
     argv = ["extract", "--model", "m", "--trait", "evil", "--judge", "none", "--out", str(tmp_path / "r")]
     _one_line_error(capsys, main([*argv, "--top-p", "0"]), "--top-p in (0, 1]")
+
+
+def test_a_library_error_names_fields_and_the_command_line_writes_its_flags() -> None:
+    from personavec.cli import build_parser
+    from personavec.cli._options import as_flags
+    from personavec.errors import ConfigError
+
+    train = build_parser().parse_args(["train", "d.jsonl", "--model", "m", "--out", "o"])
+    error = ConfigError("learning_rate and epochs must be positive", ("learning_rate", "epochs"))
+    assert as_flags(error, train) == "--lr and --epochs must be positive"  # the field's own flag
+    assert as_flags(error, None) == "--learning-rate and --epochs must be positive"
+    engine = ConfigError("set model to one of them", {"model": "engine_model"})  # a word for a field
+    assert as_flags(engine, None) == "set --engine-model to one of them"
+    path = ConfigError("cannot write /tmp/out/x or out.d; choose another out", ("out",))
+    assert as_flags(path, None) == "cannot write /tmp/out/x or out.d; choose another --out"

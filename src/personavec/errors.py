@@ -4,14 +4,17 @@ The CLI prints any of them as one line and exits with code 2. Where none of the 
 optional dependency, an extraction whose filter kept too few answers), the base class is raised.
 """
 
+from collections.abc import Mapping
+
 
 class PersonavecError(Exception):
     """A problem the user can fix: the CLI prints it as one line and exits with code 2.
 
     The message names arguments and config fields as Python spells them; `fields` lists those it
-    names, which the CLI writes as its flags (``max_length`` → ``--max-length``)."""
+    names, which the CLI writes as its flags (``max_length`` → ``--max-length``), or maps each to the
+    command-line field it stands for (an engine's ``model`` is ``--engine-model``)."""
 
-    def __init__(self, message: str = "", fields: tuple[str, ...] = ()):
+    def __init__(self, message: str = "", fields: tuple[str, ...] | Mapping[str, str] = ()):
         super().__init__(message)
         self.fields = fields
 

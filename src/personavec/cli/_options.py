@@ -9,7 +9,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -57,9 +57,10 @@ def _remember(parser: Any, field: dataclasses.Field[Any]) -> None:
 def as_flags(error: PersonavecError, args: argparse.Namespace | None) -> str:
     """`error`'s message with the fields and arguments it names written as the command's flags."""
     message, flags = str(error), getattr(args, "field_flags", None) or {}
-    for name in error.fields:
+    named = error.fields if isinstance(error.fields, Mapping) else {name: name for name in error.fields}
+    for word, name in named.items():
         flag = flags.get(name, "--" + name.replace("_", "-"))
-        message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/-])", flag, message)  # not in a path
+        message = re.sub(rf"(?<![\w./-]){re.escape(word)}(?![\w/-]|\.\w)", flag, message)  # not in a path
     return message
 
 

@@ -140,11 +140,13 @@ class RemoteEngine:
 
         if not url.startswith(("http://", "https://")):
             raise ConfigError(
-                f"--engine openai:{url}: give the server's URL, e.g. openai:http://127.0.0.1:8000/v1"
+                f"url {url!r} is not a server's URL such as http://127.0.0.1:8000/v1",
+                {"url": "engine"},
             )
         if not model:
             raise ConfigError(
-                "--engine needs --engine-model: one of the model ids the engine lists at /v1/models"
+                "an engine needs a model: one of the ids the engine lists at /v1/models",
+                {"model": "engine_model"},
             )
         if concurrency < 1:
             raise ConfigError(f"the engine's concurrency must be at least 1, got {concurrency}")
@@ -185,8 +187,8 @@ class RemoteEngine:
         served = self._call(lambda: [m.id for m in self.client.models.list()])
         if self.model not in served:
             raise EngineError(
-                f"the engine {self.url} serves {served}, not {self.model!r}: "
-                "set --engine-model to one of them"
+                f"the engine {self.url} serves {served}, not {self.model!r}: set model to one of them",
+                {"model": "engine_model"},
             )
         self.dialect, tokens = self._tokenize(text)
         if tokens != local:
@@ -252,13 +254,14 @@ class RemoteEngine:
             raise EngineError(
                 f"the engine {self.url} read a prompt as {usage.prompt_tokens} tokens, the local tokenizer "
                 f"as {n_prompt}: it does not see the prompts whose activations personavec computes; serve "
-                "the same model and tokenizer as --model"
+                "the same model and tokenizer as the local one"
             )
         if choice.finish_reason == "length" and usage.completion_tokens < sampling.max_new_tokens:
             raise EngineError(
                 f"the engine {self.url} cut an answer at {usage.completion_tokens} of the "
                 f"{sampling.max_new_tokens} tokens asked (prompt {n_prompt} tokens): its context is too "
-                f"short; start it with a longer one ({CONTEXT_FLAGS}) or lower --max-new-tokens"
+                f"short; start it with a longer one ({CONTEXT_FLAGS}) or lower max_new_tokens",
+                ("max_new_tokens",),
             )
         return str(choice.text).strip()
 
@@ -276,7 +279,7 @@ def _mismatch(url: str, tokens: list[int], local: list[int]) -> str:
     return (
         f"the engine {url} tokenises a probe prompt to {len(tokens)} tokens, the local tokenizer to "
         f"{len(local)}{why}: it would not see the prompts whose activations personavec computes; serve "
-        "the same model and tokenizer as --model"
+        "the same model and tokenizer as the local one"
     )
 
 
