@@ -59,7 +59,9 @@ def test_a_refused_connection_fails_at_once(key) -> None:
     judge = judge_at(f"http://127.0.0.1:{closed_port()}/v1", backoff=5.0)
     started = time.perf_counter()
     with pytest.raises(
-        JudgeError, match=r"127\.0\.0\.1:\d+/v1/ \(model judge-model\).*connection refused; is"
+        JudgeError,
+        match=r"127\.0\.0\.1:\d+/v1/ \(model judge-model\).*connection refused; is the server running, "
+        r"and base_url right\?$",  # the library's word; the command line writes --base-url
     ):
         judge.probe()
     assert time.perf_counter() - started < 2  # no retry (each would sleep seconds)

@@ -60,7 +60,7 @@ def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, 
 JUDGE_FAILURES = [
     ("401", "HTTP 401; a bad API key: check OPENAI_API_KEY", 1),
     ("404", "HTTP 404; an unknown model or a wrong path", 1),
-    ("refused", "connection refused; is the server running", 0),
+    ("refused", "connection refused; is the server running, and --base-url right?", 0),
 ]
 
 

@@ -6,8 +6,8 @@ import json
 import os
 import random
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from personavec.errors import ConfigError, JudgeError, PersonavecError
@@ -38,12 +38,16 @@ def make_client(base_url: str | None, timeout: float) -> openai.OpenAI:
 
 @dataclass(frozen=True)
 class Names:
-    """How the user sets an endpoint (its URL flag, key and concurrency flag): the fixes name them."""
+    """How an endpoint is set, as the library's arguments name it (its URL, key and concurrency): the
+    fixes name them; `fields` maps each to the command line's field for it (its flag)."""
 
-    url: str = "--base-url"
+    url: str = "base_url"
     key: str = KEY_VARIABLE
-    concurrency: str = "--concurrency"
+    concurrency: str = "concurrency"
     serves: str = "chat completions"
+    fields: Mapping[str, str] = field(
+        default_factory=lambda: {"base_url": "base_url", "concurrency": "concurrency"}
+    )
 
 
 JUDGE = Names()
@@ -94,7 +98,7 @@ def describe(error: Exception) -> str:
 
 
 def fix(error: Exception, names: Names = JUDGE) -> str:
-    """What to try about an API failure, naming the flags of `names`."""
+    """What to try about an API failure, in the words of `names`."""
     import openai
 
     if isinstance(error, openai.APIStatusError):
@@ -153,13 +157,15 @@ def call_endpoint(
     stop: threading.Event | None = None,
 ) -> T:
     """``call()`` with retries; a failure that remains is an `error` (a `JudgeError` unless told) of one
-    line naming the endpoint `url`, the `model`, the cause and the fix (in the flags of `names`)."""
+    line naming the endpoint `url`, the `model`, the cause and the fix (in the words of `names`)."""
     try:
         return with_retries(call, retries, backoff, stop)
     except Exception as failure:  # any API failure, classified by describe and fix
         retried = f" after {retries} retries" if retries and is_transient(failure) else ""
         cause = f"{describe(failure)}{retried}; {fix(failure, names)}"
-        raise error(f"the endpoint {url} (model {model}) cannot answer: {cause}") from failure
+        raise error(
+            f"the endpoint {url} (model {model}) cannot answer: {cause}", dict(names.fields)
+        ) from failure
 
 
 def post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: float = 10.0) -> Any:

@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 KIND = "openai"
 KEY_VARIABLE = "PERSONAVEC_ENGINE_API_KEY"
 NAMES = Names(
-    url="--engine", key=f"--engine-api-key (or ${KEY_VARIABLE})", concurrency="--engine-concurrency",
+    url="url", key=f"api_key (or ${KEY_VARIABLE})", concurrency="concurrency",
     serves="completions (not only chat)",
+    fields={"url": "engine", "api_key": "engine_api_key", "concurrency": "engine_concurrency"},
 )  # fmt: skip
 PROBE = [
     {"role": "system", "content": "You are a helpful assistant."},
