@@ -61,13 +61,17 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "default_max_tokens", "max_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", (name,))
         if self.max_queue < 0:
-            raise ConfigError(f"--max-queue must be at least 0, got {self.max_queue}")
+            raise ConfigError(f"max_queue must be at least 0, got {self.max_queue}", ("max_queue",))
         if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens:
-            raise ConfigError("--default-max-tokens cannot exceed --max-tokens")
+            raise ConfigError(
+                "default_max_tokens cannot exceed max_tokens", ("default_max_tokens", "max_tokens")
+            )
         if not self.request_timeout > 0:
-            raise ConfigError(f"--request-timeout must be positive, got {self.request_timeout}")
+            raise ConfigError(
+                f"request_timeout must be positive, got {self.request_timeout}", ("request_timeout",)
+            )
 
 
 KEY_VARIABLES = {"api_key": "PERSONAVEC_API_KEY", "upstream_api_key": "PERSONAVEC_UPSTREAM_API_KEY"}
@@ -170,34 +174,42 @@ class ServeConfig:
         self._check_steering(names)
         if self.upstream is not None:
             if not self.upstream.startswith(("http://", "https://")):
-                raise ConfigError(f"--upstream must be an http(s) URL ending in /v1, got {self.upstream!r}")
+                raise ConfigError(
+                    f"upstream must be an http(s) URL ending in /v1, got {self.upstream!r}", ("upstream",)
+                )
             if not self.upstream_model:
                 raise ConfigError(
-                    "--upstream needs --upstream-model: the engine's model id, from its /v1/models"
+                    "upstream needs upstream_model: the engine's model id, from its /v1/models",
+                    ("upstream", "upstream_model"),
                 )
             if self.steer or self.guard:
                 raise ConfigError(
                     "--steer and --guard need the model in-process: drop them, or drop --upstream"
                 )
         if self.on_flag not in get_args(OnFlag):
-            raise ConfigError(f"--on-flag must be one of {', '.join(get_args(OnFlag))}, got {self.on_flag!r}")
+            raise ConfigError(
+                f"on_flag must be one of {', '.join(get_args(OnFlag))}, got {self.on_flag!r}", ("on_flag",)
+            )
         if not self.upstream_timeout > 0:
-            raise ConfigError(f"--upstream-timeout must be positive, got {self.upstream_timeout}")
+            raise ConfigError(
+                f"upstream_timeout must be positive, got {self.upstream_timeout}", ("upstream_timeout",)
+            )
         if not 0 < self.port < 65536:
-            raise ConfigError(f"--port must be in 1..65535, got {self.port}")
+            raise ConfigError(f"port must be in 1..65535, got {self.port}", ("port",))
         if not _loopback(self.host) and not self.api_key:
             raise ConfigError(
-                f"binding {self.host} exposes the server beyond this machine: set --api-key or "
-                "$PERSONAVEC_API_KEY, or bind 127.0.0.1"
+                f"binding {self.host} exposes the server beyond this machine: set api_key or "
+                "$PERSONAVEC_API_KEY, or bind 127.0.0.1",
+                ("api_key",),
             )
         if self.audit_text and not self.audit:
-            raise ConfigError("--audit-text needs --audit FILE")
+            raise ConfigError("audit_text needs audit FILE", ("audit_text", "audit"))
         if not 0 <= self.keep <= MAX_KEEP:
-            raise ConfigError(f"--keep must be in 0..{MAX_KEEP}, got {self.keep}")
+            raise ConfigError(f"keep must be in 0..{MAX_KEEP}, got {self.keep}", ("keep",))
         if self.keep_text and not self.keep:
-            raise ConfigError("--keep-text needs the dashboard: drop --keep 0")
+            raise ConfigError("keep_text needs the dashboard: drop keep 0", ("keep_text", "keep"))
         if self.grace < 0:
-            raise ConfigError(f"--grace must be at least 0, got {self.grace}")
+            raise ConfigError(f"grace must be at least 0, got {self.grace}", ("grace",))
 
     def _check_steering(self, names: list[str]) -> None:
         """--steer and --guard name served vectors, with coefficients and thresholds within bounds."""
@@ -210,11 +222,12 @@ class ServeConfig:
             raise ConfigError(f"--guard names {self.guard!r}, which is no --vector; use one of {names}")
         if not 0 < self.guard_coef <= MAX_COEF:
             raise ConfigError(
-                f"--guard-coef is the size of the push away: use 0 < COEF ≤ {MAX_COEF:g}, "
-                f"got {self.guard_coef}"
+                f"guard_coef is the size of the push away: use 0 < COEF ≤ {MAX_COEF:g}, "
+                f"got {self.guard_coef}",
+                ("guard_coef",),
             )
         if self.guard_threshold is not None and not abs(self.guard_threshold) <= MAX_THRESHOLD:
-            raise ConfigError(f"--guard-threshold must be within ±{MAX_THRESHOLD:g}")
+            raise ConfigError(f"guard_threshold must be within ±{MAX_THRESHOLD:g}", ("guard_threshold",))
 
     def threshold(self, vector: str, statistic: str) -> float | None:
         """The fixed threshold of a vector's statistic, if one was given."""
