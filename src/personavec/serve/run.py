@@ -20,7 +20,7 @@ def _check_port(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as error:
             raise ConfigError(
-                f"cannot listen on {host}:{port}: {error.strerror}; choose another --port"
+                f"cannot listen on {host}:{port}: {error.strerror}; choose another port", ("port",)
             ) from None
 
 

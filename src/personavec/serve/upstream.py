@@ -51,14 +51,18 @@ def check(config: ServeConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     try:
         ids = [m.id for m in probe.models.list()]
     except openai.AuthenticationError:
-        raise ConfigError(f"the upstream {url} refused the key (401): set --upstream-api-key") from None
+        raise ConfigError(
+            f"the upstream {url} refused the key (401): set upstream_api_key", ("upstream_api_key",)
+        ) from None
     except openai.APIError as error:
         raise ConfigError(
-            f"the upstream {url} does not answer ({error}): start it, or fix --upstream"
+            f"the upstream {url} does not answer ({error}): start it, or fix its URL",
+            {"its URL": "upstream"},
         ) from None
     if model not in ids:
         raise ConfigError(
-            f"the upstream {url} serves {ids}, not {model!r}: set --upstream-model to one of them"
+            f"the upstream {url} serves {ids}, not {model!r}: set upstream_model to one of them",
+            ("upstream_model",),
         )
     text, local = probe_tokens(tokenizer)
     # vLLM renders the conversation with its own template; llama-cpp-python tokenises text
