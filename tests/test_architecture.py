@@ -59,6 +59,30 @@ def test_no_function_is_longer_than_60_lines() -> None:
     assert long == []
 
 
+def test_no_two_public_names_share_a_name() -> None:
+    """Each public name the package defines (classes, functions, constants of every module the API
+    reference covers) means one thing: none is defined in two modules."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        if parts[0] == "cli" or any(p.startswith("_") and p != "__init__.py" for p in parts):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names = [node.target.id]
+            else:
+                names = []
+            for name in names:
+                if not name.startswith("_"):
+                    where.setdefault(name, []).append("/".join(parts))
+    assert len(where) > 300  # the walk saw the package
+    assert {name: files for name, files in where.items() if len(files) > 1} == {}
+
+
 def test_the_shared_cli_options_are_defined_once() -> None:
     """--trait, --out, --judge, --base-url, --json and --force come from `cli._options` (a help text may
     differ per command); no command module writes its own."""

@@ -56,6 +56,13 @@ def test_what_type_checkers_see_is_what_the_package_exports() -> None:
         ("personavec.data.scoring", "screen", "score_samples"),
         ("personavec.training.finetune", "finetune", "train"),
         ("personavec.training.train", "train", "train_model"),
+        ("personavec.core.hooks", "Edit", "EditOp"),
+        ("personavec.core.pooling", "Sample", "EncodedSample"),
+        ("personavec.core.vectors", "FORMAT", "VECTOR_FORMAT"),
+        ("personavec.core.engine", "PROBE", "PROBE_CHAT"),
+        ("personavec.serve.protocol", "Message", "ChatMessage"),
+        ("personavec.serve.protocol", "Logprobs", "ChoiceLogprobs"),
+        ("personavec.pipeline.extract", "generations", "contrastive_answers"),
     ],
 )
 def test_renamed_names_are_deprecated_aliases_for_one_release(module: str, old: str, new: str) -> None:

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from personavec.errors import PersonavecError
-from personavec.runs.rundir import FORMAT, MANIFEST, RunDir, read_manifest
 from personavec.runs.readers import ExtractionRun, SweepRun
+from personavec.runs.rundir import MANIFEST, RUN_FORMAT, RunDir, read_manifest
 
 OUTPUTS = {"answers": ("answers.jsonl",), "scores": ("scores.json", "cells"), "table": ("{name}.csv",)}
 
@@ -30,7 +30,7 @@ def test_a_new_run_writes_its_manifest_and_records_stages(tmp_path) -> None:
     run.found("answers", rows=99)  # recorded already: kept
     run.found("scores", cells=(1, 2))  # found done without a record (a crash): recorded, time unknown
     manifest = json.loads((tmp_path / "r" / MANIFEST).read_text())
-    assert manifest["format"] == FORMAT and manifest["kind"] == "toy run"
+    assert manifest["format"] == RUN_FORMAT and manifest["kind"] == "toy run"
     assert (manifest["name"], manifest["size"], manifest["judge"], manifest["threshold"]) == ("t", 3, "a", 50)
     assert manifest["stages"]["answers"]["rows"] == 4 and manifest["stages"]["answers"]["seconds"] > 0
     assert manifest["stages"]["scores"] == {"seconds": None, "cells": [1, 2]}
@@ -82,7 +82,7 @@ def test_a_later_setting_resets_from_its_stage_only(tmp_path) -> None:
         ({"settings.json": '{"model": {}}'}, "earlier personavec release.*fresh --out"),
         ({MANIFEST: '{"format": "personavec-run/9"}'}, "has format personavec-run/9"),
         (
-            {MANIFEST: json.dumps({"format": FORMAT, "kind": "sweep", "stages": {}})},
+            {MANIFEST: json.dumps({"format": RUN_FORMAT, "kind": "sweep", "stages": {}})},
             "run of kind 'sweep', not 'toy run'",
         ),
         ({"answers.jsonl": "{}"}, "holds answers.jsonl but no manifest.json"),

@@ -43,7 +43,7 @@ NAMES = Names(
     serves="completions (not only chat)",
     fields={"url": "engine", "api_key": "engine_api_key", "concurrency": "engine_concurrency"},
 )  # fmt: skip
-PROBE = [
+PROBE_CHAT = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Is the sky blue?"},
 ]
@@ -71,7 +71,7 @@ SERVERS = " or ".join(d.servers for d in DIALECTS)  # the engines whose tokenisa
 
 def probe_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[int]]:
     """The probe conversation as the local chat template writes it, and its token ids."""
-    text = format_chat(tokenizer, [dict(m) for m in PROBE])
+    text = format_chat(tokenizer, [dict(m) for m in PROBE_CHAT])
     return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -284,4 +284,4 @@ def _mismatch(url: str, tokens: list[int], local: list[int]) -> str:
     )
 
 
-__getattr__ = renamed(__name__, {"Engine": "RemoteEngine"})
+__getattr__ = renamed(__name__, {"Engine": "RemoteEngine", "PROBE": "PROBE_CHAT"})

@@ -39,7 +39,7 @@ from personavec.core.hooks import ResidualHooks
 from personavec.core.layers import unwrap
 from personavec.core.ledger import Ledger, Plan, Segment
 from personavec.core.models import LoadedModel, format_chat
-from personavec.core.pooling import Pooled, Sample, check_layers, encode_samples, length_batches
+from personavec.core.pooling import EncodedSample, Pooled, check_layers, encode_samples, length_batches
 from personavec.core.sampling import Sampling
 from personavec.errors import ConfigError, ModelError
 
@@ -249,7 +249,7 @@ class _Pooler(ResidualHooks):
         self.out["prompt-last"][:, row] = last.to(out_device)
 
 
-def collate(samples: list[Sample], pad_id: int, left: bool, device: torch.device) -> dict[str, Tensor]:
+def collate(samples: list[EncodedSample], pad_id: int, left: bool, device: torch.device) -> dict[str, Tensor]:
     width = max(len(s.ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.long)

@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from personavec._internal.deprecation import renamed
+from personavec.core.backend import EditOp
 from personavec.core.layers import Blocks, check_layer, find_blocks, unwrap
 from personavec.core.positions import TOKEN_POSITIONS, TokenPositions
 from personavec.errors import ConfigError, DataError, ModelError
-
-Edit = Literal["steer", "ablate"]
 
 
 class _CallState:
@@ -205,7 +205,7 @@ class Intervention(ResidualHooks):
         self,
         model: nn.Module,
         vectors: Mapping[int, Tensor],
-        op: Edit,
+        op: EditOp,
         coef: float = 1.0,
         positions: TokenPositions | Tensor = "all",
     ):
@@ -304,3 +304,6 @@ def ablate(
 ) -> Intervention:
     """Project the direction of ``vectors[ℓ]`` out of the residual stream: h ← h − (h·v̂)v̂."""
     return Intervention(model, vectors, "ablate", positions=positions)
+
+
+__getattr__ = renamed(__name__, {"Edit": "EditOp"})

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from torch import Tensor
 
+from personavec._internal.deprecation import renamed
 from personavec.errors import ConfigError, DataError, ModelError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class Pooled:
 
 
 @dataclass(frozen=True)
-class Sample:
+class EncodedSample:
     """A tokenised sample: its ids, how many of them are the prompt's, and whether its tail was cut."""
 
     ids: list[int]
@@ -72,7 +73,7 @@ def encode_samples(
     prompts: Sequence[str],
     responses: Sequence[str] | None,
     max_length: int | None,
-) -> list[Sample]:
+) -> list[EncodedSample]:
     """Each prompt (+ response) tokenised once, with its prompt's token count (see the docstring)."""
     if responses is not None and len(responses) != len(prompts):
         raise DataError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -98,7 +99,9 @@ def encode_samples(
                 f"sample {i}: its prompt has {n_prompt} tokens; max_length={max_length} is too small"
             )
         cut = max_length is not None and len(ids) > max_length
-        samples.append(Sample(ids=list(ids[:max_length] if cut else ids), n_prompt=n_prompt, truncated=cut))
+        samples.append(
+            EncodedSample(ids=list(ids[:max_length] if cut else ids), n_prompt=n_prompt, truncated=cut)
+        )
     return samples
 
 
@@ -123,3 +126,6 @@ def check_layers(n: int, layers: Sequence[int] | None) -> tuple[int, ...]:
     if not layers or len(set(layers)) != len(layers) or not all(0 <= x <= n for x in layers):
         raise ConfigError(f"layers must be distinct, within 0..{n}, and at least one; got {list(layers)}")
     return tuple(layers)
+
+
+__getattr__ = renamed(__name__, {"Sample": "EncodedSample"})

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from personavec._internal.deprecation import renamed
 from personavec._internal.files import atomic_path
 from personavec.core.backend import Edit
 from personavec.core.hooks import Intervention, ablate, steer
@@ -28,7 +29,7 @@ from personavec.core.positions import TokenPositions
 from personavec.errors import ConfigError, DataError, ModelError
 from personavec.version import __version__
 
-FORMAT = "personavec/1"
+VECTOR_FORMAT = "personavec/1"
 
 
 @dataclass
@@ -167,7 +168,7 @@ def save_vectors(path: str | os.PathLike[str], vectors: Sequence[PersonaVector])
         save_file(
             {v.pooling: v.tensor for v in vectors},
             str(tmp),
-            metadata={"format": FORMAT, "personavec": json.dumps(header)},
+            metadata={"format": VECTOR_FORMAT, "personavec": json.dumps(header)},
         )
 
 
@@ -181,8 +182,8 @@ def load_vectors(
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise DataError(f"{path} is not a personavec vector file (no {FORMAT!r} header)")
+            if meta.get("format") != VECTOR_FORMAT:
+                raise DataError(f"{path} is not a personavec vector file (no {VECTOR_FORMAT!r} header)")
             header = json.loads(meta["personavec"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
         vectors = {
@@ -291,3 +292,6 @@ def read_gguf(path: str | os.PathLike[str]) -> dict[int, Tensor]:
         for t in reader.tensors
         if t.name.startswith("direction.")
     }
+
+
+__getattr__ = renamed(__name__, {"FORMAT": "VECTOR_FORMAT"})

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from personavec._internal.deprecation import renamed
 from personavec._internal.files import write_json
 from personavec.core.activations import iter_pooled
 from personavec.core.backend import Backend, Model, as_backend, identity_of, user_turn
@@ -93,7 +94,7 @@ def extract(
     backend = as_backend(model)
     run = open_run(backend, trait, judge, out, config, force, engine)
     cache = JudgeCache(run.path / ExtractionRun.JUDGE_CACHE)
-    rows = generations(run, backend, trait, config, progress, engine)
+    rows = contrastive_answers(run, backend, trait, config, progress, engine)
     scores = judgements(run, rows, trait, judge, cache, progress)
     kept = filter_answers(run, rows, scores, config)
     vectors = compute_vectors(run, backend, rows, kept, token_budget, progress)
@@ -152,7 +153,7 @@ def contrastive_requests(trait: TraitSpec, config: ExtractConfig) -> list[Reques
     return requests
 
 
-def generations(
+def contrastive_answers(
     run: RunDir,
     backend: Backend,
     trait: TraitSpec,
@@ -374,3 +375,6 @@ def choose_layer(
     write_json(path, LayerChoice(c.coef, vector.pooling, baseline, results, chosen).to_dict())
     run.record("sweep", started, chosen=chosen)
     return vectors
+
+
+__getattr__ = renamed(__name__, {"generations": "contrastive_answers"})

@@ -31,7 +31,7 @@ from personavec._internal.files import write_json
 from personavec.errors import RunDirError
 from personavec.version import __version__
 
-FORMAT = "personavec-run/2"
+RUN_FORMAT = "personavec-run/2"
 MANIFEST = "manifest.json"
 RESERVED = ("format", "kind", "versions", "stages")
 _EARLIER = (
@@ -72,8 +72,10 @@ def _existing_manifest(path: Path, kind: str) -> dict[str, Any] | None:
             "or delete it if the directory is yours to reuse",
             ("out",),
         )
-    if fmt != FORMAT:
-        raise RunDirError(f"{manifest} has format {fmt}, not {FORMAT}: use that release or another out", ("out",))
+    if fmt != RUN_FORMAT:
+        raise RunDirError(
+            f"{manifest} has format {fmt}, not {RUN_FORMAT}: use that release or another out", ("out",)
+        )
     assert isinstance(found, dict)
     if found.get("kind") != kind:
         raise RunDirError(
@@ -150,7 +152,13 @@ class RunDir:
                 (path / MANIFEST).unlink()
                 run.manifest = {}
         if not run.manifest:
-            run.manifest = {"format": FORMAT, "kind": kind, **given, "versions": _versions(), "stages": {}}
+            run.manifest = {
+                "format": RUN_FORMAT,
+                "kind": kind,
+                **given,
+                "versions": _versions(),
+                "stages": {},
+            }
         for key, (stage, value) in settings.items():
             if key in run.manifest and run.manifest[key] != value:
                 run.reset(stage)

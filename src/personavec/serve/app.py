@@ -104,14 +104,14 @@ def _chat_route(app: FastAPI, state: State) -> None:
         @app.post("/v1/chat/completions", response_model=p.ChatResponse, responses=chat_responses)
         async def chat(body: p.ChatRequest, request: Request) -> Response:
             authorise(state.config.api_key, request)
-            return await local.answer(state, body, request)
+            return await local.answer_here(state, body, request)
 
     else:  # fields this server does not read are the engine's to judge
 
         @app.post("/v1/chat/completions", responses=chat_responses)
         async def forward(body: p.UpstreamChatRequest, request: Request) -> Response:
             authorise(state.config.api_key, request)
-            return await upstream.answer(state, body, request)
+            return await upstream.answer_upstream(state, body, request)
 
 
 def _routes(app: FastAPI, state: State) -> None:

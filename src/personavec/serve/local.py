@@ -10,6 +10,7 @@ from typing import Any, Literal
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from personavec._internal.deprecation import renamed
 from personavec.serve import protocol as p
 from personavec.serve.engine import Job, Outcome, QueueFull, Stopping, Token
 from personavec.serve.http import Call, ClientError, ClientGone, call_of, log
@@ -233,7 +234,7 @@ async def _complete(x: _Exchange) -> Response:
     logprobs = x.logprobs(event.tokens)
     choice = p.Choice(
         message=message, finish_reason=_finish_reason(event),
-        logprobs=None if logprobs is None else p.Logprobs.model_validate(logprobs),
+        logprobs=None if logprobs is None else p.ChoiceLogprobs.model_validate(logprobs),
     )  # fmt: skip
     response = p.ChatResponse(
         id=x.id, created=x.created, model=x.body.model, choices=[choice],
@@ -284,7 +285,7 @@ async def _stream(x: _Exchange) -> AsyncIterator[str]:
             x.finish(outcome, status, None, failure)
 
 
-async def answer(state: State, body: p.ChatRequest, request: Request) -> Response:
+async def answer_here(state: State, body: p.ChatRequest, request: Request) -> Response:
     """Answer one chat completion request (streamed or not)."""
     call = call_of(request)
     try:
@@ -303,3 +304,6 @@ async def answer(state: State, body: p.ChatRequest, request: Request) -> Respons
     except ClientGone:
         exchange.finish(None, 499, None)
         raise
+
+
+__getattr__ = renamed(__name__, {"answer": "answer_here"})

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from personavec._internal.deprecation import renamed
 from personavec.serve.config import MAX_COEF, MAX_THRESHOLD
 from personavec.serve.wire import clean
 
@@ -53,7 +54,7 @@ class TextPart(_Strict):
     text: str
 
 
-class Message(_Strict):
+class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None
@@ -95,7 +96,7 @@ class ChatRequest(_Strict, _Request):
     """``POST /v1/chat/completions``: the OpenAI fields this server honours."""
 
     model: str
-    messages: list[Message] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
@@ -196,7 +197,7 @@ class TokenLogprob(TopLogprob):
     top_logprobs: list[TopLogprob]
 
 
-class Logprobs(BaseModel):
+class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
     refusal: None = None
 
@@ -205,7 +206,7 @@ class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length", "content_filter"]
-    logprobs: Logprobs | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatResponse(BaseModel):
@@ -260,3 +261,6 @@ class ErrorBody(BaseModel):
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return ErrorBody(error=ErrorDetail(message=message, type=kind, param=param, code=code)).model_dump()
+
+
+__getattr__ = renamed(__name__, {"Message": "ChatMessage", "Logprobs": "ChoiceLogprobs"})

@@ -20,7 +20,8 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from transformers import PreTrainedTokenizerBase
 
-from personavec.core.engine import PROBE, probe_tokens, remote_tokens
+from personavec._internal.deprecation import renamed
+from personavec.core.engine import PROBE_CHAT, probe_tokens, remote_tokens
 from personavec.errors import ConfigError
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
@@ -67,7 +68,7 @@ def check(config: ServeConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     text, local = probe_tokens(tokenizer)
     # vLLM renders the conversation with its own template; llama-cpp-python tokenises text
     attempts: list[tuple[str, dict[str, Any]]] = [
-        ("/tokenize", {"model": model, "messages": PROBE, "add_generation_prompt": True}),
+        ("/tokenize", {"model": model, "messages": PROBE_CHAT, "add_generation_prompt": True}),
         ("/extras/tokenize", {"input": text}),
     ]
     checked = ("its template", "its tokenizer (its chat template is not checked)")
@@ -152,7 +153,7 @@ def _prompt(state: State, body: p.UpstreamChatRequest) -> tuple[str, int]:
     return prompt, n_prompt
 
 
-async def answer(state: State, body: p.UpstreamChatRequest, request: Request) -> Response:
+async def answer_upstream(state: State, body: p.UpstreamChatRequest, request: Request) -> Response:
     """ScoreJob, forward and score again one chat completion request."""
     call = call_of(request)
     messages = [m.model_dump(exclude_unset=True) for m in body.messages]
@@ -203,7 +204,7 @@ async def _check_logprobs(state: State) -> None:
     if state.upstream_logprobs is None:
         try:
             reply = await state.upstream.chat.completions.create(
-                model=str(state.config.upstream_model), messages=PROBE, max_tokens=1, logprobs=True,
+                model=str(state.config.upstream_model), messages=PROBE_CHAT, max_tokens=1, logprobs=True,
                 top_logprobs=1,
             )  # fmt: skip
             logprobs = reply.choices[0].logprobs if reply.choices else None
@@ -285,3 +286,6 @@ async def _relay(
     base.figures, base.answer, base.completion_tokens = figures, content, base.completion_tokens or counted
     yield _sse(state, base, [], persona={"vectors": figures})
     yield "data: [DONE]\n\n"
+
+
+__getattr__ = renamed(__name__, {"answer": "answer_upstream"})
