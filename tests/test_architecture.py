@@ -59,6 +59,53 @@ def test_no_function_is_longer_than_60_lines() -> None:
     assert long == []
 
 
+def _module_imports() -> dict[str, set[str]]:
+    """Each module → the package's modules it imports when it is imported (its top level, including
+    ``if TYPE_CHECKING:`` blocks; not the lazy imports inside functions)."""
+
+    def name(path: Path) -> str:
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        found: set[str] = set()
+        statements = list(ast.parse(path.read_text()).body)
+        while statements:
+            node = statements.pop()
+            if isinstance(node, (ast.If, ast.Try)):
+                statements += [*node.body, *node.orelse]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("personavec"):
+                for alias in node.names:
+                    target = f"{node.module}.{alias.name}"
+                    found.add(target if target in modules else str(node.module))
+        graph[module] = {target for target in found if target in modules and target != module}
+    return graph
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No import cycle, at import time or for type checkers: a depth-first walk finds no way back."""
+    graph = _module_imports()
+    assert len(graph) > 90 and sum(map(len, graph.values())) > 200  # the walk saw the imports
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
 def test_no_two_public_names_share_a_name() -> None:
     """Each public name the package defines (classes, functions, constants of every module the API
     reference covers) means one thing: none is defined in two modules."""

@@ -9,8 +9,8 @@ from starlette.requests import Request
 
 from personavec.serve.dashboard import COOKIE, allowed, session_cookie
 from personavec.serve.engine import Token
+from personavec.serve.record import Record
 from personavec.serve.ring import BACKLOG, Ring
-from personavec.serve.state import Record
 
 FIGURES = {"evil": {"prompt_last": 1.0, "response_avg": 2.0, "token_max": 3.0, "flagged": True,
                     "predicted": False, "steered": None, "thresholds": {}, "layer": 20}}  # fmt: skip

@@ -14,8 +14,9 @@ from personavec._internal.deprecation import renamed
 from personavec.serve import protocol as p
 from personavec.serve.engine import Job, Outcome, QueueFull, Stopping, Token
 from personavec.serve.http import Call, ClientError, ClientGone, call_of, log
+from personavec.serve.record import Record
 from personavec.serve.rows import GuardPlan, RowPlan
-from personavec.serve.state import Record, State, vector_figures
+from personavec.serve.state import State, vector_figures
 
 
 def _figures(state: State, outcome: Outcome, plan: RowPlan) -> dict[str, dict[str, Any]]:

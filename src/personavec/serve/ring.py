@@ -12,10 +12,9 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from personavec.serve.state import Record
+from personavec.serve.record import Record
 
 BACKLOG = 256
 """Entries a watching page may have waiting before it is told to reload the list."""

@@ -11,8 +11,9 @@ from personavec.deploy.monitor import Watched
 from personavec.deploy.thresholds import Thresholds
 from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
-from personavec.serve.engine import LocalEngine, Token
+from personavec.serve.engine import LocalEngine
 from personavec.serve.http import Call, log
+from personavec.serve.record import Record
 from personavec.serve.ring import Ring
 from personavec.serve.telemetry import AuditLog, Metrics
 from personavec.serve.wire import Wire
@@ -64,26 +65,6 @@ def vector_figures(
         else response_avg > limits["response_avg"],
         steered=steered,
     ).model_dump()
-
-
-@dataclass
-class Record:
-    """What one chat request leaves in the metrics, the audit log and the dashboard, whatever its
-    outcome (`error_type` and `error`: the OpenAI error it was answered with)."""
-
-    id: str
-    model: str | None
-    status: int
-    start: float  # time.monotonic() when it arrived
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    figures: dict[str, Any] | None = None
-    messages: list[Any] | None = None
-    answer: str | None = None
-    error: str | None = None
-    tokens: list[Token] | None = None  # the answer's tokens with their projections (local mode)
-    error_type: str | None = None
 
 
 def settle(state: State, call: Call) -> None:

@@ -27,7 +27,8 @@ from personavec.serve import protocol as p
 from personavec.serve.config import ServeConfig
 from personavec.serve.engine import QueueFull, ScoreJob, Stopping
 from personavec.serve.http import ClientError, call_of
-from personavec.serve.state import Record, State, vector_figures
+from personavec.serve.record import Record
+from personavec.serve.state import State, vector_figures
 
 
 def client(config: ServeConfig) -> openai.AsyncOpenAI:
