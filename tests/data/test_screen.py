@@ -310,6 +310,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_dir, tmp_path, capsys, extra,
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_cli_names_the_flags_of_a_row_that_cannot_be_scored(tiny_dir, tmp_path, capsys) -> None:
+    """Found while scoring (after the model loads): the library's field names, written as flags."""
+    data = write(tmp_path / "d.jsonl", [{"prompt": "x", "response": "y"}])
+    files = _saved_vectors(tiny_dir, tmp_path)
+    argv = _cli(tiny_dir, data, files, tmp_path / "out", "--max-length", "2", "--approx", "prompt-last")
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("no room for a response within --max-length 2; fix it or set --on-bad-row skip")
+
+
 def test_two_processes_share_the_chunks_and_merge_the_same_scores(tiny_dir, tmp_path) -> None:
     data = write(tmp_path / "d.jsonl", rows(40))
     files = _saved_vectors(tiny_dir, tmp_path)

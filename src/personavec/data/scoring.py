@@ -132,7 +132,8 @@ class _Screener:
     def skip(self, rows: dict[int, dict[str, Any]], item: Sample | BadRow, problem: str) -> None:
         """Record `item` as skipped for `problem`, or raise under ``on_bad_row="fail"``."""
         if self.config.on_bad_row == "fail":
-            raise DataError(f"{item.where}: {problem}; fix it or set on_bad_row skip", ("on_bad_row",))
+            fields = ("on_bad_row", "max_length")  # a problem may name max_length
+            raise DataError(f"{item.where}: {problem}; fix it or set on_bad_row skip", fields)
         rows[item.index] = {"index": item.index, "where": item.where, "skipped": problem}
 
     def usable(

@@ -4,9 +4,10 @@ files, the judge answers one probe request, and the engine stands in for the mod
 against the model's tokenizer alone). (Input files are read by their own loaders before the
 model loads: `DataFile`, `load_vector`, `load_trait`.)
 
-Each failure is a `PersonavecError` of one line. The CLI calls `preflight` before loading the model;
-the library's long verbs call it again on entry, which costs nothing more (a judge that has answered
-a probe is not asked again).
+Each failure is a `PersonavecError` of one line. The long verbs call `preflight` on entry, before a
+`ModelRef` loads; where the CLI builds a judge ahead of the verb (sweep, calibrate, shift) it probes it
+first, and the verb's second call costs nothing (a judge that has answered a probe is not asked
+again, an engine checked against a tokenizer is not checked again).
 """
 
 from __future__ import annotations
