@@ -38,7 +38,7 @@ from personavec.core.backend import (
 from personavec.core.hooks import ResidualHooks
 from personavec.core.layers import unwrap
 from personavec.core.ledger import Ledger, Plan, Segment
-from personavec.core.models import LoadedModel, format_chat
+from personavec.core.models import LoadedModel, TokenizerText, eos_ids
 from personavec.core.pooling import EncodedSample, Pooled, check_layers, encode_samples, length_batches
 from personavec.core.sampling import Sampling
 from personavec.errors import ConfigError, ModelError
@@ -191,7 +191,7 @@ class _Batch(BaseStreamer, StoppingCriteria):
     def _finish(self, r: int, row: _Row, reason: FinishReason, cancelled: bool = False) -> None:
         request, row.done = row.admitted.request, True
         ids, text, stopped = (
-            _cut_at_stop(self.backend.decode, row.ids, request.stops)
+            cut_at_stop(self.backend.decode, row.ids, request.stops)
             if request.stops
             else (row.ids, self.backend.decode(row.ids), False)
         )
@@ -271,7 +271,7 @@ def collate(samples: list[EncodedSample], pad_id: int, left: bool, device: torch
     return {k: v.to(device) for k, v in {**batch, **extra}.items()}
 
 
-def _cut_at_stop(
+def cut_at_stop(
     decode: Callable[[Sequence[int]], str], ids: list[int], stops: Sequence[str]
 ) -> tuple[list[int], str, bool]:
     """The answer up to its first stop sequence: the ids up to the one completing it, the text before
@@ -284,22 +284,13 @@ def _cut_at_stop(
     return ids[:n], prefix[: min(prefix.find(s) for s in stops if s in prefix)], True
 
 
-class TransformersBackend:
+class TransformersBackend(TokenizerText):
     """The `Backend` on a `LoadedModel` (see the module's docstring)."""
 
     def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__(loaded.tokenizer)
         self.loaded, self.identity, self.dtype = loaded, loaded.identity, str(loaded.model.dtype)
-        eos = loaded.model.generation_config.eos_token_id if loaded.model.generation_config else None
-        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-
-    def chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return format_chat(self.loaded.tokenizer, [dict(m) for m in messages])
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int], special: bool = False) -> str:
-        return str(self.loaded.tokenizer.decode(list(ids), skip_special_tokens=not special))
+        self.eos = eos_ids(loaded.model.generation_config)
 
     def generate(
         self,

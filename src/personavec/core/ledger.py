@@ -166,6 +166,13 @@ class Ledger:
             placed.row.seen = max(placed.row.seen, placed.start + placed.length)
         self._step, self._values, self._columns = [], [], {}
 
+    def plan(self, key: Hashable) -> Plan:
+        return self._rows[key].plan
+
+    def seen(self, key: Hashable) -> int:
+        """How many of request `key`'s positions, from 0, have been computed."""
+        return self._rows[key].seen
+
     def readings(self, key: Hashable) -> list[list[float]]:
         """Request `key`'s probe readings by position (``[position][probe]``)."""
         return self._rows[key].readings

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -262,6 +265,56 @@ def load_model(
         set_blocks_path(model, blocks)
     find_blocks(model)  # unknown architectures fail here, not halfway through a run
     return LoadedModel(model=model, tokenizer=tokenizer, identity=_identity(source, model.config))
+
+
+class TokenizerText:
+    """The text half of the `Backend` protocol, on a tokenizer: chat formatting, encode, decode."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return format_chat(self.tokenizer, [dict(m) for m in messages])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int], special: bool = False) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=not special))
+
+
+def eos_ids(generation_config: Any) -> set[int]:
+    """The end-of-sequence ids a generation config names (none without one)."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
+def cache_root() -> Path:
+    """Where personavec caches what it derives (``$PERSONAVEC_CACHE``, default ~/.cache/personavec)."""
+    return Path(os.environ.get("PERSONAVEC_CACHE") or Path.home() / ".cache" / "personavec")
+
+
+def checkpoint_dir(ref: str, dtype: str = "auto") -> Path:
+    """A model directory of ordinary safetensors for `ref`, for engines that load one: the directory
+    itself, or, for a GGUF file (and ``smollm2``), its de-quantised weights converted once and cached
+    under `cache_root` (written to a temporary directory first, then renamed)."""
+    source = _resolve(ref)
+    if not source.gguf_file:
+        return Path(source.location)
+    sha = _file_sha256(Path(source.location) / source.gguf_file)
+    target = cache_root() / "checkpoints" / f"{sha[:16]}-{dtype}"
+    if (target / "config.json").exists():
+        return target
+    loaded = load_model(ref, dtype=dtype, device="cpu")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    loaded.model.save_pretrained(scratch)
+    loaded.tokenizer.save_pretrained(scratch)
+    try:
+        scratch.rename(target)
+    except OSError:  # another process got there first
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
