@@ -1,15 +1,18 @@
-"""The `Backend` protocol on the transformers backend and on the test's flat backend (vLLM's shape: one
-``[num_tokens, hidden]`` tensor per step, chunked prefill, a prefix cache, a preemption): the same
-answers and figures, each against an independent recomputation with the model itself."""
+"""The `Backend` protocol on the transformers backend, and beside it on the test's flat backend (vLLM's
+shape: one ``[num_tokens, hidden]`` tensor per step, chunked prefill, a prefix cache, a preemption) and
+on real vLLM (`tests/vllm_engine.py`: chunked prefill and a small KV cache): the same answers and
+figures, each against an independent recomputation with the model itself."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 from flat_backend import FlatBackend
+from vllm_engine import require_vllm, small_engine
 from personavec.core.activations import pooled_activations
 from personavec.core.backend import (
     Backend,
@@ -33,9 +36,16 @@ QUESTIONS = [
 LAYER = 10
 
 
-@pytest.fixture(scope="module")
-def backends(smollm2: LoadedModel) -> tuple[TransformersBackend, FlatBackend]:
-    return TransformersBackend(smollm2), FlatBackend(smollm2)
+@pytest.fixture(scope="module", params=["flat", "vllm"])
+def backends(request: pytest.FixtureRequest, smollm2: LoadedModel) -> Iterator[tuple[TransformersBackend, Any]]:
+    """The transformers backend, and the flat backend or vLLM (one engine for the module)."""
+    if request.param == "flat":
+        yield TransformersBackend(smollm2), FlatBackend(smollm2)
+        return
+    require_vllm(module=False)
+    engine = small_engine()
+    yield TransformersBackend(smollm2), engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +75,7 @@ def requests(backend: Backend, unit: torch.Tensor, v: torch.Tensor) -> list[Gene
 
 @pytest.fixture(scope="module")
 def generated(
-    backends: tuple[TransformersBackend, FlatBackend], directions: tuple[torch.Tensor, torch.Tensor]
+    backends: tuple[TransformersBackend, Any], directions: tuple[torch.Tensor, torch.Tensor]
 ) -> tuple[list[Generation], list[Generation]]:
     hf, flat = backends
     return hf.generate(requests(hf, *directions)), flat.generate(requests(flat, *directions))
@@ -78,10 +88,12 @@ def test_a_loaded_model_is_a_transformers_backend(smollm2: LoadedModel) -> None:
 
 
 def test_the_flat_backend_ran_as_vllm_does(
-    backends: tuple[TransformersBackend, FlatBackend], generated: tuple[list[Generation], list[Generation]]
+    backends: tuple[TransformersBackend, Any], generated: tuple[list[Generation], list[Generation]]
 ) -> None:
     """Its steps held several requests, split prompts, skipped a cached prefix and recomputed one."""
     flat = backends[1]
+    if not isinstance(flat, FlatBackend):
+        pytest.skip("the flat backend's own schedule (vLLM's: tests/core/test_vllm.py)")
     assert max(len(step) for step in flat.steps) >= 3
     firsts: dict[object, int] = {}
     for step in flat.steps:
@@ -135,7 +147,7 @@ def test_readings_are_the_models_own_projections(
 
 def test_an_edit_steers_as_the_vector_context_does(
     smollm2: LoadedModel,
-    backends: tuple[TransformersBackend, FlatBackend],
+    backends: tuple[TransformersBackend, Any],
     directions: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     from personavec.core.hooks import steer
@@ -156,7 +168,7 @@ def test_an_edit_steers_as_the_vector_context_does(
 
 def test_logprobs_match_a_full_forward(
     smollm2: LoadedModel,
-    backends: tuple[TransformersBackend, FlatBackend],
+    backends: tuple[TransformersBackend, Any],
     directions: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     hf = backends[0]
@@ -184,7 +196,7 @@ def test_logprobs_match_a_full_forward(
 
 
 def test_pooled_activations_are_equal(
-    backends: tuple[TransformersBackend, FlatBackend], generated: tuple[list[Generation], list[Generation]]
+    backends: tuple[TransformersBackend, Any], generated: tuple[list[Generation], list[Generation]]
 ) -> None:
     hf, flat = backends
     texts = [hf.chat([{"role": "user", "content": q}]) for q in QUESTIONS]
@@ -197,7 +209,7 @@ def test_pooled_activations_are_equal(
 
 
 def test_stages_give_equal_figures_on_both_backends(
-    backends: tuple[TransformersBackend, FlatBackend], directions: tuple[torch.Tensor, torch.Tensor]
+    backends: tuple[TransformersBackend, Any], directions: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     """generate (steered by an edit), capability scoring (steered) and projections, on each backend."""
     from personavec.core.generate import generate
@@ -229,7 +241,7 @@ def test_stages_give_equal_figures_on_both_backends(
 
 
 def test_steer_monitor_and_the_local_judge_give_equal_figures_on_both_backends(
-    backends: tuple[TransformersBackend, FlatBackend], directions: tuple[torch.Tensor, torch.Tensor]
+    backends: tuple[TransformersBackend, Any], directions: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     from personavec.core.sampling import Sampling
     from personavec.core.vectors import PersonaVector
@@ -265,7 +277,7 @@ def test_steer_monitor_and_the_local_judge_give_equal_figures_on_both_backends(
 @pytest.mark.parametrize("which", [0, 1])
 def test_streams_send_each_token_with_its_reading_admit_late_requests_and_cancel(
     which: int,
-    backends: tuple[TransformersBackend, FlatBackend],
+    backends: tuple[TransformersBackend, Any],
     generated: tuple[list[Generation], list[Generation]],
     directions: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
@@ -307,7 +319,7 @@ def test_streams_send_each_token_with_its_reading_admit_late_requests_and_cancel
     assert stopped[0].score is not None and stopped[0].score.top == []  # asked for no alternatives
     late = events.index(next(e for e in events if e.key == 3))
     first_end = events.index(ends[0])
-    if isinstance(backend, FlatBackend):  # admitted at the next step, while the others run
+    if not isinstance(backend, TransformersBackend):  # admitted at the next step, while the others run
         assert late < first_end
     else:  # generate cannot take rows: the next batch
         assert late > max(events.index(ends[k]) for k in (0, 1, 2))

@@ -118,8 +118,6 @@ def _salt(plan: Plan) -> str | None:
         digest.update(
             f"{g.probe}:{g.threshold}:{g.coef}:{g.per_token}:".encode() + g.direction.numpy().tobytes()
         )
-    for p in plan.probes:
-        digest.update(f"{p.layer}:".encode() + p.unit.numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -134,6 +132,7 @@ class _Channel:
         self.socket = zmq.Context.instance().socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.address)
+        self.expected: set[str] = set()  # the requests whose records are kept (later ones dropped)
         self.readings: dict[Hashable, list[list[float]]] = {}
         self.fired: dict[Hashable, list[int | None]] = {}
         self.pooled: dict[Hashable, Any] = {}
@@ -149,6 +148,8 @@ class _Channel:
 
     def _take(self, record: tuple[Any, ...]) -> None:
         kind, key = record[0], record[1]
+        if key not in self.expected:  # a request already over: the engine ran a step past it
+            return
         if kind == "readings":
             rows = self.readings.setdefault(key, [])
             for position, values in enumerate(record[3], start=record[2]):
@@ -172,9 +173,15 @@ class _Channel:
                 )
             self.drain(timeout_ms=50)
 
-    def forget(self, key: Hashable) -> None:
+    def forget(self, key: str) -> None:
+        self.expected.discard(key)
         for store in (self.readings, self.fired, self.pooled):
             store.pop(key, None)
+
+    def take_pooled(self, key: str) -> Any:
+        record = self.pooled[key]
+        self.forget(key)
+        return record
 
     def close(self) -> None:
         self.socket.close()
@@ -273,6 +280,7 @@ class VllmBackend(TokenizerText):
         if plan is not None and (plan.edits or plan.probes or plan.guards or plan.pool_layers):
             self._register(plan)
             params.extra_args = {KEY: wire(rid, plan, vector_id)}
+            self.channel.expected.add(rid)
         salt = f"{rid}-{uuid.uuid4().hex}" if own_cache else _salt(plan) if plan is not None else None
         if salt:
             prompt["cache_salt"] = salt
@@ -445,6 +453,7 @@ class VllmBackend(TokenizerText):
                 for output in self.engine.step():
                     if output.finished:
                         results[jobs[output.request_id]] = output
+                        self.channel.forget(output.request_id)
             for i, r in enumerate(chunk):
                 top: list[tuple[int, float]] = []
                 candidates: list[float] = []
@@ -491,7 +500,7 @@ class VllmBackend(TokenizerText):
             )
             triples = []
             for i in indices:
-                record = self.channel.pooled.pop(keys[i])
+                record = self.channel.take_pooled(keys[i])
                 if isinstance(record, str):
                     raise DataError(record)
                 triples.append(record)
@@ -543,7 +552,7 @@ class VllmBackend(TokenizerText):
                     token = output.outputs[0].token_ids[0]
                     reported = (token, output.outputs[0].logprobs[0][token].logprob)
         self.channel.wait(lambda: key in self.channel.pooled, "a capture (the hooks never fired)")
-        record = self.channel.pooled.pop(key)
+        record = self.channel.take_pooled(key)
         if reported is None or isinstance(record, str):
             raise ModelError(f"vLLM's start-up probe failed: {record}")
         h = torch.as_tensor(record[last][0])
@@ -553,9 +562,9 @@ class VllmBackend(TokenizerText):
         computed = next(value for value in ranks if value is not None)
         return float(reported[1]), float(computed), float(h.norm())
 
-    def open_requests(self) -> int:
-        """Requests some worker still holds state for (0 once every request is over)."""
-        return max(self.llm.collective_rpc("personavec_open"))
+    def stats(self) -> dict[str, int]:
+        """Rank 0's `PersonavecWorker.personavec_stats`."""
+        return dict(self.llm.collective_rpc("personavec_stats")[0])
 
     def close(self) -> None:
         """Shut the engine down and free the channel."""

@@ -44,6 +44,16 @@ class _Account:
         self.sent: dict[str, tuple[int, list[int | None], bool]] = {}  # readings sent, firings, pooled
         self.layers: set[int] = set()
         self.active = False
+        self.counts = {"chunked": 0, "cached": 0, "recomputed": 0}  # segments seen of each kind
+
+    def _count(self, rid: str, start: int, length: int) -> None:
+        seen, prompt_len = self.ledger.seen(rid), self.ledger.plan(rid).prompt_len
+        if start < seen:
+            self.counts["recomputed"] += 1  # after a preemption
+        elif start > seen:
+            self.counts["cached"] += 1  # its first positions came from the prefix cache
+        if length > 1 and start + length < prompt_len:
+            self.counts["chunked"] += 1  # a prompt prefilled over several steps
 
     # -- a step -------------------------------------------------------------------------------------
 
@@ -80,11 +90,11 @@ class _Account:
             return False
         first = positions[torch.tensor(starts_at[:-1])].tolist()
         computed = runner.input_batch.num_computed_tokens_cpu[:n].tolist()
-        import os
-        if os.environ.get("PV_DEBUG"):
-            print("PVDBG", ids, starts_at, first, computed, positions.numel(), positions.tolist()[:40], flush=True)
         if first != computed:
             return False
+        for rid, start, begin, end in zip(ids, first, starts_at[:-1], starts_at[1:], strict=True):
+            if rid in self.keys:
+                self._count(rid, start, end - begin)
         self.ledger.begin(
             [Segment(rid, start, end - begin) for rid, start, begin, end in
              zip(ids, first, starts_at[:-1], starts_at[1:], strict=True)]
@@ -208,9 +218,11 @@ class PersonavecWorker:
             logits = model.compute_logits(model.model.norm(h))
         return None if logits is None else float(torch.log_softmax(logits.float(), -1)[0, token])
 
-    def personavec_open(self) -> int:
-        """How many requests this worker holds state for (0 once every request is over)."""
-        return len(self.personavec_account.keys)
+    def personavec_stats(self) -> dict[str, int]:
+        """The requests this worker holds state for (``open``: 0 once every request is over, from the
+        step after), and how many segments came chunked, after a cached prefix, or recomputed."""
+        account = self.personavec_account
+        return {"open": len(account.keys), **account.counts}
 
 
 def _hook(blocks: nn.ModuleList, start: int, end: int, account: _Account) -> None:
