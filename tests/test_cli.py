@@ -422,3 +422,17 @@ def test_a_library_error_names_fields_and_the_command_line_writes_its_flags() ->
     assert as_flags(engine, None) == "set --engine-model to one of them"
     path = ConfigError("cannot write /tmp/out/x or out.d; choose another out", ("out",))
     assert as_flags(path, None) == "cannot write /tmp/out/x or out.d; choose another --out"
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--vllm-arg", "tensor_parallel_size=2"], "--vllm-arg needs --backend vllm"),
+        (["--backend", "vllm", "--engine", "openai:http://127.0.0.1:9/v1"], "--engine and --backend vllm"),
+    ],
+)
+def test_a_second_runtime_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str], pattern: str
+) -> None:
+    argv = ["extract", "--model", "smollm2", "--trait", "optimistic", "--judge", "lexicon", "--out", str(tmp_path)]
+    _one_line_error(capsys, main([*argv, *extra]), pattern)

@@ -265,10 +265,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def model_args(
-    parser: argparse.ArgumentParser, vector: bool = True, adapter: bool = True, pooling: bool = True
+    parser: argparse.ArgumentParser,
+    vector: bool = True,
+    adapter: bool = True,
+    pooling: bool = True,
+    backend: bool = True,
 ) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     device_args(parser)
+    if backend:
+        backend_args(parser)
     if pooling:
         pooling_arg(parser)
     if vector:
@@ -294,6 +300,18 @@ def pooling_arg(parser: argparse.ArgumentParser, text: str = "which vector of th
 def device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="model dtype (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+
+
+def backend_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime", "what runs the model (generation and activations alike)")
+    group.add_argument(
+        "--backend", choices=("transformers", "vllm"), default="transformers",
+        help="transformers (default) or vllm: generation, activations and steering inside vLLM",
+    )  # fmt: skip
+    group.add_argument(
+        "--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="a vLLM engine setting (repeatable), e.g. tensor_parallel_size=2, gpu_memory_utilization=0.8",
+    )  # fmt: skip
 
 
 def endpoint_args(
@@ -375,16 +393,28 @@ def fmt(value: float | None) -> str:
 
 
 def model_ref(args: argparse.Namespace, device: str | None = None) -> Any:
-    """The `ModelRef` of --model, --dtype, --device (or `device`) and --adapter, not loaded yet."""
+    """The model of --model, --dtype, --device (or `device`) and --adapter, not loaded yet: a `ModelRef`,
+    or with ``--backend vllm`` a `VllmBackend` (its engine starts on first use)."""
     from personavec.core.models import ModelRef
 
     adapter = getattr(args, "adapter", None)
-    return ModelRef(args.model, dtype=args.dtype, device=device or args.device, adapter=adapter)
+    ref = ModelRef(args.model, dtype=args.dtype, device=device or args.device, adapter=adapter)
+    if getattr(args, "backend", "transformers") != "vllm":
+        if getattr(args, "vllm_arg", None):
+            raise ConfigError("--vllm-arg needs --backend vllm")
+        return ref
+    if getattr(args, "engine", None):
+        raise ConfigError("--engine and --backend vllm both generate: choose one (vLLM computes activations too)")
+    from personavec.core.vllm_backend import VllmBackend, parse_engine_args
+
+    return VllmBackend(ref, parse_engine_args(args.vllm_arg))
 
 
 def load(args: argparse.Namespace) -> Any:
-    """The model of --model, with the LoRA adapter of --adapter (a finetuned model) on it if given."""
-    return model_ref(args).load()
+    """The model of --model (with the LoRA adapter of --adapter on it), loaded: on transformers, or the
+    vLLM backend of ``--backend vllm``."""
+    model = model_ref(args)
+    return model.load() if hasattr(model, "load") else model
 
 
 def model_and_vector(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -58,7 +58,7 @@ def add(commands: Any) -> None:
         "serve",
         help="an OpenAI-compatible server reporting each answer's persona (pip install 'personavec[serve]')",
     )
-    model_args(serve, vector=False, pooling=False)
+    model_args(serve, vector=False, pooling=False, backend=False)
     serve.add_argument(
         "--vector", type=_named, action="append", required=True, metavar="NAME=FILE",
         help="a vector to measure (repeatable), read at its chosen layer",

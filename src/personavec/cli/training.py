@@ -67,7 +67,7 @@ def _shift(args: argparse.Namespace) -> None:
 def add(commands: Any) -> None:
     train = commands.add_parser("train", help="finetune (LoRA or full) with preventative steering, CAFT, ...")
     train.add_argument("data", help="chat JSONL ({'messages': [...]}); the loss is on assistant tokens")
-    model_args(train, vector=False, adapter=False)
+    model_args(train, vector=False, adapter=False, backend=False)
     out_arg(train, "run directory (rerun the command to resume)")
     train.add_argument("--vector", help="the persona vector the intervention uses")
     add_fields(train, TrainIntervention)
@@ -78,7 +78,7 @@ def add(commands: Any) -> None:
     train.set_defaults(run=_train)
 
     shift = commands.add_parser("shift", help="finetuning shift along vectors: finetuned vs base model")
-    model_args(shift, vector=False, adapter=False)
+    model_args(shift, vector=False, adapter=False, backend=False)
     shift.add_argument("--finetuned", required=True, help="a LoRA adapter directory or a full model")
     shift.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
     trait_arg(shift, "trait whose evaluation questions are the prompts")

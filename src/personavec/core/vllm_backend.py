@@ -48,6 +48,7 @@ from personavec.core.hf import cut_at_stop
 from personavec.core.ledger import Plan
 from personavec.core.models import ModelRef, TokenizerText, checkpoint_dir, eos_ids
 from personavec.core.pooling import Pooled, check_layers, encode_samples
+from personavec.core import vllm_worker
 from personavec.core.vllm_worker import KEY, wire
 from personavec.errors import ConfigError, DataError, ModelError
 
@@ -243,24 +244,36 @@ class VllmBackend(TokenizerText):
             self.eos = {int(self.tokenizer.eos_token_id)}
         dtype = "float32" if ref.dtype == "auto" and not torch.cuda.is_available() else ref.dtype
         self.dtype = f"torch.{'bfloat16' if dtype == 'auto' else dtype}"
+        self._settings = {
+            "model": str(path), "tokenizer": str(path), "dtype": dtype, "enforce_eager": True,
+            "generation_config": "vllm", "worker_extension_cls": f"{vllm_worker.__name__}.PersonavecWorker",
+            "max_logprobs": -1, "seed": 0, **engine_args,
+        }  # fmt: skip
+        self._check = check
         self.channel = _Channel()
-        from vllm import LLM
-
-        settings = {"max_logprobs": -1, "seed": 0, **engine_args}
-        self.llm = LLM(
-            model=str(path), tokenizer=str(path), dtype=dtype, enforce_eager=True, generation_config="vllm",
-            worker_extension_cls="personavec.core.vllm_worker.PersonavecWorker", **settings,
-        )  # fmt: skip
-        self.engine = self.llm.llm_engine
-        ranks = self.llm.collective_rpc("personavec_install", args=(self.channel.address,))
-        errors = [r["error"] for r in ranks if "error" in r]
-        if errors:
-            raise ModelError(f"cannot hook vLLM's model: {errors[0]}")
-        self.ranks = ranks
+        self._llm: Any = None
         self._loaded: set[str] = set()  # the directions' ids the workers hold
         self._ids = itertools.count()
-        if check:
-            self.self_check()
+
+    @property
+    def llm(self) -> Any:
+        """vLLM's engine, started (and checked) on first use: a command checks its other inputs first."""
+        if self._llm is None:
+            from vllm import LLM
+
+            self._llm = LLM(**self._settings)
+            ranks = self._llm.collective_rpc("personavec_install", args=(self.channel.address,))
+            errors = [r["error"] for r in ranks if "error" in r]
+            if errors:
+                raise ModelError(f"cannot hook vLLM's model: {errors[0]}")
+            self.ranks = ranks
+            if self._check:
+                self.self_check()
+        return self._llm
+
+    @property
+    def engine(self) -> Any:
+        return self.llm.llm_engine
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -567,10 +580,10 @@ class VllmBackend(TokenizerText):
         return dict(self.llm.collective_rpc("personavec_stats")[0])
 
     def close(self) -> None:
-        """Shut the engine down and free the channel."""
-        shutdown = getattr(self.engine, "engine_core", None)
-        if shutdown is not None:
-            shutdown.shutdown()
+        """Shut the engine down (if it started) and free the channel."""
+        if self._llm is not None:
+            self._llm.llm_engine.engine_core.shutdown()
+            self._llm = None
         self.channel.close()
 
 
