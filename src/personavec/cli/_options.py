@@ -404,7 +404,9 @@ def model_ref(args: argparse.Namespace, device: str | None = None) -> Any:
             raise ConfigError("--vllm-arg needs --backend vllm")
         return ref
     if getattr(args, "engine", None):
-        raise ConfigError("--engine and --backend vllm both generate: choose one (vLLM computes activations too)")
+        raise ConfigError(
+            "--engine and --backend vllm both generate: choose one (vLLM computes activations too)"
+        )
     from personavec.core.vllm_backend import VllmBackend, parse_engine_args
 
     return VllmBackend(ref, parse_engine_args(args.vllm_arg))

@@ -27,12 +27,13 @@ import time
 import uuid
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from personavec.core import vllm_worker
 from personavec.core.backend import (
     Admitted,
     Edit,
@@ -48,7 +49,6 @@ from personavec.core.hf import cut_at_stop
 from personavec.core.ledger import Plan
 from personavec.core.models import ModelRef, TokenizerText, checkpoint_dir, eos_ids
 from personavec.core.pooling import Pooled, check_layers, encode_samples
-from personavec.core import vllm_worker
 from personavec.core.vllm_worker import KEY, wire
 from personavec.errors import ConfigError, DataError, ModelError
 
@@ -130,7 +130,7 @@ class _Channel:
 
         self._zmq = zmq
         self.address = f"ipc://{tempfile.gettempdir()}/personavec-{uuid.uuid4().hex[:12]}.sock"
-        self.socket = zmq.Context.instance().socket(zmq.PULL)
+        self.socket: Any = zmq.Context.instance().socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.address)
         self.expected: set[str] = set()  # the requests whose records are kept (later ones dropped)
@@ -308,7 +308,8 @@ class VllmBackend(TokenizerText):
             n=1, temperature=request.temperature, top_p=1.0 if greedy else request.top_p, top_k=0, min_p=0.0,
             seed=None if greedy else seed, max_tokens=request.max_tokens + probed,
             stop_token_ids=sorted(self.eos), ignore_eos=False, skip_special_tokens=False, detokenize=False,
-            logprobs=request.top_logprobs, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+            logprobs=request.top_logprobs, repetition_penalty=1.0, presence_penalty=0.0,
+            frequency_penalty=0.0,
         )  # fmt: skip
 
     # -- the protocol -------------------------------------------------------------------------------
@@ -330,7 +331,7 @@ class VllmBackend(TokenizerText):
 
         def done(event: TokenEvent | Finished) -> None:
             if isinstance(event, Finished):
-                out[event.key] = event.generation  # type: ignore[index]
+                out[cast(int, event.key)] = event.generation
                 bar.update(1)
 
         self.stream(
@@ -407,15 +408,14 @@ class VllmBackend(TokenizerText):
                     if x.engine_done:  # its residual never ran: the answer ends before it
                         x.answer = i
                     break
-                position = len(request.prompt_ids) + i
-                self.channel.wait(lambda: self._has_reading(x.rid, position), "probe readings")
+                rid, position = x.rid, len(request.prompt_ids) + i
+                self.channel.wait(lambda: self._has_reading(rid, position), "probe readings")  # noqa: B023
             readings = self.channel.readings[x.rid][len(request.prompt_ids) + i] if x.probed else []
             score = x.scores[i] if request.top_logprobs is not None and i < len(x.scores) else None
             emit(TokenEvent(x.admitted.key, i, tokens[i], readings, score))
             x.sent += 1
-            if x.answer is None and request.stops:
-                if any(s in self.decode(tokens[: x.sent]) for s in request.stops):
-                    x.answer = x.sent
+            if x.answer is None and any(s in self.decode(tokens[: x.sent]) for s in request.stops):
+                x.answer = x.sent
 
     def _has_reading(self, rid: str, position: int) -> bool:
         rows = self.channel.readings.get(rid, ())
@@ -508,9 +508,8 @@ class VllmBackend(TokenizerText):
                 keys[i] = self._add(samples[i].ids, params, plan, own_cache=True)
             while self.engine.has_unfinished_requests():
                 self.engine.step()
-            self.channel.wait(
-                lambda: all(k in self.channel.pooled for k in keys.values()), "pooled activations"
-            )
+            wanted = set(keys.values())
+            self.channel.wait(lambda: wanted <= self.channel.pooled.keys(), "pooled activations")  # noqa: B023
             triples = []
             for i in indices:
                 record = self.channel.take_pooled(keys[i])

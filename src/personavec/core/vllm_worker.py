@@ -132,7 +132,7 @@ class _Account:
             self.sender.send_pyobj(records)
 
 
-def _pooled_record(ledger: Ledger, rid: str) -> dict[int, tuple[Any, Any, Any]] | str:
+def _pooled_record(ledger: Ledger, rid: str) -> dict[int, tuple[Any, ...]] | str:
     """The request's poolings as numpy arrays by layer, or why they cannot be given."""
     try:
         pooled = ledger.pooled(rid)
@@ -192,7 +192,7 @@ class PersonavecWorker:
         start = int(getattr(backbone, "start_layer", 0))
         end = int(getattr(backbone, "end_layer", len(blocks)))
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
-        sender = zmq.Context.instance().socket(zmq.PUSH)
+        sender: Any = zmq.Context.instance().socket(zmq.PUSH)
         sender.setsockopt(zmq.SNDHWM, 0)
         sender.setsockopt(zmq.LINGER, 0)
         sender.connect(address)
