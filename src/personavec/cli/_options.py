@@ -399,17 +399,27 @@ def model_ref(args: argparse.Namespace, device: str | None = None) -> Any:
 
     adapter = getattr(args, "adapter", None)
     ref = ModelRef(args.model, dtype=args.dtype, device=device or args.device, adapter=adapter)
-    if getattr(args, "backend", "transformers") != "vllm":
-        if getattr(args, "vllm_arg", None):
-            raise ConfigError("--vllm-arg needs --backend vllm")
+    settings = vllm_settings(args)
+    if settings is None:
         return ref
     if getattr(args, "engine", None):
         raise ConfigError(
             "--engine and --backend vllm both generate: choose one (vLLM computes activations too)"
         )
-    from personavec.core.vllm_backend import VllmBackend, parse_engine_args
+    from personavec.core.vllm_backend import VllmBackend
 
-    return VllmBackend(ref, parse_engine_args(args.vllm_arg))
+    return VllmBackend(ref, settings)
+
+
+def vllm_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """vLLM's engine settings from --vllm-arg with ``--backend vllm`` (None: the transformers backend)."""
+    if getattr(args, "backend", "transformers") != "vllm":
+        if getattr(args, "vllm_arg", None):
+            raise ConfigError("--vllm-arg needs --backend vllm")
+        return None
+    from personavec.core.vllm_backend import parse_engine_args
+
+    return parse_engine_args(args.vllm_arg)
 
 
 def load(args: argparse.Namespace) -> Any:

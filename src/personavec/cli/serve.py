@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from personavec.cli._options import add_config, add_fields, from_args, model_args
+from personavec.cli._options import add_config, add_fields, from_args, model_args, vllm_settings
 from personavec.deploy.config import STATISTICS
 from personavec.serve.config import ServeConfig
 
@@ -50,7 +50,7 @@ def _serve(args: argparse.Namespace) -> None:
         ServeConfig, args, vectors=tuple(args.vector), thresholds=tuple(args.threshold),
         steer=tuple(args.steer),
     )  # fmt: skip
-    serve(config, args.model, args.adapter, args.dtype, args.device)
+    serve(config, args.model, args.adapter, args.dtype, args.device, vllm_settings(args))
 
 
 def add(commands: Any) -> None:
@@ -58,7 +58,7 @@ def add(commands: Any) -> None:
         "serve",
         help="an OpenAI-compatible server reporting each answer's persona (pip install 'personavec[serve]')",
     )
-    model_args(serve, vector=False, pooling=False, backend=False)
+    model_args(serve, vector=False, pooling=False)
     serve.add_argument(
         "--vector", type=_named, action="append", required=True, metavar="NAME=FILE",
         help="a vector to measure (repeatable), read at its chosen layer",

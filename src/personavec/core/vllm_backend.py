@@ -275,6 +275,10 @@ class VllmBackend(TokenizerText):
     def engine(self) -> Any:
         return self.llm.llm_engine
 
+    def start(self) -> None:
+        """Start (and check) the engine now rather than on first use."""
+        _ = self.llm
+
     # -- requests -----------------------------------------------------------------------------------
 
     def _register(self, plan: Plan) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import importlib.util
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from personavec.core.vectors import PersonaVector, load_vector
 from personavec.errors import ConfigError
@@ -38,9 +40,15 @@ def served_vectors(config: ServeConfig) -> dict[str, PersonaVector]:
 
 
 def serve(
-    config: ServeConfig, model: str, adapter: str | None = None, dtype: str = "auto", device: str = "auto"
+    config: ServeConfig,
+    model: str,
+    adapter: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    vllm_args: Mapping[str, Any] | None = None,
 ) -> None:
-    """Serve `model` (with a LoRA `adapter`) as `config` says, until SIGINT or SIGTERM."""
+    """Serve `model` (with a LoRA `adapter`) as `config` says, until SIGINT or SIGTERM: on transformers,
+    or with `vllm_args` (vLLM's engine settings, maybe none) on the vLLM backend."""
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"serve needs {', '.join(missing)}: pip install 'personavec[serve]'")
@@ -58,11 +66,21 @@ def serve(
     from personavec.core.models import load_finetuned, load_model
     from personavec.serve.app import build_app
 
-    loaded = load_model(model, dtype=dtype, device=device)
-    if adapter:
-        loaded = load_finetuned(model, adapter, base=loaded)
-    key = f"{model}|{adapter or ''}|{loaded.identity.sha256 or loaded.identity.name}"
-    app = build_app(loaded, vectors, config, model_name=model, model_key=key)
+    runtime: Any
+    if vllm_args is not None:
+        if config.upstream:
+            raise ConfigError("--upstream and --backend vllm both generate: choose one")
+        from personavec.core.models import ModelRef
+        from personavec.core.vllm_backend import VllmBackend
+
+        runtime = VllmBackend(ModelRef(model, dtype, device, adapter), vllm_args)
+        runtime.start()  # here, before the first request
+    else:
+        runtime = load_model(model, dtype=dtype, device=device)
+        if adapter:
+            runtime = load_finetuned(model, adapter, base=runtime)
+    key = f"{model}|{adapter or ''}|{runtime.identity.sha256 or runtime.identity.name}"
+    app = build_app(runtime, vectors, config, model_name=model, model_key=key)
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # uvicorn's, with the server's own lines beside
     logs["loggers"]["personavec"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     uvicorn.run(
