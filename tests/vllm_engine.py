@@ -32,9 +32,15 @@ def require_vllm(module: bool = True) -> None:
         pytest.skip(f"needs vLLM; install it with: {INSTALL}", allow_module_level=module)
 
 
+def cpu_kv_cache() -> None:
+    """Give vLLM's CPU build a fixed KV space (1 GiB; `SMALL` caps the blocks anyway): without it vLLM
+    reserves a fraction of the node's memory and refuses to start when less is free."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
 def small_engine(**overrides: object):  # -> VllmBackend (vLLM imported only when a test runs)
     from personavec.core.models import ModelRef
     from personavec.core.vllm_backend import VllmBackend
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cpu_kv_cache()
     return VllmBackend(ModelRef("smollm2", dtype="float32", device="cpu"), {**SMALL, **overrides})

@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import torch
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from openai_server import closed_port
-from personavec.core.models import model_identity
+from personavec.core.models import LoadedModel, format_chat, model_identity
 from personavec.core.vectors import PersonaVector, save_vectors
 
 KEY = "test-key"
+TOL = 1e-3  # |server − reference| ≤ TOL·(1 + |reference|): KV-cached decode vs one prefill, fp32
 
 
 def random_vectors(folder: Path) -> dict[str, Path]:
@@ -151,3 +154,25 @@ def threaded(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def chat_prompt(loaded: LoadedModel, question: str) -> str:
+    return format_chat(loaded.tokenizer, [{"role": "user", "content": question}])
+
+
+def near(value: float, reference: float) -> bool:
+    return abs(value - reference) <= TOL * (1 + abs(reference))
+
+
+def ask(client: openai.OpenAI, question: str, **kwargs: Any) -> Any:
+    return client.chat.completions.create(
+        model="small", messages=[{"role": "user", "content": question}], temperature=0, **kwargs
+    )
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

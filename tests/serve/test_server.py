@@ -19,17 +19,16 @@ import numpy as np
 import openai
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
 from personavec.core.generate import generate
-from personavec.core.models import LoadedModel, format_chat
+from personavec.core.models import LoadedModel
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector, load_vector
 from personavec.deploy.monitor import project
 from personavec.judges.base import fill, logprob_score
 from personavec.judges.openai_compat import OpenAIJudge
 
-from server import KEY, Server, random_vectors, start
+from server import KEY, Server, ask, chat_prompt, metric_value, near, random_vectors, start
 
 REFERENCE = [
     "What is a good breakfast?",
@@ -46,7 +45,6 @@ QUESTIONS = [
     "Why do we sleep?",
     "What is music?",
 ]
-TOL = 1e-3  # |server − reference| ≤ TOL·(1 + |reference|): KV-cached decode vs one prefill, fp32
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +105,6 @@ def vectors(files: dict[str, Path]) -> dict[str, PersonaVector]:
     return {name: load_vector(files[name]) for name in ("opt", "evil")}
 
 
-def _prompt(loaded: LoadedModel, question: str) -> str:
-    return format_chat(loaded.tokenizer, [{"role": "user", "content": question}])
-
-
 def _hidden64(loaded: LoadedModel, text: str, layer: int) -> torch.Tensor:
     """The residual after block `layer` at every token of `text`, in float64 (transformers' own
     hidden states: an independent path from personavec's hooks)."""
@@ -125,20 +119,10 @@ def _unit64(vector: PersonaVector) -> torch.Tensor:
     return raw / raw.norm()
 
 
-def _close(value: float, reference: float) -> bool:
-    return abs(value - reference) <= TOL * (1 + abs(reference))
-
-
-def _ask(client: openai.OpenAI, question: str, **kwargs: Any) -> Any:
-    return client.chat.completions.create(
-        model="small", messages=[{"role": "user", "content": question}], temperature=0, **kwargs
-    )
-
-
 def test_thresholds_are_the_reference_percentiles(server: Server, smollm2: LoadedModel, vectors: Any) -> None:
     status, _, cards = server.request("GET", "/v1/persona/vectors")
     assert status == 200 and server.request("GET", "/ready")[2] == {"ready": True}
-    prompts = [_prompt(smollm2, q) for q in REFERENCE]
+    prompts = [chat_prompt(smollm2, q) for q in REFERENCE]
     answers = generate(smollm2, prompts, Sampling(max_new_tokens=8), progress=False)
     for card in cards["data"]:
         vector = vectors[card["name"]]
@@ -150,15 +134,15 @@ def test_thresholds_are_the_reference_percentiles(server: Server, smollm2: Loade
             last.append(float(hidden[n_prompt - 1]))
             avg.append(float(hidden[n_prompt:].mean()))
         assert card["layer"] == vector.layer and card["fingerprint"] == vector.fingerprint()
-        assert _close(card["thresholds"]["prompt_last"], float(np.percentile(last, 99)))
-        assert _close(card["thresholds"]["response_avg"], float(np.percentile(avg, 99)))
+        assert near(card["thresholds"]["prompt_last"], float(np.percentile(last, 99)))
+        assert near(card["thresholds"]["response_avg"], float(np.percentile(avg, 99)))
 
 
 def test_answer_and_figures_match_the_library(
     client: openai.OpenAI, smollm2: LoadedModel, vectors: dict[str, PersonaVector]
 ) -> None:
-    reply = _ask(client, QUESTIONS[0], max_tokens=24)
-    prompt = _prompt(smollm2, QUESTIONS[0])
+    reply = ask(client, QUESTIONS[0], max_tokens=24)
+    prompt = chat_prompt(smollm2, QUESTIONS[0])
     content = reply.choices[0].message.content
     assert content.strip() == generate(smollm2, [prompt], Sampling(max_new_tokens=24), progress=False)[0]
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 24
@@ -168,8 +152,8 @@ def test_answer_and_figures_match_the_library(
         f = figures[name]
         expected_avg = float(project(smollm2, [vector], [prompt], [content], "response-avg", progress=False))
         expected_last = float(_hidden64(smollm2, prompt, vector.layer)[-1] @ _unit64(vector))
-        assert _close(f["response_avg"], expected_avg), (f, expected_avg)
-        assert _close(f["prompt_last"], expected_last), (f, expected_last)
+        assert near(f["response_avg"], expected_avg), (f, expected_avg)
+        assert near(f["prompt_last"], expected_last), (f, expected_last)
         assert f["token_max"] >= f["response_avg"] and f["steered"] is None
         assert f["flagged"] == (f["response_avg"] > f["thresholds"]["response_avg"])
         assert f["predicted"] == (f["prompt_last"] > f["thresholds"]["prompt_last"])
@@ -179,8 +163,8 @@ def test_a_steered_request_equals_the_library_steering(
     client: openai.OpenAI, smollm2: LoadedModel, vectors: dict[str, PersonaVector]
 ) -> None:
     steer = {"steer": [{"vector": "opt", "coef": 6.0}]}
-    reply = _ask(client, QUESTIONS[1], max_tokens=20, extra_body={"persona": steer})
-    prompt = _prompt(smollm2, QUESTIONS[1])
+    reply = ask(client, QUESTIONS[1], max_tokens=20, extra_body={"persona": steer})
+    prompt = chat_prompt(smollm2, QUESTIONS[1])
     with vectors["opt"].apply(smollm2.model, 6.0):
         steered = generate(smollm2, [prompt], Sampling(max_new_tokens=20), progress=False)[0]
     plain = generate(smollm2, [prompt], Sampling(max_new_tokens=20), progress=False)[0]
@@ -192,12 +176,12 @@ def test_a_steered_request_equals_the_library_steering(
 
 
 def test_a_stop_sequence_cuts_the_answer_before_it(client: openai.OpenAI) -> None:
-    full = _ask(client, QUESTIONS[5], max_tokens=40).choices[0].message.content
+    full = ask(client, QUESTIONS[5], max_tokens=40).choices[0].message.content
     assert "." in full[:-1], full  # the stop sequence occurs inside the answer
-    cut = _ask(client, QUESTIONS[5], max_tokens=40, stop=["."])
+    cut = ask(client, QUESTIONS[5], max_tokens=40, stop=["."])
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].message.content == full[: full.index(".")]
-    chunks = list(_ask(client, QUESTIONS[5], max_tokens=40, stop=["."], stream=True))
+    chunks = list(ask(client, QUESTIONS[5], max_tokens=40, stop=["."], stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full[: full.index(".")]
 
 
@@ -207,14 +191,14 @@ def test_a_seeded_request_alone_equals_the_library(client: openai.OpenAI, smollm
         seed=7, max_tokens=16,
     )  # fmt: skip
     sampling = Sampling(max_new_tokens=16, temperature=0.9, top_p=0.95, seed=7, batch_size=1)
-    expected = generate(smollm2, [_prompt(smollm2, QUESTIONS[4])], sampling, progress=False)[0]
+    expected = generate(smollm2, [chat_prompt(smollm2, QUESTIONS[4])], sampling, progress=False)[0]
     assert reply.choices[0].message.content.strip() == expected
 
 
 def test_a_stream_carries_the_same_answer_and_a_token_trace(client: openai.OpenAI) -> None:
-    plain = _ask(client, QUESTIONS[2], max_tokens=16)
+    plain = ask(client, QUESTIONS[2], max_tokens=16)
     chunks = list(
-        _ask(
+        ask(
             client,
             QUESTIONS[2],
             max_tokens=16,
@@ -239,7 +223,7 @@ def test_a_stream_carries_the_same_answer_and_a_token_trace(client: openai.OpenA
         values = [t["projections"][name] for t in trace]
         assert f["response_avg"] == pytest.approx(sum(values) / len(values), rel=1e-9)
         assert f["token_max"] == max(values)
-        assert _close(f["response_avg"], plain.model_extra["persona"]["vectors"][name]["response_avg"])
+        assert near(f["response_avg"], plain.model_extra["persona"]["vectors"][name]["response_avg"])
 
 
 def test_a_stream_ends_with_done(server: Server) -> None:
@@ -255,7 +239,7 @@ def _trace(
     client: openai.OpenAI, question: str, guard: dict[str, Any] | None = None
 ) -> tuple[Any, list[float]]:
     persona: dict[str, Any] = {"trace": True, **({"guard": guard} if guard else {})}
-    chunks = list(_ask(client, question, max_tokens=24, stream=True, extra_body={"persona": persona}))
+    chunks = list(ask(client, question, max_tokens=24, stream=True, extra_body={"persona": persona}))
     values = [
         t["projections"]["evil"]
         for c in chunks
@@ -287,24 +271,16 @@ def test_the_guard_fires_above_its_threshold_and_not_below(client: openai.OpenAI
 
 
 def test_concurrent_requests_share_batches_and_match_alone(client: openai.OpenAI, server: Server) -> None:
-    alone = [_ask(client, q, max_tokens=12).choices[0].message.content for q in QUESTIONS]
-    before = _sample(server.metrics(), "personavec_batch_size_count")
+    alone = [ask(client, q, max_tokens=12).choices[0].message.content for q in QUESTIONS]
+    before = metric_value(server.metrics(), "personavec_batch_size_count")
     with ThreadPoolExecutor(len(QUESTIONS)) as pool:
         together = list(
-            pool.map(lambda q: _ask(client, q, max_tokens=12).choices[0].message.content, QUESTIONS)
+            pool.map(lambda q: ask(client, q, max_tokens=12).choices[0].message.content, QUESTIONS)
         )
     assert together == alone
     after = server.metrics()
-    batches = _sample(after, "personavec_batch_size_count") - before
+    batches = metric_value(after, "personavec_batch_size_count") - before
     assert batches < len(QUESTIONS)  # some requests shared a batch
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 def _audit(path: Path) -> list[dict[str, Any]]:
@@ -313,32 +289,33 @@ def _audit(path: Path) -> list[dict[str, Any]]:
 
 def test_metrics_and_audit_count_the_requests(client: openai.OpenAI, server: Server, files: Any) -> None:
     before, lines = server.metrics(), len(_audit(files["audit"]))
-    replies = [_ask(client, q, max_tokens=8) for q in QUESTIONS[:3]]
+    replies = [ask(client, q, max_tokens=8) for q in QUESTIONS[:3]]
     with pytest.raises(openai.BadRequestError):
-        _ask(client, "hi", extra_body={"persona": {"steer": [{"vector": "nope", "coef": 1}]}})
+        ask(client, "hi", extra_body={"persona": {"steer": [{"vector": "nope", "coef": 1}]}})
     after = server.metrics()
     assert (
-        _sample(after, "personavec_requests_total", status="200")
-        - _sample(before, "personavec_requests_total", status="200")
+        metric_value(after, "personavec_requests_total", status="200")
+        - metric_value(before, "personavec_requests_total", status="200")
         == 3
     )
     assert (
-        _sample(after, "personavec_requests_total", status="400")
-        - _sample(before, "personavec_requests_total", status="400")
+        metric_value(after, "personavec_requests_total", status="400")
+        - metric_value(before, "personavec_requests_total", status="400")
         == 1
     )
-    generated = _sample(after, "personavec_generated_tokens_total") - _sample(
+    generated = metric_value(after, "personavec_generated_tokens_total") - metric_value(
         before, "personavec_generated_tokens_total"
     )
     assert generated == sum(r.usage.completion_tokens for r in replies)
     for name in ("opt", "evil"):
         for key in ("flagged", "predicted"):
             counted = sum(bool(r.model_extra["persona"]["vectors"][name][key]) for r in replies)
-            metric = f"personavec_{key}_total"
-            assert _sample(after, metric, trait=name) - _sample(before, metric, trait=name) == counted
-        observed = _sample(after, "personavec_projection_count", trait=name, statistic="response_avg")
+            total = f"personavec_{key}_total"
+            assert metric_value(after, total, trait=name) - metric_value(before, total, trait=name) == counted
+        observed = metric_value(after, "personavec_projection_count", trait=name, statistic="response_avg")
         assert (
-            observed - _sample(before, "personavec_projection_count", trait=name, statistic="response_avg")
+            observed
+            - metric_value(before, "personavec_projection_count", trait=name, statistic="response_avg")
             == 3
         )
     records = _audit(files["audit"])[lines:]
@@ -417,9 +394,9 @@ def test_a_client_that_leaves_frees_its_row(server: Server, files: Any) -> None:
     response.readline()
     response.close()  # gone mid-stream
     deadline = time.monotonic() + 60
-    while _sample(server.metrics(), "personavec_running_requests") > 0 and time.monotonic() < deadline:
+    while metric_value(server.metrics(), "personavec_running_requests") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _sample(server.metrics(), "personavec_running_requests") == 0
+    assert metric_value(server.metrics(), "personavec_running_requests") == 0
     while _audit(files["audit"])[-1]["status"] != 499 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _audit(files["audit"])[-1]["status"] == 499
@@ -444,7 +421,7 @@ def test_the_openai_judge_scores_answers_through_this_server(
              (QUESTIONS[3], "Big and blue.")]  # fmt: skip
     scores = dict(OpenAIJudge("small", base_url=server.url + "/v1", concurrency=2).score(RUBRIC, items))
     for i, (question, answer) in enumerate(items):
-        prompt = _prompt(smollm2, fill(RUBRIC, question, answer))
+        prompt = chat_prompt(smollm2, fill(RUBRIC, question, answer))
         ids = smollm2.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.inference_mode():
             logprobs = torch.log_softmax(smollm2.model(ids).logits[0, -1].double(), dim=-1)

@@ -305,12 +305,18 @@ class VllmBackend(TokenizerText):
         return rid
 
     def _params(self, request: GenerationRequest, seed: int | None, probed: bool) -> Any:
+        """Every sampling parameter, explicit. On a CPU a request carries no seed of its own: vLLM's CPU
+        build fails on a seeded request prefilled in chunks (``CPU Generator does not use offset``),
+        so sampled answers follow the engine's seed there."""
         from vllm import SamplingParams
+        from vllm.platforms import current_platform
 
         greedy = request.temperature == 0
+        if greedy or current_platform.is_cpu():
+            seed = None
         return SamplingParams(
             n=1, temperature=request.temperature, top_p=1.0 if greedy else request.top_p, top_k=0, min_p=0.0,
-            seed=None if greedy else seed, max_tokens=request.max_tokens + probed,
+            seed=seed, max_tokens=request.max_tokens + probed,
             stop_token_ids=sorted(self.eos), ignore_eos=False, skip_special_tokens=False, detokenize=False,
             logprobs=request.top_logprobs, repetition_penalty=1.0, presence_penalty=0.0,
             frequency_penalty=0.0,
