@@ -42,6 +42,9 @@ class ClientError(HTTPException):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
+INTERNAL = ClientError(500, "internal error; see the server's log", "server_error")  # what a failure answers
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     parts = [str(x) for x in loc if x != "body"]
     return "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in parts).lstrip(".")
@@ -177,12 +180,13 @@ class ChatRequests:
         except (ClientGone, ClientDisconnect):
             call.status = 499  # logged by `done`, as one line
         except Exception as error:
-            if call.status is None:
-                call.status, call.error = (
-                    500,
-                    ("server_error", f"{type(error).__name__}; see the server's log"),
-                )
-            raise  # logged with its traceback
+            if call.status is not None:  # mid-response: the ASGI server ends the connection
+                raise
+            call.status, call.error = 500, ("server_error", f"{type(error).__name__}; see the server's log")
+            # answered and logged here: re-raised, some ASGI servers (uvicorn on uvloop) reset the
+            # connection, and a keep-alive client's next request on it fails
+            log.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=error)
+            await INTERNAL.response()(scope, receive, watched)
         finally:
             settle()
 
@@ -214,7 +218,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return ClientError(error.status_code, str(error.detail), kind).response()
 
     async def internal(_request: Request, _error: Exception) -> Response:
-        return ClientError(500, "internal error; see the server's log", "server_error").response()
+        return INTERNAL.response()
 
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         ClientError: client, RequestValidationError: invalid, HTTPException: http, Exception: internal,
