@@ -60,7 +60,7 @@ def serving(
 ) -> Iterator[openai.OpenAI]:
     """The server's app on a free port in this process (uvicorn in a thread), and an SDK client."""
     named = list(vectors) or ["none"]  # a config names one vector at least; the app may measure none
-    thresholds = tuple((n, s, 1e9) for n in named for s in ("prompt_last", "response_avg"))
+    thresholds = tuple((n, s, 1e5) for n in named for s in ("prompt_last", "response_avg"))
     names = tuple((n, "-") for n in named)
     config = ServeConfig(
         vectors=names,

@@ -162,7 +162,8 @@ def _peak_mib(pid: int) -> float:
 def _in_own_process(backend: str) -> dict[str, float]:
     command = [sys.executable, __file__, "--extract-only", backend]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    line = next(line for line in out.stdout.splitlines() if line.startswith('{"seconds"'))  # vLLM logs too
+    return dict(json.loads(line))
 
 
 def _plain_compiled(ref: ModelRef, ids: list[tuple[int, ...]]) -> float:
