@@ -22,6 +22,47 @@ def test_identity_and_chat(smollm2: LoadedModel) -> None:
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
+def test_the_gguf_is_converted_once_and_loads_as_itself(tmp_path, monkeypatch, smollm2: LoadedModel) -> None:
+    """load_model reads the GGUF's de-quantised weights from the cache after the first load: the same
+    weights, tokenizer, chat and identity as loading the GGUF itself."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personavec.core import models
+
+    monkeypatch.setenv("PERSONAVEC_CACHE", str(tmp_path))
+    first = models.load_model("smollm2", dtype="float32", device="cpu")
+    (cached,) = (tmp_path / "checkpoints").iterdir()
+    assert cached.name == f"{smollm2.identity.sha256[:16]}-float32" and (cached / "config.json").exists()
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))  # written aside, then renamed
+    stamp = (cached / "model.safetensors").stat().st_mtime_ns
+    again = models.load_model("smollm2", dtype="float32", device="cpu")
+    assert (cached / "model.safetensors").stat().st_mtime_ns == stamp  # read, not converted again
+    source = models._resolve("smollm2")
+    direct = AutoModelForCausalLM.from_pretrained(
+        source.location, gguf_file=source.gguf_file, dtype=torch.float32
+    )
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(again.model.state_dict()[name], tensor), name
+    assert again.identity == first.identity == smollm2.identity  # the GGUF file's, not the cache's
+    gguf_tokenizer = models.prepare_tokenizer(
+        AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    )
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi, friend! ünï 12345"},
+    ]
+    prompt = again.chat("Hi, friend! ünï 12345", system="Be brief.")
+    assert prompt == models.format_chat(gguf_tokenizer, messages)
+    assert again.tokenizer(prompt)["input_ids"] == gguf_tokenizer(prompt)["input_ids"]
+    assert (again.tokenizer.pad_token_id, again.tokenizer.padding_side) == (
+        gguf_tokenizer.pad_token_id, gguf_tokenizer.padding_side,
+    )  # fmt: skip
+    monkeypatch.setattr(models, "CACHED_GGUF_BYTES", 0)  # a larger GGUF: loaded directly, nothing cached
+    monkeypatch.setenv("PERSONAVEC_CACHE", str(tmp_path / "other"))
+    assert models.load_model("smollm2", dtype="float32", device="cpu").identity == smollm2.identity
+    assert not (tmp_path / "other").exists()
+
+
 def test_generates_and_steering_changes_the_answer(smollm2: LoadedModel) -> None:
     prompts = [smollm2.chat("Name a colour."), smollm2.chat("What is the capital of France?")]
     plain = generate(smollm2, prompts, Sampling(max_new_tokens=12), progress=False)

