@@ -262,6 +262,9 @@ def test_sweep_calibrate_and_capability(tiny_dir, tiny_vector, tmp_path, capsys)
     assert main(argv) == 0
     results = json.loads(capsys.readouterr().out)
     assert set(results) == {"unsteered", "steered +3"} and all(r["n"] == 40 for r in results.values())
+    assert results["unsteered"]["correct_logprob"] < 0
+    assert main(argv[:-1]) == 0
+    assert "mean log-probability of the correct letter -" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

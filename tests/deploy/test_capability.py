@@ -60,6 +60,9 @@ def test_letter_loglikelihoods_equal_float64_definition(arch: str) -> None:
     got = torch.tensor([s.logliks for s in result.questions], dtype=torch.float64)
     torch.testing.assert_close(got, _reference(loaded, QUESTIONS), atol=1e-4, rtol=1e-4)
     assert [s.predicted for s in result.questions] == [LETTERS[int(i)] for i in got.argmax(-1)]
+    reference = _reference(loaded, QUESTIONS)
+    correct = [float(reference[i, LETTERS.index(q.answer)]) for i, q in enumerate(QUESTIONS)]
+    assert result.correct_logprob == pytest.approx(sum(correct) / len(correct), abs=1e-4)
     assert result.n == len(QUESTIONS)
     assert json.loads(json.dumps(result.to_dict()))["n"] == len(QUESTIONS)
 

@@ -72,7 +72,10 @@ def _capability(args: argparse.Namespace) -> None:
     for name, score in results.items():
         r = score.to_dict()
         subjects = ", ".join(f"{s} {100 * a:.1f}" for s, a in r["per_subject"].items())
-        print(f"{name}: {100 * r['accuracy']:.1f} % of {r['n']} ({subjects})")
+        print(
+            f"{name}: {100 * r['accuracy']:.1f} % of {r['n']} ({subjects}); "
+            f"mean log-probability of the correct letter {r['correct_logprob']:.3f}"
+        )
 
 
 def add(commands: Any) -> None:

@@ -1,1 +1,2 @@
-"""Using vectors on a deployed model: projections and the live monitor, guarded steering, capability."""
+"""Using vectors on a deployed model: projections and the live monitor, guarded steering, capability
+(multiple choice, and the held-out loss on ordinary text)."""

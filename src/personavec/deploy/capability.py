@@ -7,7 +7,9 @@ means the small smoke set shipped with personavec in ``capability_data/smoke/`` 
 arithmetic.csv, reading.csv; easy questions written for personavec's tests and demo, not MMLU).
 
 Each question is one user turn (see ``prompt_text``) and the prediction is the letter among A–D whose
-token is most likely as the first token of the assistant's answer.
+token is most likely as the first token of the assistant's answer. Beside the accuracy, the mean
+log-probability of the correct letter (over the whole vocabulary) moves before the accuracy does: a small
+model at chance on the questions still shows a loss of capability there.
 """
 
 from __future__ import annotations
@@ -155,15 +157,22 @@ class Scored:
     predicted: str
     logliks: tuple[float, float, float, float]
 
+    @property
+    def correct_logprob(self) -> float:
+        """The log-probability of the correct letter as the answer's first token."""
+        return self.logliks[LETTERS.index(self.answer)]
+
 
 @dataclass
 class CapabilityResult:
-    """Accuracy (0–1) overall and by subject; `questions` in input order."""
+    """Accuracy (0–1) overall and by subject, the mean log-probability of the correct letter;
+    `questions` in input order."""
 
     accuracy: float
     n: int
     per_subject: dict[str, float]
     questions: list[Scored]
+    correct_logprob: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -206,7 +215,8 @@ def score(
     ]
     subjects = sorted({q.subject for q in scored})
     per_subject = {s: _accuracy([q for q in scored if q.subject == s]) for s in subjects}
-    return CapabilityResult(_accuracy(scored), len(scored), per_subject, scored)
+    mean_logprob = sum(q.correct_logprob for q in scored) / len(scored)
+    return CapabilityResult(_accuracy(scored), len(scored), per_subject, scored, mean_logprob)
 
 
 def _accuracy(scored: Sequence[Scored]) -> float:

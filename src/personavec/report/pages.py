@@ -180,10 +180,11 @@ def capability_section(results: dict[str, dict[str, Any]]) -> str:
         return None if value is None else 100 * value
 
     rows = [
-        (name, r["n"], percent(r["accuracy"]), *(percent(r["per_subject"].get(s)) for s in subjects))
+        (name, r["n"], percent(r["accuracy"]), r["correct_logprob"],
+         *(percent(r["per_subject"].get(s)) for s in subjects))
         for name, r in results.items()
-    ]
-    header = ["setting", "questions", "accuracy %", *(f"{s} %" for s in subjects)]
+    ]  # fmt: skip
+    header = ["setting", "questions", "accuracy %", "log p(correct)", *(f"{s} %" for s in subjects)]
     return "<h2>Capability (multiple choice)</h2>" + grid(header, rows)
 
 
