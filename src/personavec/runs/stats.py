@@ -1,4 +1,5 @@
-"""The statistics of every stage's figures: means with 95 % intervals, AUROC, rank and linear correlation."""
+"""The statistics of every stage's figures: means with 95 % intervals, paired bootstrap intervals, AUROC, rank
+and linear correlation (with its interval)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,27 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(np.asarray(x, float), np.asarray(y, float))[0, 1])
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of a − b over paired items (questions, windows), with the 95 % percentile interval of a
+    bootstrap that resamples the items: (mean, low, high)."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired samples need the same length ≥ 2; got {len(a)} and {len(b)}")
+    differences = np.asarray(a, float) - np.asarray(b, float)
+    draws = np.random.default_rng(seed).integers(0, len(differences), (resamples, len(differences)))
+    means = differences[draws].mean(1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(differences.mean()), float(low), float(high)
+
+
+def pearson_ci(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float] | None:
+    """Pearson's r with its 95 % interval by Fisher's z (tanh(atanh r ± 1.96/√(n − 3))); None with
+    fewer than 4 points or a constant variable."""
+    r = pearson(x, y)
+    if r is None or len(x) < 4:
+        return None
+    z, width = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12)), 1.96 / math.sqrt(len(x) - 3)
+    return r, math.tanh(z - width), math.tanh(z + width)
