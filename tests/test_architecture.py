@@ -10,8 +10,8 @@ import personavec
 
 # bottom to top; `_internal`, `errors` and `version` sit under everything
 ROOMS = [
-    "core", "traits", "judges", "deploy", "runs", "report", "pipeline", "data", "training", "serve", "demo",
-    "cli",
+    "core", "traits", "judges", "deploy", "runs", "report", "pipeline", "analysis", "data", "training",
+    "serve", "demo", "cli",
 ]  # fmt: skip
 BASE = {"_internal", "errors", "version"}
 PACKAGE = Path(personavec.__file__).parent

@@ -1,8 +1,9 @@
-"""``personavec vectors``: show, export, import and negate vector files."""
+"""``personavec vectors``: show, compare, export, import and negate vector files."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from personavec.cli._options import json_arg, pooling_arg, print_json, trait_arg
@@ -56,6 +57,29 @@ def _import_pt(args: argparse.Namespace) -> None:
     )
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from personavec.analysis.geometry import SPAN, compare, plot
+    from personavec.core.vectors import load_vector
+
+    vectors = [load_vector(path, pooling=args.pooling) for path in args.files]
+    labels = [v.trait for v in vectors]
+    if len(set(labels)) < len(labels):  # the same trait twice (two runs, two poolings): name the files
+        labels = [f"{v.trait} ({Path(path).stem})" for v, path in zip(vectors, args.files, strict=True)]
+    geometry = compare(vectors, labels)
+    if args.plot:
+        plot(geometry, args.plot, args.layer)
+    if args.json:
+        print_json(geometry.to_dict())
+        return
+    print(geometry.table(args.layer))
+    for i, (label, chosen) in enumerate(zip(geometry.labels, geometry.chosen, strict=True)):
+        if chosen is not None:
+            low, high = geometry.span(i, chosen)
+            print(f"{label}: layers {low}..{high} keep a cosine ≥ {SPAN} with its chosen layer {chosen}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+
+
 def _negate(args: argparse.Namespace) -> None:
     from personavec.core.vectors import load_vectors, save_vectors
     from personavec.traits.spec import check_name
@@ -95,6 +119,14 @@ def add(commands: Any) -> None:
     trait_arg(imp, "the trait it was extracted for")
     pooling_arg(imp, "pooling it was made with")
     imp.set_defaults(run=_import_pt)
+
+    compare = vectors.add_parser("compare", help="cosine similarity between vectors and across layers")
+    compare.add_argument("files", nargs="+", help="vector files of one model")
+    pooling_arg(compare)
+    compare.add_argument("--layer", type=int, help="layer of the table (default: the first chosen layer)")
+    compare.add_argument("--plot", help="write the heat maps to this PNG")
+    json_arg(compare)
+    compare.set_defaults(run=_compare)
 
     negate = vectors.add_parser("negate", help="write −v as the opposite trait (e.g. pessimistic)")
     negate.add_argument("file")

@@ -1,0 +1,1 @@
+"""Understanding a vector: how vectors relate (geometry)."""
