@@ -16,11 +16,11 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from personavec.core.generate import generate
+from personavec.core.backend import GenerationRequest, as_backend
 from personavec.core.models import LoadedModel, load_model
 from personavec.core.sampling import Sampling
 from personavec.core.vectors import PersonaVector
@@ -223,14 +223,18 @@ def _capability(
 def _steered_examples(
     loaded: LoadedModel, vector: PersonaVector, questions: list[str]
 ) -> list[SteeredExample]:
-    """Each question answered at −coef, 0 and +coef."""
-    prompts = [loaded.chat(q) for q in questions]
-    examples = []
-    for c in (-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef):
-        edits = [vector.edit(c)] if c else []
-        answers = generate(loaded, prompts, replace(GREEDY, batch_size=16), progress=False, edits=edits)
-        examples += [SteeredExample(q, c, a) for q, a in zip(questions, answers, strict=True)]
-    return examples
+    """Each question answered at −coef, 0 and +coef, greedily, all in one batch (each request its own
+    steering)."""
+    backend = as_backend(loaded)
+    settings = [(q, c) for c in (-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef) for q in questions]
+    requests = [
+        GenerationRequest(
+            tuple(backend.encode(loaded.chat(q))), GREEDY.max_new_tokens, edits=(vector.edit(c),) if c else ()
+        )
+        for q, c in settings
+    ]
+    answers = backend.generate(requests, GREEDY.seed, batch_size=len(requests))
+    return [SteeredExample(q, c, a.text.strip()) for (q, c), a in zip(settings, answers, strict=True)]
 
 
 def summary(demo: DemoResult) -> str:

@@ -97,11 +97,8 @@ def test_a_preempted_request_is_edited_and_read_as_if_it_never_was(
     """Four answers of 40 tokens outgrow the KV cache: requests are preempted and recomputed."""
     before = vllm.stats()["recomputed"]
     edits = (Edit(8, unit, 4.0, positions="response"),)
-    guard = ()
     asked = [
-        GenerationRequest(
-            ids(vllm, q), 40, edits=edits if i % 2 else (), probes=(Probe(12, unit),), guards=guard
-        )
+        GenerationRequest(ids(vllm, q), 40, edits=edits if i % 2 else (), probes=(Probe(12, unit),))
         for i, q in enumerate(QUESTIONS[:4])
     ]
     got, want = vllm.generate(asked), hf.generate(asked)
