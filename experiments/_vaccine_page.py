@@ -143,17 +143,21 @@ def _capability(results: Results) -> list[str]:
         "paired over the windows. Log p(correct): the smoke set's mean log-probability of the correct "
         "letter, paired over its 40 questions.",
         "",
-        "| variant | smoke accuracy | log p(correct) | vs base | held-out loss | finetuned − base |",
-        "|---|---|---|---|---|---|",
+        "| variant | smoke accuracy | log p(correct) | vs base | held-out loss | finetuned − base "
+        "| vs plain |",
+        "|---|---|---|---|---|---|---|",
     ]
+    plain = rows["plain"]
     for name, r in rows.items():
-        logp = loss = ""
+        logp = loss = versus_plain = ""
         if name != "base":
             logp = _interval(difference(r["correct_logprob"], base["correct_logprob"]), 3)
             loss = _interval(difference(r["loss"], base["loss"]), 3)
+        if name not in ("base", "plain"):
+            versus_plain = _interval(difference(r["loss"], plain["loss"]), 3)
         lines.append(
             f"| {name} | {100 * r['accuracy']:.1f} % | {mean(r['correct_logprob']):.3f} | {logp} | "
-            f"{mean(r['loss']):.3f} | {loss} |"
+            f"{mean(r['loss']):.3f} | {loss} | {versus_plain} |"
         )
     return [*lines, ""]
 
@@ -182,7 +186,10 @@ def _differences(results: Results) -> list[str]:
     for name, r in list(rows.items())[1:]:
         logp = difference(r["correct_logprob"], base["correct_logprob"]).text(3)
         loss = difference(r["loss"], base["loss"]).text(3)
-        lines.append(f"- capability, {name} vs base: log p(correct) {logp}; held-out loss {loss}")
+        line = f"- capability, {name} vs base: log p(correct) {logp}; held-out loss {loss}"
+        if name != "plain":
+            line += f"; held-out loss vs plain {difference(r['loss'], rows['plain']['loss']).text(3)}"
+        lines.append(line)
     return [*lines, ""]
 
 
@@ -248,17 +255,18 @@ def _plot(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     points = shift_points(results)
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    axes.scatter([p[1] for p in points], [p[2] for p in points], color="#3b6ea8")
-    for name, x, y in points:
-        axes.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    figure, axes = plt.subplots(figsize=(7.2, 4.2), layout="constrained")
+    groups = dict.fromkeys(name.split(",")[0] for name, _, _ in points)  # a variant's doses and seeds
+    for group, marker in zip(groups, "osD^vP<>", strict=False):
+        chosen = [p for p in points if p[0].split(",")[0] == group]
+        axes.scatter([p[1] for p in chosen], [p[2] for p in chosen], marker=marker, label=group)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.axhline(0, color="#999", linewidth=0.6)
     axes.axvline(0, color="#999", linewidth=0.6)
     axes.set_xlabel("finetuning shift along the pessimistic vector")
     axes.set_ylabel("judged pessimism shift (points)")
-    figure.tight_layout()
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=130)
+        figure.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
     plt.close(figure)
 
 
