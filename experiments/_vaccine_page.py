@@ -238,7 +238,8 @@ def _correlation(results: Results, plot: Path) -> list[str]:
         "shift along the pessimistic vector against its judged pessimism shift (base − finetuned "
         f"optimism): Pearson r = {r} (95 % interval by Fisher's z; the paper: r 0.76–0.97).",
         "",
-        f"![finetuning shift against judged trait shift]({plot.name})",
+        # the path as docs/vaccine.md, which includes this fragment, sees the plot
+        f"![finetuning shift against judged trait shift]({plot.parent.name}/{plot.name})",
         "",
         "| model | finetuning shift along v | judged pessimism shift |",
         "|---|---|---|",

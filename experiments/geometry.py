@@ -33,7 +33,7 @@ def main() -> None:
         f"The bundled model's '{geometry.labels[0].split()[0]}' vector, its three poolings, extracted with "
         f"the demo's settings (chosen layer {layer}; `{Path(opts.vector).name}`).",
         "",
-        f"![vector geometry]({image.name})",
+        f"![vector geometry]({image.parent.name}/{image.name})",  # as docs/*.md, which includes it, sees it
         "",
         "```text",
         geometry.table(layer),
