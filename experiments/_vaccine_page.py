@@ -105,6 +105,16 @@ def _interval(d: Difference, digits: int = 1) -> str:
     return f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
 
 
+def _against(rows: dict[str, dict[str, Any]], name: str, key: str, digits: int = 1) -> tuple[str, str]:
+    """`name`'s paired difference in `key` against the base and against plain finetuning ("" where
+    there is none)."""
+    found = []
+    for other, skip in (("base", ("base",)), ("plain", ("base", "plain"))):
+        d = None if name in skip else difference(rows[name][key], rows[other][key])
+        found.append("" if d is None else _interval(d, digits))
+    return found[0], found[1]
+
+
 def _trait(results: Results) -> list[str]:
     rows = variants(results)
     base, plain = rows["base"]["optimism"], rows["plain"]["optimism"]
@@ -117,8 +127,7 @@ def _trait(results: Results) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
-        versus_base = "" if name == "base" else _interval(difference(r["optimism"], base))
-        versus_plain = "" if name in ("base", "plain") else _interval(difference(r["optimism"], plain))
+        versus_base, versus_plain = _against(rows, name, "optimism")
         kept = "" if name in ("base", "plain") or not plain_drop else (
             f"{100 * (mean(r['optimism']) - mean(base)) / plain_drop:.0f} %"
         )  # fmt: skip
@@ -133,7 +142,6 @@ def _trait(results: Results) -> list[str]:
 
 def _capability(results: Results) -> list[str]:
     rows = variants(results)
-    base = rows["base"]
     lines = [
         "### Capability (evaluation split): the smoke set, and loss on ordinary text",
         "",
@@ -147,14 +155,9 @@ def _capability(results: Results) -> list[str]:
         "| vs plain |",
         "|---|---|---|---|---|---|---|",
     ]
-    plain = rows["plain"]
     for name, r in rows.items():
-        logp = loss = versus_plain = ""
-        if name != "base":
-            logp = _interval(difference(r["correct_logprob"], base["correct_logprob"]), 3)
-            loss = _interval(difference(r["loss"], base["loss"]), 3)
-        if name not in ("base", "plain"):
-            versus_plain = _interval(difference(r["loss"], plain["loss"]), 3)
+        logp = _against(rows, name, "correct_logprob", 3)[0]
+        loss, versus_plain = _against(rows, name, "loss", 3)
         lines.append(
             f"| {name} | {100 * r['accuracy']:.1f} % | {mean(r['correct_logprob']):.3f} | {logp} | "
             f"{mean(r['loss']):.3f} | {loss} | {versus_plain} |"

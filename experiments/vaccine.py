@@ -102,7 +102,8 @@ def load(path: str | None = None) -> LoadedModel:
     if path is None:
         return load_model(MODEL, dtype="float32", device="cpu")
     tuned = load_finetuned(MODEL, path, dtype="float32", device="cpu")
-    return replace(tuned, model=tuned.model.merge_and_unload())
+    adapted: Any = tuned.model  # a PEFT model
+    return replace(tuned, model=adapted.merge_and_unload())
 
 
 def evaluation_trait() -> TraitSpec:
