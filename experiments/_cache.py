@@ -62,4 +62,13 @@ class Results:
         """Store `value` under `name` and rewrite the file (so a rerun resumes after it)."""
         self.values[name] = value
         write_json(self.path, {"key": self.key, "config": self.config, "results": self.values})
-        print(name, json.dumps(value), flush=True)
+        print(name, json.dumps(brief(value)), flush=True)
+
+
+def brief(value: Any) -> Any:
+    """`value` as the run's log shows it: a list of more than 8 numbers as its mean and count."""
+    if isinstance(value, dict):
+        return {k: brief(v) for k, v in value.items()}
+    if isinstance(value, list) and len(value) > 8 and all(isinstance(v, (int, float)) for v in value):
+        return f"mean {sum(value) / len(value):.4g} of {len(value)}"
+    return value

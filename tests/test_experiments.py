@@ -35,6 +35,12 @@ def test_results_resume_under_their_key_and_a_new_config_starts_fresh(tmp_path: 
     assert (first.dir / "results.json").exists()  # the other key's results are kept
 
 
+def test_the_log_shows_long_lists_as_their_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Results(tmp_path, CONFIG).record("base", {"optimism": [70.0, 72.0] * 5, "dose": [1.0, 2.0]})
+    assert capsys.readouterr().out == 'base {"optimism": "mean 71 of 10", "dose": [1.0, 2.0]}\n'
+    assert Results(tmp_path, CONFIG)["base"]["optimism"] == [70.0, 72.0] * 5  # the file keeps them whole
+
+
 def test_results_of_another_config_are_refused(tmp_path: Path) -> None:
     first = Results(tmp_path, CONFIG)
     first.record("base", {"optimism": 70.5})
