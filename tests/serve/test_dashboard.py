@@ -183,15 +183,18 @@ def test_filters_keep_the_matching_rows(page: Any) -> None:
     assert all(rows.locator("td.flag").all_text_contents())
     page.uncheck("#filter-flagged")
     page.select_option("#filter-trait", "evil")
-    page.wait_for_function(f"() => document.querySelectorAll('#requests tbody tr').length < {everything}")
-    assert "evil (guard)" in rows.locator("td.steer").all_text_contents()
-    involved = page.evaluate(
-        """() => [...document.querySelectorAll('#requests tbody tr')].map(tr => {
-            const f = window.personavecDashboard.state.entries.get(Number(tr.dataset.seq)).traits.evil;
-            return Boolean(f.flagged || f.predicted || f.steered); })"""
-    )
-    assert involved and all(involved)
-    page.select_option("#filter-trait", "")
+    try:
+        page.wait_for_function(f"() => document.querySelectorAll('#requests tbody tr').length < {everything}")
+        # the table is redrawn row by row: wait for the guarded request's row, not only for fewer rows
+        rows.locator("td.steer", has_text="evil (guard)").first.wait_for(timeout=10_000)
+        involved = page.evaluate(
+            """() => [...document.querySelectorAll('#requests tbody tr')].map(tr => {
+                const f = window.personavecDashboard.state.entries.get(Number(tr.dataset.seq)).traits.evil;
+                return Boolean(f.flagged || f.predicted || f.steered); })"""
+        )
+        assert involved and all(involved)
+    finally:  # the next tests look for new rows: never leave a filter on
+        page.select_option("#filter-trait", "")
     page.wait_for_function(f"() => document.querySelectorAll('#requests tbody tr').length === {everything}")
 
 
