@@ -57,6 +57,9 @@ def test_the_gguf_is_converted_once_and_loads_as_itself(tmp_path, monkeypatch, s
     assert (again.tokenizer.pad_token_id, again.tokenizer.padding_side) == (
         gguf_tokenizer.pad_token_id, gguf_tokenizer.padding_side,
     )  # fmt: skip
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("PERSONAVEC_CACHE", str(tmp_path / "a-file"))  # no cache can be written there
+    assert models.load_model("smollm2", dtype="float32", device="cpu").identity == smollm2.identity
     monkeypatch.setattr(models, "CACHED_GGUF_BYTES", 0)  # a larger GGUF: loaded directly, nothing cached
     monkeypatch.setenv("PERSONAVEC_CACHE", str(tmp_path / "other"))
     assert models.load_model("smollm2", dtype="float32", device="cpu").identity == smollm2.identity

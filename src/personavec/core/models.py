@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -260,7 +261,8 @@ def load_model(
     if source.gguf_file:
         sha = _file_sha256(Path(source.location) / source.gguf_file)
         if (Path(source.location) / source.gguf_file).stat().st_size <= CACHED_GGUF_BYTES:
-            weights = _Source(str(_converted(source, sha, torch_dtype)), None, source.name)
+            with contextlib.suppress(OSError):  # an unwritable cache: the GGUF itself is loaded
+                weights = _Source(str(_converted(source, sha, torch_dtype)), None, source.name)
     tokenizer = prepare_tokenizer(_from_pretrained(AutoTokenizer, weights))
     model = _from_pretrained(AutoModelForCausalLM, weights, dtype=torch_dtype, device_map=device)
     if weights.gguf_file:
