@@ -253,7 +253,7 @@ def _correlation(results: Results, plot: Path) -> list[str]:
 
 
 def _plot(results: Results, path: Path) -> None:
-    from personavec.report.html import agg
+    from personavec.report.html import agg, save_png
 
     agg()
     import matplotlib.pyplot as plt
@@ -269,9 +269,7 @@ def _plot(results: Results, path: Path) -> None:
     axes.axvline(0, color="#999", linewidth=0.6)
     axes.set_xlabel("finetuning shift along the pessimistic vector")
     axes.set_ylabel("judged pessimism shift (points)")
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-    plt.close(figure)
+    save_png(figure, path, dpi=130)
 
 
 def write_fragment(path: Path, results: Results, config: TrainConfig, weight: float) -> None:

@@ -45,6 +45,7 @@ and its plot, which ``docs/vaccine.md`` includes.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import platform
@@ -106,6 +107,7 @@ def load(path: str | None = None) -> LoadedModel:
     return replace(tuned, model=adapted.merge_and_unload())
 
 
+@functools.cache
 def evaluation_trait() -> TraitSpec:
     """'optimistic' with the experiment's 60 evaluation questions added (checked disjoint from its
     extraction questions, its own evaluation questions and the kit's question pool)."""
@@ -119,6 +121,7 @@ def evaluation_trait() -> TraitSpec:
     return replace(trait, evaluation_questions=[*trait.evaluation_questions, *added])
 
 
+@functools.cache
 def validation_trait() -> TraitSpec:
     """'optimistic' whose evaluation questions are its extraction questions (the doses' split)."""
     trait = load_trait("optimistic")
@@ -179,13 +182,15 @@ class Experiment:
         self.base = load()
         self.windows = text_windows(self.base, ordinary_text(), **TEXT_WINDOWS)
 
+    def validated(self, loaded: LoadedModel, out: Path, coef: float = 0.0) -> list[float]:
+        """Per validation question, the mean judged optimism of `loaded` steered by coef·v."""
+        return judged(loaded, validation_trait(), VALIDATION, self.vector, out, coef)
+
     def run_base(self) -> None:
         if "base" in self.results:
             return
         started, folder = time.perf_counter(), self.results.dir / "base"
-        validation = judged(
-            self.base, validation_trait(), VALIDATION, self.vector, folder / "validation", 0.0
-        )
+        validation = self.validated(self.base, folder / "validation")
         measured = measure(self.base, None, self.vector, self.windows, folder / "evaluation")
         seconds = time.perf_counter() - started
         self.results.record("base", {"validation": validation, **measured, "seconds": seconds})
@@ -205,9 +210,7 @@ class Experiment:
         value |= {"adapter": str(done.out), "train_loss": done.train_loss, "train_seconds": done.seconds}
         tuned = load(value["adapter"])
         if validate:
-            value["validation"] = judged(
-                tuned, validation_trait(), VALIDATION, self.vector, folder / "validation", 0.0
-            )
+            value["validation"] = self.validated(tuned, folder / "validation")
         value |= measure(tuned, self.base, self.vector, self.windows, folder / "evaluation")
         self.results.record(name, {**value, "seconds": time.perf_counter() - started})
         return value
@@ -241,8 +244,7 @@ class Experiment:
         for beta in BETAS:
             name = f"post-hoc: β {beta:g}"
             if name not in self.results:
-                out = folder / f"validation-beta-{beta:g}"
-                scores = judged(tuned, validation_trait(), VALIDATION, self.vector, out, -beta)
+                scores = self.validated(tuned, folder / f"validation-beta-{beta:g}", -beta)
                 self.results.record(name, {"dose": beta, "validation": scores})
             valid[beta] = mean(self.results[name]["validation"])
         beta = choose_dose(mean(self.results["base"]["validation"]), valid)

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from personavec._internal.files import atomic_path
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError, ModelError
 
@@ -118,7 +117,7 @@ def _model(v: PersonaVector) -> str:
 def plot(geometry: Geometry, path: str | Path, layer: int | None = None) -> Path:
     """A PNG of heat maps: vector × vector at `layer` (with several vectors), and each vector's
     layer × layer cosines. Written atomically; returns the path."""
-    from personavec.report.html import agg
+    from personavec.report.html import agg, save_png
 
     agg()
     import matplotlib.pyplot as plt
@@ -142,8 +141,4 @@ def plot(geometry: Geometry, path: str | Path, layer: int | None = None) -> Path
         ax.set_xlabel("layer", fontsize=8)
         ax.set_ylabel("layer", fontsize=8)
     figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="cosine")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return save_png(figure, path)

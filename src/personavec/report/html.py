@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,16 @@ def png(figure: Any) -> str:
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def save_png(figure: Any, path: str | os.PathLike[str], dpi: int = 120) -> Path:
+    """Write a matplotlib figure to the PNG file `path`, atomically (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return Path(path)
 
 
 def image(title: str, data: str) -> str:
