@@ -54,7 +54,7 @@ docs: install
 	$(BIN)/mkdocs build --strict            # the site, into site/ (open site/index.html)
 
 bench: install vllm
-	cd benchmarks && for b in capture steering monitor generate judge capability screen serve engine vllm_runtime demo; do ../$(BIN)/python $$b.py || exit 1; done
+	cd benchmarks && for b in capture steering monitor generate judge capability screen serve engine vllm_runtime demo ranking; do ../$(BIN)/python $$b.py || exit 1; done
 
 gpu-check: install   # the GPU suite (benchmarks/GPU.md) where CUDA is, else its CPU dry run
 	$(BIN)/python benchmarks/gpu_suite.py $$($(BIN)/python -c 'import torch; print("" if torch.cuda.is_available() else "--cpu-smoke")')

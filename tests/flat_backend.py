@@ -45,7 +45,7 @@ from personavec.core.engine import request_seed
 from personavec.core.hf import TransformersBackend
 from personavec.core.ledger import Ledger, Plan, Segment
 from personavec.core.models import LoadedModel
-from personavec.core.pooling import Pooled, check_layers, encode_samples
+from personavec.core.pooling import Pooled, check_layers, encode_samples, from_records
 
 BLOCK = 4  # the prefix cache's block size, in tokens
 
@@ -370,13 +370,9 @@ class FlatBackend(TransformersBackend):
             with torch.inference_mode():
                 while any(s.computed < len(s.ids) for s in seqs):
                     self._forward(seqs, self._schedule(seqs), ledger)
-            pooled = [ledger.pooled(i) for i in indices]
-            yield indices, Pooled(
-                prompt_last=_stack(pooled, layers, 0), prompt_avg=_stack(pooled, layers, 1),
-                response_avg=_stack(pooled, layers, 2) if responses is not None else None,
-                truncated=torch.tensor([samples[i].truncated for i in indices], dtype=torch.bool),
-                layers=layers,
-            )  # fmt: skip
+            records = [ledger.pooled(i) for i in indices]
+            cut = [samples[i].truncated for i in indices]
+            yield indices, from_records(records, layers, cut, responses is not None)
 
 
 def _salt(request: GenerationRequest) -> str:
@@ -385,10 +381,3 @@ def _salt(request: GenerationRequest) -> str:
         f"{e.layer}:{e.op}:{e.coef}:{e.positions}:{e.vector.numpy().tobytes().hex()}" for e in request.edits
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
-def _stack(
-    pooled: list[dict[int, tuple[Tensor, Tensor, Tensor | None]]], layers: Sequence[int], k: int
-) -> Tensor:
-    """``[samples, layers, hidden]`` of pooling `k` (0 prompt-last, 1 prompt-avg, 2 response-avg)."""
-    return torch.stack([torch.stack([p[layer][k] for layer in layers]) for p in pooled])  # type: ignore[misc]

@@ -114,7 +114,7 @@ def test_demo_end_to_end(demo: DemoResult) -> None:
     assert vector.layer == sweep["chosen"] == max(sweep["layers"], key=lambda r: r["trait"])["layer"]
     report = (out / "report.html").read_text()
     assert (
-        report.count("data:image/png;base64,") == 5 and "offline proxy" in report and "Capability" in report
+        report.count("data:image/png;base64,") == 6 and "offline proxy" in report and "Capability" in report
     )
     assert {e.coef for e in result.examples} == {-DEMO_CONFIG.coef, 0.0, DEMO_CONFIG.coef}
     assert {"generations", "judgements", "vectors", "sweep", "calibration", "total"} <= set(result.seconds)
@@ -139,6 +139,7 @@ def test_demo_end_to_end(demo: DemoResult) -> None:
     assert "<td>sampling temperature</td><td>0.7</td>" in settings
     assert "<th>coherence</th>" not in report
     assert "Held-out separation" in report and "no system prompt" in report
+    assert "<h2>Layer ranking</h2>" in report and (out / "ranking.json").exists()
     assert f"held-out separation: AUROC {result.separation.auroc:.2f}" in summary(result)
 
 

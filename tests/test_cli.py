@@ -15,6 +15,7 @@ from personavec.core.vectors import read_gguf
 
 from tiny import N_LAYERS
 
+NO_NORM = "records no residual norm"
 SMOL = ModelIdentity(name="smollm2", architecture="llama", n_layers=30, hidden_size=576)
 
 
@@ -65,6 +66,14 @@ def test_vectors_show_and_export(tmp_path, capsys) -> None:
     )
     assert list(read_gguf(tmp_path / "evil.gguf")) == [19]
     assert "direction.19" in capsys.readouterr().out
+    normed = PersonaVector("evil", vector.tensor, layer=20, metadata={"residual_norm": [3.0] * 31})
+    save_vectors(tmp_path / "normed.safetensors", [normed])
+    argv = ["vectors", "export-gguf", str(tmp_path / "normed.safetensors"), str(tmp_path / "n.gguf")]
+    assert main([*argv, "--coef", "0.5", "--coef-units", "norm"]) == 0
+    want = 0.5 * 3.0 / vector.tensor[20].double().norm() * vector.tensor[20].double()
+    assert torch.allclose(read_gguf(tmp_path / "n.gguf")[19].double(), want, rtol=1e-5)
+    argv = ["vectors", "export-gguf", str(tmp_path / "evil.safetensors"), str(tmp_path / "x.gguf")]
+    _one_line_error(capsys, main([*argv, "--coef-units", "norm"]), NO_NORM)
 
 
 def test_import_pt(tmp_path, capsys) -> None:
@@ -300,6 +309,23 @@ def test_sweep_calibrate_and_capability(tiny_dir, tiny_vector, tmp_path, capsys)
             "holds no personavec extraction run",
         ),
         (["monitor", "--vector", "{vector}", "--prompt", "Hi", "--max-new-tokens", "0"], "at least 1"),
+        # norm units with a vector that records no residual norm: refused before the model loads
+        (["steer", "--vector", "{vector}:1", "--prompt", "Hi", "--coef-units", "norm"], NO_NORM),
+        (["eval", "capability", "--vector", "{vector}", "--coef-units", "norm"], NO_NORM),
+        (
+            [
+                *("sweep", "--vector", "{vector}", "--trait", "optimistic", "--judge", "lexicon"),
+                *("--out", "{tmp}/s", "--coefs=1", "--coef-units", "norm"),
+            ],
+            NO_NORM,
+        ),
+        (
+            [
+                *("train", "{tmp}/d.jsonl", "--out", "{tmp}/t", "--vector", "{vector}"),
+                *("--intervention", "steer", "--coef", "1", "--coef-units", "norm"),
+            ],
+            NO_NORM,
+        ),
     ],
 )
 def test_deployment_bad_input(tiny_dir, tiny_vector, tmp_path, capsys, argv: list[str], pattern: str) -> None:
@@ -308,6 +334,8 @@ def test_deployment_bad_input(tiny_dir, tiny_vector, tmp_path, capsys, argv: lis
         smol, [PersonaVector("evil", torch.randn(31, 576), layer=20, metadata={"model": SMOL.to_dict()})]
     )
     (tmp_path / "bad.csv").write_text("What is 1+1?,1,2,3,4,B\nBroken row,1,2,3\n")
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    (tmp_path / "d.jsonl").write_text(json.dumps({"messages": chat}) + "\n")
     argv = [a.format(tmp=tmp_path, smol=smol, vector=tiny_vector) for a in argv]
     _one_line_error(capsys, main([*argv, "--model", str(tiny_dir)]), pattern)
 

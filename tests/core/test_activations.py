@@ -30,6 +30,7 @@ def _reference(loaded, prompt: str, response: str) -> dict[str, torch.Tensor]:
         "prompt-last": hidden[:, n - 1],
         "prompt-avg": hidden[:, :n].mean(1),
         "response-avg": hidden[:, n:].mean(1),
+        "norm": hidden[:, 1:].norm(dim=-1).mean(1),  # every token after the first
     }
 
 
@@ -40,6 +41,7 @@ def test_pooled_equals_float64_definition() -> None:
     assert pooled.prompt_last.shape == (3, N_LAYERS + 1, 64)
     for i, (p, r) in enumerate(zip(prompts, ANSWERS, strict=True)):
         ref = _reference(loaded, p, r)
+        torch.testing.assert_close(pooled.norm[i].double(), ref.pop("norm"), atol=1e-5, rtol=1e-5)
         for pooling, expected in ref.items():
             torch.testing.assert_close(pooled.tensor(pooling)[i].double(), expected, atol=1e-5, rtol=1e-5)
 
@@ -58,6 +60,7 @@ def test_alone_equals_inside_a_padded_batch(arch: str, side: str) -> None:
             torch.testing.assert_close(
                 batched.tensor(pooling)[i], alone.tensor(pooling)[0], atol=1e-4, rtol=1e-4
             )
+        torch.testing.assert_close(batched.norm[i], alone.norm[0], atol=1e-4, rtol=1e-4)
 
 
 def test_token_merging_across_the_boundary_counts_as_response() -> None:

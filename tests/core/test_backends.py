@@ -205,7 +205,7 @@ def test_pooled_activations_are_equal(
     answers = [g.text for g in generated[0]]
     a = pooled_activations(hf, texts, answers, layers=[0, 5, 30], progress=False)
     b = pooled_activations(flat, texts, answers, layers=[0, 5, 30], progress=False)
-    for name in ("prompt_last", "prompt_avg", "response_avg"):
+    for name in ("prompt_last", "prompt_avg", "response_avg", "norm"):
         x, y = getattr(a, name), getattr(b, name)
         assert torch.allclose(x, y, atol=1e-4 * float(x.abs().max())), name
 

@@ -87,7 +87,8 @@ def test_edits_probes_and_pools_follow_positions_not_steps(steps: list[list[Segm
             assert torch.allclose(edited[p].double(), want, atol=1e-5), (key, p)
         readings = ledger.readings(key)
         assert [r[0] for r in readings] == pytest.approx((h @ u64).tolist(), abs=1e-5)  # before the edit
-        last, prompt_avg, response_avg = ledger.pooled(key)[3]
+        last, prompt_avg, response_avg, norm = ledger.pooled(key)[3]
+        assert float(norm) == pytest.approx(float(h[1:].norm(dim=-1).mean()), abs=1e-5)  # first excluded
         assert torch.allclose(last.double(), h[prompt_len - 1], atol=1e-6)
         assert torch.allclose(prompt_avg.double(), h[:prompt_len].mean(0), atol=1e-6)
         assert response_avg is not None

@@ -76,6 +76,7 @@ def test_pooled_activations_equal_the_transformers_backend(vllm: Any, hf: Transf
         for name in ("prompt_last", "prompt_avg", "response_avg"):
             a, b = getattr(mine, name)[i % 2].double(), getattr(want, name)[0].double()
             assert ((a - b).norm(dim=-1) / b.norm(dim=-1)).max() <= 1e-4, (i, name)
+        assert torch.allclose(mine.norm[i % 2], want.norm[0], rtol=1e-4), i
     assert vllm.stats()["chunked"] > 0
 
 

@@ -122,6 +122,22 @@ def test_sweep_bad_input(server, tmp_path) -> None:
         sweep(loaded, load_trait("evil"), judge, vector, tmp_path, [7], [1.0])
 
 
+def test_a_sweep_in_norm_units_steers_each_cell_by_its_raw_conversion(server, tmp_path) -> None:
+    loaded, vector, judge = setup(server)
+    norms = [2.0, 5.0, 7.0, 11.0]
+    vector.metadata["residual_norm"] = norms
+    trait = load_trait("evil")
+    normed = sweep(loaded, trait, judge, vector, tmp_path / "n", [1, 3], [0.0, 0.5], SIZES, False, "norm")
+    raw = [0.0] + [0.5 * norms[ly] / float(vector.tensor[ly].double().norm()) for ly in (1, 3)]
+    assert [c.coef for c in normed] == pytest.approx(raw)
+    plain = sweep(loaded, trait, judge, vector, tmp_path / "r", [1], [raw[1]], SIZES, progress=False)
+    assert normed[1].trait == plain[0].trait and normed[1].coherence == plain[0].coherence
+    with pytest.raises(PersonavecError, match="records no residual norm"):
+        del vector.metadata["residual_norm"]
+        sweep(loaded, trait, judge, vector, tmp_path / "x", [1], [0.5], SIZES, False, "norm")
+    assert not (tmp_path / "x").exists()  # refused before anything ran
+
+
 def test_a_sweep_directory_is_tied_to_its_settings(server, tmp_path) -> None:
     loaded, vector, judge = setup(server)
     trait = load_trait("evil")

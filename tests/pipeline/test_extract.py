@@ -20,7 +20,7 @@ from personavec.core.generate import read_rows
 from personavec.core.models import load_model
 from personavec.core.pooling import POOLINGS
 from personavec.core.sampling import Sampling
-from personavec.core.vectors import load_vectors
+from personavec.core.vectors import RESIDUAL_NORM, load_vectors, save_vectors
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.extract import ExtractConfig, default_layers, extract
@@ -92,6 +92,9 @@ def test_pipeline_outputs_match_the_method_written_plainly(model_dir, server, tm
         acts = pooled.tensor(pooling).double()
         expected = acts[positive].mean(0) - acts[~positive].mean(0)
         torch.testing.assert_close(result.vectors[pooling].tensor.double(), expected, atol=1e-5, rtol=1e-5)
+    # the residual norm it records: each kept answer's mean ‖h‖ after its first token, averaged
+    norm = result.vectors["response-avg"].metadata[RESIDUAL_NORM]
+    torch.testing.assert_close(torch.tensor(norm, dtype=torch.float64), pooled.norm.double().mean(0))
 
     sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
     assert [r["layer"] for r in sweep["layers"]] == [1, 2, 3]
@@ -108,6 +111,43 @@ def test_pipeline_outputs_match_the_method_written_plainly(model_dir, server, tm
     assert len(server.requests) == requests + 1 and server.requests[-1] not in server.judgements()
     assert (tmp_path / "run" / "generations.jsonl").stat().st_size == size
     assert torch.equal(again.vectors["response-avg"].tensor, result.vectors["response-avg"].tensor)
+
+
+def test_the_sweep_in_norm_units_steers_each_layer_by_its_raw_conversion(model_dir, server, tmp_path) -> None:
+    result = run(model_dir, server, tmp_path / "run", replace(CONFIG, coef=0.5, coef_units="norm"))
+    vector = result.vectors["response-avg"]
+    sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    norms = vector.metadata[RESIDUAL_NORM]
+    for cell in sweep["layers"]:
+        layer = cell["layer"]
+        assert cell["coef"] == pytest.approx(0.5 * norms[layer] / float(vector.tensor[layer].double().norm()))
+    assert vector.metadata["layer_choice"]["coef_units"] == "norm"
+
+
+def test_vectors_made_before_the_norm_was_recorded_get_it_on_a_rerun(model_dir, server, tmp_path) -> None:
+    first = run(model_dir, server, tmp_path / "run")
+    path = tmp_path / "run" / "evil.safetensors"
+    old = list(load_vectors(path).values())
+    for v in old:
+        del v.metadata[RESIDUAL_NORM]
+    save_vectors(path, old)
+    (tmp_path / "run" / "ranking.json").unlink()  # nor the layer ranking, then
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    del manifest["stages"]["ranking"]
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    requests = len(server.judgements())
+    again = run(model_dir, server, tmp_path / "run")
+    assert len(server.judgements()) == requests  # nothing judged again
+    assert ExtractionRun(tmp_path / "run").ranking() is not None
+    for pooling, v in load_vectors(path).items():
+        assert v.metadata[RESIDUAL_NORM] == first.vectors[pooling].metadata[RESIDUAL_NORM]
+        assert v.layer == first.vectors[pooling].layer and torch.equal(
+            v.tensor, first.vectors[pooling].tensor
+        )
+    assert (
+        again.vectors["response-avg"].metadata[RESIDUAL_NORM]
+        == first.vectors["response-avg"].metadata[RESIDUAL_NORM]
+    )
 
 
 def test_changed_filter_settings_reuse_answers_and_judgements(model_dir, server, tmp_path) -> None:

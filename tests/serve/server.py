@@ -28,11 +28,13 @@ from personavec.core.models import LoadedModel, format_chat, model_identity
 from personavec.core.vectors import PersonaVector, save_vectors
 
 KEY = "test-key"
+NORM = 20.0  # the residual norm opt records at every layer (so 1 norm unit is 2.5 × its norm-8 vector)
 TOL = 1e-3  # |server − reference| ≤ TOL·(1 + |reference|): KV-cached decode vs one prefill, fp32
 
 
 def random_vectors(folder: Path) -> dict[str, Path]:
-    """Two random vectors for the bundled model (norm 8 per layer), chosen layers 15 and 20."""
+    """Two random vectors for the bundled model (norm 8 per layer), chosen layers 15 and 20; opt records
+    a residual norm (NORM per layer), evil none."""
     identity = model_identity("smollm2").to_dict()
     generator = torch.Generator().manual_seed(0)
     files = {}
@@ -40,7 +42,8 @@ def random_vectors(folder: Path) -> dict[str, Path]:
         tensor = torch.randn(31, 576, generator=generator)
         tensor = tensor / tensor.norm(dim=1, keepdim=True) * 8
         files[name] = folder / f"{name}.safetensors"
-        save_vectors(files[name], [PersonaVector(name, tensor, layer=layer, metadata={"model": identity})])
+        metadata = {"model": identity, **({"residual_norm": [NORM] * 31} if name == "opt" else {})}
+        save_vectors(files[name], [PersonaVector(name, tensor, layer=layer, metadata=metadata)])
     return files
 
 

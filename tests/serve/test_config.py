@@ -168,3 +168,28 @@ def test_the_alert_rules_use_metrics_the_server_exports() -> None:
 )
 def test_text_that_may_start_a_stop_sequence_is_held_back(text: str, stops: list[str], held: int) -> None:
     assert _held_back(text, stops) == held
+
+
+def test_default_steering_in_norm_units_is_converted_and_checked_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from personavec.serve.run import served_vectors
+
+    from server import random_vectors
+
+    files = random_vectors(tmp_path)
+    vectors = [f"{name}={path}" for name, path in files.items()]
+    base = [
+        "serve",
+        "--model",
+        "smollm2",
+        *(x for v in vectors for x in ("--vector", v)),
+        "--coef-units",
+        "norm",
+    ]
+    assert main([*base, "--steer", "evil=1"]) == 2  # evil records no residual norm
+    assert "records no residual norm" in capsys.readouterr().err
+    assert main([*base, "--steer", "opt=999"]) == 2  # 999 norm units = 2497.5 × the vector
+    assert "exceeds 1000" in capsys.readouterr().err
+    config = ServeConfig(vectors=tuple(files.items()), steer=(("opt", 1.0),), coef_units="norm")
+    assert set(served_vectors(config)) == {"opt", "evil"}

@@ -28,7 +28,7 @@ from personavec.deploy.monitor import project
 from personavec.judges.base import fill, logprob_score
 from personavec.judges.openai_compat import OpenAIJudge
 
-from server import KEY, Server, ask, chat_prompt, metric_value, near, random_vectors, start
+from server import KEY, NORM, Server, ask, chat_prompt, metric_value, near, random_vectors, start
 
 REFERENCE = [
     "What is a good breakfast?",
@@ -173,6 +173,10 @@ def test_a_steered_request_equals_the_library_steering(
     figures = reply.model_extra["persona"]["vectors"]
     assert figures["opt"]["steered"] == {"by": "steer", "coef": 6.0, "from_token": 0}
     assert figures["evil"]["steered"] is None
+    normed = {"steer": [{"vector": "opt", "coef": 6.0 * 8 / NORM, "units": "norm"}]}  # 6 × v, in norm units
+    reply = ask(client, QUESTIONS[1], max_tokens=20, extra_body={"persona": normed})
+    assert reply.choices[0].message.content.strip() == steered
+    assert reply.model_extra["persona"]["vectors"]["opt"]["steered"]["coef"] == pytest.approx(6.0)
 
 
 def test_a_stop_sequence_cuts_the_answer_before_it(client: openai.OpenAI) -> None:
@@ -351,6 +355,17 @@ def _hi(**fields: Any) -> dict[str, Any]:
         (_hi(messages=[{"role": "user", "content": LONG}]), 400, "messages"),
         (_hi(persona={"guard": {"vector": "evil", "coef": -1}}), 400, "persona.guard.coef"),
         (_hi(persona={"steer": [{"vector": "nope", "coef": 1}]}), 400, "persona.steer[0].vector"),
+        (
+            _hi(persona={"steer": [{"vector": "evil", "coef": 1, "units": "norm"}]}),
+            400,
+            "persona.steer[0].coef",
+        ),
+        (
+            _hi(persona={"steer": [{"vector": "opt", "coef": 1, "units": "sigma"}]}),
+            400,
+            "persona.steer[0].units",
+        ),
+        (_hi(persona={"guard": {"vector": "opt", "coef": 999, "units": "norm"}}), 400, "persona.guard.coef"),
         (_hi(messages=[{"role": "user", "content": "x" * 30000}]), 413, None),
     ],
 )

@@ -31,6 +31,11 @@ def integers(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def candidate_layers(text: str) -> tuple[int, ...] | str:
+    """``top:K`` as it is; otherwise `integers`."""
+    return text if text.startswith("top:") else integers(text)
+
+
 def numbers(text: str) -> tuple[float, ...]:
     """``-2,0,2`` → (-2.0, 0.0, 2.0)."""
     try:
@@ -96,6 +101,8 @@ def _argument(
         return {"action": "store_true", "help": text}
     if get_origin(base) is Literal:
         return {"choices": get_args(base), "default": default, "help": text}
+    if meta.get("top"):
+        return {"type": candidate_layers, "default": default, "help": text}
     if get_origin(base) is tuple:
         item = get_args(base)[0]
         if meta.get("repeat"):

@@ -30,7 +30,8 @@ def _steer(args: argparse.Namespace) -> None:
     if not args.prompt and not args.chat:
         raise ConfigError("nothing to answer: give --prompt TEXT (repeatable) or --chat")
     steerings = [
-        Steering(load_vector(f, pooling=args.pooling), coef, layer) for f, coef, layer in args.vector
+        Steering(load_vector(f, pooling=args.pooling), coef, layer, config.coef_units)
+        for f, coef, layer in args.vector
     ]
     if args.chat:
         chat(load(args), steerings, sys.stdin, args.system, config)

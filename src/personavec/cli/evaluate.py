@@ -20,17 +20,21 @@ from personavec.cli._options import (
     print_json,
 )
 from personavec.deploy.config import CapabilityConfig
-from personavec.pipeline.config import CalibrateConfig, Sizes, SweepGrid
+from personavec.pipeline.config import CalibrateConfig, Sizes, SweepGrid, top_k
 
 
 def _sweep(args: argparse.Namespace) -> None:
     from personavec.pipeline.evaluate import sweep
-    from personavec.runs.readers import SweepRun
+    from personavec.runs.readers import ExtractionRun, SweepRun
 
     sizes, grid = from_args(Sizes, args), from_args(SweepGrid, args)
+    ranking = ExtractionRun.ranking_of(args.vector) if top_k(grid.layers) else None
     trait, judge = judged(args)
     model, vector = model_and_vector(args)
-    cells = sweep(model, trait, judge, vector, args.out, grid.layers_of(vector), grid.coefs, sizes)
+    layers = grid.layers_of(vector, ranking)
+    cells = sweep(model, trait, judge, vector, args.out, layers, grid.coefs, sizes, units=grid.coef_units)
+    if grid.coef_units == "norm":
+        print("coefficients in norm units, steered (and shown) as their raw conversions at each layer")
     print("layer  coef   trait  ±95%  coherence")
     for c in cells:
         scores = " ".join(fmt(value) for value in (c.trait, c.trait_ci95, c.coherence))
@@ -61,9 +65,11 @@ def _capability(args: argparse.Namespace) -> None:
     config = from_args(CapabilityConfig, args)
     questions = capability.load_questions(args.data)  # bad rows fail before the model loads
     vector = load_vector(args.vector, pooling=args.pooling) if args.vector else None
-    loaded = load(args)
-    coefs = config.coefs(steered=vector is not None)
-    results = capability.score_steered(loaded, questions, vector, coefs, config.layer, config.batch_size)
+    config.check(vector)  # before the model loads
+    c = config
+    results = capability.score_steered(
+        load(args), questions, vector, c.coefs(vector is not None), c.layer, c.batch_size, c.coef_units
+    )
     if args.json:
         print_json(
             {name: {k: v for k, v in r.to_dict().items() if k != "questions"} for name, r in results.items()}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from personavec.cli._options import json_arg, pooling_arg, print_json, trait_arg
+from personavec.core.units import COEF_UNITS, UNITS_HELP
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -40,7 +41,7 @@ def _export_gguf(args: argparse.Namespace) -> None:
     from personavec.core.vectors import export_gguf, load_vector
 
     vector = load_vector(args.file, pooling=args.pooling)
-    written = export_gguf(vector, args.out, layers=args.layer, coef=args.coef)
+    written = export_gguf(vector, args.out, layers=args.layer, coef=args.coef, units=args.coef_units)
     names = ", ".join(f"direction.{n}" for n in written)
     print(f"wrote {args.out}: {names} (llama.cpp: --control-vector {args.out})")
 
@@ -110,6 +111,7 @@ def add(commands: Any) -> None:
         help="personavec layer to export (repeatable; default: the vector's chosen layer)",
     )
     export.add_argument("--coef", type=float, default=1.0, help="scale baked into the file (default 1)")
+    export.add_argument("--coef-units", choices=COEF_UNITS, default="raw", help=UNITS_HELP)
     export.set_defaults(run=_export_gguf)
 
     imp = vectors.add_parser("import-pt", help="import a vector written by the paper's official code")

@@ -51,6 +51,7 @@ def pooled_activations(
     shape = (len(prompts), len(layers), backend.identity.hidden_size)
     out = {k: torch.empty(shape) for k in ("prompt_last", "prompt_avg", "response_avg")}
     truncated = torch.zeros(len(prompts), dtype=torch.bool)
+    norm = torch.empty(len(prompts), len(layers))
     batches = iter_pooled(
         backend, prompts, responses, token_budget, max_batch_size, max_length, progress, layers
     )
@@ -61,10 +62,12 @@ def pooled_activations(
         if pooled.response_avg is not None:
             out["response_avg"][index] = pooled.response_avg
         truncated[index] = pooled.truncated
+        norm[index] = pooled.norm
     return Pooled(
         prompt_last=out["prompt_last"],
         prompt_avg=out["prompt_avg"],
         response_avg=out["response_avg"] if responses is not None else None,
         truncated=truncated,
         layers=layers,
+        norm=norm,
     )

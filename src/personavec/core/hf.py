@@ -219,22 +219,28 @@ class _Batch(BaseStreamer, StoppingCriteria):
 
 
 class _Pooler(ResidualHooks):
-    """Hooks on every layer that reduce each batch's hidden states to the three poolings."""
+    """Hooks on every layer that reduce each batch's hidden states to the three poolings and the
+    mean residual norm."""
 
     def __init__(self, model: nn.Module, layers: Sequence[int]):
         super().__init__(model, layers)
         self.row = {layer: j for j, layer in enumerate(layers)}
-        self.prompt_weights = self.response_weights = self.last = self.pad = torch.empty(0)
+        self.prompt_weights = self.response_weights = self.norm_weights = torch.empty(0)
+        self.last = self.pad = torch.empty(0)
         self.out: dict[str, Tensor] = {}
 
-    def start_batch(self, prompt_w: Tensor, response_w: Tensor, last: Tensor, hidden: int) -> None:
+    def start_batch(
+        self, prompt_w: Tensor, response_w: Tensor, norm_w: Tensor, last: Tensor, hidden: int
+    ) -> None:
         batch, device = prompt_w.shape[0], prompt_w.device
-        self.prompt_weights, self.response_weights, self.last = prompt_w, response_w, last
+        self.prompt_weights, self.response_weights, self.norm_weights = prompt_w, response_w, norm_w
+        self.last = last
         self.pad = ((prompt_w + response_w) == 0).unsqueeze(-1)  # pad tokens (and cut-off ones)
         shape = (batch, len(self.layers), hidden)
         self.out = {
             k: torch.empty(shape, device=device) for k in ("prompt-last", "prompt-avg", "response-avg")
         }
+        self.out["norm"] = torch.empty((batch, len(self.layers)), device=device)
 
     def edit(self, layer: int, hidden: Tensor) -> None:
         device = hidden.device  # under a multi-GPU device map, blocks sit on different devices
@@ -247,6 +253,8 @@ class _Pooler(ResidualHooks):
         self.out["response-avg"][:, row] = torch.einsum("bt,bth->bh", response_w, h).to(out_device)
         last = h[torch.arange(h.shape[0], device=device), self.last.to(device)]
         self.out["prompt-last"][:, row] = last.to(out_device)
+        norms = torch.einsum("bt,bt->b", self.norm_weights.to(device), h.norm(dim=-1))
+        self.out["norm"][:, row] = norms.to(out_device)
 
 
 def collate(samples: list[EncodedSample], pad_id: int, left: bool, device: torch.device) -> dict[str, Tensor]:
@@ -255,6 +263,7 @@ def collate(samples: list[EncodedSample], pad_id: int, left: bool, device: torch
     mask = torch.zeros((len(samples), width), dtype=torch.long)
     prompt_w = torch.zeros((len(samples), width))
     response_w = torch.zeros((len(samples), width))
+    norm_w = torch.zeros((len(samples), width))  # every token after the first
     last = torch.zeros(len(samples), dtype=torch.long)
     for row, sample in enumerate(samples):
         n = len(sample.ids)
@@ -264,10 +273,12 @@ def collate(samples: list[EncodedSample], pad_id: int, left: bool, device: torch
         prompt_w[row, start : start + sample.n_prompt] = 1.0 / sample.n_prompt
         if n > sample.n_prompt:
             response_w[row, start + sample.n_prompt : start + n] = 1.0 / (n - sample.n_prompt)
+        if n > 1:
+            norm_w[row, start + 1 : start + n] = 1.0 / (n - 1)
         last[row] = start + sample.n_prompt - 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-    extra = {"prompt_w": prompt_w, "response_w": response_w, "last": last}
+    extra = {"prompt_w": prompt_w, "response_w": response_w, "norm_w": norm_w, "last": last}
     return {k: v.to(device) for k, v in {**batch, **extra}.items()}
 
 
@@ -446,9 +457,8 @@ class TransformersBackend(TokenizerText):
         bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
         for indices in length_batches([len(s.ids) for s in samples], token_budget, max_batch_size):
             batch = collate([samples[i] for i in indices], pad_id, left, device)
-            pooler.start_batch(
-                batch.pop("prompt_w"), batch.pop("response_w"), batch.pop("last"), self.identity.hidden_size
-            )
+            prompt_w, response_w, norm_w = batch.pop("prompt_w"), batch.pop("response_w"), batch.pop("norm_w")
+            pooler.start_batch(prompt_w, response_w, norm_w, batch.pop("last"), self.identity.hidden_size)
             with torch.inference_mode(), pooler:  # hooks on only while the batch runs, not across the yield
                 pooler.blocks.backbone(**batch, use_cache=False)
                 out = {k: v.cpu() for k, v in pooler.out.items()}
@@ -461,6 +471,7 @@ class TransformersBackend(TokenizerText):
                     response_avg=out["response-avg"] if responses is not None else None,
                     truncated=torch.tensor([samples[i].truncated for i in indices], dtype=torch.bool),
                     layers=layers,
+                    norm=out["norm"],
                 ),
             )
         bar.close()

@@ -14,8 +14,8 @@ these changes what it edits or reads:
   layer's edits; a position never computed here (skipped by a prefix cache) reads NaN;
 - each guard checks the prompt's last position (with ``per_token``, every later one too) the first
   time each is computed; from its first crossing on, that position and every later one is pushed;
-- pooling (prompt-last, prompt-avg, response-avg) counts each position once, and refuses a request
-  whose positions were not all computed.
+- pooling (prompt-last, prompt-avg, response-avg, the mean norm after the first position) counts each
+  position once, and refuses a request whose positions were not all computed.
 
 The transformers backend uses it too (its pads dropped), so both runtimes share this one account.
 """
@@ -63,6 +63,7 @@ class _Sums:
     prompt: Tensor
     response: Tensor
     last: Tensor
+    norm: Tensor  # the sum of ‖h‖ over the positions after the first
 
 
 @dataclass
@@ -191,8 +192,9 @@ class Ledger:
         fired = [-1 if at is None or at - last_prompt >= answer_len else at - last_prompt for at in row.fired]
         return readings, fired
 
-    def pooled(self, key: Hashable) -> dict[int, tuple[Tensor, Tensor, Tensor | None]]:
-        """Request `key`'s (prompt-last, prompt-avg, response-avg) by pooled layer, float32."""
+    def pooled(self, key: Hashable) -> dict[int, tuple[Tensor, Tensor, Tensor | None, Tensor]]:
+        """Request `key`'s (prompt-last, prompt-avg, response-avg, mean ‖h‖ after the first position)
+        by pooled layer, float32."""
         row = self._rows[key]
         plan = row.plan
         if not row.complete or row.seen < plan.pool_length:
@@ -200,11 +202,14 @@ class Ledger:
                 f"request {key!r}: not every position was computed (a prefix cache skipped some?); "
                 "pooled activations need all of them"
             )
-        n_response = plan.pool_length - plan.prompt_len
+        n_response, n_norm = plan.pool_length - plan.prompt_len, max(plan.pool_length - 1, 1)
         return {
-            layer: (s.last, s.prompt / plan.prompt_len, s.response / n_response if n_response else None)
+            layer: (
+                s.last, s.prompt / plan.prompt_len, s.response / n_response if n_response else None,
+                s.norm / n_norm,
+            )
             for layer, s in row.sums.items()
-        }
+        }  # fmt: skip
 
     def _read(self, layer: int, hidden: Tensor) -> None:
         """Project every token onto the probes at `layer` (one product for all requests)."""
@@ -265,10 +270,11 @@ class Ledger:
         h = hidden[placed.offset + first - placed.start : placed.offset + end - placed.start].float()
         if layer not in row.sums:
             zero = torch.zeros(h.shape[-1], device=h.device)
-            row.sums[layer] = _Sums(zero, zero.clone(), zero.clone())
+            row.sums[layer] = _Sums(zero, zero.clone(), zero.clone(), torch.zeros((), device=h.device))
         sums, split = row.sums[layer], min(max(plan.prompt_len - first, 0), end - first)
         sums.prompt = sums.prompt + h[:split].sum(0)
         sums.response = sums.response + h[split:].sum(0)
+        sums.norm = sums.norm + h[max(1 - first, 0) :].norm(dim=-1).sum()
         if first <= plan.prompt_len - 1 < end:
             sums.last = h[plan.prompt_len - 1 - first]
 

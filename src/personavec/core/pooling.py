@@ -6,6 +6,10 @@ Three poolings per sample and layer (the Method page of the docs, step 5):
 - ``prompt-avg``: the mean over the prompt tokens;
 - ``response-avg``: the mean over the response tokens.
 
+Beside them, each sample's mean residual norm ‖h‖ over its tokens after the first (the first token's
+residual is an outlier many models share; its norm is excluded): what coefficients in norm units are
+measured against (`personavec.core.vectors.PersonaVector.raw_coef`).
+
 The text of a sample is ``prompt + response`` (the prompt already chat-formatted, ending with the
 assistant header), tokenised once. A token belongs to the response when its character span reaches
 past the end of the prompt text, so a token that merges across the boundary counts as response (the
@@ -16,8 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
+import torch
 from torch import Tensor
 
 from personavec._internal.deprecation import renamed
@@ -42,6 +47,7 @@ class Pooled:
     response_avg: Tensor | None  # None when no responses were given
     truncated: Tensor  # [samples] bool: the sample lost its tail to max_length
     layers: tuple[int, ...]
+    norm: Tensor  # [samples, len(layers)]: the mean ‖h‖ over the sample's tokens after its first
 
     @property
     def n_truncated(self) -> int:
@@ -57,6 +63,29 @@ class Pooled:
                 f"no {pooling!r} activations here (unknown pooling, or no responses were given)"
             )
         return tensor
+
+
+PooledRecord = dict[int, tuple[Any, Any, Any, Any]]
+"""One sample's (prompt-last, prompt-avg, response-avg or None, mean norm) by layer, as the ledger pools
+them (`personavec.core.ledger.Ledger.pooled`; tensors or arrays)."""
+
+
+def from_records(
+    records: Sequence[PooledRecord], layers: tuple[int, ...], truncated: Sequence[bool], responses: bool
+) -> Pooled:
+    """Samples' ledger records as one `Pooled` (`responses`: whether responses were given)."""
+
+    def stack(k: int) -> Tensor:
+        return torch.stack([torch.stack([torch.as_tensor(r[layer][k]) for layer in layers]) for r in records])
+
+    return Pooled(
+        prompt_last=stack(0),
+        prompt_avg=stack(1),
+        response_avg=stack(2) if responses else None,
+        truncated=torch.tensor(list(truncated), dtype=torch.bool),
+        layers=layers,
+        norm=stack(3),
+    )
 
 
 @dataclass(frozen=True)

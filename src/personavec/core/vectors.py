@@ -26,10 +26,12 @@ from personavec.core.layers import check_layer
 from personavec.core.models import ModelIdentity
 from personavec.core.pooling import POOLINGS, Pooling
 from personavec.core.positions import TokenPositions
+from personavec.core.units import CoefUnits, to_raw
 from personavec.errors import ConfigError, DataError, ModelError
 from personavec.version import __version__
 
 VECTOR_FORMAT = "personavec/1"
+RESIDUAL_NORM = "residual_norm"  # metadata: the mean ‖h‖ per layer over the extraction's answers
 
 
 @dataclass
@@ -38,7 +40,8 @@ class PersonaVector:
 
     `pooling` is how the activations were pooled (see activations.py); `layer` the layer chosen for steering
     (None until chosen); `metadata` holds the model identity under ``"model"`` and whatever the
-    pipeline records (counts, thresholds, seed, ...).
+    pipeline records (counts, thresholds, seed, the residual norm per layer under ``"residual_norm"``,
+    ...).
     """
 
     trait: str
@@ -101,6 +104,24 @@ class PersonaVector:
             raise DataError(f"vector {self.trait!r} is zero at layer {self.resolve_layer(layer)}")
         return vector / norm
 
+    def residual_norm(self, layer: int | None = None) -> float:
+        """The mean residual norm at `layer` over the answers this vector was extracted from."""
+        norms = self.metadata.get(RESIDUAL_NORM)
+        if norms is None:
+            raise ConfigError(
+                f"vector {self.trait!r} records no residual norm, so coefficients in norm units cannot "
+                "be converted: rerun `personavec extract` with the same arguments on its run directory "
+                "(it measures the norm and changes nothing else), or give raw coefficients"
+            )
+        return float(norms[self.resolve_layer(layer)])
+
+    def raw_coef(self, coef: float, layer: int | None = None, units: CoefUnits = "raw") -> float:
+        """`coef` in `units` (`personavec.core.units`) as the multiple of v that steering at `layer`
+        adds: raw as given; norm: ``coef · residual_norm(layer) / ‖v_layer‖``."""
+        if units == "raw":
+            return coef
+        return to_raw(coef, units, self.residual_norm(layer), float(self.at(layer).norm()))
+
     def project(self, activations: Tensor, layer: int | None = None) -> Tensor:
         """Scalar projections a·v̂ of activations ``[..., hidden]`` (float32)."""
         return activations.float() @ self.unit(layer).to(activations.device)
@@ -127,15 +148,25 @@ class PersonaVector:
         coef: float,
         layer: int | None = None,
         positions: TokenPositions | Tensor = "all",
+        units: CoefUnits = "raw",
     ) -> Intervention:
-        """Context manager steering `model` with ``coef`` × this vector at `layer` (default: chosen)."""
+        """Context manager steering `model` with ``coef`` × this vector at `layer` (default: chosen),
+        `coef` in `units` (see `raw_coef`)."""
         layer = self.resolve_layer(layer)
+        coef = self.raw_coef(coef, layer, units)
         return steer(model, {layer: self.tensor[layer]}, coef=coef, positions=positions)
 
-    def edit(self, coef: float, layer: int | None = None, positions: TokenPositions = "all") -> Edit:
-        """This vector's steering, ``coef`` × v at `layer` (default: chosen), as a backend request's edit."""
+    def edit(
+        self,
+        coef: float,
+        layer: int | None = None,
+        positions: TokenPositions = "all",
+        units: CoefUnits = "raw",
+    ) -> Edit:
+        """This vector's steering, ``coef`` × v at `layer` (default: chosen), as a backend request's
+        edit; `coef` in `units` (see `raw_coef`)."""
         layer = self.resolve_layer(layer)
-        return Edit(layer, self.tensor[layer], coef, positions=positions)
+        return Edit(layer, self.tensor[layer], self.raw_coef(coef, layer, units), positions=positions)
 
     def ablate(
         self, model: nn.Module, layer: int | None = None, positions: TokenPositions | Tensor = "all"
@@ -245,9 +276,14 @@ def import_official_pt(
 
 
 def export_gguf(
-    vector: PersonaVector, out: str | os.PathLike[str], layers: Sequence[int] | None = None, coef: float = 1.0
+    vector: PersonaVector,
+    out: str | os.PathLike[str],
+    layers: Sequence[int] | None = None,
+    coef: float = 1.0,
+    units: CoefUnits = "raw",
 ) -> list[int]:
-    """Write a llama.cpp control-vector GGUF with ``coef`` × the vector at `layers` (default: chosen).
+    """Write a llama.cpp control-vector GGUF with ``coef`` × the vector at `layers` (default: chosen),
+    `coef` in `units` (converted per layer, see `PersonaVector.raw_coef`).
 
     llama.cpp adds ``direction.N`` to the output of its 0-based block N, which is personavec's layer
     N + 1; so personavec layer ℓ is written as ``direction.{ℓ-1}`` and layer 1 (like layer 0) cannot be
@@ -263,6 +299,7 @@ def export_gguf(
         check_layer(layer, vector.n_layers)
         if layer < 2:
             raise ConfigError(f"layer {layer} cannot be expressed as a llama.cpp control vector (needs ≥ 2)")
+    raw = {layer: vector.raw_coef(coef, layer, units) for layer in chosen}
     model = vector.model
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
@@ -270,7 +307,7 @@ def export_gguf(
         writer.add_int32("controlvector.layer_count", len(chosen))
         for layer in chosen:
             writer.add_tensor(
-                f"direction.{layer - 1}", (coef * vector.tensor[layer]).numpy().astype(np.float32)
+                f"direction.{layer - 1}", (raw[layer] * vector.tensor[layer]).numpy().astype(np.float32)
             )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

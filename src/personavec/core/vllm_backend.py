@@ -48,7 +48,7 @@ from personavec.core.backend import (
 from personavec.core.hf import cut_at_stop
 from personavec.core.ledger import Plan
 from personavec.core.models import ModelRef, TokenizerText, checkpoint_dir, eos_ids
-from personavec.core.pooling import Pooled, check_layers, encode_samples
+from personavec.core.pooling import Pooled, check_layers, encode_samples, from_records
 from personavec.core.vllm_worker import KEY, wire
 from personavec.errors import ConfigError, DataError, ModelError
 
@@ -520,19 +520,15 @@ class VllmBackend(TokenizerText):
                 self.engine.step()
             wanted = set(keys.values())
             self.channel.wait(lambda: wanted <= self.channel.pooled.keys(), "pooled activations")  # noqa: B023
-            triples = []
+            records = []
             for i in indices:
                 record = self.channel.take_pooled(keys[i])
                 if isinstance(record, str):
                     raise DataError(record)
-                triples.append(record)
+                records.append(record)
             bar.update(len(indices))
-            yield indices, Pooled(
-                prompt_last=_stack(triples, layers, 0), prompt_avg=_stack(triples, layers, 1),
-                response_avg=_stack(triples, layers, 2) if responses is not None else None,
-                truncated=torch.tensor([samples[i].truncated for i in indices], dtype=torch.bool),
-                layers=layers,
-            )  # fmt: skip
+            cut = [samples[i].truncated for i in indices]
+            yield indices, from_records(records, layers, cut, responses is not None)
         bar.close()
 
     # -- safety -------------------------------------------------------------------------------------
@@ -600,8 +596,3 @@ def _score(row: Mapping[int, Any], token: int, k: int) -> TokenScore:
     """A vLLM log-probability row as a `TokenScore`: the token's, and the `k` likeliest by rank."""
     top = sorted(row.items(), key=lambda item: item[1].rank)[:k]
     return TokenScore(float(row[token].logprob), [(int(t), float(lp.logprob)) for t, lp in top])
-
-
-def _stack(records: list[dict[int, tuple[Any, Any, Any]]], layers: Sequence[int], k: int) -> Tensor:
-    """``[samples, layers, hidden]`` of pooling `k` (0 prompt-last, 1 prompt-avg, 2 response-avg)."""
-    return torch.stack([torch.stack([torch.as_tensor(r[layer][k]) for layer in layers]) for r in records])

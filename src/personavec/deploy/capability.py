@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from personavec.core.backend import Backend, Edit, LogprobRequest, as_backend
 from personavec.core.models import LoadedModel, format_chat
+from personavec.core.units import CoefUnits
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError, DataError, ModelError
 
@@ -230,14 +231,15 @@ def score_steered(
     coefs: Sequence[float],
     layer: int | None = None,
     batch_size: int = 16,
+    units: CoefUnits = "raw",
 ) -> dict[str, CapabilityResult]:
-    """`score` with coef·v added at `layer` (default: the vector's chosen layer), once per coefficient;
-    keyed ``unsteered`` (coefficient 0, or no vector) or ``steered +C``."""
+    """`score` with coef·v added at `layer` (default: the vector's chosen layer), once per coefficient
+    (in `units`); keyed ``unsteered`` (coefficient 0, or no vector) or ``steered +C``."""
     if vector is not None:
         vector.check_model(model.identity)
     results = {}
     for coef in coefs if vector is not None else [0.0]:
         name = "unsteered" if not coef else f"steered {coef:+g}"
-        edits = [vector.edit(coef, layer)] if vector is not None and coef else []
+        edits = [vector.edit(coef, layer, units=units)] if vector is not None and coef else []
         results[name] = score(model, questions, batch_size=batch_size, edits=edits)
     return results

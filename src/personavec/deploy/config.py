@@ -4,10 +4,15 @@ line builds its flags from it). A field's ``metadata`` is its flag (see `persona
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from personavec.core.positions import TOKEN_POSITIONS, TokenPositions
 from personavec.core.sampling import Sampling
+from personavec.core.units import UNITS_HELP, CoefUnits, check_units
 from personavec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from personavec.core.vectors import PersonaVector
 
 DECODING = ("max_new_tokens", "temperature", "top_p", "seed")
 STATISTICS = ("prompt_last", "response_avg")
@@ -32,8 +37,10 @@ class SteerConfig:
         metadata={"fields": DECODING, "helps": {"temperature": "0 (default) decodes greedily"}},
     )
     positions: TokenPositions = field(default="all", metadata={"help": "where to steer"})
+    coef_units: CoefUnits = field(default="raw", metadata={"help": UNITS_HELP})
 
     def __post_init__(self) -> None:
+        check_units(self.coef_units)
         if self.positions not in TOKEN_POSITIONS:
             raise ConfigError(
                 f"positions must be one of {', '.join(TOKEN_POSITIONS)}, got {self.positions!r}"
@@ -54,9 +61,18 @@ class CapabilityConfig:
     unsteered model; `batch_size` questions are scored per forward pass."""
 
     coef: float = field(default=1.0, metadata={"help": "steering coefficient"})
+    coef_units: CoefUnits = field(default="raw", metadata={"help": UNITS_HELP})
     layer: int | None = field(default=None, metadata={"help": "default: the vector's chosen layer"})
     compare: bool = field(default=False, metadata={"help": "also score the unsteered model"})
     batch_size: int = field(default=16, metadata={"help": "questions scored at once"})
+
+    def __post_init__(self) -> None:
+        check_units(self.coef_units)
+
+    def check(self, vector: PersonaVector | None) -> None:
+        """Raise a clear error when `vector` cannot take the coefficient (norm units without its norm)."""
+        if vector is not None:
+            vector.raw_coef(self.coef, self.layer, self.coef_units)
 
     def coefs(self, steered: bool) -> list[float]:
         """The coefficients to score: the steered one (with a vector), and 0 without one or to compare."""

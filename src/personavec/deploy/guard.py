@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from personavec.core.backend import GuardRule, Probe
 from personavec.core.hf import LedgerHooks
 from personavec.core.ledger import Ledger, Plan
+from personavec.core.units import CoefUnits
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError
 
@@ -44,8 +45,10 @@ class Guard(LedgerHooks):
         coef: float,
         layer: int | None = None,
         per_token: bool = False,
+        units: CoefUnits = "raw",
     ) -> None:
         self.layer = vector.resolve_layer(layer)
+        coef = vector.raw_coef(coef, self.layer, units)
         if coef <= 0:
             raise ConfigError(f"the guard's coefficient is the size of the push away: use > 0, got {coef}")
         self.threshold, self.per_token = float(threshold), per_token

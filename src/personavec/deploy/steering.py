@@ -19,6 +19,7 @@ from personavec.core import generate as gen
 from personavec.core.backend import Backend, Edit, GuardRule, Probe, as_backend, user_turn
 from personavec.core.models import LoadedModel
 from personavec.core.positions import TokenPositions
+from personavec.core.units import CoefUnits
 from personavec.core.vectors import PersonaVector
 from personavec.deploy.config import SteerConfig
 from personavec.deploy.guard import Guard
@@ -27,16 +28,26 @@ from personavec.errors import ConfigError
 
 @dataclass(frozen=True)
 class Steering:
-    """coef × `vector` at `layer` (None: the vector's chosen layer)."""
+    """coef × `vector` at `layer` (None: the vector's chosen layer), `coef` in `units`
+    (`personavec.core.units`)."""
 
     vector: PersonaVector
     coef: float
     layer: int | None = None
+    units: CoefUnits = "raw"
+
+    def __post_init__(self) -> None:
+        self.vector.raw_coef(self.coef, self.layer, self.units)  # units it cannot convert: refused here
 
     @property
     def at(self) -> int:
         """The layer it steers at."""
         return self.vector.resolve_layer(self.layer)
+
+    @property
+    def raw(self) -> float:
+        """The coefficient as the multiple of the vector added."""
+        return self.vector.raw_coef(self.coef, self.layer, self.units)
 
 
 @dataclass(frozen=True)
@@ -58,14 +69,13 @@ class Parts:
         """Each steering as an edit at `positions`, or with a `guard` threshold T as a push by −|coef|·v
         from where its projection first exceeds T (see `personavec.deploy.guard`)."""
         if guard is None:
-            return cls(edits=tuple(s.vector.edit(s.coef, s.at, positions) for s in steerings))
+            return cls(edits=tuple(s.vector.edit(s.raw, s.at, positions) for s in steerings))
         if any(s.coef == 0 for s in steerings):
             raise ConfigError("the guard's coefficient is the size of the push away: use a nonzero COEF")
         return cls(
             probes=tuple(Probe(s.at, s.vector.unit(s.at)) for s in steerings),
             guards=tuple(
-                GuardRule(j, guard, abs(s.coef), s.vector.at(s.at), per_token)
-                for j, s in enumerate(steerings)
+                GuardRule(j, guard, abs(s.raw), s.vector.at(s.at), per_token) for j, s in enumerate(steerings)
             ),
         )
 
@@ -86,9 +96,9 @@ def steering(
     with ExitStack() as stack:
         for s in steerings:
             if guard is None:
-                stack.enter_context(s.vector.apply(loaded.model, s.coef, s.layer, positions=positions))
+                stack.enter_context(s.vector.apply(loaded.model, s.raw, s.layer, positions=positions))
             else:
-                made = Guard(loaded.model, s.vector, guard, abs(s.coef), s.layer, per_token=per_token)
+                made = Guard(loaded.model, s.vector, guard, abs(s.raw), s.layer, per_token=per_token)
                 guards.append(stack.enter_context(made))
         yield guards
 

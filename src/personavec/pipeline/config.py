@@ -8,14 +8,17 @@ A field's ``metadata`` is its flag (``help``; see `personavec.training.config` f
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
 from personavec.core.sampling import SAMPLING_FIELDS, Sampling, check_samples
+from personavec.core.units import UNITS_HELP, CoefUnits, check_units
 from personavec.errors import ConfigError
 
 if TYPE_CHECKING:
     from personavec.core.vectors import PersonaVector
+    from personavec.runs.results import LayerRanking
     from personavec.traits.spec import TraitSpec
 
 Pairing = Literal["paired", "per-side"]
@@ -53,19 +56,26 @@ class ExtractConfig:
         metadata={"help": "keep a pair only if both sides pass (paired), or each side alone (per-side)"},
     )
     min_pairs: int = field(default=10, metadata={"help": "fewest kept answers per side"})
-    layers: tuple[int, ...] | None = field(
+    layers: tuple[int, ...] | str | None = field(
         default=None,
-        metadata={"help": "sweep candidates, e.g. 12,16,20, or 'none' (default: 8 over the middle half)"},
+        metadata={
+            "help": "sweep candidates, e.g. 12,16,20; top:K, the K layers the judge-free ranking puts first; "
+            "or 'none' (default: 8 over the middle half)",
+            "top": True,
+        },
     )
     coef: float = field(default=2.0, metadata={"help": "steering coefficient of the layer sweep"})
+    coef_units: CoefUnits = field(default="raw", metadata={"help": UNITS_HELP})
     sweep_questions: int = field(default=20, metadata={"help": "evaluation questions per sweep layer, of 20"})
 
     def __post_init__(self) -> None:
+        check_units(self.coef_units)
         if self.pairing not in PAIRINGS:
             raise ConfigError(
                 f"pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}", ("pairing",)
             )
         check_samples(self.samples, self.sampling)
+        check_top(self.layers)
         for name in ("questions", "instructions", "sweep_questions", "min_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", (name,))
@@ -88,8 +98,24 @@ class ExtractConfig:
         if n_layers is not None:
             from personavec.core.layers import check_layer  # torch; only with a model at hand
 
-            for layer in self.layers or ():
-                check_layer(layer, n_layers)
+            top = top_k(self.layers)
+            if top is not None and top > n_layers:
+                raise ConfigError(f"layers top:{top}: the model has {n_layers} layers", ("layers",))
+            for layer in () if top else self.layers or ():
+                check_layer(int(layer), n_layers)
+
+
+def top_k(layers: tuple[int, ...] | str | None) -> int | None:
+    """K of candidate layers ``top:K`` (the K best of the judge-free ranking), else None."""
+    found = re.fullmatch(r"top:([1-9][0-9]*)", layers) if isinstance(layers, str) else None
+    return int(found[1]) if found else None
+
+
+def check_top(layers: tuple[int, ...] | str | None) -> None:
+    """Raise a clear error for a string of candidate layers other than ``top:K`` with K ≥ 1."""
+    if isinstance(layers, str) and top_k(layers) is None:
+        message = f"layers: use layer numbers, 'none' or top:K with K ≥ 1, got {layers!r}"
+        raise ConfigError(message, ("layers",))
 
 
 def check_questions(questions: int, trait: TraitSpec) -> None:
@@ -132,17 +158,34 @@ class SweepGrid:
     """A sweep's grid: the steered `layers` (none: the vector's chosen layer) × the `coefs` (0: one
     unsteered cell)."""
 
-    layers: tuple[int, ...] = field(
-        default=(), metadata={"help": "e.g. 12,16,20 (default: the vector's chosen layer)"}
+    layers: tuple[int, ...] | str = field(
+        default=(),
+        metadata={
+            "help": "e.g. 12,16,20, or top:K: the K best of the vector's run's judge-free layer ranking "
+            "(default: the vector's chosen layer)",
+            "top": True,
+        },
     )
     coefs: tuple[float, ...] = field(
         default=(-2.0, -1.0, 0.0, 1.0, 2.0),
         metadata={"help": "e.g. --coefs=-2,-1,0,1,2 (the default; note the =)"},
     )
+    coef_units: CoefUnits = field(default="raw", metadata={"help": UNITS_HELP})
 
-    def layers_of(self, vector: PersonaVector) -> list[int]:
-        """The layers to steer `vector` at: `layers`, or its chosen layer."""
-        return list(self.layers) or [vector.resolve_layer(None)]
+    def __post_init__(self) -> None:
+        check_units(self.coef_units)
+        check_top(self.layers)
+
+    def layers_of(self, vector: PersonaVector, ranking: LayerRanking | None = None) -> list[int]:
+        """The layers to steer `vector` at: `layers`; for top:K those of `ranking` (the vector's run's);
+        none given, its chosen layer."""
+        top = top_k(self.layers)
+        if top is not None:
+            if ranking is None:
+                message = f"layers top:{top} needs the layer ranking of the vector's run"
+                raise ConfigError(message, ("layers",))
+            return list(ranking.top(top))
+        return [int(layer) for layer in self.layers] or [vector.resolve_layer(None)]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from personavec._internal.files import atomic_path, write_json
 from personavec.core.backend import Backend, Model, as_backend
 from personavec.core.generate import Request, generate_rows
 from personavec.core.models import LoadedModel
+from personavec.core.units import CoefUnits
 from personavec.core.vectors import PersonaVector
 from personavec.errors import ConfigError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
@@ -125,8 +126,10 @@ def sweep(
     coefs: Sequence[float],
     sizes: Sizes = Sizes(),
     progress: bool = True,
+    units: CoefUnits = "raw",
 ) -> list[Cell]:
-    """Every cell of the grid `layers` × `coefs` (coefficient 0 is one unsteered cell), resumably.
+    """Every cell of the grid `layers` × `coefs` (coefficient 0 is one unsteered cell), resumably;
+    `coefs` in `units`, each cell steered by its raw conversion at its layer (the coefficient it records).
 
     Writes the run directory `out` (`SweepRun`): ``cells/*.jsonl`` (answers), ``cells/*.json`` (each
     finished cell), the table ``sweep.json`` and ``sweep.csv``, and ``report.html``. A rerun may add layers or
@@ -137,15 +140,17 @@ def sweep(
     for layer in layers:
         vector.resolve_layer(layer)
     sizes.check(trait)
+    layers, coefs = list(dict.fromkeys(layers)), list(dict.fromkeys(float(c) for c in coefs))
+    settings = [Setting(None, 0.0)] if 0 in coefs else []
+    settings += [
+        Setting(layer, vector.raw_coef(c, layer, units)) for layer in layers for c in coefs if c != 0
+    ]
     preflight(judge=judge, out=out, vectors=[vector], model=model)
     model = as_backend(model)
     identity = {**run_identity(model, trait, judge, vector), **asdict(sizes)}
     outputs = {"sweep": (SweepRun.CELLS, SweepRun.TABLE, SweepRun.CSV)}
     run = RunDir.open(out, SweepRun.KIND, identity, outputs, derived=(SweepRun.REPORT,))
     started = time.perf_counter()
-    layers, coefs = list(dict.fromkeys(layers)), list(dict.fromkeys(float(c) for c in coefs))
-    settings = [Setting(None, 0.0)] if 0 in coefs else []
-    settings += [Setting(layer, c) for layer in layers for c in coefs if c != 0]
     cache = JudgeCache(run.path / "judge-cache.jsonl")
     cells = run_cells(
         model, trait, judge, cache, run.path / SweepRun.CELLS, vector, settings, sizes, progress

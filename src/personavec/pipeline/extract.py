@@ -9,7 +9,10 @@ with and what each stage kept and dropped:
 - ``generations.jsonl``: one row per answer (positive and negative system prompts × questions × samples);
 - ``judge-cache.jsonl``: every judgement received, so none is ever paid for twice;
 - ``judgements.json``, ``filter.json``: scores per answer; the answers kept and the counts per reason;
-- ``{trait}.safetensors``: the vectors (response-avg, prompt-avg, prompt-last), chosen layer in metadata;
+- ``{trait}.safetensors``: the vectors (response-avg, prompt-avg, prompt-last), chosen layer in metadata,
+  with the kept answers' mean residual norm per layer (``residual_norm``, for coefficients in norm units);
+- ``ranking.json``: every layer's judge-free held-out AUROC (`personavec.pipeline.ranking`), made when a
+  layer sweep follows; ``layers top:K`` sweeps its K best;
 - ``sweep/*``, ``sweep.json``: the evaluation sweep's cells per candidate layer (`evaluate.run_cells`),
   their judged trait, the choice.
 """
@@ -34,15 +37,16 @@ from personavec.core.engine import RemoteEngine
 from personavec.core.generate import Request, generate_rows
 from personavec.core.pooling import POOLINGS
 from personavec.core.sampling import Sampling
-from personavec.core.vectors import PersonaVector, load_vectors, save_vectors
+from personavec.core.vectors import RESIDUAL_NORM, PersonaVector, load_vectors, save_vectors
 from personavec.errors import JudgeError, PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
-from personavec.pipeline.config import GENERATION_FIELDS, ExtractConfig, Sizes
+from personavec.pipeline.config import GENERATION_FIELDS, ExtractConfig, Sizes, top_k
 from personavec.pipeline.evaluate import run_cells
+from personavec.pipeline.ranking import rank_layers
 from personavec.report.pages import write_report
 from personavec.runs.preflight import preflight
 from personavec.runs.readers import ExtractionRun
-from personavec.runs.results import ExtractionSummary, LayerChoice, Setting
+from personavec.runs.results import ExtractionSummary, LayerChoice, LayerRanking, Setting, judged_order
 from personavec.runs.rundir import RunDir
 from personavec.traits.spec import TraitSpec
 
@@ -98,7 +102,8 @@ def extract(
     scores = judgements(run, rows, trait, judge, cache, progress)
     kept = filter_answers(run, rows, scores, config)
     vectors = compute_vectors(run, backend, rows, kept, token_budget, progress)
-    vectors = choose_layer(run, backend, trait, judge, cache, vectors, config, progress)
+    ranking = layer_ranking(run, backend, rows, kept, judge, config, token_budget, progress)
+    vectors = choose_layer(run, backend, trait, judge, cache, vectors, config, progress, ranking)
     summary = ExtractionSummary.from_manifest(run.manifest)
     return ExtractResult(dir=run.path, vectors=vectors, summary=summary, report=write_report(run.path))
 
@@ -289,6 +294,47 @@ def _norms(vectors: dict[str, PersonaVector]) -> list[float]:
     return [round(float(x), 4) for x in vectors["response-avg"].tensor.norm(dim=1)]
 
 
+@dataclass
+class _Means:
+    """The kept answers' sums per (pooling, side), counts per side, summed mean norms, truncations."""
+
+    sums: dict[tuple[str, str], torch.Tensor]
+    counts: Counter[str]
+    norm: torch.Tensor
+    truncated: int
+
+    def residual_norm(self) -> list[float]:
+        """The mean over kept answers of each one's mean residual norm after its first token, per layer."""
+        return [float(x) for x in self.norm / sum(self.counts.values())]
+
+
+def _means(
+    backend: Backend, rows: list[dict[str, Any]], kept: list[int], token_budget: int, progress: bool
+) -> _Means:
+    """One pass over the kept answers, each after its own system prompt and question."""
+    shape = (backend.identity.n_layers + 1, backend.identity.hidden_size)
+    means = _Means(
+        sums={(k, p): torch.zeros(shape, dtype=torch.float64) for k in POOLINGS for p in ("pos", "neg")},
+        counts=Counter(),
+        norm=torch.zeros(shape[0], dtype=torch.float64),
+        truncated=0,
+    )
+    prompts = [user_turn(backend, rows[i]["question"], rows[i]["system"]) for i in kept]
+    answers = [rows[i]["answer"] for i in kept]
+    for indices, pooled in iter_pooled(
+        backend, prompts, answers, token_budget=token_budget, progress=progress
+    ):
+        means.truncated += pooled.n_truncated
+        polarity = torch.tensor([rows[kept[j]]["polarity"] == "pos" for j in indices])
+        means.counts.update(rows[kept[j]]["polarity"] for j in indices)
+        means.norm += pooled.norm.double().sum(0)
+        for pooling in POOLINGS:
+            acts = pooled.tensor(pooling).double()
+            means.sums[pooling, "pos"] += acts[polarity].sum(0)
+            means.sums[pooling, "neg"] += acts[~polarity].sum(0)
+    return means
+
+
 def compute_vectors(
     run: RunDir,
     backend: Backend,
@@ -297,31 +343,25 @@ def compute_vectors(
     token_budget: int,
     progress: bool,
 ) -> dict[str, PersonaVector]:
-    """Stage 4: mean kept-positive minus mean kept-negative activations, per pooling and layer."""
+    """Stage 4: mean kept-positive minus mean kept-negative activations, per pooling and layer, with
+    the residual norm they were taken over. Vectors found without that norm (made before personavec
+    recorded it) get it measured and added, everything else as it was."""
     path = run.path / ExtractionRun.VECTORS.format_map(run.manifest)
     if path.exists():
         vectors = load_vectors(path, backend.identity)
+        if any(RESIDUAL_NORM not in v.metadata for v in vectors.values()):
+            norm = _means(backend, rows, kept, token_budget, progress).residual_norm()
+            for v in vectors.values():
+                v.metadata[RESIDUAL_NORM] = norm
+            save_vectors(path, list(vectors.values()))
         run.found("vectors", norms=_norms(vectors))
         return vectors
     started = time.perf_counter()
-    shape = (backend.identity.n_layers + 1, backend.identity.hidden_size)
-    sums = {(k, p): torch.zeros(shape, dtype=torch.float64) for k in POOLINGS for p in ("pos", "neg")}
-    counts: Counter[str] = Counter()
-    prompts = [user_turn(backend, rows[i]["question"], rows[i]["system"]) for i in kept]
-    answers = [rows[i]["answer"] for i in kept]
-    n_truncated = 0
-    for indices, pooled in iter_pooled(
-        backend, prompts, answers, token_budget=token_budget, progress=progress
-    ):
-        n_truncated += pooled.n_truncated
-        polarity = torch.tensor([rows[kept[j]]["polarity"] == "pos" for j in indices])
-        counts.update(rows[kept[j]]["polarity"] for j in indices)
-        for pooling in POOLINGS:
-            acts = pooled.tensor(pooling).double()
-            sums[pooling, "pos"] += acts[polarity].sum(0)
-            sums[pooling, "neg"] += acts[~polarity].sum(0)
+    means = _means(backend, rows, kept, token_budget, progress)
+    sums, counts = means.sums, means.counts
     m = run.manifest
     metadata = {"model": m["model"], "n_positive": counts["pos"], "n_negative": counts["neg"]}
+    metadata[RESIDUAL_NORM] = means.residual_norm()
     metadata |= {k: m[k] for k in ("judge", "generation", "selection", "trait_sha256")}
     vectors = {
         pooling: PersonaVector(
@@ -333,8 +373,34 @@ def compute_vectors(
         for pooling in POOLINGS
     }
     save_vectors(path, list(vectors.values()))
-    run.record("vectors", started, truncated=n_truncated, norms=_norms(vectors))
+    run.record("vectors", started, truncated=means.truncated, norms=_norms(vectors))
     return vectors
+
+
+def layer_ranking(
+    run: RunDir,
+    backend: Backend,
+    rows: list[dict[str, Any]],
+    kept: list[int],
+    judge: Judge | None,
+    config: ExtractConfig,
+    token_budget: int,
+    progress: bool,
+) -> LayerRanking | None:
+    """Stage 5: the judge-free layer ranking (`personavec.pipeline.ranking`), whenever a layer sweep
+    follows: it picks the sweep's candidates under ``layers top:K`` and stands beside its result."""
+    if judge is None or config.layers == ():
+        return None
+    path = run.path / ExtractionRun.RANKING
+    if path.exists():
+        ranking = LayerRanking.from_dict(json.loads(path.read_text()))
+        run.found("ranking", best=ranking.order()[:3])
+        return ranking
+    started = time.perf_counter()
+    ranking = rank_layers(backend, rows, kept, token_budget, progress)
+    write_json(path, ranking.to_dict())
+    run.record("ranking", started, best=ranking.order()[:3])
+    return ranking
 
 
 def choose_layer(
@@ -346,9 +412,11 @@ def choose_layer(
     vectors: dict[str, PersonaVector],
     config: ExtractConfig,
     progress: bool,
+    ranking: LayerRanking | None = None,
 ) -> dict[str, PersonaVector]:
-    """Stage 5: the evaluation sweep's cells, unsteered and steered by `coef` at each candidate layer;
-    the chosen layer moves the judged trait furthest in the coefficient's direction."""
+    """Stage 6: the evaluation sweep's cells, unsteered and steered by `coef` at each candidate layer
+    (under ``layers top:K``, the `ranking`'s K best); the chosen layer moves the judged trait furthest in
+    the coefficient's direction."""
     path = run.path / ExtractionRun.SWEEP
     if path.exists():
         run.found("sweep", chosen=json.loads(path.read_text())["chosen"])
@@ -357,20 +425,27 @@ def choose_layer(
     started = time.perf_counter()
     c = config
     vector = vectors["response-avg"]
-    layers = c.layers or default_layers(vector.n_layers)
+    top = top_k(c.layers)
+    if top is not None:
+        assert ranking is not None  # ranked whenever a sweep follows
+        layers: tuple[int, ...] = ranking.top(top)
+    else:
+        layers = tuple(int(layer) for layer in c.layers or ()) or default_layers(vector.n_layers)
     greedy = Sampling(max_new_tokens=c.sampling.max_new_tokens, batch_size=c.sampling.batch_size)
     sizes = Sizes(questions=c.sweep_questions, sampling=greedy)
-    settings = [Setting(None, 0.0), *(Setting(layer, c.coef) for layer in layers)]
+    steered = (Setting(layer, vector.raw_coef(c.coef, layer, c.coef_units)) for layer in layers)
+    settings = [Setting(None, 0.0), *steered]
     cells = run.path / ExtractionRun.SWEEP_CELLS
     baseline, *results = run_cells(backend, trait, judge, cache, cells, vector, settings, sizes, progress)
-    sign = 1.0 if c.coef > 0 else -1.0
-    scored = [(r.trait, r.layer) for r in results if r.trait is not None and r.layer is not None]
-    if not scored:
+    if all(r.trait is None for r in results):
         raise JudgeError("the judge scored no steered answer in the layer sweep; check the judge")
-    chosen = max(scored, key=lambda r: sign * r[0])[1]
+    chosen = judged_order(c.coef, results)[0]
     for v in vectors.values():
         v.layer = chosen
-        v.metadata["layer_choice"] = {"method": "sweep", "coef": c.coef, "layers": list(layers)}
+        v.metadata["layer_choice"] = {
+            "method": "sweep", "coef": c.coef, "coef_units": c.coef_units, "layers": list(layers),
+            **({"ranked": f"top:{top}"} if top else {}),
+        }  # fmt: skip
     save_vectors(run.path / ExtractionRun.VECTORS.format_map(run.manifest), list(vectors.values()))
     write_json(path, LayerChoice(c.coef, vector.pooling, baseline, results, chosen).to_dict())
     run.record("sweep", started, chosen=chosen)

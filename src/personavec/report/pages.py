@@ -16,9 +16,17 @@ from personavec.report.html import agg, grid, image, png, readable, write_page
 from personavec.report.settings import extraction_targets, settings_table, stages_table
 from personavec.runs.readers import ExtractionRun
 from personavec.runs.results import Target
+from personavec.runs.stats import spearman
 
 if TYPE_CHECKING:
-    from personavec.runs.results import CalibrationPoint, CalibrationSummary, Cell, Separation
+    from personavec.runs.results import (
+        CalibrationPoint,
+        CalibrationSummary,
+        Cell,
+        LayerChoice,
+        LayerRanking,
+        Separation,
+    )
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,9 @@ def _plots(run: ExtractionRun) -> dict[str, str]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         plots["Layer sweep"] = png(figure)
+    ranking = run.ranking()
+    if ranking is not None:
+        plots["Layer ranking"] = ranking_plot(ranking, sweep)
     judgements = run.judgements()
     if judgements is not None:
         rows = {row["id"]: row for row in run.rows()}
@@ -81,6 +92,54 @@ def _plots(run: ExtractionRun) -> dict[str, str]:
         ax.legend(fontsize=8)
         plots["Score distributions"] = png(figure)
     return plots
+
+
+def ranking_plot(ranking: LayerRanking, sweep: LayerChoice | None) -> str:
+    """`ranking_figure` as a base64 PNG."""
+    return png(ranking_figure(ranking, sweep))
+
+
+def ranking_figure(ranking: LayerRanking, sweep: LayerChoice | None) -> Any:
+    """The judge-free AUROC per layer, beside the judged sweep's trait where there is one (a matplotlib
+    figure)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    agg()
+    figure, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(ranking.layers, ranking.auroc, marker=".", color="tab:purple", label="held-out AUROC (no judge)")
+    ax.set(xlabel="layer", ylabel="held-out AUROC", title="Layer ranking (judge-free) and the judged sweep")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if sweep is not None:
+        judged = ax.twinx()
+        cells = [(c.layer, c.trait) for c in sweep.layers if c.trait is not None and c.layer is not None]
+        judged.plot(*zip(*cells, strict=True), "o--", color="tab:orange")
+        judged.set_ylabel(f"judged trait, coef {sweep.coef:g}", color="tab:orange")
+        ax.axvline(sweep.chosen, color="grey", linestyle=":", label=f"judged choice {sweep.chosen}")
+    ax.legend(fontsize=8, loc="lower right")
+    return figure
+
+
+def ranking_section(ranking: LayerRanking, sweep: LayerChoice) -> str:
+    """The two rankings of the swept layers side by side, and whether they put the same layer first."""
+    judged = sweep.judged_order()
+    among = [layer for layer in ranking.order() if layer in judged]
+    rows = [
+        (c.layer, ranking.score(c.layer), ranking.rank(c.layer), c.trait, judged.index(c.layer) + 1)
+        for c in sweep.layers
+        if c.layer is not None
+    ]
+    rho = spearman([ranking.score(x) for x in judged], [-float(i) for i in range(len(judged))])
+    verdict = "agree" if among[0] == judged[0] else "disagree"
+    return (
+        "<h2>Layer ranking</h2><p>Judge-free: per layer, the vector rebuilt on one half of the extraction "
+        "questions and the AUROC of its projection on the other half's kept answers, each pooled with only "
+        f"its question in context (mean of {len(ranking.per_fold)} folds, {ranking.n_answers} answers). Its "
+        f"best layers: {html.escape(readable(ranking.order()[:5]))} (of {len(ranking.layers)}). Among the "
+        f"swept layers it puts {among[0]} first and the judged sweep chose {judged[0]}: they <b>{verdict}</b>"
+        f"; Spearman over the swept layers {html.escape(readable(rho))}.</p>"
+        + grid(["layer", "held-out AUROC", "rank (no judge)", "judged trait", "rank (judged)"], rows)
+    )
 
 
 def sweep_examples(run: ExtractionRun, n: int = 3) -> list[SteeredExample]:
@@ -239,6 +298,9 @@ def write_report(run: str | Path, examples: Sequence[SteeredExample] = (), extra
         targets_section(extraction_targets(extraction), "Extraction checks"),
         *(image(title, data) for title, data in _plots(extraction).items()),
     ]
+    ranking, sweep = extraction.ranking(), extraction.sweep()
+    if ranking is not None and sweep is not None:
+        parts.append(ranking_section(ranking, sweep))
     if examples:
         parts.append(examples_section(examples, "Steered answers (evaluation questions, chosen layer)"))
     title = f"personavec: {manifest['trait']} on {manifest['model']['name']}"

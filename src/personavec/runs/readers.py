@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from personavec.errors import RunDirError
-from personavec.runs.results import Calibration, Cell, ExtractionSummary, KitManifest, LayerChoice, Setting
+from personavec.runs.results import (
+    Calibration,
+    Cell,
+    ExtractionSummary,
+    KitManifest,
+    LayerChoice,
+    LayerRanking,
+    Setting,
+)
 from personavec.runs.rundir import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
@@ -60,6 +68,7 @@ class ExtractionRun(RunReader):
     JUDGEMENTS = "judgements.json"
     FILTER = "filter.json"
     VECTORS = "{trait}.safetensors"
+    RANKING = "ranking.json"  # the judge-free layer ranking (`personavec.pipeline.ranking`)
     SWEEP_CELLS = "sweep"  # the sweep's cells (`evaluate.run_cells`)
     SWEEP = "sweep.json"
     REPORT = "report.html"
@@ -68,6 +77,7 @@ class ExtractionRun(RunReader):
         "judgements": (JUDGEMENTS,),
         "filter": (FILTER,),
         "vectors": (VECTORS,),
+        "ranking": (RANKING,),
         "sweep": (SWEEP_CELLS, SWEEP),
     }
 
@@ -117,6 +127,25 @@ class ExtractionRun(RunReader):
         from personavec.core.vectors import load_vectors
 
         return load_vectors(self.vector_path) if self.vector_path.exists() else None
+
+    def ranking(self) -> LayerRanking | None:
+        """The judge-free layer ranking; None before it (or in a run without a layer sweep)."""
+        found = self._json(self.RANKING)
+        return None if found is None else LayerRanking.from_dict(found)
+
+    @classmethod
+    def ranking_of(cls, vector_file: str | Path) -> LayerRanking:
+        """The layer ranking of the extraction run that wrote `vector_file` (its directory)."""
+        folder = Path(vector_file).parent
+        run = cls.find(folder)
+        ranking = run.ranking() if run is not None else None
+        if ranking is None:
+            raise RunDirError(
+                f"no layer ranking in {folder} (top:K ranks layers from the answers of the extraction run "
+                "that wrote the vector): rerun `personavec extract` with a judge on that run directory (it "
+                "ranks without generating or judging again)"
+            )
+        return ranking
 
     def sweep(self) -> LayerChoice | None:
         """The layer choice; None before the sweep."""

@@ -1,12 +1,14 @@
 """What the verbs return (torch-free): a sweep's cells, a figure's target, extraction's layer choice and
-summary, a calibration's points and correlations, held-out separation, a screening selection's summary
-and the data kit's manifest; and `Setting`, the key of a sweep's cells. Each is written to its run
-directory as `to_dict()` (and read back with `from_dict` where a reader needs it), so the files keep
-their JSON shape; they sit below the stages and `report` so that all of them can name them.
+summary, the judge-free layer ranking, a calibration's points and correlations, held-out separation, a
+screening selection's summary and the data kit's manifest; and `Setting`, the key of a sweep's cells.
+Each is written to its run directory as `to_dict()` (and read back with `from_dict` where a reader
+needs it), so the files keep their JSON shape; they sit below the stages and `report` so that all of
+them can name them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,6 +55,15 @@ class Target:
         return cls(name, value, f"≥ {goal:g}", value >= goal, "" if value >= goal else reason)
 
 
+def judged_order(coef: float, cells: Sequence[Cell]) -> list[int]:
+    """The layers of steered `cells`, the one moving the judged trait furthest in `coef`'s direction
+    first (ties: the lower layer), unscored ones last."""
+    sign = 1.0 if coef > 0 else -1.0
+    scored = [(sign * c.trait, c.layer) for c in cells if c.trait is not None and c.layer is not None]
+    rest = [c.layer for c in cells if c.trait is None and c.layer is not None]
+    return [layer for _, layer in sorted(scored, key=lambda x: (-x[0], x[1]))] + rest
+
+
 @dataclass(frozen=True)
 class LayerChoice:
     """Extraction's layer sweep: the unsteered `baseline` cell, one cell per candidate layer steered by
@@ -66,6 +77,10 @@ class LayerChoice:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def judged_order(self) -> list[int]:
+        """The swept layers, the chosen kind first (see `judged_order`)."""
+        return judged_order(self.coef, self.layers)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerChoice:
@@ -301,3 +316,53 @@ class Calibration:
                 n=sum(p.condition == condition and p.trait is not None for p in self.points),
             )
         return CalibrationSummary(self.r(), fits)
+
+
+FOLDS = 2  # the layer ranking's folds of the extraction questions
+
+
+@dataclass(frozen=True)
+class LayerRanking:
+    """The judge-free layer ranking (`personavec.pipeline.ranking`): each layer's held-out AUROC
+    (`auroc[j]` is layer `layers[j]`'s mean over the folds, `per_fold` the folds' own), over `n_answers`
+    kept answers."""
+
+    layers: tuple[int, ...]
+    auroc: tuple[float, ...]
+    per_fold: tuple[tuple[float, ...], ...]
+    n_answers: int
+
+    def order(self) -> list[int]:
+        """The layers, best separating first (ties: the lower layer first)."""
+        pairs = sorted(zip(self.auroc, self.layers, strict=True), key=lambda x: (-x[0], x[1]))
+        return [layer for _, layer in pairs]
+
+    def top(self, k: int) -> tuple[int, ...]:
+        """The `k` best-separating layers, in layer order."""
+        return tuple(sorted(self.order()[:k]))
+
+    def rank(self, layer: int) -> int:
+        """`layer`'s place in `order` (1: the best)."""
+        return self.order().index(layer) + 1
+
+    def score(self, layer: int) -> float:
+        return self.auroc[self.layers.index(layer)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": f"{FOLDS}-fold held-out AUROC, answers pooled after their question alone",
+            "layers": list(self.layers),
+            "auroc": list(self.auroc),
+            "per_fold": [list(f) for f in self.per_fold],
+            "n_answers": self.n_answers,
+            "order": self.order(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerRanking:
+        return cls(
+            tuple(data["layers"]),
+            tuple(data["auroc"]),
+            tuple(tuple(f) for f in data["per_fold"]),
+            int(data["n_answers"]),
+        )

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
+from personavec.core.units import CoefUnits, check_units
 from personavec.deploy.config import STATISTICS, ThresholdCalibration
 from personavec.errors import ConfigError
 
@@ -119,6 +120,11 @@ class ServeConfig:
         default=None, metadata={"help": "with --guard: the threshold (default: the vector's prompt_last one)"}
     )
     guard_coef: float = field(default=2.0, metadata={"help": "with --guard: the push's coefficient"})
+    coef_units: CoefUnits = field(
+        default="raw",
+        metadata={"help": "units of --steer and --guard-coef: raw (multiples of v) or norm (of the layer's "
+                          "mean residual norm)"},
+    )  # fmt: skip
     guard_per_token: bool = field(default=False, metadata={"help": "with --guard: check at every token"})
     upstream: str | None = field(
         default=None,
@@ -213,6 +219,7 @@ class ServeConfig:
 
     def _check_steering(self, names: list[str]) -> None:
         """--steer and --guard name served vectors, with coefficients and thresholds within bounds."""
+        check_units(self.coef_units)
         for name, coef in self.steer:
             if name not in names or not abs(coef) <= MAX_COEF:
                 raise ConfigError(

@@ -11,7 +11,10 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from personavec._internal.deprecation import renamed
+from personavec.core.units import CoefUnits
+from personavec.errors import ConfigError
 from personavec.serve import protocol as p
+from personavec.serve.config import MAX_COEF
 from personavec.serve.engine import Job, Outcome, QueueFull, Stopping, Token
 from personavec.serve.http import Call, ClientError, ClientGone, call_of, log
 from personavec.serve.record import Record
@@ -39,11 +42,11 @@ def _requested(
     """The request's steering and guard, or the server's defaults where it names none."""
     given = persona.model_fields_set if persona is not None else set()
     c = state.config
-    steer = [p.SteerRequest(vector=name, coef=coef) for name, coef in c.steer]
+    steer = [p.SteerRequest(vector=name, coef=coef, units=c.coef_units) for name, coef in c.steer]
     guard = None
     if c.guard is not None:
         guard = p.GuardRequest(vector=c.guard, threshold=c.guard_threshold, coef=c.guard_coef,
-                               per_token=c.guard_per_token)  # fmt: skip
+                               units=c.coef_units, per_token=c.guard_per_token)  # fmt: skip
     if persona is not None:
         steer = persona.steer if "steer" in given else steer
         guard = persona.guard if "guard" in given else guard
@@ -60,7 +63,21 @@ def _plan(state: State, persona: p.PersonaRequest | None) -> RowPlan:
             raise ClientError(400, f"unknown vector {name!r}; this server has {sorted(index)}", param=param)
         return index[name]
 
-    steer = {find(s.vector, f"persona.steer[{i}].vector"): s.coef for i, s in enumerate(steers)}
+    def raw(j: int, coef: float, units: CoefUnits, param: str) -> float:
+        """The coefficient as a multiple of vector j, within the bound."""
+        try:
+            value = state.watched[j].vector.raw_coef(coef, state.watched[j].layer, units)
+        except ConfigError as error:  # norm units, and the vector records no residual norm
+            raise ClientError(400, str(error), param=param) from None
+        if not abs(value) <= MAX_COEF:
+            message = f"coef {coef} ({units}) is {value:g} × the vector; at most {MAX_COEF:g}"
+            raise ClientError(400, message, param=param)
+        return value
+
+    steer = {}
+    for i, s in enumerate(steers):
+        j = find(s.vector, f"persona.steer[{i}].vector")
+        steer[j] = raw(j, s.coef, s.units, f"persona.steer[{i}].coef")
     guard = None
     if g is not None:
         j = find(g.vector, "persona.guard.vector")
@@ -70,7 +87,7 @@ def _plan(state: State, persona: p.PersonaRequest | None) -> RowPlan:
                 400, f"no threshold for {g.vector!r} yet (calibrating): give persona.guard.threshold",
                 param="persona.guard.threshold",
             )  # fmt: skip
-        guard = GuardPlan(j, threshold, g.coef, g.per_token)
+        guard = GuardPlan(j, threshold, raw(j, g.coef, g.units, "persona.guard.coef"), g.per_token)
     return RowPlan(steer, guard)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from personavec._internal.deprecation import renamed
+from personavec.core.units import CoefUnits
 from personavec.serve.config import MAX_COEF, MAX_THRESHOLD
 from personavec.serve.wire import clean
 
@@ -64,10 +65,12 @@ class ChatMessage(_Strict):
 
 
 class SteerRequest(_Strict):
-    """Add coef × the named vector at its layer, to every token of this request."""
+    """Add coef × the named vector at its layer, to every token of this request (`units`: see
+    `personavec.core.units`)."""
 
     vector: str
     coef: float = Field(ge=-MAX_COEF, le=MAX_COEF)
+    units: CoefUnits = "raw"
 
 
 class GuardRequest(_Strict):
@@ -77,6 +80,7 @@ class GuardRequest(_Strict):
     vector: str
     threshold: float | None = Field(default=None, ge=-MAX_THRESHOLD, le=MAX_THRESHOLD)
     coef: float = Field(gt=0, le=MAX_COEF)
+    units: CoefUnits = "raw"
     per_token: bool = False
 
 

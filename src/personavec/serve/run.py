@@ -11,7 +11,7 @@ from typing import Any
 
 from personavec.core.vectors import PersonaVector, load_vector
 from personavec.errors import ConfigError
-from personavec.serve.config import ServeConfig
+from personavec.serve.config import MAX_COEF, ServeConfig
 
 
 def _check_port(host: str, port: int) -> None:
@@ -36,6 +36,10 @@ def served_vectors(config: ServeConfig) -> dict[str, PersonaVector]:
                 f"{path} has no chosen layer; serve a vector file that `personavec extract` wrote"
             )
         vectors[name] = vector
+    defaults = [*config.steer, *([(config.guard, config.guard_coef)] if config.guard else [])]
+    for name, coef in defaults:
+        if name in vectors and not abs(vectors[name].raw_coef(coef, None, config.coef_units)) <= MAX_COEF:
+            raise ConfigError(f"{name}={coef} {config.coef_units} exceeds {MAX_COEF:g} × the vector")
     return vectors
 
 

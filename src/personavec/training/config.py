@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
 from personavec.core.sampling import Sampling
+from personavec.core.units import UNITS_HELP, CoefUnits, check_units
 from personavec.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class TrainIntervention:
         default="none", metadata={"flag": "--intervention", "help": "in training steps"}
     )
     coef: float = field(default=0.0, metadata={"help": "steer: α (paper: up to 5 at one layer)"})
+    coef_units: CoefUnits = field(default="raw", metadata={"help": UNITS_HELP})
     layer: int | None = field(
         default=None, metadata={"help": "steer/ablate/regularize layer (default: the vector's)"}
     )
@@ -49,6 +51,13 @@ class TrainIntervention:
             raise ConfigError("method steer needs a nonzero coef", ("method", "coef"))
         if self.all_layers and self.layer is not None:
             raise ConfigError("all_layers steers at each block: drop layer", ("all_layers", "layer"))
+        check_units(self.coef_units)
+        if self.all_layers and self.coef_units == "norm":
+            raise ConfigError(
+                "all_layers adds one α × (v_ℓ − v_ℓ₋₁) at every block, where a norm-unit coefficient "
+                "has no single layer to be measured at: give α raw (coef_units raw)",
+                ("all_layers", "coef_units"),
+            )
 
     def check(self, vector: PersonaVector | None, n_layers: int, lora: bool) -> None:
         """Raise a clear error when the vector or the model cannot carry this intervention."""
@@ -72,6 +81,12 @@ class TrainIntervention:
             )
         if self.all_layers and self.method != "steer":
             raise ConfigError("all_layers is for steer only", ("all_layers",))
+        if self.method == "steer":
+            self.raw_coef(vector)  # norm units need the vector's recorded residual norm
+
+    def raw_coef(self, vector: PersonaVector) -> float:
+        """steer's α as the multiple of v it adds (`coef` converted from `coef_units`)."""
+        return vector.raw_coef(self.coef, None if self.all_layers else self.layer, self.coef_units)
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,9 @@ def train(
     watched = [load_vector(path, pooling=pooling) for path in drift.vectors]
     probes = load_trait(drift.trait).evaluation_questions if drift.trait else []
     preflight(out=out, vectors=[*([steering] if steering else []), *watched], model=model_ref)
+    # the vector fits the model (preflight), so its blocks are the model's: checked before the model loads
+    config.intervention.check(steering, steering.n_layers if steering else 0, config.lora)
     loaded = load_model(model_ref, dtype=dtype, device=process_device(device))
-    config.intervention.check(steering, loaded.identity.n_layers, config.lora)
     alarms = (
         [DriftAlarm(loaded, watched, probes, drift.every, drift.threshold, drift.stop)] if drift.every else []
     )

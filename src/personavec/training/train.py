@@ -84,12 +84,13 @@ class InterventionTrainer(Trainer):
             intervention_vectors(spec, vector) if vector is not None and spec.method != "none" else {}
         )
         self.steps_intervened = 0  # training forward passes run inside the intervention
+        self.coef = spec.raw_coef(vector) if vector is not None and spec.method == "steer" else 0.0
 
     @contextmanager
     def _intervention(self, model: nn.Module) -> Iterator[None]:
         model = self.accelerator.unwrap_model(model)  # hooks go on the modules inside a DDP wrapper
         if self.spec.method == "steer":
-            with steer(model, self.vectors, coef=self.spec.coef):
+            with steer(model, self.vectors, coef=self.coef):
                 yield
         elif self.spec.method == "ablate":
             with ablate(model, self.vectors):
