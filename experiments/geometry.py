@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from personavec._internal.files import atomic_path
+from _fragment import write_fragment
 from personavec.analysis.geometry import compare, plot
 from personavec.core.vectors import load_vectors
 
@@ -27,26 +27,17 @@ def main() -> None:
     fragment = Path(opts.fragment)
     image = plot(geometry, fragment.with_suffix(".png"))
     layer = geometry.default_layer()
-    lines = [
-        "<!-- written by experiments/geometry.py; rerun the script instead of editing -->",
-        "",
+    intro = (
         f"The bundled model's '{geometry.labels[0].split()[0]}' vector, its three poolings, extracted with "
-        f"the demo's settings (chosen layer {layer}; `{Path(opts.vector).name}`).",
-        "",
-        f"![vector geometry]({image.parent.name}/{image.name})",  # as docs/*.md, which includes it, sees it
-        "",
-        "```text",
-        geometry.table(layer),
-        *(
-            f"{label}: layers {low}..{high} keep a cosine ≥ 0.9 with layer {layer}"
-            for label, (low, high) in ((g, geometry.span(i, layer)) for i, g in enumerate(geometry.labels))
-        ),
-        "```",
-        "",
+        f"the demo's settings (chosen layer {layer}; `{Path(opts.vector).name}`)."
+    )
+    spans = [
+        f"{label}: layers {low}..{high} keep a cosine ≥ 0.9 with layer {layer}"
+        for label, (low, high) in ((g, geometry.span(i, layer)) for i, g in enumerate(geometry.labels))
     ]
-    with atomic_path(fragment) as tmp:
-        tmp.write_text("\n".join(lines))
-    print(f"wrote {fragment} and {image}")
+    write_fragment(
+        fragment, "experiments/geometry.py", intro, image, "vector geometry", [geometry.table(layer), *spans]
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import pytest
 # no hub is reachable in CI: fail fast instead of retrying the network for a minute
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # their helpers: _cache, _sae, …
 
 from personavec.core.models import LoadedModel, load_model
 

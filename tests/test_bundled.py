@@ -210,3 +210,65 @@ def test_a_fixed_answer_does_not_separate_without_the_system_prompt(
     projection = vector.project(pooled.response_avg[:, vector.layer]).tolist()
     old = auroc(projection[0::2], projection[1::2])
     assert old is not None and old >= 0.9, old  # under the old protocol the prompt alone separates
+
+
+PLANTED = 17  # the SAE feature planted along the vector
+
+
+@pytest.mark.timeout(1500)  # the demo runs in the first one's set-up: minutes on 2 cores
+def test_an_sae_trained_here_decomposes_the_vector_with_the_planted_feature_first(
+    demo: DemoResult, smollm2: LoadedModel, tmp_path, capsys
+) -> None:
+    """On a small SAE trained by the tests on the bundled model and saved by SAELens: the planted
+    feature first by decoder cosine and by encoding, and every figure as written plainly here."""
+    from _sae import plant, save, token_activations, train_sae
+    from personavec.analysis.sae import decompose, load_sae
+    from personavec.cli import main
+    from personavec.core.activations import pooled_activations
+    from personavec.runs.readers import ExtractionRun
+
+    run = ExtractionRun(demo.run.dir)
+    vector, rows = demo.run.vectors["response-avg"], run.rows()
+    layer = vector.resolve_layer(None)
+    trained = train_sae(
+        token_activations(smollm2, [r["question"] + " " + r["answer"] for r in rows[::3]], layer), layer
+    )
+    # h̄ by the definition: every answer's response-avg after its system prompt and question, averaged
+    prompts = [smollm2.chat(r["question"], r["system"]) for r in rows]
+    pooled = pooled_activations(smollm2, prompts, [r["answer"] for r in rows], layers=[layer], progress=False)
+    per_answer = pooled.tensor("response-avg")[:, 0].double()
+    mean, v = per_answer.mean(0), vector.at(layer).double()
+    plant(trained, PLANTED, v, mean)
+    sae = load_sae(save(trained, tmp_path / "sae"))  # through SAELens' own folder format
+    found = decompose(smollm2, vector, sae, rows, top=5, answers=2, progress=False)
+    assert found.layer == layer and found.hook_name == f"blocks.{layer - 1}.hook_resid_post"
+    assert found.by_cosine[0].index == PLANTED == found.by_encoding[0].index
+
+    w_dec, w_enc = sae.W_dec.detach().double(), sae.W_enc.detach().double()
+    b_enc, b_dec = sae.b_enc.detach().double(), sae.b_dec.detach().double()
+
+    def encode(x: torch.Tensor) -> torch.Tensor:  # a standard SAE: ReLU((x − b_dec) W_enc + b_enc)
+        return torch.relu((x - b_dec) @ w_enc + b_enc)
+
+    cosine = (w_dec @ v) / (w_dec.norm(dim=1) * v.norm())
+    encoding = encode(mean + v) - encode(mean)
+    assert [f.index for f in found.by_cosine] == cosine.topk(5).indices.tolist()
+    assert [f.index for f in found.by_encoding] == encoding.topk(5).indices.tolist()
+    for f in (*found.by_cosine, *found.by_encoding):
+        assert f.cosine == pytest.approx(float(cosine[f.index]), abs=1e-5)
+        assert f.encoding == pytest.approx(float(encoding[f.index]), rel=1e-4, abs=1e-4)
+        best = encode(per_answer)[:, f.index].topk(2).indices.tolist()
+        assert [a.answer for a in f.answers] == [rows[j]["answer"] for j in best]
+
+    argv = [
+        "vectors",
+        "decompose",
+        str(run.vector_path),
+        "--sae",
+        str(tmp_path / "sae"),
+        "--model",
+        "smollm2",
+    ]
+    assert main([*argv, "--top", "3", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["by_cosine"][0]["index"] == PLANTED and len(shown["by_encoding"]) == 3

@@ -3,12 +3,9 @@ the written rule, and differences inside the 95 % intervals are not called effec
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 from personavec.errors import PersonavecError
 

@@ -118,3 +118,20 @@ def tiny_loaded(arch: str = "llama", seed: int = 0) -> LoadedModel:
         hidden_size=config.hidden_size,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
+
+
+def tiny_extract_config() -> Any:
+    """An extraction small enough for the tiny model: 4 questions × 2 instruction pairs × 3 samples
+    per side, a sweep over every layer on 3 questions."""
+    from personavec.core.sampling import Sampling
+    from personavec.pipeline.config import ExtractConfig
+
+    return ExtractConfig(
+        samples=3,
+        sampling=Sampling(max_new_tokens=6, temperature=1.0, batch_size=8),
+        questions=4,
+        instructions=2,
+        min_pairs=2,
+        layers=tuple(range(1, N_LAYERS + 1)),
+        sweep_questions=3,
+    )

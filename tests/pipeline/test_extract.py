@@ -19,7 +19,6 @@ from personavec.core.activations import pooled_activations
 from personavec.core.generate import read_rows
 from personavec.core.models import load_model
 from personavec.core.pooling import POOLINGS
-from personavec.core.sampling import Sampling
 from personavec.core.vectors import RESIDUAL_NORM, load_vectors, save_vectors
 from personavec.errors import PersonavecError
 from personavec.judges.openai_compat import OpenAIJudge
@@ -28,16 +27,9 @@ from personavec.runs.readers import ExtractionRun
 from personavec.traits import load_trait
 
 from killing import kill_after_lines
+from tiny import tiny_extract_config
 
-CONFIG = ExtractConfig(
-    samples=3,
-    sampling=Sampling(max_new_tokens=6, temperature=1.0, batch_size=8),
-    questions=4,
-    instructions=2,
-    min_pairs=2,
-    layers=(1, 2, 3),
-    sweep_questions=3,
-)
+CONFIG = tiny_extract_config()
 CLI_SIZES = ["--samples", "3", "--max-new-tokens", "6", "--questions", "4", "--instructions", "2"]
 CLI_SIZES += ["--batch-size", "8", "--min-pairs", "2", "--layers", "1,2,3", "--sweep-questions", "3"]
 

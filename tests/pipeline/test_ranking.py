@@ -18,7 +18,6 @@ from personavec.cli import main
 from personavec.core.activations import pooled_activations
 from personavec.core.backend import as_backend
 from personavec.core.models import load_model
-from personavec.core.sampling import Sampling
 from personavec.errors import ConfigError, PersonavecError, RunDirError
 from personavec.judges.openai_compat import OpenAIJudge
 from personavec.pipeline.config import ExtractConfig, SweepGrid
@@ -28,17 +27,9 @@ from personavec.runs.readers import ExtractionRun
 from personavec.runs.stats import auroc
 from personavec.traits import load_trait
 
-from tiny import N_LAYERS
+from tiny import N_LAYERS, tiny_extract_config
 
-CONFIG = ExtractConfig(
-    samples=3,
-    sampling=Sampling(max_new_tokens=6, temperature=1.0, batch_size=8),
-    questions=4,
-    instructions=2,
-    min_pairs=2,
-    layers=(1, 2, 3),
-    sweep_questions=3,
-)
+CONFIG = tiny_extract_config()
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +102,18 @@ def test_top_k_sweeps_only_the_best_ranked_layers_and_the_report_shows_both(
     assert result.vectors["response-avg"].metadata["layer_choice"]["ranked"] == "top:2"
     page = result.report.read_text()
     assert "<h2>Layer ranking</h2>" in page and "rank (no judge)" in page and "rank (judged)" in page
-    assert "they <b>agree</b>" in page or "they <b>disagree</b>" in page
+    full_page = (done / "report.html").read_text()
+    for report, run in ((page, ExtractionRun(out)), (full_page, ExtractionRun(done))):
+        sweep_of, ranked = run.sweep(), run.ranking()
+        assert sweep_of is not None and ranked is not None
+        swept = [c.layer for c in sweep_of.layers]
+        first_ranked = next(layer for layer in ranked.order() if layer in swept)
+        judged_first = max(sweep_of.layers, key=lambda c: c.trait if c.trait is not None else -1e9).layer
+        verdict = "agree" if first_ranked == judged_first else "disagree"
+        assert (
+            f"it puts {first_ranked} first and the judged sweep chose {judged_first}: they <b>{verdict}</b>"
+            in report
+        )
     full = ExtractionRun(done).sweep()
     assert full is not None and len(full.layers) == N_LAYERS  # the full sweep steered every layer
 

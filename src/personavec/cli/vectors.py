@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from personavec.cli._options import json_arg, pooling_arg, print_json, trait_arg
+from personavec.cli._options import json_arg, model_args, model_ref, pooling_arg, print_json, trait_arg
 from personavec.core.units import COEF_UNITS, UNITS_HELP
 
 
@@ -81,6 +81,22 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"wrote {args.plot}")
 
 
+def _decompose(args: argparse.Namespace) -> None:
+    from personavec.analysis.sae import decompose_file, plot
+
+    found = decompose_file(
+        model_ref(args), args.file, args.sae, args.pooling, args.layer, args.top, args.answers
+    )
+    if args.plot:
+        plot(found, args.plot)
+    if args.json:
+        print_json(found.to_dict())
+        return
+    print(found.table())
+    if args.plot:
+        print(f"wrote {args.plot}")
+
+
 def _negate(args: argparse.Namespace) -> None:
     from personavec.core.vectors import load_vectors, save_vectors
     from personavec.traits.spec import check_name
@@ -129,6 +145,17 @@ def add(commands: Any) -> None:
     compare.add_argument("--plot", help="write the heat maps to this PNG")
     json_arg(compare)
     compare.set_defaults(run=_compare)
+
+    decompose = vectors.add_parser("decompose", help="the vector on a sparse autoencoder's features")
+    decompose.add_argument("file", help="a vector file inside its extraction run directory")
+    decompose.add_argument("--sae", required=True, help="an SAE folder in SAELens' format (cfg.json, …)")
+    model_args(decompose, vector=False, backend=False)
+    decompose.add_argument("--layer", type=int, help="the SAE's layer (default: from its hook name)")
+    decompose.add_argument("--top", type=int, default=10, help="features listed per ranking (default 10)")
+    decompose.add_argument("--answers", type=int, default=3, help="answers shown per feature (default 3)")
+    decompose.add_argument("--plot", help="write the two rankings' bar charts to this PNG")
+    json_arg(decompose)
+    decompose.set_defaults(run=_decompose)
 
     negate = vectors.add_parser("negate", help="write −v as the opposite trait (e.g. pessimistic)")
     negate.add_argument("file")

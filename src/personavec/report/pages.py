@@ -107,16 +107,19 @@ def ranking_figure(ranking: LayerRanking, sweep: LayerChoice | None) -> Any:
 
     agg()
     figure, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(ranking.layers, ranking.auroc, marker=".", color="tab:purple", label="held-out AUROC (no judge)")
+    label = "held-out AUROC (no judge)"
+    lines = ax.plot(ranking.layers, ranking.auroc, ".-", color="tab:purple", label=label)
     ax.set(xlabel="layer", ylabel="held-out AUROC", title="Layer ranking (judge-free) and the judged sweep")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if sweep is not None:
         judged = ax.twinx()
         cells = [(c.layer, c.trait) for c in sweep.layers if c.trait is not None and c.layer is not None]
-        judged.plot(*zip(*cells, strict=True), "o--", color="tab:orange")
-        judged.set_ylabel(f"judged trait, coef {sweep.coef:g}", color="tab:orange")
-        ax.axvline(sweep.chosen, color="grey", linestyle=":", label=f"judged choice {sweep.chosen}")
-    ax.legend(fontsize=8, loc="lower right")
+        label = f"judged trait, steered at coef {sweep.coef:g}"
+        lines += judged.plot(*zip(*cells, strict=True), "o--", color="tab:orange", label=label)
+        judged.set_ylabel("judged trait", color="tab:orange")
+        chosen = f"judged choice {sweep.chosen}"
+        lines.append(ax.axvline(sweep.chosen, color="grey", linestyle=":", label=chosen))
+    ax.legend(handles=lines, fontsize=8, loc="lower right")
     return figure
 
 
