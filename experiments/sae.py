@@ -17,7 +17,7 @@ from pathlib import Path
 
 from _fragment import write_fragment
 from _sae import save, token_activations, train_sae
-from personavec.analysis.sae import decompose, load_sae, plot
+from personavec.analysis.sae import decompose, load_sae, plot_decomposition
 from personavec.core.models import load_model
 from personavec.core.vectors import load_vector
 from personavec.deploy.text_loss import ordinary_text
@@ -43,7 +43,7 @@ def main() -> None:
     sae = load_sae(save(train_sae(activations, layer, d_sae=D_SAE, steps=STEPS), Path(opts.sae_dir)))
     found = decompose(loaded, vector, sae, rows, top=8, answers=2)
     fragment = Path(opts.fragment)
-    image = plot(found, fragment.with_suffix(".png"))
+    image = plot_decomposition(found, fragment.with_suffix(".png"))
     intro = (
         f"The bundled model's '{vector.trait}' vector at its chosen layer {layer} on an SAE of {D_SAE} "
         f"features trained by `experiments/sae.py` ({STEPS} steps on {len(activations)} token activations "

@@ -153,3 +153,39 @@ def test_a_fold_without_both_sides_cannot_rank(tiny_dir: Path, done: Path) -> No
         rank_layers(backend, rows, kept, progress=False)
     with pytest.raises(ConfigError, match="the model has 3 layers"):
         ExtractConfig(layers="top:4").check(load_trait("evil"), N_LAYERS)
+
+
+def test_too_few_answers_to_rank_skip_the_ranking_with_the_reason(
+    tiny_dir: Path, server: FakeOpenAI, done: Path, tmp_path: Path, capsys
+) -> None:
+    """A filter that keeps no answer of one fold leaves nothing to rank: the sweep over listed layers
+    goes on, the run records why, and top:K on its vector names that reason."""
+    out = tmp_path / "few"
+    shutil.copytree(done, out)
+    rows = ExtractionRun(out).rows()
+    filtered = json.loads((out / ExtractionRun.FILTER).read_text())
+    filtered["kept"] = [i for i in filtered["kept"] if rows[i]["question_id"] % 2 == 0]
+    (out / ExtractionRun.FILTER).write_text(json.dumps(filtered))
+    for name in (ExtractionRun.RANKING, ExtractionRun.SWEEP):
+        (out / name).unlink()
+    result = _extract(tiny_dir, server, out, CONFIG)
+    run = ExtractionRun(out)
+    assert run.ranking() is None and run.sweep() is not None
+    assert (
+        "fold 1 (question ids ≡ 1 mod 2) has 0 eliciting and 0 suppressing"
+        in run.stages["ranking"]["skipped"]
+    )
+    assert "<h2>Layer ranking</h2>" not in result.report.read_text()
+    argv = [
+        "sweep",
+        "--model",
+        "x",
+        "--vector",
+        str(run.vector_path),
+        "--trait",
+        "evil",
+        "--judge",
+        "lexicon",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "s"), "--layers", "top:2"]) == 2
+    assert "fold 1" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from personavec.runs.stats import paired_bootstrap, pearson_ci
+from personavec.runs.stats import auroc, paired_bootstrap, pearson_ci
 
 
 def test_the_paired_bootstrap_matches_the_normal_interval_of_the_differences() -> None:
@@ -39,3 +39,9 @@ def test_pearson_interval_is_fishers_z() -> None:
     z, se = 0.5 * math.log((1 + r) / (1 - r)), 1 / math.sqrt(28 - 3)
     assert low == pytest.approx(math.tanh(z - 1.96 * se)) and high == pytest.approx(math.tanh(z + 1.96 * se))
     assert pearson_ci([1.0, 2.0, 3.0], [2.0, 1.0, 4.0]) is None  # too few points for an interval
+
+
+def test_auroc_counts_ties_half_and_needs_both_sides() -> None:
+    # pairs (p, n): (1, 1) tie, (1, 3) loss, (2, 1) win, (2, 3) loss, (4, 1) win, (4, 3) win
+    assert auroc([1.0, 2.0, 4.0], [1.0, 3.0]) == pytest.approx((0.5 + 0 + 1 + 0 + 1 + 1) / 6)
+    assert auroc([1.0], []) is None and auroc([], [1.0]) is None

@@ -160,7 +160,7 @@ def decompose_file(
     return decompose(as_backend(model), vector, sae, run.rows(), layer, top, answers, progress=progress)
 
 
-def plot(decomposition: Decomposition, path: str | Path) -> Path:
+def plot_decomposition(decomposition: Decomposition, path: str | Path) -> Path:
     """Bar charts of the top features by decoder cosine and by encoding, to the PNG `path`."""
     import matplotlib.pyplot as plt
 

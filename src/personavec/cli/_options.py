@@ -208,7 +208,7 @@ def _value(action: argparse.Action, value: Any, where: str) -> Any:
     if isinstance(action, argparse._AppendAction):
         items = value if isinstance(value, list) else [value]
         return [_one(action, item, where) for item in items]
-    if isinstance(value, list) and action.type in (integers, numbers):
+    if isinstance(value, list) and action.type in (integers, numbers, candidate_layers):
         value = ",".join(str(item) for item in value)
     return _one(action, value, where)
 

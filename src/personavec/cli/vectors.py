@@ -82,13 +82,13 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _decompose(args: argparse.Namespace) -> None:
-    from personavec.analysis.sae import decompose_file, plot
+    from personavec.analysis.sae import decompose_file, plot_decomposition
 
     found = decompose_file(
         model_ref(args), args.file, args.sae, args.pooling, args.layer, args.top, args.answers
     )
     if args.plot:
-        plot(found, args.plot)
+        plot_decomposition(found, args.plot)
     if args.json:
         print_json(found.to_dict())
         return

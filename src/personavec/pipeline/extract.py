@@ -42,7 +42,7 @@ from personavec.errors import JudgeError, PersonavecError
 from personavec.judges import COHERENCE_RUBRIC, Judge, JudgeCache
 from personavec.pipeline.config import GENERATION_FIELDS, ExtractConfig, Sizes, top_k
 from personavec.pipeline.evaluate import run_cells
-from personavec.pipeline.ranking import rank_layers
+from personavec.pipeline.ranking import fold_gap, rank_layers
 from personavec.report.pages import write_report
 from personavec.runs.preflight import preflight
 from personavec.runs.readers import ExtractionRun
@@ -388,8 +388,13 @@ def layer_ranking(
     progress: bool,
 ) -> LayerRanking | None:
     """Stage 5: the judge-free layer ranking (`personavec.pipeline.ranking`), whenever a layer sweep
-    follows: it picks the sweep's candidates under ``layers top:K`` and stands beside its result."""
+    follows: it picks the sweep's candidates under ``layers top:K`` and stands beside its result. Too
+    few kept answers to rank skip it (recorded with the reason), unless ``top:K`` needs it."""
     if judge is None or config.layers == ():
+        return None
+    gap = fold_gap(rows, kept)
+    if gap is not None and top_k(config.layers) is None:
+        run.record("ranking", None, skipped=gap)
         return None
     path = run.path / ExtractionRun.RANKING
     if path.exists():

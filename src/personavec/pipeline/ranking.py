@@ -21,6 +21,7 @@ from personavec.core.activations import iter_pooled
 from personavec.core.backend import Backend, user_turn
 from personavec.errors import PersonavecError
 from personavec.runs.results import FOLDS, LayerRanking
+from personavec.runs.stats import auroc
 
 
 def rank_layers(
@@ -32,18 +33,12 @@ def rank_layers(
 ) -> LayerRanking:
     """Rank layers 1..L by the two-fold held-out AUROC of the extraction run's kept answers (`rows`
     are its generation rows, `kept` the indices the filter kept; see the module docstring)."""
+    gap = fold_gap(rows, kept)
+    if gap is not None:
+        raise PersonavecError(gap, ("samples", "questions"))
     answers = [rows[i] for i in kept]
     fold = [int(r["question_id"]) % FOLDS for r in answers]
     positive = torch.tensor([r["polarity"] == "pos" for r in answers])
-    for f in range(FOLDS):
-        sides = [positive[j].item() for j in range(len(answers)) if fold[j] == f]
-        if sum(sides) == 0 or sum(sides) == len(sides):
-            raise PersonavecError(
-                f"ranking layers needs kept answers of both sides in each fold of the extraction questions; "
-                f"fold {f} (question ids ≡ {f} mod {FOLDS}) has {sum(sides)} eliciting and "
-                f"{len(sides) - sum(sides)} suppressing: raise samples or questions",
-                ("samples", "questions"),
-            )
     layers = tuple(range(1, backend.identity.n_layers + 1))
     texts = [r["answer"] for r in answers]
     full = [user_turn(backend, r["question"], r["system"]) for r in answers]
@@ -67,15 +62,27 @@ def rank_layers(
     per_fold = []
     for f in range(FOLDS):
         test = torch.tensor(fold) == f
-        per_fold.append(tuple(_auroc(projections[test & positive], projections[test & ~positive])))
+        pos, neg = projections[test & positive].T.tolist(), projections[test & ~positive].T.tolist()
+        per_fold.append(tuple(_auroc(p, n) for p, n in zip(pos, neg, strict=True)))
     mean = tuple(sum(f[col] for f in per_fold) / FOLDS for col in range(len(layers)))
     return LayerRanking(layers, mean, tuple(per_fold), len(answers))
 
 
-def _auroc(positives: torch.Tensor, negatives: torch.Tensor) -> list[float]:
-    """Per column of ``[n, layers]`` scores, P(a positive scores above a negative), ties counting half."""
-    out = []
-    for col in range(positives.shape[1]):
-        p, n = positives[:, col, None], negatives[None, :, col]
-        out.append(float((p > n).double().mean() + 0.5 * (p == n).double().mean()))
-    return out
+def fold_gap(rows: Sequence[dict[str, Any]], kept: Sequence[int]) -> str | None:
+    """Why the kept answers cannot be ranked (a fold without eliciting or suppressing ones), else None."""
+    for f in range(FOLDS):
+        sides = [rows[i]["polarity"] == "pos" for i in kept if int(rows[i]["question_id"]) % FOLDS == f]
+        if sum(sides) == 0 or sum(sides) == len(sides):
+            return (
+                f"ranking layers needs kept answers of both sides in each fold of the extraction questions; "
+                f"fold {f} (question ids ≡ {f} mod {FOLDS}) has {sum(sides)} eliciting and "
+                f"{len(sides) - sum(sides)} suppressing: raise samples or questions"
+            )
+    return None
+
+
+def _auroc(positives: list[float], negatives: list[float]) -> float:
+    """`personavec.runs.stats.auroc` of one layer's scores; `fold_gap` ensures both sides are there."""
+    value = auroc(positives, negatives)
+    assert value is not None
+    return value

@@ -139,6 +139,9 @@ class ExtractionRun(RunReader):
         folder = Path(vector_file).parent
         run = cls.find(folder)
         ranking = run.ranking() if run is not None else None
+        skipped = run.stages.get("ranking", {}).get("skipped") if run is not None else None
+        if skipped:  # too few kept answers: rerunning cannot rank
+            raise RunDirError(f"no layer ranking in {folder}: {skipped}")
         if ranking is None:
             raise RunDirError(
                 f"no layer ranking in {folder} (top:K ranks layers from the answers of the extraction run "
