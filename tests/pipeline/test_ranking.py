@@ -176,16 +176,6 @@ def test_too_few_answers_to_rank_skip_the_ranking_with_the_reason(
         in run.stages["ranking"]["skipped"]
     )
     assert "<h2>Layer ranking</h2>" not in result.report.read_text()
-    argv = [
-        "sweep",
-        "--model",
-        "x",
-        "--vector",
-        str(run.vector_path),
-        "--trait",
-        "evil",
-        "--judge",
-        "lexicon",
-    ]
-    assert main([*argv, "--out", str(tmp_path / "s"), "--layers", "top:2"]) == 2
+    argv = ["sweep", "--model", "x", "--trait", "evil", "--judge", "lexicon", "--layers", "top:2"]
+    assert main([*argv, "--vector", str(run.vector_path), "--out", str(tmp_path / "s")]) == 2
     assert "fold 1" in capsys.readouterr().err
