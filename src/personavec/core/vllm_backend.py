@@ -587,8 +587,15 @@ class VllmBackend(TokenizerText):
     def close(self) -> None:
         """Shut the engine down (if it started) and free the channel."""
         if self._llm is not None:
-            self._llm.llm_engine.engine_core.shutdown()
-            self._llm = None
+            core, self._llm = self._llm.llm_engine.engine_core, None
+            import psutil
+            from vllm.v1.utils import shutdown
+
+            try:
+                core.shutdown()
+            except psutil.NoSuchProcess:  # vLLM 0.32 names each straggler before killing it; one had exited
+                shutdown(core.resources.engine_manager.processes, timeout=0)  # kill the rest of the tree
+                core.resources()
         self.channel.close()
 
 
